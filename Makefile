@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch 2.13.0 is the local CPU build; install it first so nothing pulls a multi-GB CUDA wheel.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test install install-dev bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/visprep demo -w demo-workspace
+
+test: install-dev
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: install-dev
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-workspace .pytest_cache

@@ -1,0 +1,1 @@
+"""Catalog ingestion: read CSV / JSONL / Parquet product files, validate rows, upsert products."""

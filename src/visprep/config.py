@@ -1,0 +1,165 @@
+"""Typed configuration, one section per stage, loaded from `visprep.toml` and validated once."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_FILE = "visprep.toml"
+
+
+class _Section(BaseModel):
+    # An unknown option is an error, never silently the default (STYLE.md).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CatalogConfig(_Section):
+    """How catalog files are read and validated."""
+
+    require_category: bool = Field(True, description="Quarantine rows without a category path.")
+    category_separator: str = Field(">", description="Separator between levels of the category taxonomy path.")
+    max_images_per_product: int = Field(64, ge=1, description="Rows listing more image URLs are quarantined.")
+
+
+class FetchConfig(_Section):
+    """Image download: concurrency, retries, limits and the private-address guard."""
+
+    concurrency: int = Field(32, ge=1, le=1024, description="Concurrent downloads (threads).")
+    timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout per attempt, seconds.")
+    retries: int = Field(3, ge=0, description="Retries after a timeout, connection error, 429 or 5xx; none on 4xx.")
+    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry, jittered.")
+    max_bytes: int = Field(20_000_000, ge=1024, description="Largest image accepted, bytes.")
+    max_redirects: int = Field(5, ge=0, description="Redirect hops followed before giving up.")
+    allow_private: bool = Field(False, description="Allow private (RFC 1918, ULA) addresses.")
+    allow_loopback: bool = Field(False, description="Allow loopback addresses (127.0.0.0/8, ::1).")
+    user_agent: str = Field("visprep/0.1", description="User-Agent header sent with every request.")
+    checkpoint_every: int = Field(256, ge=1, description="Results recorded per checkpoint (what a kill can lose).")
+    retry_failed: bool = Field(False, description="Retry URLs whose earlier fetch failed.")
+
+
+class InspectConfig(_Section):
+    """Decoding each stored image once: size, EXIF orientation, pHash, blur."""
+
+    max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb limit, pixels (Pillow's default).")
+    workers: int = Field(0, ge=0, description="Worker processes; 0 means one per CPU core.")
+    batch_size: int = Field(256, ge=1, description="Images per worker task and per checkpoint.")
+
+
+class PreprocessConfig(_Section):
+    """The training preprocessing profile: resize shorter side, center crop, normalize."""
+
+    profile: str = Field("imagenet-224", description="Named profile: imagenet-224, clip-336.")
+    size: int | None = Field(None, ge=8, description="Override the profile's crop size, pixels.")
+    mean: tuple[float, float, float] | None = Field(None, description="Override the profile's RGB mean.")
+    std: tuple[float, float, float] | None = Field(None, description="Override the profile's RGB std.")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of preprocessed images in shards.")
+
+
+class SplitConfig(_Section):
+    """Deterministic split of product groups into train / eval."""
+
+    fractions: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.9, "eval": 0.1},
+        description="Split name -> fraction of product groups; must sum to 1.",
+    )
+    seed: int = Field(0, description="Salt of the group-id hash; change it to draw another split.")
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-9:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {v}")
+        return v
+
+
+class PairsConfig(_Section):
+    """Catalog-derived positives and easy negatives."""
+
+    max_pairs_per_product: int = Field(45, ge=1, description="Cap on same-product image pairs per product.")
+    same_product_weight: float = Field(1.0, ge=0, description="Weight of a pair of two catalog photos.")
+    synthetic_weight: float = Field(0.5, ge=0, description="Weight of a pair that involves a synthetic view.")
+    image_title: bool = Field(True, description="Emit (image, title) pairs for CLIP-style training.")
+    negatives_per_anchor: int = Field(4, ge=0, description="Other-top-level-category negatives per anchor image.")
+    seed: int = Field(0, description="Seed of negative sampling.")
+
+
+class ExportConfig(_Section):
+    """WebDataset shards."""
+
+    max_count: int = Field(10_000, ge=1, description="Samples per shard, at most.")
+    max_bytes: int = Field(1 << 30, ge=1024, description="Bytes per shard, at most.")
+    splits: list[str] | None = Field(None, description="Splits to export; default all of them.")
+    workers: int = Field(0, ge=0, description="Worker processes for preprocessing; 0 means one per core.")
+
+
+class VisprepConfig(_Section):
+    """The whole configuration of a workspace."""
+
+    catalog: CatalogConfig = CatalogConfig()
+    fetch: FetchConfig = FetchConfig()
+    inspect: InspectConfig = InspectConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    split: SplitConfig = SplitConfig()
+    pairs: PairsConfig = PairsConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _export_splits_known(self) -> "VisprepConfig":
+        if self.export.splits is not None:
+            unknown = set(self.export.splits) - set(self.split.fractions)
+            if unknown:
+                raise ValueError(f"export.splits names unknown splits {sorted(unknown)}; known: {list(self.split.fractions)}")
+        return self
+
+
+def load_config(path: Path) -> VisprepConfig:
+    """Load and validate `path`; a missing file gives the defaults, a bad one raises ValueError naming the key."""
+    if not path.exists():
+        return VisprepConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return VisprepConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"{path}: invalid configuration: {problems}") from exc
+
+
+def _toml_value(value: Any) -> str:
+    import tomli_w
+
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def render_config(config: VisprepConfig) -> str:
+    """Render `config` as TOML with every option and its description as a comment."""
+    lines = ["# visprep workspace configuration: every option with its default.", ""]
+    for section_name, section_field in VisprepConfig.model_fields.items():
+        section = getattr(config, section_name)
+        lines.append(f"# {type(section).__doc__}")
+        lines.append(f"[{section_name}]")
+        for name, field in type(section).model_fields.items():
+            value = getattr(section, name)
+            lines.append(f"# {field.description}")
+            if value is None:
+                lines.append(f"# {name} =   (unset)")
+            elif isinstance(value, dict):
+                inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+                lines.append(f"{name} = {{ {inner} }}")
+            else:
+                lines.append(f"{name} = {_toml_value(list(value) if isinstance(value, tuple) else value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def section_params(config: VisprepConfig, *sections: str) -> dict[str, Any]:
+    """Return the resolved parameters of `sections` as plain JSON-able data, for run records."""
+    return {name: getattr(config, name).model_dump(mode="json") for name in sections}
+

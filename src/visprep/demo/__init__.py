@@ -1,0 +1,75 @@
+"""Offline demo: real bundled data (Fashion-MNIST subset, OpenCV sample photos) and a demo catalog writer.
+
+The files in ``data/`` are built by ``tools/build_demo_data.py``; see ``data/README.md`` for provenance and
+``data/LICENSE-*.txt`` for their licenses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+"""Fashion-MNIST class names, indexed by label."""
+
+OPENCV_SAMPLES: tuple[str, ...] = ("box.png", "box_in_scene.png", "Blender_Suzanne1.jpg", "Blender_Suzanne2.jpg")
+"""Bundled OpenCV sample photos: two real same-object pairs."""
+
+
+def data_dir() -> Path:
+    """Directory holding the bundled demo data files."""
+    return Path(str(resources.files("visprep.demo") / "data"))
+
+
+@dataclass(frozen=True)
+class FashionMnistSubset:
+    """The bundled Fashion-MNIST subset.
+
+    Attributes:
+        images: uint8 (N, 28, 28), 0 = background.
+        labels: uint8 (N,), class ids into `FASHION_MNIST_CLASSES`.
+        indices: int64 (N,), each image's index in the original 60,000-image train set.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_fashion_mnist_subset() -> FashionMnistSubset:
+    """Load the bundled balanced Fashion-MNIST train subset (about 2,600 images)."""
+    path = data_dir() / "fashion_mnist_subset.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; build it with `python tools/build_demo_data.py`")
+    with np.load(path, allow_pickle=False) as npz:
+        return FashionMnistSubset(images=npz["images"], labels=npz["labels"], indices=npz["indices"])
+
+
+def opencv_sample_path(name: str) -> Path:
+    """Path of one bundled OpenCV sample photo (one of `OPENCV_SAMPLES`)."""
+    if name not in OPENCV_SAMPLES:
+        raise ValueError(f"unknown OpenCV sample {name!r}; valid: {list(OPENCV_SAMPLES)}")
+    return data_dir() / name
+
+
+from visprep.demo.sources import BAD_ROW_REASONS, DemoSources, write_demo_sources  # noqa: E402
+
+__all__ = [
+    "BAD_ROW_REASONS",
+    "FASHION_MNIST_CLASSES",
+    "OPENCV_SAMPLES",
+    "DemoSources",
+    "FashionMnistSubset",
+    "data_dir",
+    "load_fashion_mnist_subset",
+    "opencv_sample_path",
+    "write_demo_sources",
+]

@@ -1,0 +1,1 @@
+"""Execution backends for batch functions: a local process pool (and Ray, for catalogs that outgrow a machine)."""

@@ -1,0 +1,63 @@
+"""Run a picklable batch function over batches in a local process pool, with bounded work in flight."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import islice
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def resolve_workers(workers: int) -> int:
+    """Return the worker count: `workers`, or one per usable CPU core when 0."""
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker() -> None:
+    # One process per core: stop OpenCV/BLAS from also spawning a thread per core in every worker.
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Yield lists of up to `size` consecutive items."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def map_batches(fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_size: int, workers: int = 0,
+                max_in_flight: int | None = None) -> Iterator[tuple[list[T], R]]:
+    """Yield `(batch, fn(batch))` in input order; one worker runs in-process, so tracebacks stay readable."""
+    n = resolve_workers(workers)
+    batches = batched(items, batch_size)
+    if n == 1:
+        _init_worker()
+        for batch in batches:
+            yield batch, fn(batch)
+        return
+    limit = max_in_flight or 2 * n
+    with ProcessPoolExecutor(max_workers=n, initializer=_init_worker) as pool:
+        pending: deque[tuple[list[T], Future[R]]] = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(fn, batch)))
+            if len(pending) >= limit:
+                b, fut = pending.popleft()
+                yield b, fut.result()
+        while pending:
+            b, fut = pending.popleft()
+            yield b, fut.result()

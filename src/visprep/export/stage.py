@@ -1,0 +1,103 @@
+"""The export stage: preprocessed images with metadata and positives into WebDataset shards, per split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+
+import pyarrow.compute as pc
+
+from visprep.config import PreprocessConfig, section_params
+from visprep.engines.local import map_batches
+from visprep.export.shards import ShardSample, write_shards
+from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
+from visprep.images.sniff import extension_for
+from visprep.pairs.stage import usable_images
+from visprep.workspace import Workspace
+
+_META = ("title", "category", "top_category", "brand", "color", "material", "size", "price", "seller")
+
+
+def resolve_profile(cfg: PreprocessConfig) -> PreprocessProfile:
+    """Return the configured preprocessing profile with its overrides applied."""
+    profile = get_profile(cfg.profile)
+    overrides = {k: v for k, v in (("size", cfg.size), ("mean", cfg.mean), ("std", cfg.std)) if v is not None}
+    return replace(profile, **overrides) if overrides else profile
+
+
+def sample_key(product_id: str, image_id: str) -> str:
+    """A WebDataset key unique per (product, image): no dots or slashes whatever the SKU contains."""
+    return f"{hashlib.sha1(product_id.encode()).hexdigest()[:16]}_{image_id[:24]}"
+
+
+def preprocess_batch(items: Sequence[tuple[str, PreprocessProfile, int]]) -> list[bytes | str]:
+    """Preprocess `(path, profile, quality)` items to JPEG bytes; a failure becomes its message (a str)."""
+    out: list[bytes | str] = []
+    for path, profile, quality in items:
+        try:
+            with open(path, "rb") as fh:
+                out.append(encode_jpeg(preprocess_uint8(fh.read(), profile), quality=quality))
+        except (OSError, ValueError) as exc:
+            out.append(f"{path}: {exc}")
+    return out
+
+
+def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Write `shards/<split>/` with a manifest for every split; return per-split counts."""
+    cfg = ws.config
+    profile = resolve_profile(cfg.preprocess)
+    imgs = usable_images(ws)
+    products = {r["product_id"]: r for r in ws.read_table("products").to_pylist()}
+    fmt = dict(zip(*(ws.latest_urls().column(c).to_pylist() for c in ("image_id", "format"))))
+    pairs = ws.read_table("pairs")
+    sp = pairs.filter(pc.equal(pairs.column("kind"), "same_product")).to_pylist()
+    positives: dict[str, list[dict]] = {}
+    for r in sp:
+        positives.setdefault(r["anchor_id"], []).append({"image_id": r["positive_id"], "kind": r["kind"],
+                                                         "weight": r["weight"]})
+        positives.setdefault(r["positive_id"], []).append({"image_id": r["anchor_id"], "kind": r["kind"],
+                                                           "weight": r["weight"]})
+    rows = imgs.to_pylist()
+    splits = cfg.export.splits or sorted({r["split"] for r in rows})
+    summary: dict[str, dict] = {}
+    with ws.run("export", section_params(cfg, "preprocess", "export")) as run:
+        run.inputs = {t: ws.table_fingerprint(t) for t in ("pairs", "images", "products", "splits")}
+        failures: list[str] = []
+        if progress:
+            progress(0, len(rows))
+        for split in splits:
+            chosen = [r for r in rows if r["split"] == split]
+
+            def samples(chosen: list[dict] = chosen) -> Iterator[ShardSample]:
+                items = [(str(ws.store.path(r["image_id"], extension_for(fmt[r["image_id"]]))), profile,
+                          cfg.preprocess.jpeg_quality) for r in chosen]
+                done = 0
+                for batch, outs in map_batches(preprocess_batch, items, batch_size=64, workers=cfg.export.workers):
+                    for out in outs:
+                        r = chosen[done]
+                        done += 1
+                        if isinstance(out, str):
+                            failures.append(out)
+                            continue
+                        p = products[r["product_id"]]
+                        meta = {"product_id": r["product_id"], "image_id": r["image_id"], "split": split,
+                                "source": r["source"], "position": r["position"],
+                                "attributes": json.loads(p["attributes"] or "{}"),
+                                **{k: p[k] for k in _META}}
+                        pos = positives.get(r["image_id"], []) + [{"text": p["title"], "kind": "image_title"}]
+                        yield ShardSample(key=sample_key(r["product_id"], r["image_id"]), jpg=out, meta=meta,
+                                          positives=pos)
+                    if progress:
+                        progress(len(batch), len(rows))
+
+            manifest = write_shards(samples(), ws.shards_dir / split, split=split,
+                                    max_count=cfg.export.max_count, max_bytes=cfg.export.max_bytes)
+            summary[split] = {"samples": manifest.total_samples, "shards": len(manifest.shards),
+                              "bytes": manifest.total_bytes}
+        run.counts = {"images_in": len(rows), "failed": len(failures),
+                      **{f"samples_{s}": v["samples"] for s, v in summary.items()},
+                      **{f"shards_{s}": v["shards"] for s, v in summary.items()}}
+        run.notes.extend(failures[:50])
+    return summary

@@ -1,0 +1,66 @@
+"""Fetcher settings: one frozen record, validated once when built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """How `Fetcher` downloads.
+
+    Attributes:
+        concurrency: Worker threads of `Fetcher.fetch_many`, and connections kept per host.
+        timeout_s: Budget in seconds for one attempt (connect, redirects and body together). A single blocked
+            socket operation is also cut off after at most this long.
+        retries: Extra attempts after a retryable failure (timeout, connection error, HTTP 5xx, HTTP 429).
+        backoff_s: Base delay before the first retry; doubles per retry, jittered to 50-100 %, capped at
+            `max_backoff_s`.
+        max_backoff_s: Cap on one backoff delay, and the longest `Retry-After` (HTTP 429/503) honoured;
+            a longer `Retry-After` ends the retries.
+        max_bytes: Largest body accepted, in bytes; enforced while streaming.
+        max_redirects: Most redirects followed for one URL.
+        allow_private: Permit private-network addresses (RFC 1918, CGNAT, ULA, ...).
+        allow_loopback: Permit loopback addresses (127.0.0.0/8, ::1).
+        user_agent: Value of the User-Agent header.
+    """
+
+    concurrency: int = 32
+    timeout_s: float = 10.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    max_bytes: int = 20_000_000
+    max_redirects: int = 5
+    allow_private: bool = False
+    allow_loopback: bool = False
+    user_agent: str = "visprep/0.1 (+https://github.com/visprep)"
+
+    def __post_init__(self) -> None:
+        _check_int("concurrency", self.concurrency, minimum=1)
+        _check_int("retries", self.retries, minimum=0)
+        _check_int("max_bytes", self.max_bytes, minimum=1)
+        _check_int("max_redirects", self.max_redirects, minimum=0)
+        _check_number("timeout_s", self.timeout_s, positive=True)
+        _check_number("backoff_s", self.backoff_s, positive=False)
+        _check_number("max_backoff_s", self.max_backoff_s, positive=False)
+        for name in ("allow_private", "allow_loopback"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"FetchSettings.{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.user_agent, str) or not self.user_agent or "\n" in self.user_agent:
+            raise ValueError(f"FetchSettings.user_agent must be a one-line non-empty str, got {self.user_agent!r}")
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"FetchSettings.{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"FetchSettings.{name} must be >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: object, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"FetchSettings.{name} must be a number, got {value!r}")
+    if value != value or value < 0 or (positive and value == 0) or value == float("inf"):
+        kind = "> 0" if positive else ">= 0"
+        raise ValueError(f"FetchSettings.{name} must be finite and {kind}, got {value!r}")

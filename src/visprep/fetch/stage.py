@@ -1,0 +1,126 @@
+"""The fetch stage: download every catalog image not yet stored, checkpointing so a killed run resumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from visprep.config import FetchConfig, section_params
+from visprep.fetch.client import Fetcher, FetchSettings
+from visprep.images.sniff import extension_for
+from visprep.schema import URLS
+from visprep.workspace import QuarantineRecord, Workspace, utcnow
+
+
+@dataclass
+class FetchStageResult:
+    """Counts of one fetch run."""
+
+    wanted: int = 0
+    already: int = 0
+    attempted: int = 0
+    ok: int = 0
+    failed: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    run_id: str = ""
+
+
+def fetch_settings(cfg: FetchConfig) -> FetchSettings:
+    """Map the workspace's fetch config onto the fetcher's settings."""
+    return FetchSettings(
+        concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
+        max_bytes=cfg.max_bytes, max_redirects=cfg.max_redirects, allow_private=cfg.allow_private,
+        allow_loopback=cfg.allow_loopback, user_agent=cfg.user_agent,
+    )
+
+
+def pending_urls(ws: Workspace, *, retry_failed: bool) -> tuple[list[str], int]:
+    """Return the URLs still to fetch, and how many wanted URLs are already done."""
+    wanted = pc.unique(ws.read_table("product_images", ["url"]).column("url")).to_pylist()
+    latest = ws.latest_urls()
+    done: set[str] = set()
+    for url, status, image_id, fmt in zip(*(latest.column(c).to_pylist()
+                                             for c in ("url", "status", "image_id", "format"))):
+        if status == "ok":
+            # "Not yet in the store" is the rule: a deleted file is fetched again.
+            if ws.store.exists(image_id, extension_for(fmt)):
+                done.add(url)
+        elif not retry_failed:
+            done.add(url)
+    todo = [u for u in wanted if u not in done]
+    return todo, len(wanted) - len(todo)
+
+
+def fetch_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = None,
+                limit: int | None = None) -> FetchStageResult:
+    """Fetch pending images into the store and record one `urls` row per URL; failures are quarantined."""
+    cfg = ws.config.fetch
+    result = FetchStageResult()
+    ws.store.clean_temporaries()
+    todo, result.already = pending_urls(ws, retry_failed=cfg.retry_failed)
+    if limit is not None:
+        todo = todo[:limit]
+    result.wanted = result.already + len(todo)
+    with ws.run("fetch", section_params(ws.config, "fetch")) as run:
+        run.inputs = {"product_images": ws.table_fingerprint("product_images"), "pending": len(todo)}
+        result.run_id = run.run_id
+        buffer: list[dict] = []
+        seq = 0
+
+        def flush() -> None:
+            nonlocal seq
+            if buffer:
+                ws.write_part("urls", pa.Table.from_pylist(buffer, schema=URLS), f"{run.run_id}-{seq:06d}")
+                seq += 1
+                buffer.clear()
+
+        if progress:
+            progress(0, len(todo))
+        with Fetcher(fetch_settings(cfg)) as fetcher:
+            for res in fetcher.fetch_many(todo):
+                result.attempted += 1
+                row = {"url": res.url, "status": res.status, "http_status": res.http_status,
+                       "attempts": res.attempts, "reason": res.reason, "final_url": res.final_url,
+                       "fetched_at": utcnow(), "run_id": run.run_id, "format": res.format}
+                if res.ok and res.data is not None and res.format is not None:
+                    row["image_id"] = ws.store.put(res.data, extension_for(res.format))
+                    row["bytes"] = len(res.data)
+                    result.ok += 1
+                else:
+                    result.failed += 1
+                result.by_status[res.status] = result.by_status.get(res.status, 0) + 1
+                buffer.append(row)
+                if len(buffer) >= cfg.checkpoint_every:
+                    flush()
+                if progress:
+                    progress(1, len(todo))
+            flush()
+        compact_urls(ws)
+        quarantined = refresh_fetch_quarantine(ws, run.run_id)
+        run.counts = {"urls_in": result.wanted, "already": result.already, "attempted": result.attempted,
+                      "ok": result.ok, "failed": result.failed, "quarantined": quarantined}
+    return result
+
+
+def compact_urls(ws: Workspace) -> None:
+    """Rewrite `urls` as one part with one row per URL (the newest)."""
+    if ws.has_table("urls"):
+        ws.write_table("urls", ws.latest_urls())
+
+
+def refresh_fetch_quarantine(ws: Workspace, run_id: str) -> int:
+    """Make the fetch quarantine list exactly the URLs whose newest fetch failed."""
+    latest = ws.latest_urls()
+    failed = latest.filter(pc.not_equal(latest.column("status"), "ok"))
+    refs = ws.sql("SELECT url, min(product_id) AS product_id FROM pi GROUP BY url",
+                  pi=ws.read_table("product_images", ["url", "product_id"]))
+    owner = dict(zip(refs.column("url").to_pylist(), refs.column("product_id").to_pylist()))
+    records = [
+        QuarantineRecord(reason=row["status"], detail=row["reason"] or row["status"], source=row["url"],
+                         record_id=owner.get(row["url"]), field="image_urls", value=row["url"])
+        for row in failed.to_pylist()
+    ]
+    return ws.quarantine(records, stage="fetch", run_id=run_id, key="current")

@@ -1,0 +1,1 @@
+"""Image decoding, inspection (size, EXIF, pHash, blur) and training preprocessing."""

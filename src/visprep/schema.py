@@ -1,0 +1,143 @@
+"""The Arrow schema of every workspace table, defined once."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+_TS = pa.timestamp("us", tz="UTC")
+
+PRODUCTS = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("category_path", pa.list_(pa.string())),
+        pa.field("top_category", pa.string()),
+        pa.field("description", pa.string()),
+        pa.field("brand", pa.string()),
+        pa.field("color", pa.string()),
+        pa.field("material", pa.string()),
+        pa.field("size", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("seller", pa.string()),
+        pa.field("inventory", pa.int64()),
+        pa.field("attributes", pa.string()),  # JSON object of the extra columns
+        pa.field("image_urls", pa.list_(pa.string())),
+        pa.field("source_file", pa.string()),
+        pa.field("source_line", pa.int64()),
+        pa.field("row_hash", pa.string()),
+        pa.field("updated_run", pa.string()),
+    ]
+)
+
+PRODUCT_IMAGES = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("position", pa.int32()),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("source", pa.string()),  # catalog | synthetic | user
+        pa.field("recipe", pa.string()),  # JSON recipe of a synthetic view, else null
+    ]
+)
+
+URLS = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("status", pa.string()),  # ok, or a failure code of visprep.fetch
+        pa.field("image_id", pa.string()),  # sha256 of the stored bytes
+        pa.field("format", pa.string()),
+        pa.field("bytes", pa.int64()),
+        pa.field("http_status", pa.int32()),
+        pa.field("attempts", pa.int32()),
+        pa.field("reason", pa.string()),
+        pa.field("final_url", pa.string()),
+        pa.field("fetched_at", _TS),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("status", pa.string()),  # ok | corrupt | truncated | too_many_pixels | ...
+        pa.field("reason", pa.string()),
+        pa.field("format", pa.string()),
+        pa.field("bytes", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("exif_orientation", pa.int8()),
+        pa.field("phash", pa.uint64()),
+        pa.field("blur", pa.float32()),
+        pa.field("progressive", pa.bool_()),
+        pa.field("mode", pa.string()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+SPLITS = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string()),
+        pa.field("split", pa.string()),
+    ]
+)
+
+PAIRS = pa.schema(
+    [
+        pa.field("anchor_id", pa.string(), nullable=False),
+        pa.field("positive_id", pa.string()),  # null for image_title: the text is in positive_text
+        pa.field("positive_text", pa.string()),
+        pa.field("kind", pa.string()),  # same_product | image_title | ...
+        pa.field("weight", pa.float32()),
+        pa.field("anchor_product_id", pa.string()),
+        pa.field("positive_product_id", pa.string()),
+        pa.field("split", pa.string()),
+    ]
+)
+
+NEGATIVES = pa.schema(
+    [
+        pa.field("anchor_id", pa.string(), nullable=False),
+        pa.field("negative_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string()),  # other_category | ...
+        pa.field("score", pa.float32()),  # similarity when known (mined), else null
+        pa.field("rank", pa.int32()),
+        pa.field("anchor_product_id", pa.string()),
+        pa.field("negative_product_id", pa.string()),
+        pa.field("split", pa.string()),
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("source", pa.string()),  # file path or URL the record came from
+        pa.field("line", pa.int64()),  # 1-based line (or row) in that source, when it has lines
+        pa.field("record_id", pa.string()),  # product_id / image_id / url, when known
+        pa.field("field", pa.string()),
+        pa.field("value", pa.string()),
+        pa.field("reason", pa.string()),  # short code
+        pa.field("detail", pa.string()),  # human-readable explanation
+        pa.field("ts", _TS),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "products": PRODUCTS,
+    "product_images": PRODUCT_IMAGES,
+    "urls": URLS,
+    "images": IMAGES,
+    "splits": SPLITS,
+    "pairs": PAIRS,
+    "negatives": NEGATIVES,
+    "quarantine": QUARANTINE,
+}
+
+
+def schema_for(name: str) -> pa.Schema:
+    """Return the schema of table `name`; unknown names raise with the list of valid ones."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ValueError(f"unknown table {name!r}; valid tables: {', '.join(sorted(TABLES))}") from None

@@ -1,0 +1,1 @@
+"""Deterministic train/eval split by product group, so no group crosses splits."""

@@ -1,0 +1,358 @@
+"""The workspace: paths, atomic table I/O, the content-addressed image store, run records and quarantine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from visprep import __version__
+from visprep.config import CONFIG_FILE, VisprepConfig, load_config
+from visprep.schema import QUARANTINE, schema_for
+
+
+def utcnow() -> dt.datetime:
+    """Return the current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """Return a content fingerprint of a file (sha256, size): what a run record says it read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return `table` with exactly `schema`'s columns, in order, cast; missing nullable columns become nulls."""
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            columns.append(table.column(f.name).cast(f.type))
+        elif f.nullable:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        else:
+            raise ValueError(f"table is missing required column {f.name!r} ({f.type})")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class ImageStore:
+    """Content-addressed image bytes: `images/<aa>/<bb>/<sha256>.<ext>`, so one photo is stored once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, image_id: str, ext: str) -> Path:
+        """Return where image `image_id` with extension `ext` lives."""
+        return self.root / image_id[:2] / image_id[2:4] / f"{image_id}.{ext}"
+
+    def put(self, data: bytes, ext: str) -> str:
+        """Store `data` (atomically, once) and return its image id, the sha256 hex digest."""
+        image_id = hashlib.sha256(data).hexdigest()
+        target = self.path(image_id, ext)
+        if not target.exists():
+            # No fsync: a killed process leaves the old state or the whole file (rename is atomic);
+            # fsync per image would cap a fetch at the disk's sync rate.
+            atomic_write_bytes(target, data, fsync=False)
+        return image_id
+
+    def get(self, image_id: str, ext: str) -> bytes:
+        """Return the stored bytes of `image_id`."""
+        return self.path(image_id, ext).read_bytes()
+
+    def exists(self, image_id: str, ext: str) -> bool:
+        """Tell whether `image_id` is stored."""
+        return self.path(image_id, ext).exists()
+
+    def clean_temporaries(self) -> int:
+        """Remove temporary files a killed writer left behind; return how many."""
+        n = 0
+        if self.root.exists():
+            for tmp in self.root.glob("*/*/.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                n += 1
+        return n
+
+
+@dataclass
+class QuarantineRecord:
+    """One refused record: where it came from, which field, what value, and why."""
+
+    reason: str
+    detail: str
+    source: str | None = None
+    line: int | None = None
+    record_id: str | None = None
+    field: str | None = None
+    value: str | None = None
+
+
+@dataclass
+class RunRecord:
+    """What a stage run read, with which parameters, and what it produced; saved as `runs/<run_id>.json`."""
+
+    stage: str
+    run_id: str
+    params: dict[str, Any]
+    inputs: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    status: str = "running"
+    started_at: str = ""
+    finished_at: str | None = None
+    seconds: float | None = None
+    version: str = __version__
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """Serialise for `runs/<run_id>.json`."""
+        return json.dumps(self.__dict__, indent=2, sort_keys=True, default=str)
+
+
+class Workspace:
+    """A visprep workspace folder: tables, image store, shards, runs, config."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.tables_dir = self.root / "tables"
+        self.runs_dir = self.root / "runs"
+        self.shards_dir = self.root / "shards"
+        self.store = ImageStore(self.root / "images")
+        self._config: VisprepConfig | None = None
+
+    # --- config -----------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        """Path of the workspace's `visprep.toml`."""
+        return self.root / CONFIG_FILE
+
+    @property
+    def config(self) -> VisprepConfig:
+        """The validated configuration (defaults when no `visprep.toml` exists)."""
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def set_config(self, config: VisprepConfig) -> None:
+        """Use `config` for this process (does not write the file)."""
+        self._config = config
+
+    # --- tables -----------------------------------------------------------------------------------------
+    def table_path(self, name: str) -> Path:
+        """Return `tables/<name>.parquet` (a file, or a folder of parts)."""
+        schema_for(name)
+        return self.tables_dir / f"{name}.parquet"
+
+    def has_table(self, name: str) -> bool:
+        """Tell whether table `name` has been written."""
+        return self.table_path(name).exists()
+
+    def _part_files(self, name: str) -> list[Path]:
+        path = self.table_path(name)
+        if path.is_dir():
+            return sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        return [path] if path.exists() else []
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Read table `name` (all parts), conformed to its schema; an empty table when it does not exist."""
+        schema = schema_for(name)
+        parts = [conform(pq.read_table(p), schema) for p in self._part_files(name)]
+        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        return table.select(columns) if columns else table
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """Replace table `name` atomically with `table` (conformed to the table's schema)."""
+        table = conform(table, schema_for(name))
+        path = self.table_path(name)
+        if path.is_dir():
+            # Replace a parted table: write the whole as one new part, then drop the old parts.
+            old = self._part_files(name)
+            new = path / f"part-{time.time_ns():020d}-full.parquet"
+            _atomic_write_parquet(new, table)
+            for p in old:
+                p.unlink(missing_ok=True)
+            return
+        _atomic_write_parquet(path, table)
+
+    def write_part(self, name: str, table: pa.Table, part: str) -> Path:
+        """Add (or replace) part `part` of table `name`; the table becomes a folder of parts."""
+        table = conform(table, schema_for(name))
+        path = self.table_path(name)
+        if path.is_file():
+            legacy = path.with_name(f".{path.name}.legacy")
+            os.replace(path, legacy)
+            path.mkdir(parents=True)
+            os.replace(legacy, path / "part-00000000000000000000-full.parquet")
+        path.mkdir(parents=True, exist_ok=True)
+        target = path / f"part-{part}.parquet"
+        _atomic_write_parquet(target, table)
+        return target
+
+    def delete_parts(self, name: str, prefix: str) -> int:
+        """Remove the parts of table `name` whose part name starts with `prefix`; return how many."""
+        path = self.table_path(name)
+        n = 0
+        if path.is_dir():
+            for p in path.glob(f"part-{prefix}*.parquet"):
+                p.unlink()
+                n += 1
+        return n
+
+    def table_fingerprint(self, name: str) -> str:
+        """A cheap fingerprint of a table's files (names, sizes, mtimes): what downstream runs depend on."""
+        h = hashlib.sha256()
+        for p in self._part_files(name):
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return h.hexdigest()[:16]
+
+    def table_names(self) -> list[str]:
+        """Return the names of the tables present."""
+        if not self.tables_dir.exists():
+            return []
+        return sorted(p.name[: -len(".parquet")] for p in self.tables_dir.glob("*.parquet"))
+
+    # --- quarantine -------------------------------------------------------------------------------------
+    def quarantine(self, records: Iterable[QuarantineRecord], *, stage: str, run_id: str, key: str) -> int:
+        """Record refused records of `stage` under `key`, replacing what that stage recorded under `key` before."""
+        rows = list(records)
+        part = f"{stage}-{_safe_part(key)}"
+        if not rows:
+            (self.table_path("quarantine") / f"part-{part}.parquet").unlink(missing_ok=True)
+            return 0
+        now = utcnow()
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "stage": stage,
+                    "run_id": run_id,
+                    "source": r.source,
+                    "line": r.line,
+                    "record_id": r.record_id,
+                    "field": r.field,
+                    "value": None if r.value is None else str(r.value)[:1000],
+                    "reason": r.reason,
+                    "detail": r.detail,
+                    "ts": now,
+                }
+                for r in rows
+            ],
+            schema=QUARANTINE,
+        )
+        self.write_part("quarantine", table, part)
+        return len(rows)
+
+    # --- runs -------------------------------------------------------------------------------------------
+    @contextmanager
+    def run(self, stage: str, params: Mapping[str, Any]) -> Iterator[RunRecord]:
+        """Record a stage run in `runs/<run_id>.json`: written at start (running) and at the end (ok/failed)."""
+        now = utcnow()
+        run_id = f"{now:%Y%m%dT%H%M%S}-{stage}-{secrets.token_hex(3)}"
+        record = RunRecord(stage=stage, run_id=run_id, params=dict(params), started_at=now.isoformat())
+        path = self.runs_dir / f"{run_id}.json"
+        atomic_write_bytes(path, record.to_json().encode())
+        t0 = time.perf_counter()
+        try:
+            yield record
+        except BaseException as exc:
+            record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            record.notes.append(f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            record.status = "ok"
+        finally:
+            record.seconds = round(time.perf_counter() - t0, 3)
+            record.finished_at = utcnow().isoformat()
+            atomic_write_bytes(path, record.to_json().encode())
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Return every run record, oldest first."""
+        if not self.runs_dir.exists():
+            return []
+        out = []
+        for p in sorted(self.runs_dir.glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return sorted(out, key=lambda r: r.get("started_at", ""))
+
+    def last_run(self, stage: str, *, status: str | None = "ok") -> dict[str, Any] | None:
+        """Return the newest run record of `stage` (with `status`, when given)."""
+        found = [r for r in self.runs() if r["stage"] == stage and (status is None or r["status"] == status)]
+        return found[-1] if found else None
+
+    def sql(self, query: str, **tables: pa.Table) -> pa.Table:
+        """Run a DuckDB query over Arrow tables passed by name (out-of-core table work lives in SQL)."""
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            for name, table in tables.items():
+                con.register(name, table)
+            return con.execute(query).fetch_arrow_table()
+        finally:
+            con.close()
+
+    def latest_urls(self) -> pa.Table:
+        """The `urls` table with one row per URL: its newest fetch result."""
+        urls = self.read_table("urls")
+        if urls.num_rows == 0:
+            return urls
+        return conform(self.sql(
+            "SELECT * FROM u QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1", u=urls
+        ), schema_for("urls"))
+
+    def clear(self) -> None:
+        """Delete everything in the workspace (used by `visprep demo --fresh`)."""
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+
+def _safe_part(key: str) -> str:
+    """Make `key` usable in a part file name; long or odd keys become a hash."""
+    if key.replace("-", "").replace("_", "").isalnum() and len(key) <= 64:
+        return key
+    return hashlib.sha256(key.encode()).hexdigest()[:24]

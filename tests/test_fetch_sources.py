@@ -1,0 +1,109 @@
+"""Fetcher over file://, bare paths, s3:// and unknown schemes; settings validation."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from http_fixtures import HTML_PAGE, make_jpeg
+
+from visprep.fetch import Fetcher, FetchSettings
+
+
+@pytest.fixture
+def fetcher() -> Fetcher:
+    return Fetcher(FetchSettings(retries=0))
+
+
+@pytest.fixture
+def image_file(tmp_path: Path) -> Path:
+    path = tmp_path / "a photo ä.jpg"
+    path.write_bytes(make_jpeg(seed=3))
+    return path
+
+
+def test_file_url(fetcher: Fetcher, image_file: Path) -> None:
+    result = fetcher.fetch(image_file.as_uri())  # percent-encoded space and umlaut
+    assert result.ok and result.format == "jpeg" and result.data == image_file.read_bytes()
+    assert result.http_status is None and result.attempts == 1
+
+
+def test_bare_local_path(fetcher: Fetcher, image_file: Path) -> None:
+    result = fetcher.fetch(str(image_file))
+    assert result.ok and result.data == image_file.read_bytes()
+
+
+def test_missing_file_is_not_found(fetcher: Fetcher, tmp_path: Path) -> None:
+    for url in (str(tmp_path / "nope.jpg"), (tmp_path / "nope.jpg").as_uri(), str(tmp_path)):
+        result = fetcher.fetch(url)
+        assert result.status == "not_found"
+        assert url in result.reason
+
+
+def test_local_html_is_not_image(fetcher: Fetcher, tmp_path: Path) -> None:
+    path = tmp_path / "page.jpg"
+    path.write_bytes(HTML_PAGE)
+    result = fetcher.fetch(str(path))
+    assert result.status == "not_image" and "<!DOCTYPE" in result.reason
+
+
+def test_local_file_too_large(tmp_path: Path, image_file: Path) -> None:
+    with Fetcher(FetchSettings(max_bytes=100)) as fetcher:
+        result = fetcher.fetch(str(image_file))
+    assert result.status == "too_large" and "max_bytes=100" in result.reason
+
+
+def test_file_url_with_remote_host_is_invalid(fetcher: Fetcher) -> None:
+    assert fetcher.fetch("file://server/share/x.jpg").status == "invalid_url"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs installed")
+def test_s3_without_s3fs_says_what_to_install(fetcher: Fetcher) -> None:
+    result = fetcher.fetch("s3://bucket/key.jpg")
+    assert result.status == "unsupported_scheme" and "pip install" in result.reason and "s3fs" in result.reason
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x.jpg", "data:image/png;base64,AAAA", "gopher://x/"])
+def test_unsupported_scheme_lists_supported_ones(fetcher: Fetcher, url: str) -> None:
+    result = fetcher.fetch(url)
+    assert result.status == "unsupported_scheme" and "https://" in result.reason and result.attempts == 0
+
+
+def test_empty_url_is_invalid(fetcher: Fetcher) -> None:
+    assert fetcher.fetch("  ").status == "invalid_url"
+
+
+def test_non_str_url_raises(fetcher: Fetcher) -> None:
+    with pytest.raises(TypeError, match="url must be a str"):
+        fetcher.fetch(None)  # type: ignore[arg-type]
+
+
+def test_closed_fetcher_raises(image_file: Path) -> None:
+    fetcher = Fetcher(FetchSettings())
+    fetcher.close()
+    with pytest.raises(RuntimeError):
+        fetcher.fetch(str(image_file))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("concurrency", 0, ValueError),
+        ("concurrency", 2.5, TypeError),
+        ("timeout_s", 0, ValueError),
+        ("timeout_s", float("nan"), ValueError),
+        ("retries", -1, ValueError),
+        ("max_bytes", True, TypeError),
+        ("allow_private", "yes", TypeError),
+        ("user_agent", "", ValueError),
+    ],
+)
+def test_settings_validation_names_field(field: str, value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=field):
+        FetchSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_fetcher_needs_settings() -> None:
+    with pytest.raises(TypeError, match="FetchSettings"):
+        Fetcher({"concurrency": 4})  # type: ignore[arg-type]

@@ -21,11 +21,11 @@ torch = pytest.importorskip("torch")
 wds = pytest.importorskip("webdataset")
 
 N_SAMPLES = 300
-MAX_COUNT = 12
+MAX_COUNT = 14
 MAX_BYTES = 64 * 1024
 
 
-def _jpeg(rng: np.random.Generator, height: int, width: int, *, noise: bool = False) -> bytes:
+def _jpeg(rng: np.random.Generator, height: int, width: int, *, noise: bool = False, texture: int = 12) -> bytes:
     """A product-photo-like JPEG: light background, a coloured box, a little texture."""
     img = np.full((height, width, 3), 235, np.uint8)
     y0, x0 = rng.integers(0, height // 3), rng.integers(0, width // 3)
@@ -33,7 +33,7 @@ def _jpeg(rng: np.random.Generator, height: int, width: int, *, noise: bool = Fa
     if noise:
         img = rng.integers(0, 255, img.shape, dtype=np.uint8)
     else:
-        img = cv2.add(img, rng.integers(0, 12, img.shape, dtype=np.uint8))
+        img = cv2.add(img, rng.integers(0, texture, img.shape, dtype=np.uint8))
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
     assert ok
     return buf.tobytes()
@@ -50,7 +50,7 @@ def _make_samples(n: int, seed: int = 0) -> list[ShardSample]:
         samples.append(
             ShardSample(
                 key=f"sku-{i:05d}_img0",
-                jpg=_jpeg(rng, h, w),
+                jpg=_jpeg(rng, h, w, texture=40 if big else 12),
                 meta={"product_id": f"p{i // 3}", "title": f"Bluse Größe {i % 7}", "price": i * 1.25,
                       "tags": ["a", "b"][: i % 3]},
                 positives=[{"image_id": f"sku-{(i + 1) % n:05d}_img0", "kind": "same_product", "weight": 1.0}]
@@ -322,3 +322,13 @@ def test_manifest_round_trip(reference):
     assert manifest.shard_paths(reference)[0] == reference / "train-000000.tar"
     with pytest.raises(IndexError):
         manifest.locate(N_SAMPLES)
+
+
+def test_webdataset_pipeline_splits_across_nodes(reference, samples, monkeypatch):
+    # webdataset.split_by_node takes the node rank from RANK/WORLD_SIZE (or torch.distributed).
+    parts = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        parts.append([row["key"] for row in webdataset_pipeline(reference)])
+    assert all(parts) and sorted(parts[0] + parts[1]) == sorted(s.key for s in samples)

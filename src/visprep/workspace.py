@@ -332,7 +332,9 @@ class Workspace:
         try:
             for name, table in tables.items():
                 con.register(name, table)
-            return con.execute(query).fetch_arrow_table()
+            rel = con.sql(query)
+            # DuckDB 2 renamed `arrow()` (which now returns a reader) to `to_arrow_table()`.
+            return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
         finally:
             con.close()
 

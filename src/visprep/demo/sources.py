@@ -495,14 +495,15 @@ def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> 
 
     # ---- render images (per-product RNG, so one product's draws never shift another's)
     backdrop = _studio_backdrop()
-    garments: dict[int, _Garment] = {}
+    imageless = bad[spoiled.index("no_images")]
+    garment_pos, garment = -1, None  # colour variants of a family are consecutive: render their garment once
     for ordinal, p in enumerate(products):
-        if p.row["product_id"] in {b.row["product_id"] for b in bad[-1:]}:  # no_images
+        if p is imageless:
             continue
         prng = np.random.default_rng([seed, ordinal])
-        if p.garment_pos not in garments:
-            garments = {p.garment_pos: _prepare_garment(subset.images[p.garment_pos])}
-        hero = _render_hero(garments[p.garment_pos], p.rgb, backdrop)
+        if p.garment_pos != garment_pos:
+            garment_pos, garment = p.garment_pos, _prepare_garment(subset.images[p.garment_pos])
+        hero = _render_hero(garment, p.rgb, backdrop)
         sku = p.row["product_id"]
         hero_rel = f"images/{sku}-0.jpg"
         (dest / hero_rel).write_bytes(_encode_jpeg(hero))
@@ -565,7 +566,7 @@ def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> 
     feeds[1].append(rows["missing_title"])
     rows["bad_price"]["price"] = "12,3x"
     feeds[2].append(rows["bad_price"])
-    rows["invalid_utf8"]["title"] = "Caf\udce9 " + rows["invalid_utf8"]["title"]
+    rows["invalid_utf8"]["title"] = "Caf\udce9 Collection " + rows["invalid_utf8"]["title"]
     feeds[0].append(rows["invalid_utf8"])
     conflict = dict(rows["conflicting_duplicate_sku"])
     conflict.update(title=conflict["title"] + " - Limited Edition", price=f"{float(conflict['price']) + 15:.2f}")

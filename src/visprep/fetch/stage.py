@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import FetchConfig, section_params
-from visprep.fetch.client import Fetcher, FetchSettings
+from visprep.fetch import Fetcher, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
 from visprep.workspace import QuarantineRecord, Workspace, utcnow

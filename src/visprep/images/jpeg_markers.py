@@ -86,6 +86,8 @@ def scan_jpeg_header(data: bytes) -> JpegHeader:
         pos += 1
         if marker in _STANDALONE:
             continue
+        if marker < 0xC0:  # 0x02..0xBF are reserved: this is not a JPEG header, whatever its first bytes say
+            raise JpegHeaderError("corrupt", f"invalid JPEG marker 0x{marker:02X} at byte {pos - 1}")
         if marker == 0xD9:
             raise JpegHeaderError("corrupt", "JPEG end-of-image marker before any scan")
         if pos + 2 > size:

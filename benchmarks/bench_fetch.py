@@ -1,0 +1,209 @@
+"""Images/s of visprep's fetcher + preprocessing against img2dataset 1.47, same URLs, same machine, same run.
+
+Both download N URLs from a local threaded HTTP server (listen backlog 1024, in its own process) that cycles
+~200 distinct ~800 px JPEGs, resize the shorter side to 224 and center crop 224x224, re-encode as JPEG
+(quality 95), and write the results to tar shards, with 2 worker processes each.
+
+    visprep:    Fetcher (threads) -> preprocess_uint8 (profile "clip-224": shorter side 224, crop 224)
+                -> encode_jpeg(quality=95) -> sha256 -> tar, in 2 processes
+    img2dataset: --resize_mode center_crop --image_size 224 --processes_count 2 --output_format webdataset
+
+img2dataset runs from its own virtualenv as a subprocess, so it never touches the project's environment:
+
+    python3 -m venv benchmarks/.work/i2d-venv
+    NO_ALBUMENTATIONS_UPDATE=1 benchmarks/.work/i2d-venv/bin/pip install 'img2dataset==1.47.*'
+
+Usage: PYTHONPATH=src python benchmarks/bench_fetch.py [--quick] [--urls N] [--threads T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work"
+I2D_VENV = WORK / "i2d-venv"
+sys.path.insert(0, str(ROOT / "tests"))  # the loopback fixture server lives with the tests
+sys.path.insert(0, str(ROOT / "src"))
+
+PHOTO_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
+N_DISTINCT = 200
+LONG_SIDE = 800
+
+
+def make_images(count: int = N_DISTINCT, seed: int = 0) -> list[bytes]:
+    """`count` distinct ~800 px JPEGs: random crops of the OpenCV sample photos (synthetic if absent)."""
+    rng = np.random.default_rng(seed)
+    photos = [cv2.imread(p) for p in sorted(glob.glob(str(PHOTO_DIR / "*.jpg")))]
+    photos = [p for p in photos if p is not None and min(p.shape[:2]) >= 200]
+    images = []
+    for index in range(count):
+        if photos:
+            photo = photos[index % len(photos)]
+            h, w = photo.shape[:2]
+            ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = photo[top : top + ch, left : left + cw]
+        else:
+            crop = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)
+            crop = cv2.GaussianBlur(crop, (0, 0), 3)
+        scale = LONG_SIDE / max(crop.shape[:2])
+        resized = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
+                             interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+        ok, encoded = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        images.append(encoded.tobytes())
+    return images
+
+
+def _serve(images: list[bytes], port_queue: mp.Queue) -> None:
+    from http_fixtures import LoopbackServer
+
+    server = LoopbackServer(images=images).start()
+    port_queue.put(server.port)
+    while True:
+        time.sleep(3600)
+
+
+def _visprep_worker(urls: list[str], threads: int, out_path: str, result_queue: mp.Queue) -> None:
+    from visprep.fetch import Fetcher, FetchSettings
+    from visprep.images.preprocess import PROFILES, encode_jpeg, preprocess_uint8
+
+    profile = PROFILES["clip-224"]  # shorter side -> 224, center crop 224: img2dataset's "center_crop"
+    settings = FetchSettings(concurrency=threads, timeout_s=10.0, retries=0, allow_loopback=True)
+    ok = failed = 0
+    with Fetcher(settings) as fetcher, tarfile.open(out_path, "w") as tar:
+        for result in fetcher.fetch_many(urls):
+            if not result.ok:
+                failed += 1
+                continue
+            key = hashlib.sha256(result.data).hexdigest()
+            jpeg = encode_jpeg(preprocess_uint8(result.data, profile), quality=95)
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(jpeg)
+            tar.addfile(info, io.BytesIO(jpeg))
+            ok += 1
+    result_queue.put((ok, failed))
+
+
+def run_visprep(urls: list[str], *, processes: int, threads: int) -> tuple[float, int, int]:
+    out_dir = WORK / "visprep-out"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    context = mp.get_context("spawn")
+    queue: mp.Queue = context.Queue()
+    start = time.perf_counter()
+    workers = [
+        context.Process(target=_visprep_worker,
+                        args=(urls[i::processes], threads, str(out_dir / f"{i:05d}.tar"), queue))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    counts = [queue.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    return elapsed, sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+def run_img2dataset(urls: list[str], *, processes: int, threads: int) -> tuple[float, int, int] | None:
+    executable = I2D_VENV / "bin" / "img2dataset"
+    if not executable.exists():
+        print(f"img2dataset skipped: {executable} not found. Create it with:\n"
+              f"  python3 -m venv {I2D_VENV}\n"
+              f"  NO_ALBUMENTATIONS_UPDATE=1 {I2D_VENV}/bin/pip install 'img2dataset==1.47.*'")
+        return None
+    url_file = WORK / "urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    out_dir = WORK / "i2d-out"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shard = -(-len(urls) // (2 * processes))
+    command = [
+        str(executable), "--url_list", str(url_file), "--input_format", "txt", "--output_folder", str(out_dir),
+        "--output_format", "webdataset", "--processes_count", str(processes), "--thread_count", str(threads),
+        "--image_size", "224", "--resize_mode", "center_crop", "--encode_quality", "95",
+        "--number_sample_per_shard", str(shard), "--timeout", "10", "--retries", "0",
+        "--enable_wandb", "False", "--distributor", "multiprocessing",
+    ]
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    start = time.perf_counter()
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if completed.returncode != 0:
+        print(completed.stderr[-3000:])
+        raise SystemExit(f"img2dataset failed with exit code {completed.returncode}")
+    ok = failed = 0
+    for stats_file in out_dir.glob("*_stats.json"):
+        stats = json.loads(stats_file.read_text())
+        ok += stats["successes"]
+        failed += stats["count"] - stats["successes"]
+    return elapsed, ok, failed
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer URLs (about a minute in all)")
+    parser.add_argument("--urls", type=int, default=None, help="URLs per tool (default 6000, quick 1500)")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=16, help="fetch threads per process, both tools")
+    args = parser.parse_args()
+    n_urls = args.urls or (1500 if args.quick else 6000)
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    images = make_images()
+    sizes = [len(b) for b in images]
+    context = mp.get_context("spawn")
+    port_queue: mp.Queue = context.Queue()
+    server = context.Process(target=_serve, args=(images, port_queue), daemon=True)
+    server.start()
+    try:
+        port = port_queue.get(timeout=30)
+        urls = [f"http://127.0.0.1:{port}/image/{i % N_DISTINCT}.jpg?n={i}" for i in range(n_urls)]
+        print(f"{time.strftime('%Y-%m-%d')}  nproc={os.cpu_count()}  cpu={cpu_model()}")
+        print(f"{n_urls} URLs over {N_DISTINCT} distinct JPEGs (~{LONG_SIDE} px, mean {np.mean(sizes)/1e3:.0f} kB); "
+              f"{args.processes} processes x {args.threads} threads each")
+        rows = {}
+        vis = run_visprep(urls, processes=args.processes, threads=args.threads)
+        rows["visprep"] = vis
+        i2d = run_img2dataset(urls, processes=args.processes, threads=args.threads)
+        if i2d is not None:
+            rows["img2dataset 1.47"] = i2d
+        for name, (elapsed, ok, failed) in rows.items():
+            print(f"  {name:<18} {ok / elapsed:8.1f} img/s   ({ok} ok, {failed} failed, {elapsed:.1f} s wall)")
+        if i2d is not None and i2d[1] > 0:
+            ratio = (vis[1] / vis[0]) / (i2d[1] / i2d[0])
+            print(f"  ratio visprep / img2dataset: {ratio:.2f}x")
+    finally:
+        server.terminate()
+        server.join(timeout=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -102,13 +103,19 @@ def _visprep_worker(urls: list[str], threads: int, out_path: str, result_queue: 
     result_queue.put((ok, failed))
 
 
-def run_visprep(urls: list[str], *, processes: int, threads: int) -> tuple[float, int, int]:
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of reaped child processes so far (the server process is never reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_visprep(urls: list[str], *, processes: int, threads: int) -> tuple[float, int, int, float]:
     out_dir = WORK / "visprep-out"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     context = mp.get_context("spawn")
     queue: mp.Queue = context.Queue()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_s()
     workers = [
         context.Process(target=_visprep_worker,
                         args=(urls[i::processes], threads, str(out_dir / f"{i:05d}.tar"), queue))
@@ -120,10 +127,10 @@ def run_visprep(urls: list[str], *, processes: int, threads: int) -> tuple[float
     for worker in workers:
         worker.join()
     elapsed = time.perf_counter() - start
-    return elapsed, sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return elapsed, sum(c[0] for c in counts), sum(c[1] for c in counts), _children_cpu_s() - cpu_start
 
 
-def run_img2dataset(urls: list[str], *, processes: int, threads: int) -> tuple[float, int, int] | None:
+def run_img2dataset(urls: list[str], *, processes: int, threads: int) -> tuple[float, int, int, float] | None:
     executable = I2D_VENV / "bin" / "img2dataset"
     if not executable.exists():
         print(f"img2dataset skipped: {executable} not found. Create it with:\n"
@@ -143,9 +150,9 @@ def run_img2dataset(urls: list[str], *, processes: int, threads: int) -> tuple[f
         "--enable_wandb", "False", "--distributor", "multiprocessing",
     ]
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_s()
     completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_s = time.perf_counter() - start, _children_cpu_s() - cpu_start
     if completed.returncode != 0:
         print(completed.stderr[-3000:])
         raise SystemExit(f"img2dataset failed with exit code {completed.returncode}")
@@ -154,7 +161,7 @@ def run_img2dataset(urls: list[str], *, processes: int, threads: int) -> tuple[f
         stats = json.loads(stats_file.read_text())
         ok += stats["successes"]
         failed += stats["count"] - stats["successes"]
-    return elapsed, ok, failed
+    return elapsed, ok, failed, cpu_s
 
 
 def cpu_model() -> str:
@@ -170,11 +177,11 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer URLs (about a minute in all)")
-    parser.add_argument("--urls", type=int, default=None, help="URLs per tool (default 6000, quick 1500)")
+    parser.add_argument("--urls", type=int, default=None, help="URLs per tool (default 3000, quick 1000)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16, help="fetch threads per process, both tools")
     args = parser.parse_args()
-    n_urls = args.urls or (1500 if args.quick else 6000)
+    n_urls = args.urls or (1000 if args.quick else 3000)
 
     WORK.mkdir(parents=True, exist_ok=True)
     images = make_images()
@@ -186,20 +193,28 @@ def main() -> None:
     try:
         port = port_queue.get(timeout=30)
         urls = [f"http://127.0.0.1:{port}/image/{i % N_DISTINCT}.jpg?n={i}" for i in range(n_urls)]
-        print(f"{time.strftime('%Y-%m-%d')}  nproc={os.cpu_count()}  cpu={cpu_model()}")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"{time.strftime('%Y-%m-%d')}  nproc={os.cpu_count()}  cpu={cpu_model()}  load1={load:.1f}")
         print(f"{n_urls} URLs over {N_DISTINCT} distinct JPEGs (~{LONG_SIDE} px, mean {np.mean(sizes)/1e3:.0f} kB); "
               f"{args.processes} processes x {args.threads} threads each")
+        # visprep runs before and after img2dataset: load from other processes on the machine drifts, and
+        # the ratio uses the mean of the two visprep runs.
         rows = {}
-        vis = run_visprep(urls, processes=args.processes, threads=args.threads)
-        rows["visprep"] = vis
+        first = run_visprep(urls, processes=args.processes, threads=args.threads)
+        rows["visprep (run 1)"] = first
         i2d = run_img2dataset(urls, processes=args.processes, threads=args.threads)
         if i2d is not None:
             rows["img2dataset 1.47"] = i2d
-        for name, (elapsed, ok, failed) in rows.items():
-            print(f"  {name:<18} {ok / elapsed:8.1f} img/s   ({ok} ok, {failed} failed, {elapsed:.1f} s wall)")
+        second = run_visprep(urls, processes=args.processes, threads=args.threads)
+        rows["visprep (run 2)"] = second
+        vis_rate = (first[1] / first[0] + second[1] / second[0]) / 2
+        for name, (elapsed, ok, failed, cpu_s) in rows.items():
+            print(f"  {name:<18} {ok / elapsed:8.1f} img/s  {ok / cpu_s:8.1f} img/CPU-s   "
+                  f"({ok} ok, {failed} failed, {elapsed:.1f} s wall, {cpu_s:.1f} CPU-s)")
         if i2d is not None and i2d[1] > 0:
-            ratio = (vis[1] / vis[0]) / (i2d[1] / i2d[0])
-            print(f"  ratio visprep / img2dataset: {ratio:.2f}x")
+            vis_per_cpu = (first[1] + second[1]) / (first[3] + second[3])
+            print(f"  ratio visprep / img2dataset: {vis_rate / (i2d[1] / i2d[0]):.2f}x wall-clock img/s, "
+                  f"{vis_per_cpu / (i2d[1] / i2d[3]):.2f}x img per CPU-second (server excluded)")
     finally:
         server.terminate()
         server.join(timeout=5)

@@ -190,7 +190,7 @@ def test_garbage_empty_and_wrong_type():
     with pytest.raises(ImageDecodeError) as info:
         decode_rgb(b"\xff\xd8\xff" + garbage)
     assert info.value.reason in ("corrupt", "truncated")  # a garbage "segment length" may point past the end
-    for bad_header in (b"\xff\xd8" + bytes(100), b"\xff\xd8\xff\x10" + garbage):
+    for bad_header in (b"\xff\xd8\xff\xe0\x00\x10" + bytes(114), b"\xff\xd8\xff\x10" + garbage):
         with pytest.raises(ImageDecodeError) as info:
             decode_rgb(bad_header)
         assert info.value.reason == "corrupt"

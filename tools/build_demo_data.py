@@ -2,14 +2,14 @@
 
 Sources (nothing is downloaded):
 
-* ``/usr/share/datasets/fashion-mnist/train-*.gz`` (Debian package ``dataset-fashion-mnist``; Zalando SE, MIT/Expat):
-  the first ``--per-class`` train images of every one of the 10 classes, in original index order, with their
-  original train-set indices.
-* ``/usr/share/doc/opencv-doc/examples/data/`` (Debian package ``opencv-doc``; Apache-2.0 AND BSD-3-Clause): two
-  real same-object photo pairs, copied byte for byte.
+* ``/usr/share/datasets/fashion-mnist/train-*.gz`` (Debian package ``dataset-fashion-mnist``; Zalando SE,
+  MIT/Expat): the first ``--per-class`` train images of every one of the 10 classes, in original index order,
+  with their original train-set indices.
+* ``/usr/share/doc/opencv-doc/examples/data/`` (Debian package ``opencv-doc``; Apache-2.0 AND BSD-3-Clause):
+  two real same-object photo pairs, copied byte for byte.
 
-The output is deterministic: the ``.npz`` is written with fixed zip timestamps, so rerunning the tool on the same
-inputs gives identical bytes.
+The output is deterministic: the ``.npz`` is written with fixed zip timestamps, so rerunning the tool on the
+same inputs gives identical bytes.
 
 Usage::
 
@@ -65,7 +65,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def select_balanced(labels: np.ndarray, *, per_class: int) -> np.ndarray:
-    """Return the indices of the first ``per_class`` examples of every class, sorted (deterministic, no RNG)."""
+    """Indices of the first ``per_class`` examples of every class, sorted (deterministic, no RNG)."""
     chosen = []
     for label in range(len(CLASS_NAMES)):
         idx = np.flatnonzero(labels == label)
@@ -76,7 +76,7 @@ def select_balanced(labels: np.ndarray, *, per_class: int) -> np.ndarray:
 
 
 def write_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` like ``np.savez_compressed`` but with fixed zip timestamps, so the bytes are reproducible."""
+    """Write ``arrays`` like ``np.savez_compressed``, but with fixed zip timestamps: reproducible bytes."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, arr in arrays.items():
             buf = io.BytesIO()
@@ -100,13 +100,13 @@ def _readme(n_images: int, per_class: int, sha: dict[str, str]) -> str:
     photos = "\n".join(f"| `{name}` | `{sha[name][:16]}…` |" for name in OPENCV_SAMPLES)
     return f"""# visprep demo data
 
-Real, redistributable data for the offline demo (`visprep.demo`). Built by `tools/build_demo_data.py` from files
-installed by Debian packages; nothing is downloaded, and the build is deterministic.
+Real, redistributable data for the offline demo (`visprep.demo`). Built by `tools/build_demo_data.py` from
+files installed by Debian packages; nothing is downloaded, and the build is deterministic.
 
 ## `{SUBSET_FILE}` — Fashion-MNIST subset
 
-{n_images} real Zalando product photos (28x28, 8-bit grayscale, light garment on black), the first {per_class} of
-each class of the Fashion-MNIST **train** set, in original order.
+{n_images} real Zalando product photos (28x28, 8-bit grayscale, light garment on black), the first {per_class}
+of each class of the Fashion-MNIST **train** set, in original order.
 
 Arrays (load with `numpy.load`, or `visprep.demo.load_fashion_mnist_subset()`):
 
@@ -139,8 +139,8 @@ License: Apache-2.0 AND BSD-3-Clause (OpenCV) — see `LICENSE-opencv-samples.tx
 
 ## How the demo uses them
 
-`visprep.demo.write_demo_sources()` colourises the garments, composites them on a studio background and writes a
-synthetic catalog around them; the OpenCV pairs become products with two real views each.
+`visprep.demo.write_demo_sources()` colourises the garments, composites them on a studio background and writes
+a synthetic catalog around them; the OpenCV pairs become products with two real views each.
 """
 
 

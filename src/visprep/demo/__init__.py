@@ -17,7 +17,9 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 )
 """Fashion-MNIST class names, indexed by label."""
 
-OPENCV_SAMPLES: tuple[str, ...] = ("box.png", "box_in_scene.png", "Blender_Suzanne1.jpg", "Blender_Suzanne2.jpg")
+OPENCV_SAMPLES: tuple[str, ...] = (
+    "box.png", "box_in_scene.png", "Blender_Suzanne1.jpg", "Blender_Suzanne2.jpg",
+)
 """Bundled OpenCV sample photos: two real same-object pairs."""
 
 

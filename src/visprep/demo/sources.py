@@ -2,28 +2,31 @@
 
 `write_demo_sources` turns the bundled real data into a catalog a visual-search pipeline can ingest offline:
 
-* **Products.** Each Fashion-MNIST garment (a real Zalando photo) becomes a *style*; a style is sold in 1–3 colours,
-  each colour its own SKU, all sharing one ``family_id`` (grade 3, "same style, different colour", between them).
-  The catalog ("hero") image of a SKU is the garment colourised and composited on a light studio backdrop
-  (``source="catalog"``, standing in for the studio photo). Each SKU also has 1–3 further views made by
-  `visprep.synthetic.views` from its hero (``source="synthetic"``, with the recipe). The two OpenCV same-object
-  photo pairs become two more products with two REAL views each (``source="catalog"``).
-* **Image references** are a mix of paths relative to the catalog file, absolute paths and ``file://`` URLs. A few
-  "marketplace" SKUs reuse another SKU's very image file (same path, another spelling) or a byte-identical copy of
-  it, to exercise content-addressed dedup.
+* **Products.** Each Fashion-MNIST garment (a real Zalando photo) becomes a *style*; a style is sold in 1–3
+  colours, each colour its own SKU, all sharing one ``family_id`` (grade 3, "same style, different colour",
+  between them). The catalog ("hero") image of a SKU is the garment colourised and composited on a light
+  studio backdrop (``source="catalog"``, standing in for the studio photo). Each SKU also has 1–3 further
+  views made by `visprep.synthetic.views` from its hero (``source="synthetic"``, with the recipe). The two
+  OpenCV same-object photo pairs become two more products with two REAL views each (``source="catalog"``).
+* **Image references** are a mix of paths relative to the catalog file, absolute paths and ``file://`` URLs. A
+  few "marketplace" SKUs reuse another SKU's very image file (same path, another spelling) or a byte-identical
+  copy of it, to exercise content-addressed dedup.
 * **Catalog files** in three formats, each holding a different part of the catalog (like feeds from different
   systems): ``catalog_main.csv``, ``catalog_feed.jsonl``, ``catalog_partner.parquet``.
 * **Bad input**, one or two rows per reason in `BAD_ROW_REASONS`, so the quarantine has something to show.
 
 Columns (all formats): product_id, title, description, category ('>'-separated taxonomy path), brand, color,
-material, size, price (decimal string), seller, inventory (int), season (an extra attribute column), family_id,
-image_urls (list), image_sources (list, parallel: "catalog" | "synthetic"), image_recipes (list, parallel: recipe
-or null). In the CSV the three lists are JSON text; in JSONL they are JSON arrays (recipes are objects); in Parquet
-they are list<string> (recipes as JSON text, null for catalog images). Missing values are empty strings in the CSV
-and nulls elsewhere.
+material, size, price (decimal string), seller, inventory (int), season (an extra attribute column),
+family_id, image_urls (list), image_sources (list, parallel: "catalog" | "synthetic"), image_recipes (list,
+parallel: recipe or null). In the CSV the three lists are JSON text; in JSONL they are JSON arrays (recipes
+are objects); in Parquet they are list<string> (recipes as JSON text, null for catalog images). Missing values
+are empty strings in the CSV and nulls elsewhere.
 
-A synthetic image's recipe is ``{"derived_from": <image path relative to image_dir>, "steps": [<op recipe>, ...]}``,
-each step as returned by `visprep.synthetic.views`.
+A synthetic image's recipe is ``{"derived_from": <hero path relative to image_dir>, "mask":
+"studio_clipping_path", "steps": [<op recipe>, ...]}``, each step as returned by `visprep.synthetic.views`;
+the mask of a ``replace_background`` step is the hero's rendering opacity > 0.5 (what a studio's clipping path
+gives; `visprep.synthetic.views.foreground_mask` on the hero recovers nearly the same mask), moved along by a
+preceding ``reframe`` step.
 """
 
 from __future__ import annotations
@@ -39,21 +42,22 @@ from typing import Any
 import cv2
 import numpy as np
 
-from visprep.demo import FASHION_MNIST_CLASSES, FashionMnistSubset, data_dir, load_fashion_mnist_subset
-from visprep.synthetic.views import foreground_mask, reframe, replace_background, upscale
+from visprep.demo import FashionMnistSubset, data_dir, load_fashion_mnist_subset
+from visprep.synthetic.views import reframe, replace_background, upscale
 
 BAD_ROW_REASONS: dict[str, str] = {
     "missing_product_id": "row without a product_id (empty in the CSV)",
     "missing_title": "row whose title is null (JSONL)",
     "no_images": "row whose image_urls list is empty (JSONL)",
     "bad_price": "row whose price '12,3x' is not a decimal number (Parquet)",
-    "conflicting_duplicate_sku": "two rows (CSV and JSONL) with one product_id but different title and price; "
-    "neither can be trusted, so both count",
+    "conflicting_duplicate_sku": "two rows (CSV and JSONL) with one product_id but different title and "
+    "price; neither can be trusted, so both count",
     "invalid_utf8": "CSV row whose title holds a Latin-1 byte (0xE9) that is not valid UTF-8",
-    "corrupt_image": "product whose only image is a JPEG truncated mid-scan (no EOI marker)",
+    "corrupt_image": "product whose only image is a JPEG truncated mid-scan (no EOI marker): strict decoders "
+    "(PIL Image.load, simplejpeg) reject it, cv2.imdecode fills the rest grey with only a warning",
     "not_an_image": "product whose only image is an HTML error page saved as .jpg",
 }
-"""Reason codes of `DemoSources.expected_bad_rows`, with what the demo writes for each. Counts are catalog rows."""
+"""Reason codes of `DemoSources.expected_bad_rows`, with what the demo writes for each (counts are rows)."""
 
 CATALOG_FILES = ("catalog_main.csv", "catalog_feed.jsonl", "catalog_partner.parquet")
 COLUMNS = (
@@ -127,7 +131,8 @@ _CLASS_INFO: dict[int, dict[str, Any]] = {
         "styles": ["Crew-Neck", "Cable-Knit", "Oversized", "Roll-Neck", "Fine-Gauge"],
         "materials": ["Merino Wool", "Cashmere-Blend", "Cotton Fleece", "Lambswool", "Recycled Polyester"],
         "sizes": ["XS-XL", "S-XXL"], "price": (25.0, 160.0),
-        "features": ["Ribbed cuffs and hem", "Dropped shoulders for a relaxed drape", "Brushed inside for warmth"],
+        "features": ["Ribbed cuffs and hem", "Dropped shoulders for a relaxed drape",
+                     "Brushed inside for warmth"],
     },
     3: {
         "category": "Apparel > Dresses", "code": "DRS",
@@ -159,7 +164,8 @@ _CLASS_INFO: dict[int, dict[str, Any]] = {
         "styles": ["Long-Sleeve", "Short-Sleeve", "Regular-Fit", "Camp-Collar", "Slim-Fit"],
         "materials": ["Cotton Oxford", "Poplin", "Flannel", "Chambray", "Linen"],
         "sizes": ["XS-XL", "S-XXL", "38-46"], "price": (19.0, 95.0),
-        "features": ["Mother-of-pearl-look buttons", "Curved hem, wear tucked or untucked", "Chest patch pocket"],
+        "features": ["Mother-of-pearl-look buttons", "Curved hem, wear tucked or untucked",
+                     "Chest patch pocket"],
     },
     7: {
         "category": "Footwear > Sneakers", "code": "SNK",
@@ -192,8 +198,9 @@ _COLORS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
     ("Black", "BLK", (32, 32, 34)), ("Navy", "NAV", (28, 42, 92)), ("Charcoal", "CHA", (70, 72, 76)),
     ("Burgundy", "BUR", (110, 26, 44)), ("Red", "RED", (190, 36, 40)), ("Olive", "OLV", (104, 110, 50)),
     ("Forest Green", "FGR", (30, 90, 52)), ("Camel", "CML", (193, 154, 107)), ("Tan", "TAN", (172, 128, 86)),
-    ("Grey", "GRY", (140, 140, 144)), ("Sky Blue", "SKY", (110, 164, 216)), ("Mustard", "MUS", (212, 168, 40)),
-    ("Blush Pink", "BLS", (222, 150, 160)), ("Teal", "TEA", (22, 122, 128)), ("Chocolate Brown", "BRN", (88, 56, 36)),
+    ("Grey", "GRY", (140, 140, 144)), ("Sky Blue", "SKY", (110, 164, 216)),
+    ("Mustard", "MUS", (212, 168, 40)), ("Blush Pink", "BLS", (222, 150, 160)),
+    ("Teal", "TEA", (22, 122, 128)), ("Chocolate Brown", "BRN", (88, 56, 36)),
     ("Khaki", "KHA", (176, 164, 118)), ("Cobalt", "COB", (30, 70, 190)), ("Rust", "RST", (170, 74, 38)),
 )
 _BRANDS: tuple[tuple[str, str], ...] = (
@@ -212,14 +219,17 @@ _FOOTWEAR_OR_BAG = {5, 7, 8, 9}
 _OPENCV_PRODUCTS: tuple[dict[str, Any], ...] = (
     {
         "product_id": "PDC-BIS-250G", "title": "Pan Ducale Bastoncini Crisp Almond Cookies 250 g",
-        "description": "Crisp Italian almond biscuits (cantuccini alla mandorla), product of Italy. Net wt 250 g.",
+        "description": "Crisp Italian almond biscuits (cantuccini alla mandorla), product of Italy. "
+        "Net wt 250 g.",
         "category": "Grocery > Snacks > Cookies", "brand": "Pan Ducale", "color": None, "material": None,
         "size": "250 g", "price": "4.49", "season": "All-season", "files": ("box.png", "box_in_scene.png"),
     },
     {
         "product_id": "PLY-FIG-SUZ01", "title": "Polyform Studio Grey Resin Low-Poly Monkey Head Figurine",
-        "description": "Faceted low-poly sculpture of Suzanne, the Blender mascot. Matte grey resin, desk size.",
-        "category": "Home > Decor > Figurines", "brand": "Polyform Studio", "color": "Grey", "material": "Resin",
+        "description": "Faceted low-poly sculpture of Suzanne, the Blender mascot. Matte grey resin, "
+        "desk size.",
+        "category": "Home > Decor > Figurines", "brand": "Polyform Studio", "color": "Grey",
+        "material": "Resin",
         "size": "One Size", "price": "24.00", "season": "All-season",
         "files": ("Blender_Suzanne1.jpg", "Blender_Suzanne2.jpg"),
     },
@@ -241,60 +251,65 @@ def _studio_backdrop() -> np.ndarray:
     base = np.asarray(_STUDIO_TOP, np.float32) * (1 - t) + np.asarray(_STUDIO_BOTTOM, np.float32) * t
     yy, xx = np.mgrid[0:HERO_SIZE, 0:HERO_SIZE].astype(np.float32)
     r2 = ((xx - HERO_SIZE / 2) ** 2 + (yy - HERO_SIZE / 2) ** 2) / (HERO_SIZE / 2) ** 2
-    return np.broadcast_to(base, (HERO_SIZE, HERO_SIZE, 3)) * (1.0 - 0.025 * r2)[..., None]
+    return (base * (1.0 - 0.025 * r2)[..., None]).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class _Garment:
-    """Per-style rendering inputs, shared by the colour variants of one family."""
+    """Per-style rendering inputs, shared by a family's colour variants: hero = rgb * fabric + backdrop."""
 
-    shade: np.ndarray  # (S, S, 1) float32 shading factor
-    alpha: np.ndarray  # (S, S, 1) float32 opacity
-    shadow: np.ndarray  # (S, S, 1) float32 backdrop multiplier (soft contact shadow)
+    fabric: np.ndarray  # (S, S, 1) float32: shading x opacity, multiplied by the garment colour
+    backdrop: np.ndarray  # (S, S, 3) float32: studio backdrop with contact shadow, times (1 - opacity)
+    mask: np.ndarray  # (S, S) bool: opacity > 0.5, the studio's clipping path
 
 
-def _prepare_garment(gray28: np.ndarray, backdrop_shape: int = HERO_SIZE) -> _Garment:
+def _prepare_garment(gray28: np.ndarray, backdrop: np.ndarray) -> _Garment:
     intensity = upscale(gray28, _GARMENT_SIZE, interpolation="cubic").image[..., 0].astype(np.float32) / 255.0
-    pad = (backdrop_shape - _GARMENT_SIZE) // 2
+    pad = (HERO_SIZE - _GARMENT_SIZE) // 2
     intensity = cv2.copyMakeBorder(intensity, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0)
     alpha = np.clip((intensity - 0.03) / 0.10, 0.0, 1.0)
-    alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=0.7)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=2.0)  # soften the 8x-upscaled staircase edge
     shade = 0.45 + 0.75 * intensity
-    shifted = np.roll(alpha, (6, 4), axis=(0, 1))
-    shadow = 1.0 - 0.18 * cv2.GaussianBlur(shifted, (0, 0), sigmaX=6.0)
-    return _Garment(shade[..., None], alpha[..., None], shadow[..., None])
+    shadow = 1.0 - 0.18 * cv2.GaussianBlur(np.roll(alpha, (6, 4), axis=(0, 1)), (0, 0), sigmaX=6.0)
+    return _Garment((shade * alpha)[..., None], backdrop * (shadow * (1.0 - alpha))[..., None], alpha > 0.5)
 
 
-def _render_hero(garment: _Garment, rgb: tuple[int, int, int], backdrop: np.ndarray) -> np.ndarray:
-    fabric = np.asarray(rgb, np.float32) * garment.shade
-    out = fabric * garment.alpha + backdrop * garment.shadow * (1.0 - garment.alpha)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+def _render_hero(garment: _Garment, rgb: tuple[int, int, int]) -> np.ndarray:
+    return cv2.convertScaleAbs(garment.fabric * np.asarray(rgb, np.float32) + garment.backdrop)
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
     if not ok:
         raise RuntimeError("OpenCV failed to encode a JPEG")
     return buf.tobytes()
 
 
-def _synthetic_view(hero: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    """One extra view of the same SKU: a new background, a new framing, or both. Returns (image, steps)."""
+def _synthetic_view(
+    hero: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[dict]]:
+    """One extra view of the same SKU: a new framing, a new background, or both. Returns (image, steps).
+
+    With both, the reframe comes first and the clipping-path mask is moved with the same parameters.
+    """
     plan = ("background", "reframe", "both")[int(rng.integers(0, 3))]
     img, steps = hero, []
+    if plan in ("reframe", "both"):
+        params = {
+            "scale": round(float(rng.uniform(0.72, 1.3)), 3),
+            "dx": round(float(rng.uniform(-0.1, 0.1)), 3),
+            "dy": round(float(rng.uniform(-0.08, 0.08)), 3),
+        }
+        img, recipe = reframe(img, **params, pad_color=_STUDIO_BOTTOM)
+        steps.append(recipe)
+        if plan == "both":
+            mask_rgb = np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2)
+            moved = reframe(mask_rgb, **params, pad_color=(0, 0, 0))
+            mask = moved.image[..., 0] > 127
     if plan in ("background", "both"):
         kind = ("solid", "gradient", "texture")[int(rng.integers(0, 3))]
         img, recipe = replace_background(img, mask, kind=kind, rng=rng)
-        steps.append(recipe)
-    if plan in ("reframe", "both"):
-        pad = [int(v) for v in img[0, 0]] if plan == "both" else list(_STUDIO_BOTTOM)
-        img, recipe = reframe(
-            img,
-            scale=round(float(rng.uniform(0.72, 1.3)), 3),
-            dx=round(float(rng.uniform(-0.1, 0.1)), 3),
-            dy=round(float(rng.uniform(-0.08, 0.08)), 3),
-            pad_color=pad,
-        )
         steps.append(recipe)
     return img, steps
 
@@ -432,10 +447,12 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - pyarrow is a core dependency
         raise ImportError("writing the demo Parquet catalog needs pyarrow: pip install pyarrow") from exc
-    schema = pa.schema(
-        [(k, pa.int64() if k == "inventory" else pa.list_(pa.string()) if k.startswith("image_") else pa.string())
-         for k in COLUMNS]
-    )
+    def arrow_type(column: str) -> pa.DataType:
+        if column == "inventory":
+            return pa.int64()
+        return pa.list_(pa.string()) if column.startswith("image_") else pa.string()
+
+    schema = pa.schema([(k, arrow_type(k)) for k in COLUMNS])
     columns: dict[str, list] = {k: [] for k in COLUMNS}
     for row in rows:
         for k in COLUMNS:
@@ -445,6 +462,112 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
             columns[k].append(value)
     table = pa.table(columns, schema=schema)
     pq.write_table(table, path, compression="zstd")
+
+
+_SPOILED = ("missing_product_id", "missing_title", "bad_price", "invalid_utf8", "conflicting_duplicate_sku",
+            "corrupt_image", "not_an_image", "no_images")
+
+
+def _render_images(products: list[_Product], subset: FashionMnistSubset, dest: Path, *, seed: int,
+                   skip: _Product) -> None:
+    """Write each product's hero and synthetic views; a per-product RNG keeps products independent."""
+    backdrop = _studio_backdrop()
+    garment_pos, garment = -1, None  # colour variants of a family are consecutive: prepare their garment once
+    for ordinal, p in enumerate(products):
+        if p is skip:
+            continue
+        prng = np.random.default_rng([seed, ordinal])
+        if p.garment_pos != garment_pos:
+            garment_pos, garment = p.garment_pos, _prepare_garment(subset.images[p.garment_pos], backdrop)
+        hero = _render_hero(garment, p.rgb)
+        sku = p.row["product_id"]
+        hero_rel = f"images/{sku}-0.jpg"
+        (dest / hero_rel).write_bytes(_encode_jpeg(hero))
+        p.images.append((hero_rel, "catalog", None))
+        for k in range(1, p.n_views + 1):
+            view, steps = _synthetic_view(hero, garment.mask, prng)
+            rel = f"images/{sku}-{k}.jpg"
+            (dest / rel).write_bytes(_encode_jpeg(view))
+            recipe = {
+                "derived_from": hero_rel[len("images/"):], "mask": "studio_clipping_path", "steps": steps,
+            }
+            p.images.append((rel, "synthetic", recipe))
+
+
+def _opencv_products(dest: Path, rng: np.random.Generator) -> list[_Product]:
+    """The OpenCV same-object pairs as products with two real photos each, copied as is."""
+    products = []
+    for spec in _OPENCV_PRODUCTS:
+        p = _Product(row={k: v for k, v in spec.items() if k != "files"}, feed=0)
+        p.row.update(seller="Northwind Retail", inventory=int(rng.integers(5, 200)),
+                     family_id=f"FAM-{spec['product_id']}")
+        for name in spec["files"]:
+            rel = f"images/{spec['product_id']}-{Path(name).stem}{Path(name).suffix.lower()}"
+            shutil.copyfile(data_dir() / name, dest / rel)
+            p.images.append((rel, "catalog", None))
+        products.append(p)
+    return products
+
+
+def _marketplace_listings(regular: list[_Product], dest: Path, rng: np.random.Generator) -> list[_Product]:
+    """Resale SKUs whose image is another SKU's very file, or a byte-identical copy of it."""
+    listings = []
+    donors = rng.choice(len(regular), size=_N_SHARED_PATH + _N_SHARED_COPY, replace=False)
+    for i, d in enumerate(donors):
+        donor = regular[int(d)]
+        row = dict(donor.row)
+        row.update(
+            product_id=f"MKT-{i + 1:06d}",
+            seller=_MARKET_SELLERS[i % len(_MARKET_SELLERS)],
+            price=_price(rng, 5.0, float(donor.row["price"])),
+            inventory=int(rng.integers(1, 20)),
+            family_id=f"FAM-MKT-{i + 1:06d}",
+            title=f"{donor.row['title']} (Resale)",
+        )
+        p = _Product(row=row, feed=int(rng.integers(0, 3)))
+        hero_rel = donor.images[0][0]
+        if i >= _N_SHARED_PATH:
+            copy_rel = f"images/MKT-{i + 1:06d}-listing.jpg"
+            shutil.copyfile(dest / hero_rel, dest / copy_rel)
+            hero_rel = copy_rel
+        p.images.append((hero_rel, "catalog", None))
+        listings.append(p)
+    return listings
+
+
+def _spoil(bad: dict[str, _Product], feeds: list[list[dict[str, Any]]], dest: Path, root: Path,
+           url_rng: np.random.Generator) -> list[Path]:
+    """Turn one product per `BAD_ROW_REASONS` code into bad input, append its rows to ``feeds``.
+
+    Returns the paths of the image files made undecodable.
+    """
+    rows = {reason: _catalog_row(p, root, url_rng) for reason, p in bad.items()}
+    rows["missing_product_id"]["product_id"] = ""
+    feeds[0].append(rows["missing_product_id"])
+    rows["missing_title"]["title"] = None
+    feeds[1].append(rows["missing_title"])
+    rows["bad_price"]["price"] = "12,3x"
+    feeds[2].append(rows["bad_price"])
+    # A lone surrogate: `_write_csv` encodes it back to the raw byte 0xE9 (Latin-1 "é").
+    rows["invalid_utf8"]["title"] = "Caf\udce9 Collection " + rows["invalid_utf8"]["title"]
+    feeds[0].append(rows["invalid_utf8"])
+    conflict = dict(rows["conflicting_duplicate_sku"])
+    conflict.update(
+        title=conflict["title"] + " - Limited Edition", price=f"{float(conflict['price']) + 15:.2f}"
+    )
+    feeds[0].append(rows["conflicting_duplicate_sku"])
+    feeds[1].append(conflict)
+    truncated = dest / bad["corrupt_image"].images[0][0]
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) * 2 // 5])
+    feeds[0].append(rows["corrupt_image"])
+    html = dest / bad["not_an_image"].images[0][0]
+    html.write_bytes(_HTML_ERROR_PAGE)
+    feeds[1].append(rows["not_an_image"])
+    for key in ("image_urls", "image_sources", "image_recipes"):
+        rows["no_images"][key] = []
+    feeds[1].append(rows["no_images"])
+    return [truncated, html]
 
 
 def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> DemoSources:
@@ -480,112 +603,24 @@ def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> 
 
     subset = load_fashion_mnist_subset()
     rng = np.random.default_rng(seed)
-    n_shared = _N_SHARED_PATH + _N_SHARED_COPY
-    n_regular = n_products - len(_OPENCV_PRODUCTS) - n_shared
-    # Extra products that will be spoiled into bad rows: missing id, missing title, bad price, invalid UTF-8,
-    # conflicting duplicate, corrupt JPEG, HTML page; "no_images" gets no images at all.
-    spoiled = ("missing_product_id", "missing_title", "bad_price", "invalid_utf8", "conflicting_duplicate_sku",
-               "corrupt_image", "not_an_image", "no_images")
-    products = _plan(subset, n_regular + len(spoiled), rng)
-    regular, bad = products[:n_regular], products[n_regular:]
-    for p, reason in zip(bad, spoiled):
+    n_regular = n_products - len(_OPENCV_PRODUCTS) - _N_SHARED_PATH - _N_SHARED_COPY
+    # One extra product per bad-row reason, spoiled after rendering (plan order keeps them at the end).
+    products = _plan(subset, n_regular + len(_SPOILED), rng)
+    regular, bad = products[:n_regular], dict(zip(_SPOILED, products[n_regular:]))
+    for reason, p in bad.items():
         p.row["family_id"] += "-X"  # keep spoiled rows out of the good families
         if reason in ("corrupt_image", "not_an_image", "no_images"):
             p.n_views = 0
+    _render_images(products, subset, dest, seed=seed, skip=bad["no_images"])
+    ocv_products = _opencv_products(dest, rng)
+    shared = _marketplace_listings(regular, dest, rng)
 
-    # ---- render images (per-product RNG, so one product's draws never shift another's)
-    backdrop = _studio_backdrop()
-    imageless = bad[spoiled.index("no_images")]
-    garment_pos, garment = -1, None  # colour variants of a family are consecutive: render their garment once
-    for ordinal, p in enumerate(products):
-        if p is imageless:
-            continue
-        prng = np.random.default_rng([seed, ordinal])
-        if p.garment_pos != garment_pos:
-            garment_pos, garment = p.garment_pos, _prepare_garment(subset.images[p.garment_pos])
-        hero = _render_hero(garment, p.rgb, backdrop)
-        sku = p.row["product_id"]
-        hero_rel = f"images/{sku}-0.jpg"
-        (dest / hero_rel).write_bytes(_encode_jpeg(hero))
-        p.images.append((hero_rel, "catalog", None))
-        if p.n_views:
-            mask = foreground_mask(hero)
-            for k in range(1, p.n_views + 1):
-                view, steps = _synthetic_view(hero, mask, prng)
-                rel = f"images/{sku}-{k}.jpg"
-                (dest / rel).write_bytes(_encode_jpeg(view))
-                p.images.append((rel, "synthetic", {"derived_from": hero_rel[len("images/"):], "steps": steps}))
-
-    # ---- OpenCV products: two real photos each, copied as is
-    ocv_products = []
-    for spec in _OPENCV_PRODUCTS:
-        p = _Product(row={k: v for k, v in spec.items() if k != "files"}, feed=0)
-        p.row.update(seller="Northwind Retail", inventory=int(rng.integers(5, 200)),
-                     family_id=f"FAM-{spec['product_id']}")
-        for name in spec["files"]:
-            rel = f"images/{spec['product_id']}-{Path(name).stem}{Path(name).suffix.lower()}"
-            shutil.copyfile(data_dir() / name, dest / rel)
-            p.images.append((rel, "catalog", None))
-        ocv_products.append(p)
-
-    # ---- marketplace listings re-using another SKU's image (same file, or a byte-identical copy)
-    shared = []
-    donors = rng.choice(len(regular), size=n_shared, replace=False)
-    for i, d in enumerate(donors):
-        donor = regular[int(d)]
-        row = dict(donor.row)
-        row.update(
-            product_id=f"MKT-{i + 1:06d}",
-            seller=_MARKET_SELLERS[i % len(_MARKET_SELLERS)],
-            price=_price(rng, 5.0, float(donor.row["price"])),
-            inventory=int(rng.integers(1, 20)),
-            family_id=f"FAM-MKT-{i + 1:06d}",
-            title=f"{donor.row['title']} (Resale)",
-        )
-        p = _Product(row=row, feed=int(rng.integers(0, 3)))
-        hero_rel = donor.images[0][0]
-        if i < _N_SHARED_PATH:
-            p.images.append((hero_rel, "catalog", None))
-        else:
-            copy_rel = f"images/MKT-{i + 1:06d}-listing.jpg"
-            shutil.copyfile(dest / hero_rel, dest / copy_rel)
-            p.images.append((copy_rel, "catalog", None))
-        shared.append(p)
-
-    # ---- spoil the bad products
     url_rng = np.random.default_rng([seed, 1 << 20])
     feeds: list[list[dict[str, Any]]] = [[], [], []]
     for p in regular + ocv_products + shared:
         feeds[p.feed].append(_catalog_row(p, root, url_rng))
-    corrupt: list[Path] = []
-    by_reason = dict(zip(spoiled, bad))
-    rows = {reason: _catalog_row(p, root, url_rng) for reason, p in by_reason.items()}
-    rows["missing_product_id"]["product_id"] = ""
-    feeds[0].append(rows["missing_product_id"])
-    rows["missing_title"]["title"] = None
-    feeds[1].append(rows["missing_title"])
-    rows["bad_price"]["price"] = "12,3x"
-    feeds[2].append(rows["bad_price"])
-    rows["invalid_utf8"]["title"] = "Caf\udce9 Collection " + rows["invalid_utf8"]["title"]
-    feeds[0].append(rows["invalid_utf8"])
-    conflict = dict(rows["conflicting_duplicate_sku"])
-    conflict.update(title=conflict["title"] + " - Limited Edition", price=f"{float(conflict['price']) + 15:.2f}")
-    feeds[0].append(rows["conflicting_duplicate_sku"])
-    feeds[1].append(conflict)
-    hero_path = dest / by_reason["corrupt_image"].images[0][0]
-    data = hero_path.read_bytes()
-    hero_path.write_bytes(data[: len(data) * 2 // 5])
-    corrupt.append(hero_path)
-    feeds[0].append(rows["corrupt_image"])
-    html_path = dest / by_reason["not_an_image"].images[0][0]
-    html_path.write_bytes(_HTML_ERROR_PAGE)
-    corrupt.append(html_path)
-    feeds[1].append(rows["not_an_image"])
-    for key in ("image_urls", "image_sources", "image_recipes"):
-        rows["no_images"][key] = []
-    feeds[1].append(rows["no_images"])
-    # one harmless exact repeat of a good row, in another feed
-    feeds[2].append(dict(feeds[0][0]))
+    corrupt = _spoil(bad, feeds, dest, root, url_rng)
+    feeds[2].append(dict(feeds[0][0]))  # one harmless exact repeat of a good row, in another feed
 
     # Shuffle each feed (bad rows must not all sit at the end), deterministically.
     for feed in feeds:
@@ -597,7 +632,7 @@ def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> 
     _write_parquet(catalog_files[2], feeds[2])
 
     good = regular + ocv_products + shared
-    expected = {reason: 1 for reason in spoiled}
+    expected = {reason: 1 for reason in _SPOILED}
     expected["conflicting_duplicate_sku"] = 2
     image_files = {rel for p in good for rel, _, _ in p.images}
     result = DemoSources(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -51,7 +52,9 @@ def map_batches(fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_siz
             yield batch, fn(batch)
         return
     limit = max_in_flight or 2 * n
-    with ProcessPoolExecutor(max_workers=n, initializer=_init_worker) as pool:
+    # forkserver, not fork: the caller has threads (fetch pool, DuckDB, OpenCV) and fork would copy held locks.
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=n, initializer=_init_worker, mp_context=ctx) as pool:
         pending: deque[tuple[list[T], Future[R]]] = deque()
         for batch in batches:
             pending.append((batch, pool.submit(fn, batch)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -30,10 +32,16 @@ def phash64(gray: np.ndarray) -> int:
     """
     if not isinstance(gray, np.ndarray) or gray.ndim != 2 or gray.size == 0:
         raise ValueError(f"phash64 needs a non-empty (H, W) grayscale array, got {_describe(gray)}")
-    small = cv2.resize(gray.astype(np.float32, copy=False), (PHASH_SIDE, PHASH_SIDE), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(small)[:8, :8] * _UNNORMALISE
-    bits = (low > np.median(low)).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+    height, width = gray.shape
+    pixels = gray.astype(np.float32, copy=False)
+    if height % PHASH_SIDE == 0 and width % PHASH_SIDE == 0:  # OpenCV's fast integer-factor area path
+        small = cv2.resize(pixels, (PHASH_SIDE, PHASH_SIDE), interpolation=cv2.INTER_AREA)
+    else:  # exact area average as two small matrix products; OpenCV's non-integer area path is ~2x slower
+        small = _area_weights(height) @ pixels @ _area_weights(width).T
+    low = (cv2.dct(np.ascontiguousarray(small, np.float32))[:8, :8] * _UNNORMALISE).ravel()
+    ordered = np.sort(low)
+    median = (ordered[31] + ordered[32]) / 2  # np.median costs 10x more on 64 values
+    return int(np.packbits(low > median).view(">u8")[0])
 
 
 def hamming64(a: int, b: int) -> int:
@@ -42,6 +50,17 @@ def hamming64(a: int, b: int) -> int:
         if not 0 <= value < 1 << 64:
             raise ValueError(f"hamming64 needs unsigned 64-bit ints, {name}={value!r}")
     return (a ^ b).bit_count()
+
+
+@lru_cache(maxsize=256)
+def _area_weights(source: int) -> np.ndarray:
+    """(PHASH_SIDE, source) float32 matrix averaging each 1/PHASH_SIDE interval of the source (area resize)."""
+    edges = np.arange(PHASH_SIDE + 1) * (source / PHASH_SIDE)
+    starts = np.arange(source)
+    overlap = np.minimum(edges[1:, None], starts[None, :] + 1) - np.maximum(edges[:-1, None], starts[None, :])
+    weights = (np.clip(overlap, 0, None) * (PHASH_SIDE / source)).astype(np.float32)
+    weights.flags.writeable = False  # shared through the cache
+    return weights
 
 
 def _describe(value: object) -> str:

@@ -1,15 +1,16 @@
 """Synthetic product views: pure numpy/OpenCV functions over HWC uint8 RGB images.
 
-Every image-producing function returns a `SyntheticView`: the new image and a *recipe*, a JSON-serialisable dict
-``{"op": <name>, **parameters}`` holding every parameter actually used (including values drawn from the RNG), so each
-synthetic image can be stored with ``source="synthetic"`` and its recipe, and re-created from its input.
+Every image-producing function returns a `SyntheticView`: the new image and a *recipe*, a JSON-serialisable
+dict ``{"op": <name>, **parameters}`` holding every parameter actually used (including values drawn from the
+RNG), so each synthetic image can be stored with ``source="synthetic"`` and its recipe, and re-created from
+its input.
 
 Which label a view may carry:
 
 * `replace_background`, `reframe`, `upscale` keep the product: the result is another view of the **same SKU**
   (grade 4, "exact", when paired with the original).
-* `recolor` changes the product: the result shows a **different product** of the same style (grade 3, "same style,
-  different colour"). Never attach a recoloured image to the SKU it came from.
+* `recolor` changes the product: the result shows a **different product** of the same style (grade 3, "same
+  style, different colour"). Never attach a recoloured image to the SKU it came from.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class SyntheticView(NamedTuple):
     recipe: Recipe
 
 
-# --------------------------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------------------------ validation
 
 
 def _check_rgb(img: Any, *, name: str = "img") -> RGBImage:
@@ -89,63 +90,71 @@ def _check_number(value: Any, *, name: str, lo: float, hi: float) -> float:
 
 def _check_rng(rng: Any) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
+        )
     return rng
 
 
-# --------------------------------------------------------------------------------------------------- foreground
+# ------------------------------------------------------------------------------------------ foreground
 
 
 def foreground_mask(img: RGBImage, *, min_contrast: int = 12, max_hole_fraction: float = 0.02) -> Mask:
     """Segment the product from a plain background (dark, as in Fashion-MNIST, or a light studio backdrop).
 
-    The background colour is the per-channel median of the one-pixel image border. Each pixel's contrast is its
-    largest per-channel absolute difference from that colour; Otsu's threshold on the contrast map separates the
-    product. Because the contrast of a pixel against a grey backdrop depends only on its value and chroma, not its
-    hue, the mask is unchanged by `recolor`. Holes smaller than ``max_hole_fraction`` of the image (creases, dark
-    print) are filled; larger ones (between sandal straps, inside a bag handle) stay background.
+    The background colour is the per-channel median of the one-pixel image border. Each pixel's contrast is
+    its largest per-channel absolute difference from that colour. Pixels above Otsu's threshold on the
+    contrast map are sure product; the mask is every region of pixels above ``min_contrast`` that holds such a
+    sure pixel (hysteresis), so dark parts of a product joined to its bright parts are kept while faint
+    isolated blotches are not. Holes smaller than ``max_hole_fraction`` of the image (creases, dark print) are
+    then filled; larger ones (between sandal straps, inside a bag handle) stay background. Because contrast
+    against a grey backdrop depends only on a pixel's value and chroma, not its hue, the mask is unchanged by
+    a `recolor` hue shift. A soft shadow touching the product may be included.
 
     Args:
         img: (H, W, 3) uint8 RGB.
-        min_contrast: pixels closer than this (0..255) to the background colour are never foreground, which keeps
-            JPEG noise on an empty backdrop out of the mask.
+        min_contrast: pixels closer than this (0..255) to the background colour are never foreground, which
+            keeps JPEG noise on an empty backdrop out of the mask.
         max_hole_fraction: largest enclosed background region, as a fraction of H*W, that is filled.
 
     Returns:
         (H, W) bool mask, True on the product. All False for an image with no contrast at all.
     """
     img = _check_rgb(img)
-    min_contrast = int(_check_number(min_contrast, name="min_contrast", lo=0, hi=255))
+    min_contrast = int(_check_number(min_contrast, name="min_contrast", lo=0, hi=254))
     max_hole_fraction = _check_number(max_hole_fraction, name="max_hole_fraction", lo=0.0, hi=1.0)
     h, w = img.shape[:2]
-    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).astype(np.int16)
-    background = np.median(border, axis=0).astype(np.int16)
-    contrast = np.abs(img.astype(np.int16) - background).max(axis=2).astype(np.uint8)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    background = np.median(border, axis=0)
+    diff = cv2.absdiff(np.ascontiguousarray(img), (*(float(v) for v in background), 0.0))
+    contrast = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
     if int(contrast.max()) <= min_contrast:
         return np.zeros((h, w), dtype=bool)
     otsu, _ = cv2.threshold(contrast, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    fg = (contrast > max(otsu, min_contrast)).astype(np.uint8)
+    weak = (contrast > min_contrast).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak, connectivity=8)
+    seeded = np.zeros(n, dtype=bool)
+    seeded[np.unique(labels[contrast > max(otsu, min_contrast)])] = True
+    seeded[0] = False
+    area = stats[:, cv2.CC_STAT_AREA]
+    big = area >= 0.002 * h * w  # drop specks, but never the largest seeded region
+    if seeded.any():
+        big[np.flatnonzero(seeded)[np.argmax(area[seeded])]] = True
+    fg = (seeded & big)[labels].astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-    # Fill small holes: label the background components; those not touching the border are holes.
+    # Fill small holes: background components not touching the image border.
     n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - fg, connectivity=4)
     if n > 1:
         x, y, bw, bh, area = (stats[:, i] for i in range(5))
         touches_border = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
         fill = ~touches_border & (area <= max_hole_fraction * h * w)
-        fill[0] = False
-        if labels.size and fill.any():
-            fg = np.where(fill[labels] & (fg == 0), 1, fg).astype(np.uint8)
-    # Drop specks: keep components of at least 0.2% of the image, or the largest one.
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    if n > 2:
-        area = stats[1:, cv2.CC_STAT_AREA]
-        keep = np.zeros(n, dtype=bool)
-        keep[1:] = (area >= 0.002 * h * w) | (area == area.max())
-        fg = keep[labels].astype(np.uint8)
+        fill[0] = False  # label 0 is the foreground itself
+        if fill.any():
+            fg[fill[labels]] = 1
     return fg.astype(bool)
 
 
-# --------------------------------------------------------------------------------------------------- background
+# ------------------------------------------------------------------------------------------ background
 
 
 def _solid_background(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, Recipe]:
@@ -162,12 +171,16 @@ def _gradient_background(h: int, w: int, rng: np.random.Generator) -> tuple[np.n
 
 def _gradient(h: int, w: int, start: Sequence[int], end: Sequence[int], angle_deg: float) -> np.ndarray:
     theta = np.deg2rad(angle_deg)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    proj = (xx - (w - 1) / 2) * np.cos(theta) + (yy - (h - 1) / 2) * np.sin(theta)
-    span = float(np.abs(proj).max()) or 1.0
-    t = ((proj / span) + 1.0) / 2.0
-    out = np.asarray(start, np.float32) * (1 - t[..., None]) + np.asarray(end, np.float32) * t[..., None]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    cos, sin = float(np.cos(theta)), float(np.sin(theta))
+    # The ramp is linear in (x, y), so bilinear upsampling of a coarse grid reproduces it: compute it small.
+    gh, gw = min(h, 17), min(w, 17)
+    xs = (np.linspace(0, w - 1, gw, dtype=np.float32) - (w - 1) / 2) * cos
+    ys = (np.linspace(0, h - 1, gh, dtype=np.float32) - (h - 1) / 2) * sin
+    span = abs(cos) * (w - 1) / 2 + abs(sin) * (h - 1) / 2 or 1.0
+    t = (ys[:, None] + xs[None, :]) * (0.5 / span) + 0.5  # 0 at the start corner, 1 at the end corner
+    start_f = np.asarray(start, np.float32)
+    coarse = start_f + (np.asarray(end, np.float32) - start_f) * t[..., None]
+    return cv2.convertScaleAbs(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
 def _texture_background(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, Recipe]:
@@ -181,14 +194,15 @@ def _texture_background(h: int, w: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def _texture(h: int, w: int, color: Sequence[int], seed: int, grain: float, amplitude: int) -> np.ndarray:
-    """Fabric/paper-like texture: blurred luminance noise plus faint directional weave, around `color`."""
-    noise = np.random.default_rng(seed).standard_normal((h, w)).astype(np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), sigmaX=grain)
+    """Fabric/paper-like texture: smooth luminance noise with features ~``grain`` px plus a faint weave."""
+    gh, gw = max(2, round(h / grain)), max(2, round(w / grain))
+    noise = np.random.default_rng(seed).standard_normal((gh, gw)).astype(np.float32)
+    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
     noise /= float(noise.std()) or 1.0
     weave = np.sin(np.arange(w, dtype=np.float32) * (np.pi / max(grain, 1.0)))[None, :] * 0.35
     lum = (noise + weave) * (amplitude / 2.0)
     out = np.asarray(color, np.float32)[None, None, :] + lum[..., None]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return cv2.convertScaleAbs(out)  # rounds and saturates to uint8
 
 
 BACKGROUND_KINDS: dict[str, Callable[[int, int, np.random.Generator], tuple[np.ndarray, Recipe]]] = {
@@ -207,13 +221,14 @@ def replace_background(
     Args:
         img: (H, W, 3) uint8 RGB.
         mask: (H, W) bool foreground mask, e.g. from `foreground_mask`.
-        kind: one of `BACKGROUND_KINDS` ("solid", "gradient", "texture"); colours etc. are drawn from ``rng`` and
-            recorded in the recipe.
+        kind: one of `BACKGROUND_KINDS` ("solid", "gradient", "texture"); colours etc. are drawn from ``rng``
+            and recorded in the recipe.
         rng: source of all randomness.
         feather_px: Gaussian sigma, in pixels, softening the mask edge (0 = hard edge).
 
     Returns:
-        `SyntheticView` with a (H, W, 3) uint8 image and recipe ``{"op": "replace_background", "kind": ..., ...}``.
+        `SyntheticView` with a (H, W, 3) uint8 image and recipe ``{"op": "replace_background", "kind": ...,
+        ...}``.
 
     Raises:
         ValueError: unknown ``kind``, bad shapes or an empty mask.
@@ -231,13 +246,12 @@ def replace_background(
     alpha = mask.astype(np.float32)
     if feather_px > 0:
         alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=feather_px)
-    alpha = alpha[..., None]
-    out = img.astype(np.float32) * alpha + background.astype(np.float32) * (1.0 - alpha)
+    out = cv2.blendLinear(np.ascontiguousarray(img), np.ascontiguousarray(background), alpha, 1.0 - alpha)
     recipe = {"op": "replace_background", "kind": kind, **params, "feather_px": feather_px}
-    return SyntheticView(np.clip(out + 0.5, 0, 255).astype(np.uint8), recipe)
+    return SyntheticView(out, recipe)
 
 
-# --------------------------------------------------------------------------------------------------- colour
+# ------------------------------------------------------------------------------------------ colour
 
 
 def recolor(
@@ -249,12 +263,12 @@ def recolor(
 ) -> SyntheticView:
     """Make a colour variant of the product: the same style in another colour, i.e. a DIFFERENT product.
 
-    Pass exactly one of ``hue_shift_deg`` (rotate the hue of a coloured product, keeping saturation and value) or
-    ``target_rgb`` (give the product that colour: hue and saturation are set from it, and value is scaled so the
-    product's mean matches it, keeping the shading). Pixels outside ``mask`` are untouched.
+    Pass exactly one of ``hue_shift_deg`` (rotate the hue of a coloured product, keeping saturation and value)
+    or ``target_rgb`` (give the product that colour: hue and saturation are set from it, and value is scaled
+    so the product's mean matches it, keeping the shading). Pixels outside ``mask`` are untouched.
 
-    The output belongs to another SKU of the same family (grade 3, "same style, different colour"): never label it
-    as a view of the input's SKU.
+    The output belongs to another SKU of the same family (grade 3, "same style, different colour"): never
+    label it as a view of the input's SKU.
 
     Args:
         img: (H, W, 3) uint8 RGB.
@@ -263,7 +277,8 @@ def recolor(
         target_rgb: 3 integers in 0..255.
 
     Returns:
-        `SyntheticView`; recipe ``{"op": "recolor", "hue_shift_deg": ..., "target_rgb": ...}`` (the unused one None).
+        `SyntheticView`; recipe ``{"op": "recolor", "hue_shift_deg": ..., "target_rgb": ...}`` (the unused one
+        None).
 
     Raises:
         ValueError: not exactly one of the two options, bad values, an empty mask, or a hue shift asked of an
@@ -303,17 +318,23 @@ def recolor(
     return SyntheticView(out, recipe)
 
 
-# --------------------------------------------------------------------------------------------------- geometry
+# ------------------------------------------------------------------------------------------ geometry
 
 
 def reframe(
-    img: RGBImage, *, scale: float = 1.0, dx: float = 0.0, dy: float = 0.0, pad_color: Sequence[int] = (255, 255, 255)
+    img: RGBImage,
+    *,
+    scale: float = 1.0,
+    dx: float = 0.0,
+    dy: float = 0.0,
+    pad_color: Sequence[int] = (255, 255, 255),
 ) -> SyntheticView:
-    """Change the framing: zoom about the centre by ``scale``, then shift by (dx, dy); the output keeps the size.
+    """Change the framing: zoom about the centre by ``scale``, then shift by (dx, dy); the output keeps the
+    size.
 
-    A point at pixel (x, y) of the input lands at ``(cx + scale * (x - cx) + dx * W, cy + scale * (y - cy) + dy * H)``
-    with ``(cx, cy) = ((W - 1) / 2, (H - 1) / 2)``. ``scale > 1`` crops in, ``scale < 1`` shows the product smaller,
-    with ``pad_color`` around it; the uncovered border after a shift is also ``pad_color``.
+    A point at pixel (x, y) of the input lands at ``(cx + scale * (x - cx) + dx * W, cy + scale * (y - cy) +
+    dy * H)`` with ``(cx, cy) = ((W - 1) / 2, (H - 1) / 2)``. ``scale > 1`` crops in, ``scale < 1`` shows the
+    product smaller, with ``pad_color`` around it; the uncovered border after a shift is also ``pad_color``.
 
     Args:
         img: (H, W, 3) uint8 RGB.
@@ -323,7 +344,8 @@ def reframe(
         pad_color: RGB fill for uncovered pixels, 3 integers in 0..255.
 
     Returns:
-        `SyntheticView` with a (H, W, 3) uint8 image; recipe ``{"op": "reframe", "scale", "dx", "dy", "pad_color"}``.
+        `SyntheticView` with a (H, W, 3) uint8 image; recipe ``{"op": "reframe", "scale", "dx", "dy",
+        "pad_color"}``.
     """
     img = _check_rgb(img)
     scale = _check_number(scale, name="scale", lo=0.25, hi=4.0)

@@ -31,6 +31,7 @@ class FetchConfig(_Section):
     timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout per attempt, seconds.")
     retries: int = Field(3, ge=0, description="Retries after a timeout, connection error, 429 or 5xx; none on 4xx.")
     backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry, jittered.")
+    max_backoff_s: float = Field(8.0, ge=0, description="Cap on a retry delay, and the longest Retry-After honoured.")
     max_bytes: int = Field(20_000_000, ge=1024, description="Largest image accepted, bytes.")
     max_redirects: int = Field(5, ge=0, description="Redirect hops followed before giving up.")
     allow_private: bool = Field(False, description="Allow private (RFC 1918, ULA) addresses.")

@@ -195,6 +195,10 @@ class Workspace:
             return sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
         return [path] if path.exists() else []
 
+    def part_count(self, name: str) -> int:
+        """Return how many Parquet files table `name` has (0 when it does not exist)."""
+        return len(self._part_files(name))
+
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """Read table `name` (all parts), conformed to its schema; an empty table when it does not exist."""
         schema = schema_for(name)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,12 @@ class FetchSettings:
         allow_private: Permit private-network addresses (RFC 1918, CGNAT, ULA, ...).
         allow_loopback: Permit loopback addresses (127.0.0.0/8, ::1).
         user_agent: Value of the User-Agent header.
+        ca_bundle: Path of a PEM file of CA certificates that https:// servers are verified against, instead of
+            the system trust store (e.g. a company CA). None uses the default store. Verification is never off.
+        s3_options: Storage options passed to `s3fs.S3FileSystem` for s3:// URLs (e.g. `endpoint_url`, `key`,
+            `secret`, `client_kwargs`, `anon`); None uses the usual AWS credential chain. Kept as a read-only
+            copy, left out of `repr` (it may hold secrets) and of the hash. `config_kwargs` given here are
+            merged over the connect/read timeouts derived from `timeout_s`.
     """
 
     concurrency: int = 32
@@ -35,6 +44,8 @@ class FetchSettings:
     allow_private: bool = False
     allow_loopback: bool = False
     user_agent: str = "visprep/0.1 (+https://github.com/visprep)"
+    ca_bundle: str | None = None
+    s3_options: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
 
     def __post_init__(self) -> None:
         _check_int("concurrency", self.concurrency, minimum=1)
@@ -49,6 +60,18 @@ class FetchSettings:
                 raise TypeError(f"FetchSettings.{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.user_agent, str) or not self.user_agent or "\n" in self.user_agent:
             raise ValueError(f"FetchSettings.user_agent must be a one-line non-empty str, got {self.user_agent!r}")
+        if self.ca_bundle is not None and (not isinstance(self.ca_bundle, str) or not self.ca_bundle):
+            raise TypeError(f"FetchSettings.ca_bundle must be a non-empty str path or None, got {self.ca_bundle!r}")
+        if self.s3_options is not None:
+            if not isinstance(self.s3_options, Mapping):
+                raise TypeError(
+                    f"FetchSettings.s3_options must be a mapping or None, got {type(self.s3_options).__name__}"
+                )
+            bad = [key for key in self.s3_options if not isinstance(key, str)]
+            if bad:
+                raise TypeError(f"FetchSettings.s3_options keys must be str, got {bad[0]!r}")
+            # A private read-only copy: the caller mutating its dict later cannot change a built Fetcher.
+            object.__setattr__(self, "s3_options", MappingProxyType(dict(self.s3_options)))
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

@@ -32,6 +32,7 @@ def fetch_settings(cfg: FetchConfig) -> FetchSettings:
     """Map the workspace's fetch config onto the fetcher's settings."""
     return FetchSettings(
         concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
+        max_backoff_s=cfg.max_backoff_s,
         max_bytes=cfg.max_bytes, max_redirects=cfg.max_redirects, allow_private=cfg.allow_private,
         allow_loopback=cfg.allow_loopback, user_agent=cfg.user_agent,
     )
@@ -98,7 +99,8 @@ def fetch_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = 
                 if progress:
                     progress(1, len(todo))
             flush()
-        compact_urls(ws)
+        if result.attempted or ws.part_count("urls") > 1:  # a killed run left parts behind
+            compact_urls(ws)
         quarantined = refresh_fetch_quarantine(ws, run.run_id)
         run.counts = {"urls_in": result.wanted, "already": result.already, "attempted": result.attempted,
                       "ok": result.ok, "failed": result.failed, "quarantined": quarantined}

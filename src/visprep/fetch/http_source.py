@@ -149,7 +149,12 @@ class HttpSource:
             "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5",
             "Accept-Encoding": "identity",
         }
-        pool_kwargs = {"server_hostname": host, "assert_hostname": host} if scheme == "https" else None
+        pool_kwargs: dict[str, str] | None = None
+        if scheme == "https":
+            # The pool is keyed by the checked IP; SNI and the certificate check must still use the host name.
+            pool_kwargs = {"server_hostname": host, "assert_hostname": host}
+            if self._settings.ca_bundle is not None:
+                pool_kwargs["ca_certs"] = self._settings.ca_bundle
         timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         last_error: u3exc.NewConnectionError | None = None
         for address in addresses:

@@ -12,7 +12,8 @@ S3_INSTALL_HINT = "s3:// URLs need s3fs: pip install 'visprep[s3]' (or: pip inst
 
 
 class S3Source:
-    """Reads s3://bucket/key objects with credentials from the usual AWS chain (environment, config, role).
+    """Reads s3://bucket/key objects with `FetchSettings.s3_options` (endpoint, credentials, ...) or, when it
+    is None, credentials from the usual AWS chain (environment, config, role).
 
     The filesystem is built once per Fetcher, on the first s3:// URL; without s3fs installed each s3:// URL
     fails with status "unsupported_scheme" and a reason that says what to install.
@@ -32,11 +33,7 @@ class S3Source:
                     import s3fs  # noqa: F401, PLC0415
                 except ImportError as exc:
                     raise ImportError(S3_INSTALL_HINT) from exc
-                timeout = self._settings.timeout_s
-                self._filesystem = fsspec.filesystem(
-                    "s3",
-                    config_kwargs={"connect_timeout": timeout, "read_timeout": timeout},
-                )
+                self._filesystem = fsspec.filesystem("s3", **_storage_options(self._settings))
             return self._filesystem
 
     def fetch_once(self, url: str, *, deadline: float) -> AttemptOutcome:
@@ -63,3 +60,11 @@ class S3Source:
             return AttemptOutcome("invalid_url", f"{url}: {exc}", url)
         except (OSError, TimeoutError) as exc:
             return AttemptOutcome("connection_error", f"{url}: {type(exc).__name__}: {exc}", url, retryable=True)
+
+
+def _storage_options(settings: FetchSettings) -> dict[str, Any]:
+    """s3fs keyword arguments: `settings.s3_options` over timeouts derived from `settings.timeout_s`."""
+    options = dict(settings.s3_options or {})
+    timeouts = {"connect_timeout": settings.timeout_s, "read_timeout": settings.timeout_s}
+    options["config_kwargs"] = {**timeouts, **dict(options.get("config_kwargs") or {})}
+    return options

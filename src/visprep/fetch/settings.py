@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -60,8 +61,11 @@ class FetchSettings:
                 raise TypeError(f"FetchSettings.{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.user_agent, str) or not self.user_agent or "\n" in self.user_agent:
             raise ValueError(f"FetchSettings.user_agent must be a one-line non-empty str, got {self.user_agent!r}")
-        if self.ca_bundle is not None and (not isinstance(self.ca_bundle, str) or not self.ca_bundle):
-            raise TypeError(f"FetchSettings.ca_bundle must be a non-empty str path or None, got {self.ca_bundle!r}")
+        if self.ca_bundle is not None:
+            if not isinstance(self.ca_bundle, str):
+                raise TypeError(f"FetchSettings.ca_bundle must be a str path or None, got {self.ca_bundle!r}")
+            if not os.path.isfile(self.ca_bundle):
+                raise ValueError(f"FetchSettings.ca_bundle must name an existing PEM file, got {self.ca_bundle!r}")
         if self.s3_options is not None:
             if not isinstance(self.s3_options, Mapping):
                 raise TypeError(

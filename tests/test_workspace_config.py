@@ -1,0 +1,102 @@
+"""Workspace table I/O, run records and the typed config; the CLI's init/status round trip."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from visprep.cli import app
+from visprep.config import VisprepConfig, load_config, render_config
+from visprep.split.stage import assign_split
+from visprep.workspace import Workspace
+
+
+def test_rendered_config_lists_every_option_and_round_trips(tmp_path: Path) -> None:
+    text = render_config(VisprepConfig())
+    data = tomllib.loads(text)
+    for section, field in VisprepConfig.model_fields.items():
+        model = field.annotation
+        for name, opt in model.model_fields.items():
+            assert opt.description and opt.description in text
+            if getattr(VisprepConfig(), section).model_dump()[name] is not None:
+                assert name in data[section], (section, name)
+    assert VisprepConfig.model_validate(data) == VisprepConfig()
+
+
+@pytest.mark.parametrize(("toml", "needle"), [
+    ("[fetch]\nconcurency = 3\n", "fetch.concurency"),
+    ("[fetch]\nconcurrency = 0\n", "fetch.concurrency = 0"),
+    ("[split]\nfractions = { train = 0.5, eval = 0.2 }\n", "sum to 1"),
+    ("[nosuch]\nx = 1\n", "nosuch"),
+    ("[fetch\n", "not valid TOML"),
+])
+def test_bad_config_names_the_key_and_value(tmp_path: Path, toml: str, needle: str) -> None:
+    path = tmp_path / "visprep.toml"
+    path.write_text(toml)
+    with pytest.raises(ValueError, match="visprep.toml") as exc:
+        load_config(path)
+    assert needle in str(exc.value)
+
+
+def test_tables_parts_and_atomic_replace(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    assert ws.read_table("pairs").num_rows == 0
+    t = pa.table({"anchor_id": ["a", "b"], "kind": ["same_product"] * 2})
+    ws.write_table("pairs", t)
+    assert pq.read_table(ws.table_path("pairs")).num_rows == 2  # readable by plain pyarrow
+    ws.write_part("pairs", t, "x1")  # a file table becomes a folder of parts, keeping its rows
+    assert ws.read_table("pairs").num_rows == 4 and ws.part_count("pairs") == 2
+    assert pq.read_table(ws.table_path("pairs")).num_rows == 4
+    ws.write_table("pairs", t)
+    assert ws.read_table("pairs").num_rows == 2 and ws.part_count("pairs") == 1
+    assert not [p for p in ws.tables_dir.rglob("*") if p.name.endswith(".tmp")]
+    with pytest.raises(ValueError, match="missing required column 'anchor_id'"):
+        ws.write_table("pairs", pa.table({"kind": ["x"]}))
+    with pytest.raises(ValueError, match="unknown table 'nope'"):
+        ws.read_table("nope")
+
+
+def test_run_record_written_even_when_a_stage_fails(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    with pytest.raises(RuntimeError):
+        with ws.run("pairs", {"pairs": {"x": 1}}) as run:
+            run.counts = {"in": 3}
+            raise RuntimeError("boom")
+    (record,) = ws.runs()
+    assert record["status"] == "failed" and "boom" in record["notes"][0]
+    assert record["counts"] == {"in": 3} and record["seconds"] is not None and record["version"]
+
+
+def test_split_is_deterministic_and_close_to_fractions() -> None:
+    fr = {"train": 0.8, "eval": 0.2}
+    names = [assign_split(f"g{i}", fr, seed=1) for i in range(20_000)]
+    assert names == [assign_split(f"g{i}", fr, seed=1) for i in range(20_000)]
+    assert abs(names.count("eval") / len(names) - 0.2) < 0.015
+    assert names != [assign_split(f"g{i}", fr, seed=2) for i in range(20_000)]
+
+
+def test_cli_init_catalog_status(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ws_dir = tmp_path / "ws"
+    res = runner.invoke(app, ["init", "-w", str(ws_dir)])
+    assert res.exit_code == 0, res.output
+    assert load_config(ws_dir / "visprep.toml") == VisprepConfig()
+    cat = tmp_path / "c.csv"
+    cat.write_text('product_id,title,category,image_urls\nA,Tee,Apparel,a.jpg\nB,,Apparel,b.jpg\n')
+    res = runner.invoke(app, ["catalog", "-w", str(ws_dir), str(cat)])
+    assert res.exit_code == 0 and "quarantined 1" in res.output, res.output
+    res = runner.invoke(app, ["status", "-w", str(ws_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    status = json.loads(res.output)
+    assert status["tables"]["products"] == 1
+    assert status["quarantine"] == [{"stage": "catalog", "reason": "missing_title", "count": 1}]
+    assert status["last_runs"]["catalog"]["counts"]["new"] == 1
+    (ws_dir / "visprep.toml").write_text("[fetch]\nbogus = 1\n")
+    res = runner.invoke(app, ["status", "-w", str(ws_dir)])
+    assert res.exit_code == 2 and "fetch.bogus" in res.output

@@ -56,6 +56,8 @@ class LoopbackServer:
         images: Bodies served by /image/<i> (cycled); default one small synthetic JPEG.
     """
 
+    scheme = "http"
+
     def __init__(self, images: list[bytes] | None = None) -> None:
         self.images = images or [make_jpeg()]
         self.hits: Counter[str] = Counter()
@@ -64,14 +66,18 @@ class LoopbackServer:
         self.max_active = 0
         self.last_host_header: str | None = None
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._server = self._make_server(_make_handler(self))
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True, name="loopback-http")
 
-    def url(self, path: str) -> str:
-        """Absolute URL of `path` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str, *, host: str = "127.0.0.1") -> str:
+        """Absolute URL of `path` on this server, naming it `host` (which must resolve to 127.0.0.1)."""
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def _make_server(self, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+        """The listening server (a subclass may add TLS)."""
+        return _Server(("127.0.0.1", 0), handler)
 
     def start(self) -> LoopbackServer:
         self._thread.start()

@@ -33,9 +33,10 @@ def _progress() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
 
         def factory(name: str) -> Callable[[int, int], None]:
             def update(advance: int, total: int) -> None:
+                # total 0 means "not known yet": Rich shows a pulsing bar.
                 if name not in tasks:
-                    tasks[name] = prog.add_task(name, total=total)
-                prog.update(tasks[name], advance=advance, total=total)
+                    tasks[name] = prog.add_task(name, total=total or None)
+                prog.update(tasks[name], advance=advance, total=total or None)
             return update
 
         yield factory
@@ -76,7 +77,8 @@ def catalog(files: Annotated[list[Path], typer.Argument(help="Catalog files: CSV
 
     ws = _open(workspace)
     try:
-        r = ingest_catalog(ws, files)
+        with _progress() as bar:
+            r = ingest_catalog(ws, files, progress=bar("catalog"))
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     console.print(f"rows {r.rows_read}: new {r.new}, changed {r.changed}, unchanged {r.unchanged}, removed "

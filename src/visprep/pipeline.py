@@ -50,7 +50,7 @@ def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, for
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if catalog_files:
-        report["catalog"] = ingest_catalog(ws, catalog_files)
+        report["catalog"] = ingest_catalog(ws, catalog_files, progress=bar("catalog"))
         timings["catalog"] = time.perf_counter() - t0
     for name, fn in (("fetch", fetch_stage), ("inspect", inspect_stage)):
         t = time.perf_counter()

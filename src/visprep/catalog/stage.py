@@ -37,7 +37,7 @@ class CatalogResult:
 
 
 def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
-                   progress: Callable[[int], None] | None = None) -> CatalogResult:
+                   progress: Callable[[int, int], None] | None = None) -> CatalogResult:
     """Ingest `files` as the new snapshot of each file: rows no longer in a file remove their products."""
     cfg = ws.config.catalog
     paths = [Path(f).expanduser().resolve() for f in files]
@@ -54,7 +54,7 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
             for raw in read_catalog_file(path):
                 result.rows_read += 1
                 if progress and result.rows_read % 1000 == 0:
-                    progress(1000)
+                    progress(1000, 0)  # total unknown until the files are read
                 checked = validate_row(raw, separator=cfg.category_separator,
                                        require_category=cfg.require_category, max_images=cfg.max_images_per_product)
                 if isinstance(checked, Product):

@@ -2,7 +2,8 @@
 
 The server runs in its own Python process, so moto's in-memory backends, its botocore hooks and any
 environment it reads stay out of the test process; the child exits when the test closes its stdin (or dies).
-Nothing global is set here: clients get the endpoint and the dummy credentials from `S3Server.storage_options`.
+Nothing global is set here: clients get the endpoint and the dummy credentials from
+`S3Server.storage_options`.
 
 Example:
     >>> with S3Server(objects={"images/0.jpg": make_jpeg()}) as s3:
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-# Runs in the child: start moto on 127.0.0.1 with an ephemeral port, report the port, serve until stdin closes.
+# Runs in the child: start moto on 127.0.0.1 (ephemeral port), print the port, serve until stdin closes.
 _CHILD = """
 import sys
 from moto.server import ThreadedMotoServer
@@ -32,7 +33,7 @@ sys.stdin.read()
 _START_TIMEOUT_S = 30.0
 REGION = "us-east-1"
 ACCESS_KEY = "visprep-test-key"
-SECRET_KEY = "visprep-test-secret"  # noqa: S105 - a dummy credential moto accepts
+SECRET_KEY = "visprep-test-secret"  # a dummy credential moto accepts
 
 
 class S3Server:

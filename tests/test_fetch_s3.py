@@ -32,7 +32,8 @@ def s3() -> Iterator[S3Server]:
 @pytest.fixture(scope="module")
 def fetcher(s3: S3Server) -> Iterator[Fetcher]:
     settings = FetchSettings(
-        concurrency=8, timeout_s=5.0, retries=1, backoff_s=0.01, max_bytes=MAX_BYTES, s3_options=s3.storage_options
+        concurrency=8, timeout_s=5.0, retries=1, backoff_s=0.01, max_bytes=MAX_BYTES,
+        s3_options=s3.storage_options,
     )
     with Fetcher(settings) as f:
         yield f

@@ -177,6 +177,11 @@ def demo(workspace: WorkspaceOpt = Path("demo-workspace"),
     _summary(ws, time.perf_counter() - t0, report)
 
 
+# --- events commands (issue 3) ---
+
+# --- labels / evaluate commands (issue 4) ---
+
+
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     import pyarrow.compute as pc
 

@@ -96,6 +96,11 @@ class ExportConfig(_Section):
     workers: int = Field(0, ge=0, description="Worker processes for preprocessing; 0 means one per core.")
 
 
+# --- events config (issue 3) ---
+
+# --- labels / evaluation config (issue 4) ---
+
+
 class VisprepConfig(_Section):
     """The whole configuration of a workspace."""
 
@@ -106,6 +111,8 @@ class VisprepConfig(_Section):
     split: SplitConfig = SplitConfig()
     pairs: PairsConfig = PairsConfig()
     export: ExportConfig = ExportConfig()
+    # --- events config (issue 3) ---
+    # --- labels / evaluation config (issue 4) ---
 
     @model_validator(mode="after")
     def _export_splits_known(self) -> "VisprepConfig":

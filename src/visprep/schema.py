@@ -123,6 +123,10 @@ QUARANTINE = pa.schema(
     ]
 )
 
+# --- events tables (issue 3) ---
+
+# --- labels / evaluation tables (issue 4) ---
+
 TABLES: dict[str, pa.Schema] = {
     "products": PRODUCTS,
     "product_images": PRODUCT_IMAGES,
@@ -132,6 +136,8 @@ TABLES: dict[str, pa.Schema] = {
     "pairs": PAIRS,
     "negatives": NEGATIVES,
     "quarantine": QUARANTINE,
+    # --- events tables (issue 3) ---
+    # --- labels / evaluation tables (issue 4) ---
 }
 
 

@@ -23,6 +23,7 @@ class S3Source:
         self._settings = settings
         self._lock = threading.Lock()
         self._filesystem: Any = None
+        self._boto_errors: Any = None  # botocore.exceptions, once s3fs (which needs botocore) is imported
 
     def _get_filesystem(self) -> Any:
         with self._lock:
@@ -31,8 +32,10 @@ class S3Source:
 
                 try:
                     import s3fs  # noqa: F401, PLC0415
+                    from botocore import exceptions as boto_errors  # noqa: PLC0415
                 except ImportError as exc:
                     raise ImportError(S3_INSTALL_HINT) from exc
+                self._boto_errors = boto_errors
                 self._filesystem = fsspec.filesystem("s3", **_storage_options(self._settings))
             return self._filesystem
 
@@ -58,8 +61,21 @@ class S3Source:
             return AttemptOutcome("http_4xx", f"{url}: access denied ({exc})", url)
         except ValueError as exc:
             return AttemptOutcome("invalid_url", f"{url}: {exc}", url)
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            return AttemptOutcome("timeout", f"{url}: {type(exc).__name__}: {exc}", url, retryable=True)
+        except OSError as exc:
             return AttemptOutcome("connection_error", f"{url}: {type(exc).__name__}: {exc}", url, retryable=True)
+        except self._boto_errors.BotoCoreError as exc:
+            # s3fs turns S3 error responses into OSErrors but lets botocore's own errors through: endpoint
+            # unreachable, connection dropped, no credentials, ...
+            return _botocore_failure(url, exc, self._boto_errors)
+
+
+def _botocore_failure(url: str, exc: Exception, boto_errors: Any) -> AttemptOutcome:
+    """Map a botocore error that s3fs did not translate: transport errors may pass, the rest will not."""
+    reason = f"{url}: {type(exc).__name__}: {exc}"
+    transient = isinstance(exc, (boto_errors.ConnectionError, boto_errors.HTTPClientError))
+    return AttemptOutcome("connection_error", reason, url, retryable=transient)
 
 
 def _storage_options(settings: FetchSettings) -> dict[str, Any]:

@@ -27,8 +27,9 @@ class FetchSettings:
         allow_private: Permit private-network addresses (RFC 1918, CGNAT, ULA, ...).
         allow_loopback: Permit loopback addresses (127.0.0.0/8, ::1).
         user_agent: Value of the User-Agent header.
-        ca_bundle: Path of a PEM file of CA certificates that https:// servers are verified against, instead of
-            the system trust store (e.g. a company CA). None uses the default store. Verification is never off.
+        ca_bundle: Path of a PEM file of CA certificates that https:// servers are verified against instead
+            of the system trust store (e.g. a company CA); None uses the default store. Verification is never
+            off.
         s3_options: Storage options passed to `s3fs.S3FileSystem` for s3:// URLs (e.g. `endpoint_url`, `key`,
             `secret`, `client_kwargs`, `anon`); None uses the usual AWS credential chain. Kept as a read-only
             copy, left out of `repr` (it may hold secrets) and of the hash. `config_kwargs` given here are
@@ -65,12 +66,13 @@ class FetchSettings:
             if not isinstance(self.ca_bundle, str):
                 raise TypeError(f"FetchSettings.ca_bundle must be a str path or None, got {self.ca_bundle!r}")
             if not os.path.isfile(self.ca_bundle):
-                raise ValueError(f"FetchSettings.ca_bundle must name an existing PEM file, got {self.ca_bundle!r}")
+                raise ValueError(
+                    f"FetchSettings.ca_bundle must name an existing PEM file, got {self.ca_bundle!r}"
+                )
         if self.s3_options is not None:
             if not isinstance(self.s3_options, Mapping):
-                raise TypeError(
-                    f"FetchSettings.s3_options must be a mapping or None, got {type(self.s3_options).__name__}"
-                )
+                kind = type(self.s3_options).__name__
+                raise TypeError(f"FetchSettings.s3_options must be a mapping or None, got {kind}")
             bad = [key for key in self.s3_options if not isinstance(key, str)]
             if bad:
                 raise TypeError(f"FetchSettings.s3_options keys must be str, got {bad[0]!r}")

@@ -93,6 +93,11 @@ def preprocess_uint8(data: bytes, profile: PreprocessProfile) -> np.ndarray:
     Raises:
         ImageDecodeError: the image cannot be decoded (see `decode_rgb`).
     """
+    return np.ascontiguousarray(_center_crop_view(data, profile))
+
+
+def _center_crop_view(data: bytes, profile: PreprocessProfile) -> np.ndarray:
+    """`preprocess_uint8` without the final copy: a (size, size, 3) view into the resized image."""
     target = profile.shorter_side
     decoded = decode_image(data, min_side=target, max_pixels=DEFAULT_MAX_PIXELS, gray=False)
     pixels = decoded.pixels
@@ -108,7 +113,7 @@ def preprocess_uint8(data: bytes, profile: PreprocessProfile) -> np.ndarray:
     size = profile.size
     top = int(round((up_h - size) / 2.0))
     left = int(round((up_w - size) / 2.0))
-    return np.ascontiguousarray(upright[top : top + size, left : left + size])
+    return upright[top : top + size, left : left + size]
 
 
 def normalize(images: np.ndarray, profile: PreprocessProfile) -> np.ndarray:
@@ -143,7 +148,8 @@ def normalize(images: np.ndarray, profile: PreprocessProfile) -> np.ndarray:
 
 def preprocess_float(data: bytes, profile: PreprocessProfile) -> np.ndarray:
     """`normalize(preprocess_uint8(data, profile), profile)`: (3, size, size) float32."""
-    return normalize(preprocess_uint8(data, profile), profile)
+    # Normalizing the crop view directly saves the uint8 crop copy.
+    return normalize(_center_crop_view(data, profile), profile)
 
 
 def encode_jpeg(rgb: np.ndarray, *, quality: int = 90) -> bytes:
@@ -171,7 +177,9 @@ def encode_jpeg(rgb: np.ndarray, *, quality: int = 90) -> bytes:
 def _normalize_into(image: np.ndarray, scale: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
     # cv2.split gives contiguous planes; addWeighted(p, a, p, 0, b) is a fused uint8->float32 multiply-add
     # (about 10x faster than the numpy astype/multiply/add/transpose chain at 224 px).
-    for channel, plane in enumerate(cv2.split(np.ascontiguousarray(image))):
+    if not (image.strides[2] == 1 and image.strides[1] == 3 and image.strides[0] > 0):
+        image = np.ascontiguousarray(image)  # OpenCV takes row-strided views, not flipped or transposed ones
+    for channel, plane in enumerate(cv2.split(image)):
         cv2.addWeighted(plane, float(scale[channel]), plane, 0.0, float(bias[channel]),
                         dst=out[channel], dtype=cv2.CV_32F)
 

@@ -2,13 +2,16 @@
 
     PYTHONPATH=src python benchmarks/bench_preprocess.py [--quick] [--profile imagenet-224]
 
-For 800 px and 1600 px wide JPEGs (baseline and progressive, made from a real photo when opencv-doc is
-installed, otherwise a synthetic textured image) it measures images/s on one core and on all cores (process
-pool, one OpenCV thread per worker):
+Two image sets (see bench_common.IMAGE_SETS): "textured" (opencv-doc aloeL.jpg, a very detailed plant photo)
+and "product" (apple, orange, fruits, Blender_Suzanne1: objects on plain backgrounds), each as 800 px and
+1600 px wide JPEGs (q90), baseline and progressive. Images/s on one core and on all cores (process pool, one
+OpenCV thread per worker):
   visprep  preprocess_float: DCT-scaled decode + resize + center crop + normalize to float32 CHW
-  pillow   Image.open().convert("RGB").resize() + crop + numpy normalize (what most loaders do)
+  pillow   Image.open().convert("RGB").resize(BILINEAR) + crop + numpy normalize (what most loaders do)
   floor    simplejpeg.decode_jpeg at the DCT scale visprep decodes at (min_height = min_width = resize target)
-and a per-step breakdown of visprep's time. Timings take the best of a few repeats: the machine may be shared.
+Each number is the median of several timed runs; the three methods run interleaved (rotating order), so load
+from other processes hits all of them. Also: a per-step breakdown, and decode options (fastdct, fastupsample,
+a smaller DCT scale) with their PSNR against the path visprep uses. Results: benchmarks/.work/bench_preprocess.json.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,37 +29,18 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from visprep.images.preprocess import get_profile, preprocess_float
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (IMAGE_SETS, interleaved_medians, load_average, machine, make_jpegs,  # noqa: E402
+                          time_per_call, write_result)
 
-PHOTO = Path("/usr/share/doc/opencv-doc/examples/data/aloeL.jpg")
+from visprep.images.preprocess import get_profile, normalize, preprocess_float, preprocess_uint8  # noqa: E402
+
 WIDTHS = (800, 1600)
+TARGETS = {800: 2.6, 1600: 3.8}  # x plain Pillow, baseline JPEGs, one core and all cores
+FLOOR_TARGET = 0.75
 
 _images: list[bytes] = []
 _profile_name = "imagenet-224"
-
-
-def source_photo() -> tuple[np.ndarray, str]:
-    if PHOTO.exists():
-        return np.asarray(Image.open(PHOTO).convert("RGB")), PHOTO.name
-    rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-    image = cv2.resize(coarse, (1600, 1200), interpolation=cv2.INTER_CUBIC).astype(np.int16)
-    fine = cv2.resize(rng.integers(-30, 31, (300, 400, 1), dtype=np.int16), (1600, 1200))
-    return np.clip(image + fine[:, :, None], 0, 255).astype(np.uint8), "synthetic 1600x1200 texture"
-
-
-def make_jpegs(photo: np.ndarray, width: int, progressive: bool, count: int = 4) -> list[bytes]:
-    """`count` slightly different JPEGs (shifted crops) so the decoder does not see one file over and over."""
-    height = round(photo.shape[0] * width / photo.shape[1])
-    out = []
-    for index in range(count):
-        crop = photo[index * 4 :, index * 4 :]
-        resized = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA if width < crop.shape[1]
-                             else cv2.INTER_CUBIC)
-        buffer = io.BytesIO()
-        Image.fromarray(resized).save(buffer, "JPEG", quality=90, progressive=progressive)
-        out.append(buffer.getvalue())
-    return out
 
 
 def run_visprep(data: bytes) -> None:
@@ -94,6 +78,11 @@ def _init_worker(images: list[bytes], profile_name: str) -> None:
     cv2.setNumThreads(1)
 
 
+def _set_images(images: list[bytes]) -> None:
+    global _images
+    _images = images
+
+
 def _timed_loop(method: str, seconds: float) -> tuple[int, float]:
     """Run `method` over the worker's images for about `seconds`; return (images done, elapsed seconds)."""
     function = METHODS[method]
@@ -108,27 +97,39 @@ def _timed_loop(method: str, seconds: float) -> tuple[int, float]:
             return done, elapsed
 
 
-def throughput_one_core(method: str, seconds: float, repeats: int) -> float:
-    _timed_loop(method, 0.05)  # warm up
-    return max(done / elapsed for done, elapsed in (_timed_loop(method, seconds) for _ in range(repeats)))
+def rate_one_core(method: str, seconds: float) -> float:
+    done, elapsed = _timed_loop(method, seconds)
+    return done / elapsed
 
 
-def throughput_all_cores(pool: ProcessPoolExecutor, workers: int, method: str, seconds: float,
-                         repeats: int) -> float:
-    best = 0.0
-    list(pool.map(_timed_loop, [method] * workers, [0.05] * workers))  # warm up every worker
-    for _ in range(repeats):
-        start = time.perf_counter()
-        results = list(pool.map(_timed_loop, [method] * workers, [seconds] * workers))
-        wall = time.perf_counter() - start
-        best = max(best, sum(done for done, _ in results) / wall)
-    return best
+def rate_all_cores(pool: ProcessPoolExecutor, workers: int, method: str, seconds: float) -> float:
+    start = time.perf_counter()
+    results = list(pool.map(_timed_loop, [method] * workers, [seconds] * workers))
+    return sum(done for done, _ in results) / (time.perf_counter() - start)
+
+
+def measure(images: list[bytes], workers: int, seconds: float, repeats: int) -> dict[int, dict]:
+    """{cores: {method: stats}} for one image list; methods interleaved within each core count."""
+    _set_images(images)
+    for method in METHODS:
+        _timed_loop(method, 0.05)  # warm up
+    out = {1: interleaved_medians({m: (lambda m=m: rate_one_core(m, seconds)) for m in METHODS}, repeats)}
+    if workers > 1:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(images, _profile_name)) as pool:
+            for method in METHODS:
+                list(pool.map(_timed_loop, [method] * workers, [0.05] * workers))
+            out[workers] = interleaved_medians(
+                {m: (lambda m=m: rate_all_cores(pool, workers, m, seconds)) for m in METHODS}, repeats)
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def breakdown(data: bytes, repeats: int) -> dict[str, float]:
-    """Microseconds per step of visprep's path, and of the alternatives it avoids."""
-    from visprep.images.preprocess import normalize, preprocess_uint8
-
+    """Median microseconds per step of visprep's path, and of the alternatives it avoids."""
     profile = get_profile(_profile_name)
     target = profile.shorter_side
     decoded = simplejpeg.decode_jpeg(data, min_height=target, min_width=target)
@@ -138,8 +139,13 @@ def breakdown(data: bytes, repeats: int) -> dict[str, float]:
     mean = np.asarray(profile.mean, np.float32)
     std = np.asarray(profile.std, np.float32)
     steps = {
-        f"decode at DCT scale -> {w}x{h}": lambda: simplejpeg.decode_jpeg(data, min_height=target, min_width=target),
+        f"decode at DCT scale -> {w}x{h} (used)": lambda: simplejpeg.decode_jpeg(data, min_height=target,
+                                                                                  min_width=target),
+        "  same, fastdct=True, fastupsample=True": lambda: simplejpeg.decode_jpeg(
+            data, min_height=target, min_width=target, fastdct=True, fastupsample=True),
         "decode full size": lambda: simplejpeg.decode_jpeg(data),
+        "  full size, fastdct=True, fastupsample=True": lambda: simplejpeg.decode_jpeg(data, fastdct=True,
+                                                                                         fastupsample=True),
         f"resize -> {new_size[0]}x{new_size[1]} INTER_LINEAR (used)":
             lambda: cv2.resize(decoded, new_size, interpolation=cv2.INTER_LINEAR),
         f"resize -> {new_size[0]}x{new_size[1]} INTER_AREA": lambda: cv2.resize(decoded, new_size,
@@ -150,67 +156,103 @@ def breakdown(data: bytes, repeats: int) -> dict[str, float]:
         "preprocess_uint8 total": lambda: preprocess_uint8(data, profile),
         "preprocess_float total": lambda: preprocess_float(data, profile),
     }
-    out = {}
-    for name, step in steps.items():
+    for step in steps.values():
         step()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(10):
-                step()
-            best = min(best, (time.perf_counter() - start) / 10)
-        out[name] = best * 1e6
-    return out
+    stats = interleaved_medians({name: (lambda s=step: time_per_call(s, 10)) for name, step in steps.items()},
+                                repeats)
+    return {name: s["median"] * 1e6 for name, s in stats.items()}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def decode_options(data: bytes) -> dict[str, float]:
+    """PSNR (dB) of the final resized image for decode options, against the path visprep uses (accurate
+    integer IDCT, fancy upsampling, DCT scale for shorter side >= target, bilinear) and against an area
+    resize of the full-size decode (the best this geometry can give)."""
+    target = get_profile(_profile_name).shorter_side
+    full = simplejpeg.decode_jpeg(data)
+    h, w = full.shape[:2]
+    size = (int(target * w / h), target) if h <= w else (target, int(target * h / w))
+
+    def path(min_side: int, interpolation: int = cv2.INTER_LINEAR, **options: bool) -> np.ndarray:
+        pixels = simplejpeg.decode_jpeg(data, min_height=min_side, min_width=min_side, **options)
+        return cv2.resize(pixels, size, interpolation=interpolation)
+
+    used = path(target)
+    best = cv2.resize(full, size, interpolation=cv2.INTER_AREA)
+    variants = {
+        "used: DCT scale, INTER_LINEAR": used,
+        "fastdct + fastupsample": path(target, fastdct=True, fastupsample=True),
+        "DCT scale, INTER_AREA": path(target, cv2.INTER_AREA),
+        "next smaller DCT scale, upscaled": path(target // 2),
+    }
+    return {name: {"vs_used_db": psnr(image, used), "vs_full_area_db": psnr(image, best)}
+            for name, image in variants.items()}
 
 
 def main() -> None:
-    global _images, _profile_name
+    global _profile_name
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs (~30 s), noisier numbers")
+    parser.add_argument("--quick", action="store_true", help="short runs, noisier numbers")
     parser.add_argument("--profile", default="imagenet-224")
     args = parser.parse_args()
     _profile_name = args.profile
-    seconds, repeats = (0.3, 2) if args.quick else (1.0, 3)
+    seconds, repeats = (0.15, 3) if args.quick else (0.35, 5)
     workers = os.cpu_count() or 1
     cv2.setNumThreads(1)
-    photo, source = source_photo()
     profile = get_profile(args.profile)
-    print(f"# bench_preprocess  {time.strftime('%Y-%m-%d')}  nproc={workers}  cpu={cpu_model()}")
-    print(f"# source: {source}; profile {args.profile} (resize shorter -> {profile.shorter_side}, crop "
-          f"{profile.size}); {'quick' if args.quick else 'full'} run, best of {repeats} x {seconds}s")
-    print(f"{'image':<22}{'cores':>6}{'visprep':>10}{'pillow':>10}{'floor':>10}{'vs pillow':>11}{'vs floor':>10}")
-    first_inputs = None
-    for width in WIDTHS:
-        for progressive in (False, True):
-            _images = make_jpegs(photo, width, progressive)
-            first_inputs = first_inputs or _images[0]
-            label = f"{width}px {'progressive' if progressive else 'baseline'}"
-            rates = {m: throughput_one_core(m, seconds, repeats) for m in METHODS}
-            print(f"{label:<22}{1:>6}{rates['visprep']:>10.0f}{rates['pillow']:>10.0f}{rates['floor']:>10.0f}"
-                  f"{rates['visprep'] / rates['pillow']:>10.2f}x{rates['visprep'] / rates['floor']:>9.2f}x")
-            if workers > 1:
-                with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                         initargs=(_images, _profile_name)) as pool:
-                    rates = {m: throughput_all_cores(pool, workers, m, seconds, repeats) for m in METHODS}
-                print(f"{'':<22}{workers:>6}{rates['visprep']:>10.0f}{rates['pillow']:>10.0f}"
-                      f"{rates['floor']:>10.0f}{rates['visprep'] / rates['pillow']:>10.2f}x"
-                      f"{rates['visprep'] / rates['floor']:>9.2f}x")
-    print("(images/s; 'vs floor' = visprep / bare simplejpeg decode at the same DCT scale)")
-    for width in WIDTHS:
-        data = make_jpegs(photo, width, progressive=False, count=1)[0]
-        print(f"\n# one-core breakdown, {width}px baseline (microseconds, best of {repeats * 2})")
-        for name, micros in breakdown(data, repeats * 2).items():
-            print(f"  {name:<52}{micros:>9.0f}")
+    load_start = load_average()
+    info = machine()
+    print(f"# bench_preprocess  {time.strftime('%Y-%m-%d %H:%M')}  nproc={workers}  cpu={info['cpu']}  "
+          f"load={load_start}")
+    print(f"# profile {args.profile} (resize shorter -> {profile.shorter_side}, crop {profile.size}); "
+          f"median of {repeats} interleaved runs x {seconds}s per method")
+    print(f"{'set':<10}{'image':<18}{'cores':>6}{'visprep':>9}{'pillow':>9}{'floor':>9}{'vs pillow':>11}"
+          f"{'vs floor':>10}")
+    rows = []
+    for set_name in IMAGE_SETS:
+        for width in WIDTHS:
+            for progressive in (False, True):
+                images = make_jpegs(set_name, width, progressive)
+                label = f"{width}px {'progressive' if progressive else 'baseline'}"
+                for cores, stats in measure(images, workers, seconds, repeats).items():
+                    rates = {m: stats[m]["median"] for m in METHODS}
+                    row = {"set": set_name, "width": width, "progressive": progressive, "cores": cores,
+                           "mean_kb": round(sum(map(len, images)) / len(images) / 1e3, 1),
+                           "rates": rates, "spread": {m: [stats[m]["min"], stats[m]["max"]] for m in METHODS},
+                           "vs_pillow": rates["visprep"] / rates["pillow"],
+                           "vs_floor": rates["visprep"] / rates["floor"]}
+                    if not progressive:
+                        row["target_vs_pillow"] = TARGETS[width]
+                        row["target_vs_floor"] = FLOOR_TARGET
+                        row["met"] = row["vs_pillow"] >= TARGETS[width] and row["vs_floor"] >= FLOOR_TARGET
+                    rows.append(row)
+                    print(f"{set_name if cores == 1 else '':<10}{label if cores == 1 else '':<18}{cores:>6}"
+                          f"{rates['visprep']:>9.0f}{rates['pillow']:>9.0f}{rates['floor']:>9.0f}"
+                          f"{row['vs_pillow']:>10.2f}x{row['vs_floor']:>9.2f}x"
+                          + ("" if progressive else ("   met" if row["met"] else "   MISSED")))
+    print("(images/s; 'vs floor' = visprep / bare simplejpeg decode at the same DCT scale; targets apply to "
+          f"baseline JPEGs: >= {TARGETS[800]}x / {TARGETS[1600]}x Pillow at 800 / 1600 px, >= {FLOOR_TARGET}x floor)")
+    breakdowns, options = {}, {}
+    for set_name in IMAGE_SETS:
+        for width in WIDTHS:
+            data = make_jpegs(set_name, width, progressive=False, count=1)[0]
+            key = f"{set_name} {width}px baseline"
+            breakdowns[key] = breakdown(data, repeats)
+            options[key] = decode_options(data)
+            print(f"\n# one-core breakdown, {key} (microseconds, median of {repeats})")
+            for name, micros in breakdowns[key].items():
+                print(f"  {name:<52}{micros:>9.0f}")
+            print("  decode options, PSNR dB of the resized image vs the used path / vs area resize of full decode:")
+            for name, value in options[key].items():
+                print(f"    {name:<40}{value['vs_used_db']:>8.1f}{value['vs_full_area_db']:>8.1f}")
+    load_end = load_average()
+    print(f"# load average at end: {load_end}")
+    write_result("bench_preprocess", {
+        "benchmark": "preprocess", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": info,
+        "load_start": load_start, "load_end": load_end, "quick": args.quick, "profile": args.profile,
+        "seconds_per_run": seconds, "repeats": repeats, "rows": rows, "breakdown_us": breakdowns,
+        "decode_options_psnr": options,
+        "command": "PYTHONPATH=src python benchmarks/bench_preprocess.py" + (" --quick" if args.quick else ""),
+    })
 
 
 if __name__ == "__main__":

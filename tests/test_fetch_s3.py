@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 from collections import Counter
 from collections.abc import Iterator
 
@@ -104,6 +106,28 @@ def test_object_uploaded_later_is_found(s3: S3Server, fetcher: Fetcher) -> None:
     assert result.ok and result.data == IMAGES[1]
 
 
+def test_unreachable_endpoint_is_a_connection_error_not_a_crash() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s",
+               "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True}
+    settings = FetchSettings(timeout_s=2.0, retries=1, backoff_s=0.01, s3_options=options)
+    with Fetcher(settings) as fetcher:
+        result = fetcher.fetch("s3://bucket/key.jpg")
+    _check_invariants(result)
+    assert (result.status, result.attempts) == ("connection_error", 2)  # retried once, then reported
+    assert result.elapsed_s < 5.0  # no retries multiplied inside botocore
+
+
+def test_s3_without_s3fs_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # "import s3fs" now raises ImportError
+    with Fetcher(FetchSettings()) as fetcher:
+        result = fetcher.fetch("s3://bucket/key.jpg")
+    assert result.status == "unsupported_scheme" and "pip install" in result.reason and "s3fs" in result.reason
+    assert result.attempts == 1
+
+
 def test_s3_options_are_copied_read_only() -> None:
     options = {"endpoint_url": "http://127.0.0.1:1", "secret": "sekrit-value"}
     settings = FetchSettings(s3_options=options)
@@ -125,7 +149,9 @@ def test_storage_options_merge_config_kwargs_over_timeouts() -> None:
     settings = FetchSettings(timeout_s=3.0, s3_options={"anon": True, "config_kwargs": {"read_timeout": 9.0}})
     options = _storage_options(settings)
     assert options["anon"] is True
-    assert options["config_kwargs"] == {"connect_timeout": 3.0, "read_timeout": 9.0}
+    assert options["config_kwargs"] == {
+        "connect_timeout": 3.0, "read_timeout": 9.0, "retries": {"total_max_attempts": 1}
+    }
     assert _storage_options(FetchSettings(timeout_s=2.0)) == {
-        "config_kwargs": {"connect_timeout": 2.0, "read_timeout": 2.0}
+        "config_kwargs": {"connect_timeout": 2.0, "read_timeout": 2.0, "retries": {"total_max_attempts": 1}}
     }

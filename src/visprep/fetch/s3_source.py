@@ -79,8 +79,17 @@ def _botocore_failure(url: str, exc: Exception, boto_errors: Any) -> AttemptOutc
 
 
 def _storage_options(settings: FetchSettings) -> dict[str, Any]:
-    """s3fs keyword arguments: `settings.s3_options` over timeouts derived from `settings.timeout_s`."""
+    """s3fs keyword arguments: `settings.s3_options` over defaults that keep one attempt near `timeout_s`.
+
+    The defaults: connect/read timeouts of `settings.timeout_s`, and no retries inside botocore (they multiply
+    with s3fs's own: about 25 tries and 10 s per attempt at an unreachable endpoint); the Fetcher retries
+    with its own backoff and `settings.retries`.
+    """
     options = dict(settings.s3_options or {})
-    timeouts = {"connect_timeout": settings.timeout_s, "read_timeout": settings.timeout_s}
-    options["config_kwargs"] = {**timeouts, **dict(options.get("config_kwargs") or {})}
+    defaults = {
+        "connect_timeout": settings.timeout_s,
+        "read_timeout": settings.timeout_s,
+        "retries": {"total_max_attempts": 1},
+    }
+    options["config_kwargs"] = {**defaults, **dict(options.get("config_kwargs") or {})}
     return options

@@ -144,6 +144,9 @@ def pairs_stage(ws: Workspace) -> PairsResult:
             rows_s = np.flatnonzero(split_arr == s)
             a, n, rank = other_category_negatives(top_arr[rows_s].astype(str), cfg.negatives_per_anchor, rng)
             a, n = rows_s[a], rows_s[n]
+            # One photo can be listed by products of two categories: never pair an image with itself.
+            keep = iid_arr[a] != iid_arr[n]
+            a, n, rank = a[keep], n[keep], rank[keep]
             neg_rows["anchor_id"].extend(iid_arr[a])
             neg_rows["negative_id"].extend(iid_arr[n])
             neg_rows["anchor_product_id"].extend(pid_arr[a])

@@ -14,6 +14,9 @@ img2dataset runs from its own virtualenv as a subprocess, so it never touches th
     NO_ALBUMENTATIONS_UPDATE=1 benchmarks/.work/i2d-venv/bin/pip install 'img2dataset==1.47.*'
 
 Usage: PYTHONPATH=src python benchmarks/bench_fetch.py [--quick] [--urls N] [--threads T]
+
+The tools alternate (visprep, img2dataset, visprep[, img2dataset, visprep]); the ratio is the median over
+rounds. Load average is printed at start and end. Results: benchmarks/.work/bench_fetch.json.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -46,6 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))
 PHOTO_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 N_DISTINCT = 200
 LONG_SIDE = 800
+TARGET = 3.0  # x img2dataset images/s, wall clock
 
 
 def make_images(count: int = N_DISTINCT, seed: int = 0) -> list[bytes]:
@@ -177,11 +182,12 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer URLs (about a minute in all)")
-    parser.add_argument("--urls", type=int, default=None, help="URLs per tool (default 3000, quick 1000)")
+    parser.add_argument("--urls", type=int, default=None, help="URLs per run (default 1500, quick 600)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16, help="fetch threads per process, both tools")
     args = parser.parse_args()
-    n_urls = args.urls or (1000 if args.quick else 3000)
+    n_urls = args.urls or (600 if args.quick else 1500)
+    rounds = 1 if args.quick else 2
 
     WORK.mkdir(parents=True, exist_ok=True)
     images = make_images()
@@ -193,28 +199,56 @@ def main() -> None:
     try:
         port = port_queue.get(timeout=30)
         urls = [f"http://127.0.0.1:{port}/image/{i % N_DISTINCT}.jpg?n={i}" for i in range(n_urls)]
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"{time.strftime('%Y-%m-%d')}  nproc={os.cpu_count()}  cpu={cpu_model()}  load1={load:.1f}")
+        load_start = os.getloadavg() if hasattr(os, "getloadavg") else ()
+        print(f"{time.strftime('%Y-%m-%d %H:%M')}  nproc={os.cpu_count()}  cpu={cpu_model()}  "
+              f"load={[round(x, 2) for x in load_start]}")
         print(f"{n_urls} URLs over {N_DISTINCT} distinct JPEGs (~{LONG_SIDE} px, mean {np.mean(sizes)/1e3:.0f} kB); "
-              f"{args.processes} processes x {args.threads} threads each")
-        # visprep runs before and after img2dataset: load from other processes on the machine drifts, and
-        # the ratio uses the mean of the two visprep runs.
-        rows = {}
-        first = run_visprep(urls, processes=args.processes, threads=args.threads)
-        rows["visprep (run 1)"] = first
-        i2d = run_img2dataset(urls, processes=args.processes, threads=args.threads)
-        if i2d is not None:
-            rows["img2dataset 1.47"] = i2d
-        second = run_visprep(urls, processes=args.processes, threads=args.threads)
-        rows["visprep (run 2)"] = second
-        vis_rate = (first[1] / first[0] + second[1] / second[0]) / 2
-        for name, (elapsed, ok, failed, cpu_s) in rows.items():
+              f"{args.processes} processes x {args.threads} threads each; {rounds} interleaved rounds")
+        # The tools alternate (visprep, img2dataset, visprep, ...), so drifting load from other processes hits
+        # both; each ratio compares one img2dataset run with the mean of the visprep runs either side of it,
+        # and the reported ratio is the median of those.
+        runs = [("visprep", run_visprep(urls, processes=args.processes, threads=args.threads))]
+        for _ in range(rounds):
+            i2d = run_img2dataset(urls, processes=args.processes, threads=args.threads)
+            if i2d is None:
+                break
+            runs.append(("img2dataset 1.47", i2d))
+            runs.append(("visprep", run_visprep(urls, processes=args.processes, threads=args.threads)))
+        for name, (elapsed, ok, failed, cpu_s) in runs:
             print(f"  {name:<18} {ok / elapsed:8.1f} img/s  {ok / cpu_s:8.1f} img/CPU-s   "
                   f"({ok} ok, {failed} failed, {elapsed:.1f} s wall, {cpu_s:.1f} CPU-s)")
-        if i2d is not None and i2d[1] > 0:
-            vis_per_cpu = (first[1] + second[1]) / (first[3] + second[3])
-            print(f"  ratio visprep / img2dataset: {vis_rate / (i2d[1] / i2d[0]):.2f}x wall-clock img/s, "
-                  f"{vis_per_cpu / (i2d[1] / i2d[3]):.2f}x img per CPU-second (server excluded)")
+        wall_ratios, cpu_ratios = [], []
+        for index in range(1, len(runs) - 1, 2):
+            (_, before), (_, i2d), (_, after) = runs[index - 1], runs[index], runs[index + 1]
+            if i2d[1] == 0:
+                continue
+            vis_rate = (before[1] / before[0] + after[1] / after[0]) / 2
+            vis_per_cpu = (before[1] + after[1]) / (before[3] + after[3])
+            wall_ratios.append(vis_rate / (i2d[1] / i2d[0]))
+            cpu_ratios.append(vis_per_cpu / (i2d[1] / i2d[3]))
+        result = {
+            "benchmark": "fetch", "date": time.strftime("%Y-%m-%d %H:%M"), "nproc": os.cpu_count(),
+            "cpu": cpu_model(), "load_start": [round(x, 2) for x in load_start], "quick": args.quick,
+            "urls": n_urls, "processes": args.processes, "threads": args.threads, "target": TARGET,
+            "runs": [{"tool": name, "wall_s": r[0], "ok": r[1], "failed": r[2], "cpu_s": r[3],
+                      "img_per_s": r[1] / r[0], "img_per_cpu_s": r[1] / r[3] if r[3] else None}
+                     for name, r in runs],
+            "wall_ratios": wall_ratios, "cpu_ratios": cpu_ratios,
+            "command": "PYTHONPATH=src python benchmarks/bench_fetch.py" + (" --quick" if args.quick else ""),
+        }
+        if wall_ratios:
+            result["wall_ratio_median"] = statistics.median(wall_ratios)
+            result["cpu_ratio_median"] = statistics.median(cpu_ratios)
+            result["met"] = result["wall_ratio_median"] >= TARGET
+            print(f"  ratio visprep / img2dataset (median of {len(wall_ratios)}): "
+                  f"{result['wall_ratio_median']:.2f}x wall-clock img/s {wall_ratios}, "
+                  f"{result['cpu_ratio_median']:.2f}x img per CPU-second (server excluded); target >= {TARGET}x "
+                  + ("met" if result["met"] else "MISSED"))
+        load_end = os.getloadavg() if hasattr(os, "getloadavg") else ()
+        result["load_end"] = [round(x, 2) for x in load_end]
+        print(f"# load average at end: {result['load_end']}")
+        WORK.mkdir(parents=True, exist_ok=True)
+        (WORK / "bench_fetch.json").write_text(json.dumps(result, indent=1))
     finally:
         server.terminate()
         server.join(timeout=5)

@@ -23,8 +23,10 @@ from typing import Any
 
 # Runs in the child: start moto on 127.0.0.1 (ephemeral port), print the port, serve until stdin closes.
 _CHILD = """
+import logging
 import sys
 from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request; errors still reach stderr
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
 print(server.get_host_and_port()[1], flush=True)

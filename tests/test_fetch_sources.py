@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -56,12 +55,6 @@ def test_local_file_too_large(tmp_path: Path, image_file: Path) -> None:
 
 def test_file_url_with_remote_host_is_invalid(fetcher: Fetcher) -> None:
     assert fetcher.fetch("file://server/share/x.jpg").status == "invalid_url"
-
-
-@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs installed")
-def test_s3_without_s3fs_says_what_to_install(fetcher: Fetcher) -> None:
-    result = fetcher.fetch("s3://bucket/key.jpg")
-    assert result.status == "unsupported_scheme" and "pip install" in result.reason and "s3fs" in result.reason
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x.jpg", "data:image/png;base64,AAAA", "gopher://x/"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,7 +157,7 @@ def run(files: Annotated[Optional[list[Path]], typer.Argument(help="Catalog file
 
 
 @app.command()
-def demo(workspace: WorkspaceOpt = Path("demo-workspace"),
+def demo(workspace: WorkspaceOpt = Path("."),
          products: Annotated[int, typer.Option(help="Fashion-MNIST products in the demo catalog.")] = 2400,
          fresh: Annotated[bool, typer.Option(help="Delete the workspace first.")] = False) -> None:
     """Build the demo workspace from the bundled real data and run every stage."""
@@ -165,15 +166,23 @@ def demo(workspace: WorkspaceOpt = Path("demo-workspace"),
 
     ws = Workspace(workspace)
     if fresh:
-        ws.clear()
+        ws.clear("demo-source")
     t0 = time.perf_counter()
     ws.root.mkdir(parents=True, exist_ok=True)
     if not ws.config_path.exists():
         ws.config_path.write_text(render_config(VisprepConfig()), encoding="utf-8")
-    console.print(f"writing demo sources ({products} products) into {ws.root / 'demo-source'} ...")
-    src = write_demo_sources(ws.root / "demo-source", n_products=products)
+    source_dir = ws.root / "demo-source"
+    manifest = source_dir / "demo_manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text())["n_products"] == products:
+        files = [source_dir / f for f in json.loads(manifest.read_text())["catalog_files"]]
+        console.print(f"reusing demo sources in {source_dir}")
+    else:
+        if source_dir.exists():
+            shutil.rmtree(source_dir)
+        console.print(f"writing demo sources ({products} products) into {source_dir} ...")
+        files = write_demo_sources(source_dir, n_products=products).catalog_files
     with _progress() as bar:
-        report = run_pipeline(ws, src.catalog_files, progress=bar)
+        report = run_pipeline(ws, files, progress=bar)
     _summary(ws, time.perf_counter() - t0, report)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,6 +37,8 @@ class FetchConfig(_Section):
     allow_private: bool = Field(False, description="Allow private (RFC 1918, ULA) addresses.")
     allow_loopback: bool = Field(False, description="Allow loopback addresses (127.0.0.0/8, ::1).")
     user_agent: str = Field("visprep/0.1", description="User-Agent header sent with every request.")
+    ca_bundle: str | None = Field(None, description="PEM file of extra CAs trusted for https (certificates are always checked).")
+    s3_options: dict[str, Any] | None = Field(None, description="s3fs options for s3:// URLs, e.g. endpoint_url, key, secret.")
     checkpoint_every: int = Field(256, ge=1, description="Results recorded per checkpoint (what a kill can lose).")
     retry_failed: bool = Field(False, description="Retry URLs whose earlier fetch failed.")
 
@@ -98,6 +100,37 @@ class ExportConfig(_Section):
 
 # --- events config (issue 3) ---
 
+
+class EventsConfig(_Section):
+    """Behaviour logs: validation, interaction-pair weights, position and popularity debiasing, sources."""
+
+    unknown_product: Literal["keep", "quarantine"] = Field(
+        "keep", description="Events naming a product not in the products table: keep them, or quarantine them "
+                            "(checked only when a products table exists).")
+    click_weight: float = Field(1.0, ge=0, description="Signal weight of a click (soft positive).")
+    add_to_cart_weight: float = Field(0.5, ge=0, description="Signal weight of an add-to-cart (weak positive).")
+    purchase_weight: float = Field(3.0, ge=0, description="Signal weight of a purchase (strong positive).")
+    coview_weight: float = Field(0.5, ge=0, description="Signal weight of a co-view (A viewed, then B viewed/clicked).")
+    skip_above_weight: float = Field(1.0, ge=0, description="Weight of a skip-above hard negative.")
+    coview_window_s: float = Field(1800.0, gt=0, description="Co-view: B must follow A in the session within this "
+                                                               "many seconds.")
+    propensity: Literal["harvest", "model"] = Field(
+        "harvest", description="Position propensities: 'harvest' estimates them from the same (query, product) shown "
+                               "at adjacent ranks (intervention harvesting), falling back to the model per rank "
+                               "without enough support; 'model' uses 1/rank^examination_eta only.")
+    examination_eta: float = Field(1.0, ge=0, description="Examination model: propensity(rank) = 1/rank^eta.")
+    harvest_min_support: int = Field(50, ge=1, description="Impressions (summed over (query, product) seen at both "
+                                                            "ranks) needed to trust a harvested rank ratio.")
+    max_rank: int = Field(50, ge=2, description="Ranks above this use the examination model.")
+    propensity_clip: float = Field(0.05, gt=0, le=1, description="Smallest propensity used (IPS weight at most "
+                                                                   "1/clip).")
+    popularity_alpha: float = Field(0.5, ge=0, description="Popularity correction: positive weights are multiplied "
+                                                            "by (popularity / mean popularity)^-alpha; 0 disables.")
+    chunk_rows: int = Field(500_000, ge=1000, description="Records read and validated at a time (bounds memory).")
+    duckdb_memory_limit: str = Field("1GB", description="DuckDB memory limit; larger work spills to the workspace.")
+    kafka_batch: int = Field(10_000, ge=1, description="Kafka messages per committed batch (what a crash re-reads).")
+    kafka_poll_s: float = Field(1.0, gt=0, description="Kafka poll timeout, seconds.")
+
 # --- labels / evaluation config (issue 4) ---
 
 
@@ -112,6 +145,7 @@ class VisprepConfig(_Section):
     pairs: PairsConfig = PairsConfig()
     export: ExportConfig = ExportConfig()
     # --- events config (issue 3) ---
+    events: EventsConfig = EventsConfig()
     # --- labels / evaluation config (issue 4) ---
 
     @model_validator(mode="after")

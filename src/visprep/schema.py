@@ -125,6 +125,40 @@ QUARANTINE = pa.schema(
 
 # --- events tables (issue 3) ---
 
+EVENTS = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("ts", _TS, nullable=False),
+        pa.field("day", pa.date32(), nullable=False),  # UTC day of ts: the partition key (part file names)
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),  # search | impression | click | add_to_cart | purchase | view
+        pa.field("query_id", pa.string()),
+        pa.field("query_image_id", pa.string()),
+        pa.field("product_id", pa.string()),
+        pa.field("position", pa.int32()),  # 1-based rank shown
+        pa.field("source", pa.string()),  # file path or kafka://topic/partition
+        pa.field("line", pa.int64()),  # line / row in a file, offset in a Kafka partition
+    ]
+)
+
+INTERACTION_PAIRS = pa.schema(
+    [
+        pa.field("anchor_id", pa.string(), nullable=False),
+        pa.field("anchor_type", pa.string(), nullable=False),  # query | product
+        pa.field("anchor_image_id", pa.string()),  # the query image of a visual search, when known
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # click | add_to_cart | purchase | coview | skip_above
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("exposures", pa.int64()),  # result lists of the anchor that showed the product
+        pa.field("mean_position", pa.float64()),
+        pa.field("raw_weight", pa.float64()),  # signal weight x count
+        pa.field("ips_weight", pa.float64()),  # signal weight x sum of 1/propensity(rank)
+        pa.field("log_q", pa.float64()),  # log sampling frequency of the product among positives (logQ)
+        pa.field("debiased_weight", pa.float64()),  # ips_weight x popularity correction
+    ]
+)
+
 # --- labels / evaluation tables (issue 4) ---
 
 TABLES: dict[str, pa.Schema] = {
@@ -137,6 +171,8 @@ TABLES: dict[str, pa.Schema] = {
     "negatives": NEGATIVES,
     "quarantine": QUARANTINE,
     # --- events tables (issue 3) ---
+    "events": EVENTS,
+    "interaction_pairs": INTERACTION_PAIRS,
     # --- labels / evaluation tables (issue 4) ---
 }
 

@@ -351,10 +351,14 @@ class Workspace:
             "SELECT * FROM u QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1", u=urls
         ), schema_for("urls"))
 
-    def clear(self) -> None:
-        """Delete everything in the workspace (used by `visprep demo --fresh`)."""
-        if self.root.exists():
-            shutil.rmtree(self.root)
+    def clear(self, *extra: str) -> None:
+        """Delete what visprep keeps in the workspace (and the named `extra` entries), nothing else."""
+        for name in ("tables", "images", "runs", "shards", CONFIG_FILE, *extra):
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
 
 def _safe_part(key: str) -> str:

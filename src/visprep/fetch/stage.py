@@ -34,7 +34,8 @@ def fetch_settings(cfg: FetchConfig) -> FetchSettings:
         concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
         max_backoff_s=cfg.max_backoff_s,
         max_bytes=cfg.max_bytes, max_redirects=cfg.max_redirects, allow_private=cfg.allow_private,
-        allow_loopback=cfg.allow_loopback, user_agent=cfg.user_agent,
+        allow_loopback=cfg.allow_loopback, user_agent=cfg.user_agent, ca_bundle=cfg.ca_bundle,
+        s3_options=cfg.s3_options,
     )
 
 

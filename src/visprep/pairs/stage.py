@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from visprep.config import section_params
-from visprep.schema import NEGATIVES, PAIRS
+from visprep.schema import PAIRS
 from visprep.workspace import Workspace
 
 

@@ -120,8 +120,10 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
         images = pa.concat_tables([keep_images, pa.Table.from_pylist(new_images, schema=PRODUCT_IMAGES)])
         images = images.sort_by([("product_id", "ascending"), ("position", "ascending")])
 
-        ws.write_table("product_images", images)
-        ws.write_table("products", products)
+        if result.new or result.changed or result.removed or not ws.has_table("products"):
+            # Unchanged products are not rewritten, so downstream stages see the same fingerprint and skip.
+            ws.write_table("product_images", images)
+            ws.write_table("products", products)
         for source, records in refused.items():
             ws.quarantine(records, stage="catalog", run_id=run.run_id, key=source)
             result.quarantined += len({r.line for r in records})

@@ -190,6 +190,10 @@ def demo(workspace: WorkspaceOpt = Path("."),
 
 # --- labels / evaluate commands (issue 4) ---
 
+# --- embed / mine / sample commands (issue 5) ---
+
+# --- queries / augment commands (issue 7) ---
+
 
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     import pyarrow.compute as pc

@@ -133,6 +133,10 @@ class EventsConfig(_Section):
 
 # --- labels / evaluation config (issue 4) ---
 
+# --- embed / mining / sampling config (issue 5) ---
+
+# --- queries / augmentation config (issue 7) ---
+
 
 class VisprepConfig(_Section):
     """The whole configuration of a workspace."""
@@ -147,6 +151,8 @@ class VisprepConfig(_Section):
     # --- events config (issue 3) ---
     events: EventsConfig = EventsConfig()
     # --- labels / evaluation config (issue 4) ---
+    # --- embed / mining / sampling config (issue 5) ---
+    # --- queries / augmentation config (issue 7) ---
 
     @model_validator(mode="after")
     def _export_splits_known(self) -> "VisprepConfig":

@@ -161,6 +161,10 @@ INTERACTION_PAIRS = pa.schema(
 
 # --- labels / evaluation tables (issue 4) ---
 
+# --- embed / mining / sampling tables (issue 5) ---
+
+# --- queries / augmentation tables (issue 7) ---
+
 TABLES: dict[str, pa.Schema] = {
     "products": PRODUCTS,
     "product_images": PRODUCT_IMAGES,
@@ -174,6 +178,8 @@ TABLES: dict[str, pa.Schema] = {
     "events": EVENTS,
     "interaction_pairs": INTERACTION_PAIRS,
     # --- labels / evaluation tables (issue 4) ---
+    # --- embed / mining / sampling tables (issue 5) ---
+    # --- queries / augmentation tables (issue 7) ---
 }
 
 

@@ -194,6 +194,8 @@ def demo(workspace: WorkspaceOpt = Path("."),
 
 # --- queries / augment commands (issue 7) ---
 
+# --- dedup / quality commands (issue 6) ---
+
 
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     import pyarrow.compute as pc

@@ -133,9 +133,79 @@ class EventsConfig(_Section):
 
 # --- labels / evaluation config (issue 4) ---
 
+
+class LabelsConfig(_Section):
+    """Human relevance judgments: import policy, multi-rater aggregation, rater quality, eval-split pinning."""
+
+    on_conflict: str = Field("quarantine", description="Same (query, product, rater) with different grades: "
+                             "'quarantine' refuses all of them; 'latest' keeps the newest (ts, then file order).")
+    aggregate: str = Field("median", description="Consensus grade: 'median' (lower median on an even count) or "
+                           "'majority' (most frequent; ties go to the grade nearest the mean, then the lower).")
+    relabel_spread: int = Field(2, ge=1, le=4, description="Flag a pair for re-labelling when max - min grade "
+                                "of its raters is at least this.")
+    suspect_kappa: float = Field(0.2, ge=-1, le=1, description="A rater whose quadratic-weighted kappa against "
+                                 "the other raters' consensus is below this is flagged suspect.")
+    pin_min_grade: int = Field(3, ge=0, le=4, description="Products judged at least this grade for an eval "
+                               "query are pinned (with their whole group) to the eval split.")
+    eval_split: str = Field("eval", description="Name of the split that holds the evaluation products.")
+
+    @field_validator("on_conflict")
+    @classmethod
+    def _conflict_policy(cls, v: str) -> str:
+        if v not in ("quarantine", "latest"):
+            raise ValueError(f"labels.on_conflict must be 'quarantine' or 'latest', got {v!r}")
+        return v
+
+    @field_validator("aggregate")
+    @classmethod
+    def _aggregate_method(cls, v: str) -> str:
+        if v not in ("median", "majority"):
+            raise ValueError(f"labels.aggregate must be 'median' or 'majority', got {v!r}")
+        return v
+
+
+class EvaluateConfig(_Section):
+    """Offline retrieval evaluation against the graded eval qrels."""
+
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20], description="Cut-offs k of nDCG@k and Recall@k.")
+    depth: int = Field(100, ge=1, description="Products retrieved per query (MAP and MRR are computed to here).")
+    relevance_threshold: int = Field(3, ge=1, le=4, description="Grade at or above which a product counts as "
+                                     "relevant for Recall@k, MAP and MRR.")
+    ndcg_gain: str = Field("linear", description="nDCG gain: 'linear' (the grade, as trec_eval) or "
+                           "'exponential' (2^grade - 1).")
+    similarity: str = Field("cosine", description="'cosine' (vectors L2-normalised) or 'dot'.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of queries for confidence intervals.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    permutations: int = Field(10_000, ge=100, description="Sign flips of the paired randomisation test.")
+    seed: int = Field(0, description="Seed of bootstrap and randomisation test.")
+    block_size: int = Field(1024, ge=1, description="Queries scored per block of the exact search.")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError(f"evaluate.ks must be a non-empty list of cut-offs >= 1, got {v}")
+        return sorted(set(v))
+
+    @field_validator("ndcg_gain")
+    @classmethod
+    def _gain(cls, v: str) -> str:
+        if v not in ("linear", "exponential"):
+            raise ValueError(f"evaluate.ndcg_gain must be 'linear' or 'exponential', got {v!r}")
+        return v
+
+    @field_validator("similarity")
+    @classmethod
+    def _similarity(cls, v: str) -> str:
+        if v not in ("cosine", "dot"):
+            raise ValueError(f"evaluate.similarity must be 'cosine' or 'dot', got {v!r}")
+        return v
+
 # --- embed / mining / sampling config (issue 5) ---
 
 # --- queries / augmentation config (issue 7) ---
+
+# --- dedup / quality config (issue 6) ---
 
 
 class VisprepConfig(_Section):
@@ -151,8 +221,11 @@ class VisprepConfig(_Section):
     # --- events config (issue 3) ---
     events: EventsConfig = EventsConfig()
     # --- labels / evaluation config (issue 4) ---
+    labels: LabelsConfig = LabelsConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     # --- embed / mining / sampling config (issue 5) ---
     # --- queries / augmentation config (issue 7) ---
+    # --- dedup / quality config (issue 6) ---
 
     @model_validator(mode="after")
     def _export_splits_known(self) -> "VisprepConfig":

@@ -161,9 +161,104 @@ INTERACTION_PAIRS = pa.schema(
 
 # --- labels / evaluation tables (issue 4) ---
 
+EVAL_QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),  # image id (sha256) of the query image
+        pa.field("query_ref", pa.string()),  # as written in the rater file: an image id, a path or a URL
+        pa.field("format", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+JUDGMENTS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("rater_id", pa.string(), nullable=False),
+        pa.field("grade", pa.int8(), nullable=False),  # 0-4, see visprep.labels.rubric
+        pa.field("batch", pa.string()),  # the file's `batch` column, else the file name
+        pa.field("ts", _TS),
+        pa.field("comment", pa.string()),
+        pa.field("query_ref", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_line", pa.int64()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+EVAL_QRELS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("grade", pa.int8(), nullable=False),  # the consensus grade
+        pa.field("grade_name", pa.string()),
+        pa.field("method", pa.string()),  # median | majority
+        pa.field("n_raters", pa.int32()),
+        pa.field("mean_grade", pa.float32()),
+        pa.field("spread", pa.int8()),  # max - min of the raters' grades
+        pa.field("relabel", pa.bool_()),  # raters disagree by >= labels.relabel_spread grades
+        pa.field("grades", pa.list_(pa.int8())),  # every rater's grade, sorted
+    ]
+)
+
+LABEL_AGREEMENT = pa.schema(
+    [
+        pa.field("batch", pa.string(), nullable=False),  # "*" is all batches together
+        pa.field("n_items", pa.int64()),  # (query, product) pairs with >= 2 raters
+        pa.field("n_raters", pa.int32()),
+        pa.field("n_judgments", pa.int64()),
+        pa.field("alpha_ordinal", pa.float64()),  # Krippendorff's alpha, ordinal metric
+        pa.field("fleiss_kappa", pa.float64()),  # Fleiss' kappa, items with a varying number of raters
+        pa.field("cohen_kappa_mean", pa.float64()),  # mean pairwise Cohen's kappa (unweighted)
+        pa.field("cohen_kappa_quadratic_mean", pa.float64()),  # mean pairwise quadratic-weighted kappa
+        pa.field("relabel_items", pa.int64()),
+    ]
+)
+
+RATER_STATS = pa.schema(
+    [
+        pa.field("rater_id", pa.string(), nullable=False),
+        pa.field("n_judgments", pa.int64()),
+        pa.field("n_batches", pa.int32()),
+        pa.field("n_compared", pa.int64()),  # judgments of items with >= 2 other raters
+        pa.field("exact_agreement", pa.float64()),  # share equal to the consensus of the OTHER raters
+        pa.field("mean_abs_error", pa.float64()),  # mean |grade - consensus of the others|
+        pa.field("bias", pa.float64()),  # mean (grade - consensus of the others): > 0 grades too high
+        pa.field("kappa_quadratic", pa.float64()),  # quadratic-weighted kappa against that consensus
+        pa.field("suspect", pa.bool_()),  # kappa_quadratic below labels.suspect_kappa
+    ]
+)
+
+EVAL_METRICS = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),  # ndcg@10, recall@10, map, mrr
+        pa.field("category", pa.string()),  # "*" is all queries
+        pa.field("value", pa.float64()),
+        pa.field("ci_low", pa.float64()),
+        pa.field("ci_high", pa.float64()),
+        pa.field("n_queries", pa.int64()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+EVAL_QUERY_SCORES = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("category", pa.string()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
 # --- embed / mining / sampling tables (issue 5) ---
 
 # --- queries / augmentation tables (issue 7) ---
+
+# --- dedup / quality tables (issue 6) ---
 
 TABLES: dict[str, pa.Schema] = {
     "products": PRODUCTS,
@@ -178,8 +273,16 @@ TABLES: dict[str, pa.Schema] = {
     "events": EVENTS,
     "interaction_pairs": INTERACTION_PAIRS,
     # --- labels / evaluation tables (issue 4) ---
+    "eval_queries": EVAL_QUERIES,
+    "judgments": JUDGMENTS,
+    "eval_qrels": EVAL_QRELS,
+    "label_agreement": LABEL_AGREEMENT,
+    "rater_stats": RATER_STATS,
+    "eval_metrics": EVAL_METRICS,
+    "eval_query_scores": EVAL_QUERY_SCORES,
     # --- embed / mining / sampling tables (issue 5) ---
     # --- queries / augmentation tables (issue 7) ---
+    # --- dedup / quality tables (issue 6) ---
 }
 
 

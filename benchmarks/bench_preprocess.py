@@ -139,16 +139,16 @@ def breakdown(data: bytes, repeats: int) -> dict[str, float]:
     mean = np.asarray(profile.mean, np.float32)
     std = np.asarray(profile.std, np.float32)
     steps = {
-        f"decode at DCT scale -> {w}x{h} (used)": lambda: simplejpeg.decode_jpeg(data, min_height=target,
+        "decode at DCT scale (used)": lambda: simplejpeg.decode_jpeg(data, min_height=target,
                                                                                   min_width=target),
         "  same, fastdct=True, fastupsample=True": lambda: simplejpeg.decode_jpeg(
             data, min_height=target, min_width=target, fastdct=True, fastupsample=True),
         "decode full size": lambda: simplejpeg.decode_jpeg(data),
         "  full size, fastdct=True, fastupsample=True": lambda: simplejpeg.decode_jpeg(data, fastdct=True,
                                                                                          fastupsample=True),
-        f"resize -> {new_size[0]}x{new_size[1]} INTER_LINEAR (used)":
+        "resize shorter side to target, INTER_LINEAR (used)":
             lambda: cv2.resize(decoded, new_size, interpolation=cv2.INTER_LINEAR),
-        f"resize -> {new_size[0]}x{new_size[1]} INTER_AREA": lambda: cv2.resize(decoded, new_size,
+        "resize shorter side to target, INTER_AREA": lambda: cv2.resize(decoded, new_size,
                                                                                   interpolation=cv2.INTER_AREA),
         "normalize: cv2.split + addWeighted (used)": lambda: normalize(crop, profile),
         "normalize: numpy astype/sub/div/transpose": lambda: ((crop.astype(np.float32) / 255.0 - mean) / std)

@@ -68,8 +68,7 @@ def preprocess_section(result: dict) -> list[str]:
     steps = next(iter(result["breakdown_us"].values())).keys()
     for index, step in enumerate(steps):
         values = [list(b.values())[index] for b in result["breakdown_us"].values()]
-        label = step.split(" -> ")[0] if "resize" not in step and "decode at" not in step else step
-        lines.append(f"| {label.strip()} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
+        lines.append(f"| {step.strip()} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
     lines += ["", "Decode options: PSNR (dB) of the 256-px resized image against the path used / against an area "
               "resize of the full-size decode (∞ = bit-identical):", "",
               "| option | " + " | ".join(result["decode_options_psnr"]) + " |",

@@ -28,7 +28,13 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-bench: install-dev
+# img2dataset (the fetch baseline) lives in its own venv: it pins versions we must not inherit.
+benchmarks/.work/i2d-venv/.installed:
+	$(PYTHON) -m venv benchmarks/.work/i2d-venv
+	NO_ALBUMENTATIONS_UPDATE=1 benchmarks/.work/i2d-venv/bin/pip install -q 'img2dataset==1.47.*'
+	touch $@
+
+bench: install-dev benchmarks/.work/i2d-venv/.installed
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -188,11 +188,260 @@ def demo(workspace: WorkspaceOpt = Path("."),
 
 # --- events commands (issue 3) ---
 
+
+@app.command()
+def events(workspace: WorkspaceOpt = Path("."),
+           from_files: Annotated[Optional[list[Path]], typer.Option(
+               "--from", help="Event files (JSON lines or Parquet); repeat for several.")] = None,
+           kafka: Annotated[Optional[str], typer.Option(help="Kafka bootstrap HOST:PORT.")] = None,
+           topic: Annotated[Optional[str], typer.Option(help="Kafka topic (with --kafka).")] = None,
+           group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "visprep-events",
+           max_seconds: Annotated[Optional[float], typer.Option(
+               help="Stop consuming after this long even if not caught up.")] = None) -> None:
+    """Ingest behaviour events (files or a Kafka topic) exactly once; rebuild weighted interaction pairs."""
+    from visprep.events.stage import ingest_event_files, ingest_kafka
+
+    if bool(from_files) == bool(kafka):
+        _fail(ValueError("give either --from FILE... or --kafka HOST:PORT --topic T"))
+    if kafka and not topic:
+        _fail(ValueError("--kafka needs --topic"))
+    ws = _open(workspace)
+    try:
+        if from_files:
+            with _progress() as bar:
+                r = ingest_event_files(ws, from_files, progress=bar("events"))
+        else:
+            r = ingest_kafka(ws, bootstrap=kafka, topic=topic, group=group, max_seconds=max_seconds)
+    except (FileNotFoundError, ValueError, ImportError, TimeoutError) as exc:
+        _fail(exc)
+    console.print(f"records {r.records}: new events {r.events_new}, duplicates {r.duplicates}, quarantined "
+                  f"{r.quarantined}" + (f" {r.by_reason}" if r.by_reason else "")
+                  + (f"; files already ingested {r.files_already}" if r.files_already else "")
+                  + ("" if r.caught_up is None else f"; caught up: {r.caught_up}"))
+    if r.pairs_rebuilt:
+        console.print(f"interaction pairs {r.pairs}; concentration {r.concentration}")
+
 # --- labels / evaluate commands (issue 4) ---
+
+
+@app.command()
+def labels(files: Annotated[list[Path], typer.Argument(help="Rater files: CSV, JSONL or Parquet.")],
+           workspace: WorkspaceOpt = Path("."),
+           export: Annotated[Optional[Path], typer.Option(help="Also write TREC qrels + Parquet here.")] = None) -> None:
+    """Import human relevance judgments (0-4 rubric); build eval qrels, agreement and rater stats."""
+    from visprep.labels.rubric import grade_name
+    from visprep.labels.stage import labels_stage
+
+    ws = _open(workspace)
+    try:
+        r = labels_stage(ws, files)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"rows {r.rows_read}: judgments {r.judgments}, queries {r.queries} (fetched {r.queries_fetched}), "
+                  f"qrels {r.qrels}, flagged for re-labelling {r.relabel}, identical duplicates "
+                  f"{r.duplicate_identical}, conflicts {r.conflicts}, quarantined {r.quarantined}"
+                  + (f" {r.by_reason}" if r.by_reason else ""))
+    console.print("consensus grades: " + ", ".join(f"{g} {grade_name(g)}: {n}"
+                                                   for g, n in sorted(r.grade_counts.items(), reverse=True)))
+    t = Table(title="rater agreement")
+    for col in ("batch", "items", "raters", "alpha (ordinal)", "Fleiss kappa", "Cohen kappa", "re-label"):
+        t.add_column(col)
+    for a in ws.read_table("label_agreement").to_pylist():
+        t.add_row(a["batch"], str(a["n_items"]), str(a["n_raters"]), f"{a['alpha_ordinal']:.3f}",
+                  f"{a['fleiss_kappa']:.3f}", f"{a['cohen_kappa_mean']:.3f}", str(a["relabel_items"]))
+    console.print(t)
+    if r.suspect_raters:
+        console.print(f"[yellow]suspect raters (low agreement with the others):[/yellow] {', '.join(r.suspect_raters)}")
+    if export is not None:
+        from visprep.labels.trec import export_qrels
+
+        for kind, path in export_qrels(ws, export).items():
+            console.print(f"wrote {kind}: {path}")
+
+
+@app.command()
+def evaluate(model: Annotated[str, typer.Option("--model", "-m", help="Model name (features/<model>/ by default).")],
+             workspace: WorkspaceOpt = Path("."),
+             embeddings: Annotated[Optional[Path], typer.Option(help="(id, vector) Parquet file or folder.")] = None,
+             baseline: Annotated[Optional[str], typer.Option(help="Compare with this model's stored results.")] = None,
+             by_category: Annotated[bool, typer.Option(help="Print the per-category breakdown.")] = False) -> None:
+    """Rank the catalog for each eval query; nDCG@k, Recall@k, MAP, MRR with bootstrap CIs."""
+    from visprep.evaluate.stage import evaluate_stage
+
+    ws = _open(workspace)
+    try:
+        r = evaluate_stage(ws, model=model, embeddings=embeddings, baseline=baseline)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    print_evaluation(ws, r, by_category=by_category)
+
+
+def print_evaluation(ws: Workspace, r: Any, *, by_category: bool = False) -> None:
+    """Print an `EvaluateResult`: metrics with CIs, judged counts by grade, and the paired comparison."""
+    cfg = ws.config.evaluate
+    gain = "grade" if cfg.ndcg_gain == "linear" else "2^grade - 1"
+    console.print(f"model {r.model}: {r.queries} queries ({r.queries_without_embedding} without embedding), "
+                  f"{r.catalog_products} catalog products / {r.catalog_images} images; nDCG gain = {gain}; "
+                  f"relevant (Recall, MAP, MRR) = grade >= {cfg.relevance_threshold}; judged by grade "
+                  f"{dict(sorted(r.judged_by_grade.items()))}")
+    t = Table(title=f"evaluation of {r.model} ({cfg.confidence:.0%} bootstrap CI)")
+    for col in ("category", "metric", "value", "CI", "queries"):
+        t.add_column(col)
+    for row in r.metrics:
+        if row["category"] == "*" or by_category:
+            t.add_row(row["category"], row["metric"], f"{row['value']:.4f}",
+                      f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", str(row["n_queries"]))
+    console.print(t)
+    if r.comparisons:
+        t = Table(title=f"{r.model} vs {r.baseline} (paired, same queries)")
+        for col in ("metric", "base", "model", "diff", "CI of diff", "p perm", "p t", "W/L"):
+            t.add_column(col, no_wrap=True)
+        for c in r.comparisons:
+            t.add_row(c.metric, f"{c.mean_a:.3f}", f"{c.mean_b:.3f}", f"{c.diff:+.3f}",
+                      f"{c.ci_low:+.3f}..{c.ci_high:+.3f}", f"{c.p_randomization:.4f}", f"{c.p_ttest:.4f}",
+                      f"{c.wins}/{c.losses}")
+        console.print(t)
+        console.print("p perm: two-sided paired randomisation (sign-flip) test; p t: paired t-test; W/L: queries "
+                      "where the model beats / loses to the baseline")
+    for note in r.notes:
+        console.print(f"note: {note}")
 
 # --- embed / mine / sample commands (issue 5) ---
 
+
+@app.command()
+def embed(workspace: WorkspaceOpt = Path("."),
+          model: Annotated[Optional[str], typer.Option(help="Registered embedder name (default: [embed] model).")]
+          = None) -> None:
+    """Embed decoded images that have no current vector into the feature store (incremental)."""
+    from visprep.embed.registry import EmbedderUnavailable
+    from visprep.embed.stage import embed_stage
+
+    ws = _open(workspace)
+    if model is not None:
+        cfg = ws.config.model_copy(update={"embed": ws.config.embed.model_copy(update={"model": model})})
+        ws.set_config(cfg)
+    try:
+        with _progress() as bar:
+            r = embed_stage(ws, progress=bar("embed"))
+    except (EmbedderUnavailable, ValueError) as exc:
+        _fail(exc)
+    console.print(f"{r.model_id}: images {r.images}: embedded {r.embedded}, skipped {r.skipped} (current), "
+                  f"failed {r.failed}{' ' + str(r.by_reason) if r.by_reason else ''}; store holds {r.store_total}")
+
+
+@app.command()
+def mine(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Mine negatives (random, brand, skip-above, ANN hard negatives behind the false-negative guard)."""
+    from visprep.mining.stage import mine_stage
+
+    ws = _open(workspace)
+    try:
+        counts = mine_stage(ws)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    console.print_json(json.dumps(counts))
+
+
+@app.command()
+def sample(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Plan P x K batches (table batch_plan), stratified by category, no product group twice per batch."""
+    from visprep.sampling.stage import sample_stage
+
+    ws = _open(workspace)
+    try:
+        counts = sample_stage(ws)
+    except ValueError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(counts))
+
 # --- queries / augment commands (issue 7) ---
+
+
+@app.command()
+def queries(files: Annotated[list[str], typer.Argument(help="Photo paths or URLs, or CSV/JSONL files listing them "
+                                                            "(column source, url, path or image).")],
+            workspace: WorkspaceOpt = Path(".")) -> None:
+    """Clean user query photos (orientation, crop, blur, resolution, NSFW) into the store and tables/queries."""
+    from visprep.queries.stage import queries_stage
+
+    ws = _open(workspace)
+    try:
+        with _progress() as bar:
+            r = queries_stage(ws, files, progress=bar("queries"))
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        _fail(exc)
+    console.print(f"queries {r.inputs}: accepted {r.accepted}, rejected {r.rejected}"
+                  + (f" {r.by_reason}" if r.by_reason else "") + f" (run {r.run_id})")
+
+
+@app.command("queries-calibrate-blur")
+def queries_calibrate_blur(
+        sharp: Annotated[list[Path], typer.Option("--sharp", help="Sharp example photos or folders of them.")],
+        blurred: Annotated[list[Path], typer.Option("--blurred", help="Too-blurred example photos or folders.")],
+        workspace: Annotated[Optional[Path], typer.Option("--workspace", "-w", file_okay=False,
+                                                          help="Record the calibration as a run here.")] = None,
+) -> None:
+    """Pick the blur threshold that best separates labelled sharp and blurred photos."""
+    from visprep.queries.sharpness import calibrate_blur_from_files
+
+    try:
+        cal = calibrate_blur_from_files(sharp, blurred)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    if workspace is not None:
+        ws = _open(workspace)
+        with ws.run("queries-calibrate-blur", {"sharp": [str(p) for p in sharp],
+                                               "blurred": [str(p) for p in blurred]}) as run:
+            run.counts = {"sharp": cal.n_sharp, "blurred": cal.n_blurred}
+            run.notes.append(json.dumps(cal.to_dict(), sort_keys=True))
+    console.print_json(json.dumps(cal.to_dict()))
+    console.print(f"put this in visprep.toml:\n[queries]\nblur_threshold = {cal.threshold}")
+
+
+@app.command("augment-preview")
+def augment_preview(image: Annotated[Path, typer.Argument(help="An image file to augment.")],
+                    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
+                        "augment-preview.png"),
+                    workspace: WorkspaceOpt = Path("."),
+                    policy: Annotated[Optional[str], typer.Option(help="Policy (default: augment.policy).")] = None,
+                    n: Annotated[int, typer.Option("-n", help="Number of draws.")] = 16,
+                    seed: Annotated[Optional[int], typer.Option(help="Seed (default: augment.seed).")] = None) -> None:
+    """Write a grid PNG of one image under N draws of an augmentation policy (parameters saved in the run)."""
+    from visprep.augment import preview_grid, resolve_policy, write_preview_png
+    from visprep.images.decode import decode_rgb
+
+    ws = _open(workspace)
+    cfg = ws.config.augment
+    name = policy or cfg.policy
+    seed = cfg.seed if seed is None else seed
+    try:
+        params = resolve_policy(name, cfg.params if name == cfg.policy else {}, size=cfg.image_size)
+        rgb = decode_rgb(image.read_bytes())
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    with ws.run("augment-preview", {"policy": name, "params": params.to_dict(), "seed": seed, "n": n,
+                                    "image": str(image), "out": str(out)}) as run:
+        write_preview_png(out, preview_grid(rgb, params, n=n, seed=seed))
+        run.counts = {"draws": n}
+    console.print(f"wrote {out} ({n} draws of policy {name}, seed {seed})")
+
+
+@app.command()
+def synth(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Make synthetic views of train-split products (background, framing; colour variants as new products)."""
+    from visprep.images.stage import inspect_stage
+    from visprep.synthetic.stage import synth_stage
+
+    ws = _open(workspace)
+    try:
+        with _progress() as bar:
+            r = synth_stage(ws, progress=bar("synth"))
+            inspect_stage(ws, progress=bar("inspect"))  # decode the new views so pairs can use them
+    except ValueError as exc:
+        _fail(exc)
+    console.print(f"products {r.products}, source images {r.source_images}: same-product views "
+                  f"{r.same_product_views}, colour variants {r.color_variants}, failed {r.failed} {r.by_op}")
 
 # --- dedup / quality commands (issue 6) ---
 
@@ -239,9 +488,18 @@ def status(workspace: WorkspaceOpt = Path("."),
         last[r["stage"]] = r
     q = ws.read_table("quarantine", ["stage", "reason"])
     qc = _value_counts(list(zip(q.column("stage").to_pylist(), q.column("reason").to_pylist())))
+    leak = None
+    if "splits" in tables:  # the split-leak check (issue 4): fails loudly, exit status 1
+        from visprep.split.check import check_split_leaks
+
+        leak = check_split_leaks(ws)
     if as_json:
         console.print_json(json.dumps({"tables": tables, "last_runs": last,
-                                        "quarantine": [{"stage": s, "reason": r, "count": n} for (s, r), n in qc]}))
+                                        "quarantine": [{"stage": s, "reason": r, "count": n} for (s, r), n in qc],
+                                        "split_check": None if leak is None else
+                                        {"ok": leak.ok, "leaks": leak.leaks, "warnings": leak.warnings}}))
+        if leak is not None and not leak.ok:
+            raise typer.Exit(1)
         return
     t = Table(title="tables")
     t.add_column("table")
@@ -261,6 +519,14 @@ def status(workspace: WorkspaceOpt = Path("."),
     for (stage, reason), n in qc:
         t.add_row(stage, reason, str(n))
     console.print(t)
+    if leak is not None:
+        for w in leak.warnings:
+            console.print(f"[yellow]split check warning:[/yellow] {w}")
+        if not leak.ok:
+            for line in leak.leaks:
+                console.print(f"[bold red]SPLIT LEAK:[/bold red] {line}")
+            raise typer.Exit(1)
+        console.print(f"split check: no leak ({', '.join(f'{k} {v}' for k, v in leak.checked.items())})")
 
 
 if __name__ == "__main__":

@@ -203,7 +203,143 @@ class EvaluateConfig(_Section):
 
 # --- embed / mining / sampling config (issue 5) ---
 
+
+class EmbedConfig(_Section):
+    """Image embeddings into the feature store (incremental: only images without a current vector)."""
+
+    model: str = Field("efficientnet-lite0", description="Registered embedder name (efficientnet-lite0, open_clip, "
+                                                         "timm, hf, or one a plug-in registers).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the embedder, e.g. "
+                                                                      "{ arch = \"ViT-B-32\", weights = \"/path\" }.")
+    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
+    checkpoint_every: int = Field(1024, ge=1, description="Images per feature-store part (what a kill can lose).")
+    threads: int = Field(0, ge=0, description="torch threads; 0 leaves torch's default.")
+    index: Literal["flat", "hnsw"] = Field("flat", description="FAISS index saved beside a new store: flat (exact) "
+                                                                "or hnsw (graph, appendable).")
+    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (index = hnsw).")
+
+
+class MiningConfig(_Section):
+    """Negatives per anchor image: random, brand, skip-above, and ANN hard negatives behind a false-negative guard."""
+
+    kinds: list[Literal["random", "brand", "skip_above", "ann"]] = Field(
+        default_factory=lambda: ["random", "brand", "skip_above", "ann"],
+        description="Miners to run (other_category negatives come from the pairs stage).")
+    model: str | None = Field(None, description="Model id of the feature store used by ann; default the one the "
+                                                "embed config names.")
+    random_per_anchor: int = Field(2, ge=0, description="Random negatives per anchor.")
+    brand_per_anchor: int = Field(2, ge=0, description="Same-category, other-brand negatives per anchor.")
+    brand_level: Literal["category", "top_category"] = Field("category", description="Which category must match "
+                                                                                      "for a brand negative.")
+    skip_above_per_anchor: int = Field(5, ge=0, description="Skip-above negatives kept per anchor (highest weight).")
+    ann_per_anchor: int = Field(5, ge=0, description="ANN hard negatives kept per anchor.")
+    skip_top: int = Field(0, ge=0, description="Hardness band: skip the r most similar non-positives ...")
+    band_max: int = Field(30, ge=1, description="... and sample from ranks r+1..R (R = band_max) among non-positives.")
+    relative_margin: float | None = Field(0.05, ge=0, description="Guard: keep s_neg < s_pos - |s_pos| * margin "
+                                                                  "(sign-safe); null disables.")
+    positive_score: Literal["min", "mean", "max"] = Field("mean", description="How an anchor's positive "
+                                                                           "similarities reduce to s_pos.")
+    max_similarity: float | None = Field(0.95, description="Guard: drop candidates with cosine above this "
+                                                           "(near-duplicates); null disables.")
+    overfetch_margin: int = Field(8, ge=0, description="Extra ANN candidates fetched beyond R + the anchor's known "
+                                                       "positives.")
+    search: Literal["exact", "ivf", "hnsw"] = Field("exact", description="Candidate search: exact (brute force in "
+                                                                          "blocks), ivf, or hnsw (approximate).")
+    ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 means about 4*sqrt(N).")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed per query.")
+    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (search = hnsw).")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW search breadth.")
+    query_batch: int = Field(4096, ge=1, description="Anchors searched per block (bounds memory).")
+    same_split: bool = Field(True, description="Negatives come from the anchor's split only.")
+    seed: int = Field(0, description="Seed of the random choices.")
+
+    @model_validator(mode="after")
+    def _band(self) -> "MiningConfig":
+        if self.skip_top >= self.band_max:
+            raise ValueError(f"mining.skip_top ({self.skip_top}) must be < mining.band_max ({self.band_max})")
+        return self
+
+
+class SamplingConfig(_Section):
+    """P x K batch plan: P product classes x K images, stratified by top-level category, no group twice per batch."""
+
+    p: int = Field(16, ge=2, description="Classes (products) per batch.")
+    k: int = Field(4, ge=1, description="Images per class.")
+    epochs: int = Field(1, ge=1, description="Epochs planned.")
+    temperature: float = Field(2.0, ge=1.0, description="Category over-sampling: category c's share of classes is "
+                                                        "proportional to n_c^(1/T); 1 = natural, larger = flatter.")
+    popularity_exponent: float = Field(0.0, description="Over-sampled classes are drawn with weight "
+                                                        "(1 + interactions)^exponent from interaction_pairs; 0 = "
+                                                        "uniform, > 0 favours popular products, < 0 the long tail.")
+    splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits planned.")
+    seed: int = Field(0, description="Seed; epoch e uses seed + e.")
+
+
 # --- queries / augmentation config (issue 7) ---
+
+
+class QueriesConfig(_Section):
+    """Cleaning user-uploaded query photos: orientation, main-object crop, blur, low resolution, NSFW."""
+
+    detector: str = Field("saliency", description="Main-object detector: saliency (offline, no weights) or yolo "
+                                                  "(local ONNX/TorchScript weights); 'none' keeps the whole image.")
+    detector_options: dict[str, Any] = Field(default_factory=dict, description="Options of the detector, e.g. for "
+                                             "yolo: weights, labels, classes, size, score_threshold.")
+    crop_margin: float = Field(0.1, ge=0, le=1, description="Margin added around the crop box on each side, as a "
+                                                            "fraction of the box size.")
+    crop_min_score: float = Field(0.0, ge=0, le=1, description="Detections scoring below this are not cropped to.")
+    crop_min_area: float = Field(0.02, ge=0, le=1, description="A box smaller than this fraction of the image is "
+                                                               "ignored (kept whole instead).")
+    blur_threshold: float = Field(40.0, ge=0, description="Reject below this Laplacian variance (shorter side 256 "
+                                                          "px); calibrate with `visprep queries-calibrate-blur`.")
+    min_side: int = Field(64, ge=1, description="Images whose shorter side is below this are upscaled to it.")
+    min_side_floor: int = Field(16, ge=1, description="Images whose shorter side is below this are rejected.")
+    upscaler: str = Field("auto", description="classical (Lanczos-4), onnx or torchscript (need sr_weights); auto "
+                                              "= onnx/torchscript by the sr_weights suffix when set, else classical.")
+    sr_weights: str | None = Field(None, description="Super-resolution model file (.onnx or TorchScript).")
+    sr_scale: int = Field(4, ge=2, le=8, description="Enlargement factor of the super-resolution model.")
+    nsfw: str = Field("nudenet", description="NSFW classifier: nudenet (offline ONNX it ships), or 'none' to "
+                                             "skip the check (recorded as skipped).")
+    nsfw_threshold: float = Field(0.5, gt=0, le=1, description="Unsafe-class score at or above which an image is "
+                                                               "rejected.")
+    decode_min_side: int | None = Field(1024, ge=64, description="Decode JPEGs at reduced DCT scale while the "
+                                                                 "shorter side stays >= this; None = full size.")
+    max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb limit, pixels.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the cleaned images in the store.")
+
+    @model_validator(mode="after")
+    def _floor_below_min(self) -> "QueriesConfig":
+        if self.min_side_floor > self.min_side:
+            raise ValueError(f"min_side_floor ({self.min_side_floor}) must be <= min_side ({self.min_side})")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation: a named policy and overrides of its parameters."""
+
+    policy: str = Field("full", description="Named policy: full or clip-light.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Overrides of the policy's parameters, e.g. "
+                                   "{ crop_scale = [0.5, 1.0], erasing_p = 0.0 }; geometric distortions are refused.")
+    seed: int = Field(0, description="Seed of the augmentation draws (previews and reproducible runs).")
+    image_size: int = Field(224, ge=8, description="Output side of the random resized crop, pixels.")
+
+
+class SyntheticConfig(_Section):
+    """Synthetic views of catalog products (spec Source 4)."""
+
+    backgrounds: list[str] = Field(default_factory=lambda: ["solid", "gradient", "texture"],
+                                   description="Background kinds, one view each per source image.")
+    reframe_scales: list[float] = Field(default_factory=lambda: [0.8, 1.25],
+                                        description="Framing changes (zoom factors), one view each.")
+    hue_shifts_deg: list[float] = Field(default_factory=lambda: [120.0, 240.0],
+                                        description="Colour variants (hue rotations); each is a NEW product of the "
+                                                    "same style (grade 3), never the same SKU.")
+    max_images_per_product: int = Field(1, ge=1, description="Source images per product (lowest positions).")
+    include_eval: bool = Field(False, description="Also make views of products in non-train splits.")
+    generator: str = Field("classical", description="View generator: classical (OpenCV); diffusion is a plug-in "
+                                                    "point with no offline implementation.")
+    seed: int = Field(0, description="Seed of the random draws (background colours etc.).")
+    jpeg_quality: int = Field(92, ge=1, le=100, description="JPEG quality of synthetic images in the store.")
 
 # --- dedup / quality config (issue 6) ---
 
@@ -224,7 +360,13 @@ class VisprepConfig(_Section):
     labels: LabelsConfig = LabelsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     # --- embed / mining / sampling config (issue 5) ---
+    embed: EmbedConfig = EmbedConfig()
+    mining: MiningConfig = MiningConfig()
+    sampling: SamplingConfig = SamplingConfig()
     # --- queries / augmentation config (issue 7) ---
+    queries: QueriesConfig = QueriesConfig()
+    augment: AugmentConfig = AugmentConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
     # --- dedup / quality config (issue 6) ---
 
     @model_validator(mode="after")

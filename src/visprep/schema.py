@@ -256,7 +256,58 @@ EVAL_QUERY_SCORES = pa.schema(
 
 # --- embed / mining / sampling tables (issue 5) ---
 
+BATCH_PLAN = pa.schema(
+    [
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("batch", pa.int32(), nullable=False),
+        pa.field("class_index", pa.int16(), nullable=False),  # 0..P-1 within the batch
+        pa.field("slot", pa.int16(), nullable=False),  # 0..K-1 within the class
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string()),
+        pa.field("top_category", pa.string()),
+        pa.field("repeat", pa.bool_()),  # beyond the epoch's covering visit (top-up, over-sampling, filler)
+        pa.field("weight", pa.float32()),  # popularity weight of the product (1 when no events)
+    ]
+)
+
 # --- queries / augmentation tables (issue 7) ---
+
+QUERIES = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),  # the path or URL given
+        pa.field("listing", pa.string()),  # the CSV/JSONL that listed it, when one did
+        pa.field("line", pa.int64()),  # 1-based line/row in that listing
+        pa.field("input_sha256", pa.string()),  # sha256 of the bytes as uploaded
+        pa.field("image_id", pa.string()),  # the cleaned image in the store (null when rejected)
+        pa.field("status", pa.string(), nullable=False),  # accepted | rejected
+        pa.field("reason", pa.string()),  # null | fetch_<status> | decode_<reason> | blurred | too_small | nsfw
+        pa.field("detail", pa.string()),
+        pa.field("width", pa.int32()),  # of the cleaned image
+        pa.field("height", pa.int32()),
+        pa.field("steps", pa.string()),  # JSON list: each step's name, decision, numbers and ms
+        pa.field("run_id", pa.string()),
+        pa.field("ts", _TS),
+    ]
+)
+
+SYNTHETIC_VIEWS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),  # the synthetic image in the store
+        pa.field("source_image_id", pa.string(), nullable=False),  # the catalog image it was made from
+        pa.field("source_product_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),  # source_product_id, or a new id for a colour variant
+        pa.field("relation", pa.string(), nullable=False),  # same_product | color_variant
+        pa.field("grade", pa.int8()),  # relevance to the source product: 4 exact (same SKU), 3 same style
+        pa.field("op", pa.string()),  # replace_background | reframe | recolor | <plug-in op>
+        pa.field("recipe", pa.string()),  # JSON recipe (every parameter, including random draws)
+        pa.field("source", pa.string()),  # always "synthetic"
+        pa.field("split", pa.string()),  # split of the source product when known
+        pa.field("generator", pa.string()),
+        pa.field("run_id", pa.string()),
+    ]
+)
 
 # --- dedup / quality tables (issue 6) ---
 
@@ -281,7 +332,10 @@ TABLES: dict[str, pa.Schema] = {
     "eval_metrics": EVAL_METRICS,
     "eval_query_scores": EVAL_QUERY_SCORES,
     # --- embed / mining / sampling tables (issue 5) ---
+    "batch_plan": BATCH_PLAN,
     # --- queries / augmentation tables (issue 7) ---
+    "queries": QUERIES,
+    "synthetic_views": SYNTHETIC_VIEWS,
     # --- dedup / quality tables (issue 6) ---
 }
 

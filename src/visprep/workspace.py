@@ -145,6 +145,7 @@ class RunRecord:
     seconds: float | None = None
     version: str = __version__
     notes: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)  # stage-specific figures (e.g. concentration reports)
 
     def to_json(self) -> str:
         """Serialise for `runs/<run_id>.json`."""

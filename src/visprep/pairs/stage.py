@@ -33,7 +33,7 @@ def usable_images(ws: Workspace) -> pa.Table:
     return ws.sql(
         """
         SELECT pi.product_id, u.image_id, min(pi.position) AS position, min(pi.source) AS source,
-               min(s.split) AS split, min(p.title) AS title, min(p.top_category) AS top_category
+               min(s.split) AS split, min(s.group_id) AS group_id, min(p.title) AS title, min(p.top_category) AS top_category
         FROM pi
         JOIN u ON u.url = pi.url AND u.status = 'ok'
         JOIN i ON i.image_id = u.image_id AND i.status = 'ok'
@@ -140,12 +140,14 @@ def pairs_stage(ws: Workspace) -> PairsResult:
         top_arr = np.asarray(imgs.column("top_category").to_pylist(), dtype=object)
         iid_arr = np.asarray(iid, dtype=object)
         pid_arr = np.asarray(pid, dtype=object)
+        group_arr = np.asarray(imgs.column("group_id").to_pylist(), dtype=object)
         for s in sorted(set(split)):
             rows_s = np.flatnonzero(split_arr == s)
             a, n, rank = other_category_negatives(top_arr[rows_s].astype(str), cfg.negatives_per_anchor, rng)
             a, n = rows_s[a], rows_s[n]
-            # One photo can be listed by products of two categories: never pair an image with itself.
-            keep = iid_arr[a] != iid_arr[n]
+            # One photo can be listed by products of two categories: never pair an image with itself, and
+            # never two members of one product group (near-duplicates are positives, whatever their category).
+            keep = (iid_arr[a] != iid_arr[n]) & (group_arr[a] != group_arr[n])
             a, n, rank = a[keep], n[keep], rank[keep]
             neg_rows["anchor_id"].extend(iid_arr[a])
             neg_rows["negative_id"].extend(iid_arr[n])

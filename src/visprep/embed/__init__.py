@@ -1,0 +1,1 @@
+"""Embedders (a named registry), the feature store, and the incremental embed stage."""

@@ -1,0 +1,167 @@
+"""Interaction pairs from the `events` table, in DuckDB SQL over Parquet (out of core; no per-row Python).
+
+Kinds (anchor -> product):
+- `click`, `add_to_cart`, `purchase` (anchor: the query): positives with signal weights (default
+  purchase 3 > click 1 > add-to-cart 0.5). The rank of an add-to-cart or purchase is its own `position`, else the
+  rank the product had in that result list.
+- `coview` (anchor: product A): A viewed, then B viewed or clicked in the same (user, session) within
+  `coview_window_s`; counted once per session.
+- `skip_above` (anchor: the query): shown above the lowest click of a result list (one user's session, one query)
+  and never clicked in that list (Joachims' skip-above); hard negatives.
+
+A result list is (user_id, session_id, query_id); `query_id` identifies a query (text or image) that recurs across
+lists, which is what lets intervention harvesting see the same (query, product) at several ranks.
+
+Weights: `raw_weight` = signal weight x count; `ips_weight` = signal weight x sum of 1/propensity(rank) (clipped);
+`debiased_weight` = ips_weight x (popularity / mean popularity)^-alpha for positives, where popularity counts a
+product's click / add-to-cart / purchase / view events; skip-above negatives are not reweighted (under the cascade
+reading of skip-above the skipped items were examined). `log_q` = log(popularity / total): subtract it from a logit
+for the logQ correction of Yi et al. 2019 (a popular product has the larger log_q, so it loses the more).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visprep.config import EventsConfig
+from visprep.events.debias import Propensities, concentration, estimate_propensities
+from visprep.events.duck import sql_list, sql_str
+
+
+@dataclass
+class PairsReport:
+    """What a pairs build produced."""
+
+    rows: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    propensities: Propensities | None = None
+    concentration: dict[str, float] = field(default_factory=dict)
+
+
+def _signal_weight(cfg: EventsConfig) -> str:
+    return (f"CASE kind WHEN 'click' THEN {cfg.click_weight} WHEN 'add_to_cart' THEN {cfg.add_to_cart_weight} "
+            f"WHEN 'purchase' THEN {cfg.purchase_weight} WHEN 'coview' THEN {cfg.coview_weight} "
+            f"WHEN 'skip_above' THEN {cfg.skip_above_weight} END")
+
+
+def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig) -> PairsReport:
+    """Compute `interaction_pairs` from event `parts` and write it to `out` atomically (temp file, rename).
+
+    Args:
+        con: a DuckDB connection from `visprep.events.duck.connect`.
+        parts: the committed event part files.
+        out: the target Parquet file (`tables/interaction_pairs.parquet`).
+        cfg: weights, co-view window, propensity and popularity options.
+    """
+    report = PairsReport()
+    if parts:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW ev AS SELECT * FROM read_parquet({sql_list(parts)})")
+    else:
+        con.execute("""CREATE OR REPLACE TEMP VIEW ev AS SELECT NULL::VARCHAR AS event_id, NULL::TIMESTAMPTZ AS ts,
+            NULL::VARCHAR AS user_id, NULL::VARCHAR AS session_id, NULL::VARCHAR AS type, NULL::VARCHAR AS query_id,
+            NULL::VARCHAR AS query_image_id, NULL::VARCHAR AS product_id, NULL::INTEGER AS position WHERE false""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE imp AS
+        SELECT user_id, session_id, query_id, product_id, min(position) AS position,
+               min(query_image_id) AS query_image_id
+        FROM ev WHERE type = 'impression' GROUP BY ALL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE act AS
+        SELECT e.type AS kind, e.user_id, e.session_id, e.query_id, e.product_id,
+               coalesce(e.query_image_id, i.query_image_id) AS query_image_id,
+               coalesce(e.position, i.position) AS position
+        FROM ev e LEFT JOIN imp i
+          ON i.user_id = e.user_id AND i.session_id = e.session_id AND i.query_id = e.query_id
+         AND i.product_id = e.product_id
+        WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.query_id IS NOT NULL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE clicked AS
+        SELECT DISTINCT user_id, session_id, query_id, product_id FROM act WHERE kind = 'click'""")
+
+    props = estimate_propensities(con, cfg=cfg)
+    report.propensities = props
+    values = ", ".join(f"({r}, {p!r})" for r, p in props.by_rank.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE prop AS SELECT * FROM (VALUES {values}) v(rank, p)")
+    eta, clip = cfg.examination_eta, cfg.propensity_clip
+    inv_prop = (f"CASE WHEN a.position IS NULL THEN 1.0 "
+                f"ELSE 1.0 / coalesce(p.p, greatest({clip}, pow(a.position, -{eta}))) END")
+    window = float(cfg.coview_window_s)
+    weight = _signal_weight(cfg)
+    alpha = float(cfg.popularity_alpha)
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con.execute(f"""
+        COPY (
+        WITH exposure AS (
+            SELECT query_id, product_id, count(*) AS exposures FROM imp GROUP BY ALL),
+        query_pairs AS (
+            SELECT a.query_id AS anchor_id, 'query' AS anchor_type, min(a.query_image_id) AS anchor_image_id,
+                   a.product_id, a.kind, count(*) AS cnt, avg(a.position) AS mean_position,
+                   sum({inv_prop}) AS ips
+            FROM act a LEFT JOIN prop p ON p.rank = a.position
+            GROUP BY a.query_id, a.product_id, a.kind),
+        lists AS (
+            SELECT user_id, session_id, query_id, max(position) AS lowest_click
+            FROM act WHERE kind = 'click' AND position IS NOT NULL GROUP BY ALL),
+        skipped AS (
+            SELECT i.* FROM imp i JOIN lists l
+              ON l.user_id = i.user_id AND l.session_id = i.session_id AND l.query_id = i.query_id
+            WHERE i.position < l.lowest_click
+              AND NOT EXISTS (SELECT 1 FROM clicked c
+                              WHERE c.user_id = i.user_id AND c.session_id = i.session_id
+                                AND c.query_id = i.query_id AND c.product_id = i.product_id)),
+        skip_pairs AS (
+            SELECT query_id AS anchor_id, 'query' AS anchor_type, min(query_image_id) AS anchor_image_id,
+                   product_id, 'skip_above' AS kind, count(*) AS cnt, avg(position) AS mean_position,
+                   count(*)::DOUBLE AS ips
+            FROM skipped GROUP BY query_id, product_id),
+        seen AS (
+            SELECT user_id, session_id, product_id, ts, type FROM ev
+            WHERE type IN ('view', 'click') AND product_id IS NOT NULL),
+        coviews AS (
+            SELECT DISTINCT a.product_id AS anchor_id, b.product_id, a.user_id, a.session_id
+            FROM seen a JOIN seen b
+              ON a.user_id = b.user_id AND a.session_id = b.session_id
+             AND b.ts > a.ts AND b.ts <= a.ts + to_seconds({window})
+            WHERE a.type = 'view' AND a.product_id <> b.product_id),
+        coview_pairs AS (
+            SELECT anchor_id, 'product' AS anchor_type, NULL::VARCHAR AS anchor_image_id, product_id,
+                   'coview' AS kind, count(*) AS cnt, NULL::DOUBLE AS mean_position, count(*)::DOUBLE AS ips
+            FROM coviews GROUP BY anchor_id, product_id),
+        popularity AS (
+            SELECT product_id, count(*)::DOUBLE AS n FROM ev
+            WHERE type IN ('click', 'add_to_cart', 'purchase', 'view') AND product_id IS NOT NULL GROUP BY 1),
+        pop_stats AS (SELECT sum(n) AS total, avg(n) AS mean FROM popularity),
+        all_pairs AS (
+            SELECT * FROM query_pairs UNION ALL SELECT * FROM skip_pairs UNION ALL SELECT * FROM coview_pairs)
+        SELECT x.anchor_id, x.anchor_type, x.anchor_image_id, x.product_id, x.kind, x.cnt AS count,
+               CASE WHEN x.anchor_type = 'query' THEN coalesce(e.exposures, 0) END AS exposures,
+               x.mean_position,
+               round(({weight}) * x.cnt, 9) AS raw_weight,
+               round(({weight}) * x.ips, 9) AS ips_weight,
+               ln(coalesce(pop.n, 1.0) / s.total) AS log_q,
+               round(CASE WHEN x.kind = 'skip_above' THEN ({weight}) * x.ips
+                          ELSE ({weight}) * x.ips * pow(coalesce(pop.n, 1.0) / s.mean, -{alpha}) END, 9)
+                 AS debiased_weight
+        FROM all_pairs x
+        LEFT JOIN exposure e ON x.anchor_type = 'query' AND e.query_id = x.anchor_id AND e.product_id = x.product_id
+        LEFT JOIN popularity pop ON pop.product_id = x.product_id
+        CROSS JOIN pop_stats s
+        ORDER BY x.anchor_type, x.anchor_id, x.kind, x.product_id
+        ) TO {sql_str(str(tmp))} (FORMAT parquet, COMPRESSION zstd)""")
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for kind, n in con.sql(f"SELECT kind, count(*) FROM read_parquet({sql_str(str(out))}) GROUP BY 1").fetchall():
+        report.by_kind[kind] = int(n)
+    report.rows = sum(report.by_kind.values())
+    report.concentration = concentration(con, str(out))
+    for t in ("imp", "act", "clicked", "prop"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+    return report

@@ -1,0 +1,214 @@
+"""A seeded click simulator with known truth, for tests and benchmarks.
+
+World: products with a Zipf popularity; queries, each with a pool of candidates: a few truly relevant products
+(grade 2 or 3, mostly unpopular), popular-but-irrelevant ones (grade 0) and random others (grade 0). A ranker
+scores candidates by log-popularity plus a little relevance plus per-search noise, so popular items sit on top and
+the same (query, product) lands at several ranks (what intervention harvesting needs). A user examines rank k with
+probability 1/k^eta and clicks an examined item with a probability set by its grade; clicks lead to a product page
+view, some to an add-to-cart, some of those to a purchase. Optional duplicate and malformed records exercise the
+validation path.
+
+`simulate(...)` returns the events (the producer's JSON fields) and the truth; `iter_event_chunks` streams big runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+#: Click probability of an examined item, by true grade; popular irrelevant items get a curiosity click rate.
+CLICK_PROB = {0: 0.04, 2: 0.45, 3: 0.75}
+POPULAR_IRRELEVANT_CLICK = 0.25
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Size and behaviour of a simulated log."""
+
+    seed: int = 0
+    products: int = 400
+    queries: int = 40
+    users: int = 300
+    searches: int = 4000
+    results: int = 10  # impressions per result list
+    relevant: int = 6  # relevant products per query
+    popular_distractors: int = 10  # popular, irrelevant products in each pool
+    random_distractors: int = 10
+    zipf: float = 1.1
+    eta: float = 1.0  # true examination: 1/rank^eta
+    pop_weight: float = 1.0  # ranker: weight of log popularity
+    rel_weight: float = 0.6  # ranker: weight of the true grade
+    noise: float = 1.0  # ranker: Gumbel noise scale per search
+    days: int = 3
+    duplicate_rate: float = 0.0  # share of records sent twice (at-least-once producers)
+    start: dt.datetime = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+
+
+@dataclass
+class World:
+    """The truth the simulator draws from."""
+
+    product_ids: np.ndarray  # (P,) str
+    popularity: np.ndarray  # (P,) float, sums to 1
+    pools: np.ndarray  # (Q, C) product indices
+    grades: np.ndarray  # (Q, C) true grade 0..3
+    click_prob: np.ndarray  # (Q, C) click probability when examined
+    popular_irrelevant: np.ndarray  # (Q, C) bool
+
+    def truth(self) -> pa.Table:
+        """(query_id, product_id, grade, popular_irrelevant) for every pool entry."""
+        q, c = self.pools.shape
+        return pa.table({
+            "query_id": pa.array(np.repeat([f"q{i:04d}" for i in range(q)], c)),
+            "product_id": pa.array(self.product_ids[self.pools.ravel()]),
+            "grade": pa.array(self.grades.ravel().astype(np.int32)),
+            "popular_irrelevant": pa.array(self.popular_irrelevant.ravel()),
+        })
+
+
+def make_world(cfg: SimConfig) -> World:
+    """Draw products, popularity and per-query candidate pools with grades."""
+    rng = np.random.default_rng([cfg.seed, 0])
+    P = cfg.products
+    ids = np.array([f"p{i:06d}" for i in range(P)])
+    ranks = rng.permutation(P) + 1
+    pop = 1.0 / ranks ** cfg.zipf
+    pop /= pop.sum()
+    by_pop = np.argsort(-pop)
+    head = by_pop[: max(cfg.popular_distractors * 2, P // 20)]
+    tail = by_pop[P // 5:]
+    pools, grades, clickp, pirr = [], [], [], []
+    for _ in range(cfg.queries):
+        rel = rng.choice(tail, cfg.relevant, replace=False)
+        popular = rng.choice(np.setdiff1d(head, rel), cfg.popular_distractors, replace=False)
+        rest = rng.choice(np.setdiff1d(np.arange(P), np.concatenate([rel, popular])), cfg.random_distractors,
+                          replace=False)
+        g = np.concatenate([rng.choice([2, 3], cfg.relevant), np.zeros(len(popular) + len(rest), int)])
+        cp = np.array([CLICK_PROB[int(x)] for x in g], float)
+        cp[cfg.relevant: cfg.relevant + len(popular)] = POPULAR_IRRELEVANT_CLICK
+        pools.append(np.concatenate([rel, popular, rest]))
+        grades.append(g)
+        clickp.append(cp)
+        pirr.append(np.r_[np.zeros(cfg.relevant, bool), np.ones(len(popular), bool), np.zeros(len(rest), bool)])
+    return World(ids, pop, np.array(pools), np.array(grades), np.array(clickp), np.array(pirr))
+
+
+def _strings(prefix: str, n: np.ndarray) -> pa.Array:
+    return pc.binary_join_element_wise(prefix, pa.array(n).cast(pa.string()), "")
+
+
+def _chunk(world: World, cfg: SimConfig, first_search: int, n_search: int, rng: np.random.Generator) -> pa.Table:
+    Q, C = world.pools.shape
+    K = min(cfg.results, C)
+    sidx = np.arange(first_search, first_search + n_search)
+    q = rng.integers(0, Q, n_search)
+    user = rng.integers(0, cfg.users, n_search)
+    span_ms = cfg.days * 86_400_000
+    t0 = int(cfg.start.timestamp() * 1000) + (rng.random(n_search) * (span_ms - 3_600_000)).astype(np.int64)
+    score = (cfg.pop_weight * np.log(world.popularity[world.pools[q]]) + cfg.rel_weight * world.grades[q]
+             + cfg.noise * rng.gumbel(size=(n_search, C)))
+    order = np.argsort(-score, axis=1)[:, :K]  # (S, K) pool slots shown at ranks 1..K
+    shown = np.take_along_axis(world.pools[q], order, axis=1)
+    cprob = np.take_along_axis(world.click_prob[q], order, axis=1)
+    grade = np.take_along_axis(world.grades[q], order, axis=1)
+    rank = np.broadcast_to(np.arange(1, K + 1), (n_search, K))
+    examined = rng.random((n_search, K)) < 1.0 / rank ** cfg.eta
+    click = examined & (rng.random((n_search, K)) < cprob)
+    cart = click & (rng.random((n_search, K)) < 0.15 + 0.15 * grade)
+    buy = cart & (rng.random((n_search, K)) < 0.5)
+
+    cols: dict[str, list] = {k: [] for k in ("sid", "type", "prod", "pos", "rank", "ts", "seq")}
+
+    def add(mask: np.ndarray, typ: str, offset_ms: np.ndarray, with_pos: bool, seq: int) -> None:
+        s, k = np.nonzero(mask)
+        cols["sid"].append(s)
+        cols["type"].append(np.full(len(s), typ))
+        cols["prod"].append(shown[s, k])
+        cols["pos"].append(np.where(with_pos, k + 1, 0))
+        cols["rank"].append(k + 1)
+        cols["ts"].append(t0[s] + offset_ms[s, k] if offset_ms.ndim == 2 else t0[s] + offset_ms)
+        cols["seq"].append(np.full(len(s), seq))
+
+    zeros = np.zeros((n_search, K), np.int64)
+    first = np.zeros((n_search, K), bool)
+    first[:, 0] = True
+    add(first, "search", np.zeros(1, np.int64)[0], False, 0)
+    add(np.ones((n_search, K), bool), "impression", zeros + 100, True, 1)
+    click_ms = 2000 + 30_000 * rank  # clicks in rank order, tens of seconds apart
+    add(click, "click", click_ms, True, 2)
+    add(click, "view", click_ms + 1000, False, 3)
+    add(cart, "add_to_cart", click_ms + 10_000, False, 4)
+    add(buy, "purchase", click_ms + 20_000, False, 5)
+
+    s = np.concatenate(cols["sid"])
+    typ = np.concatenate(cols["type"])
+    pos = np.concatenate(cols["pos"])
+    prod = np.concatenate(cols["prod"])
+    is_search = typ == "search"
+    gsid = sidx[s]
+    n = len(s)
+    eid = pc.binary_join_element_wise(_strings("e", gsid), pa.array(np.concatenate(cols["seq"])).cast(pa.string()),
+                                      pa.array(np.concatenate(cols["rank"])).cast(pa.string()), "-")
+    qids = np.array([f"q{i:04d}" for i in range(Q)])
+    has_query = typ != "view"
+    table = pa.table({
+        "event_id": eid,
+        "ts": pa.array(np.concatenate(cols["ts"]).astype(np.int64)),
+        "user_id": _strings("u", user[s]),
+        "session_id": _strings("s", gsid),
+        "type": pa.array(typ),
+        "query_id": pa.array(np.where(has_query, qids[q[s]], None)),
+        "query_image_id": pa.array(np.where(has_query, np.char.add("img-", qids[q[s]]), None)),
+        "product_id": pa.array(np.where(is_search, None, world.product_ids[prod])),
+        "position": pa.array(np.where(pos > 0, pos, 0)).cast(pa.int32()),
+    })
+    table = table.set_column(8, "position", pc.if_else(pc.equal(table["position"], 0), None, table["position"]))
+    if cfg.duplicate_rate > 0:
+        dup = np.nonzero(rng.random(n) < cfg.duplicate_rate)[0]
+        table = pa.concat_tables([table, table.take(pa.array(dup))])
+    return table
+
+
+def iter_event_chunks(cfg: SimConfig, *, searches_per_chunk: int = 50_000,
+                      world: World | None = None) -> Iterator[pa.Table]:
+    """Yield the simulated events of `cfg.searches` result lists, `searches_per_chunk` at a time (seeded)."""
+    world = world or make_world(cfg)
+    for i, first in enumerate(range(0, cfg.searches, searches_per_chunk)):
+        n = min(searches_per_chunk, cfg.searches - first)
+        yield _chunk(world, cfg, first, n, np.random.default_rng([cfg.seed, 1, i]))
+
+
+def simulate(cfg: SimConfig = SimConfig()) -> tuple[pa.Table, World]:
+    """Return `(events, world)`: the producer-side records (ts in epoch ms) and the truth."""
+    world = make_world(cfg)
+    return pa.concat_tables(list(iter_event_chunks(cfg, world=world))), world
+
+
+def ndcg_at_k(ranked: list[str], grades: dict[str, int], *, k: int = 10) -> float:
+    """nDCG@k with linear gain (gain = grade) and log2 discount; `ranked` best first."""
+    dcg = sum(grades.get(p, 0) / np.log2(i + 2) for i, p in enumerate(ranked[:k]))
+    ideal = sorted(grades.values(), reverse=True)[:k]
+    idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal))
+    return float(dcg / idcg) if idcg > 0 else 0.0
+
+
+def ranking_quality(pairs: pa.Table, world: World, *, weight: str, k: int = 10) -> float:
+    """Mean nDCG@k over queries of ranking each query's pool by its summed positive `weight` column."""
+    pos = pairs.filter(pc.and_(pc.equal(pairs["anchor_type"], "query"),
+                               pc.is_in(pairs["kind"], pa.array(["click", "add_to_cart", "purchase"]))))
+    sums = pos.group_by(["anchor_id", "product_id"]).aggregate([(weight, "sum")])
+    score = {(a, p): w for a, p, w in zip(sums["anchor_id"].to_pylist(), sums["product_id"].to_pylist(),
+                                          sums[f"{weight}_sum"].to_pylist())}
+    out = []
+    for qi in range(world.pools.shape[0]):
+        qid = f"q{qi:04d}"
+        pool = [str(world.product_ids[j]) for j in world.pools[qi]]
+        grades = {p: int(g) for p, g in zip(pool, world.grades[qi])}
+        ranked = sorted(pool, key=lambda p: (-score.get((qid, p), 0.0), p))
+        out.append(ndcg_at_k(ranked, grades, k=k))
+    return float(np.mean(out))

@@ -1,0 +1,72 @@
+"""The sample stage: write `batch_plan` (one row per slot of every planned batch) for the configured splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+from visprep.config import section_params
+from visprep.sampling.planner import plan_epoch
+from visprep.schema import BATCH_PLAN
+from visprep.workspace import Workspace
+
+
+def popularity_weights(ws: Workspace, product_ids: list[str], exponent: float) -> np.ndarray:
+    """(N,) weight (1 + interactions of the product)^exponent from `interaction_pairs`; ones when absent or 0."""
+    if exponent == 0 or not ws.has_table("interaction_pairs"):
+        return np.ones(len(product_ids))
+    t = ws.read_table("interaction_pairs", ["product_id", "kind", "count"])
+    counts: Counter[str] = Counter()
+    for p, k, c in zip(*(t.column(x).to_pylist() for x in ("product_id", "kind", "count"))):
+        if k != "skip_above":
+            counts[p] += int(c or 0)
+    return np.array([(1.0 + counts[p]) ** exponent for p in product_ids])
+
+
+def sample_stage(ws: Workspace) -> dict[str, int]:
+    """Plan `sampling.epochs` epochs of P x K batches per split; return counts (also in the run record)."""
+    from visprep.mining.stage import load_items
+
+    cfg = ws.config.sampling
+    counts: dict[str, int] = {}
+    with ws.run("sample", section_params(ws.config, "sampling")) as run:
+        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "splits", "images", "interaction_pairs")}
+        items = load_items(ws)
+        tables = []
+        for split in cfg.splits:
+            rows = np.flatnonzero(items.split == split)
+            if len(rows) == 0:
+                run.notes.append(f"split {split!r}: no usable images")
+                continue
+            pid = items.product_id[rows].tolist()
+            weight = popularity_weights(ws, pid, cfg.popularity_exponent)
+            top = np.array([str(t) for t in items.top_category[rows]])
+            cat_code = np.unique(top, return_inverse=True)[1]
+            for epoch in range(cfg.epochs):
+                plan = plan_epoch(items.product[rows], items.group[rows], cat_code, p=cfg.p, k=cfg.k,
+                                  temperature=cfg.temperature, weight=weight,
+                                  rng=np.random.default_rng(cfg.seed + epoch))
+                b, c, s = np.indices(plan.item.shape)
+                local = plan.item.reshape(-1)
+                g = rows[local]
+                tables.append(pa.table({
+                    "split": pa.array([split] * len(g), pa.string()),
+                    "epoch": pa.array(np.full(len(g), epoch), pa.int32()),
+                    "batch": pa.array(b.reshape(-1), pa.int32()),
+                    "class_index": pa.array(c.reshape(-1), pa.int16()),
+                    "slot": pa.array(s.reshape(-1), pa.int16()),
+                    "image_id": pa.array(items.image_id[g].tolist(), pa.string()),
+                    "product_id": pa.array(items.product_id[g].tolist(), pa.string()),
+                    "group_id": pa.array(items.group_id[g].tolist(), pa.string()),
+                    "top_category": pa.array(items.top_category[g].tolist(), pa.string()),
+                    "repeat": pa.array(plan.repeat.reshape(-1), pa.bool_()),
+                    "weight": pa.array(weight[local], pa.float32()),
+                }, schema=BATCH_PLAN))
+                counts[f"{split}.epoch{epoch}.batches"] = plan.num_batches
+                counts[f"{split}.epoch{epoch}.repeats"] = int(plan.repeat.sum())
+            counts[f"{split}.items"] = len(rows)
+        ws.write_table("batch_plan", pa.concat_tables(tables) if tables else BATCH_PLAN.empty_table())
+        run.counts = counts
+    return counts

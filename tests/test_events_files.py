@@ -1,0 +1,157 @@
+"""Events from files: validation and quarantine, day parts, dedup across files and runs, no-op reruns, kill -9."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from visprep.events.simulate import SimConfig, simulate
+from visprep.events.stage import ingest_event_files
+from visprep.workspace import Workspace
+
+
+def _ev(eid: str, typ: str, **kw: object) -> dict:
+    base = {"event_id": eid, "ts": "2024-03-01T10:00:00Z", "user_id": "u1", "session_id": "s1", "type": typ}
+    return {**base, **kw}
+
+
+def _jsonl(path: Path, records: list[object]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def _tables(ws: Workspace) -> tuple[list[dict], list[dict]]:
+    ev = ws.read_table("events").sort_by("event_id").to_pylist()
+    pairs = ws.read_table("interaction_pairs").to_pylist()
+    return ev, pairs
+
+
+def _same_pairs(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for k, v in x.items():
+            if isinstance(v, float):
+                assert y[k] == pytest.approx(v, rel=1e-9), (k, x, y)
+            else:
+                assert y[k] == v, (k, x, y)
+
+
+def test_bad_records_are_quarantined_with_reasons(tmp_path: Path) -> None:
+    f = _jsonl(tmp_path / "a.jsonl", [
+        _ev("e1", "search", query_id="q1"),
+        _ev("e2", "impression", query_id="q1", product_id="p1", position=1, ts=1709287200000),  # epoch ms
+        _ev("e3", "click", query_id="q1", product_id="p1", position="1", ts="2024-03-01T12:00:00+02:00"),
+        "{not json",
+        _ev("e4", "hover", product_id="p1"),
+        {"event_id": "e5", "ts": "2024-03-01T10:00:00Z", "user_id": "u1", "type": "view", "product_id": "p1"},
+        _ev("e6", "view", product_id="p1", ts="yesterday"),
+        _ev("e7", "view", product_id="p1", ts=1709287200),  # epoch seconds read as ms: 1970
+        _ev("e8", "impression", query_id="q1", product_id="p2", position=0),
+        _ev("e9", "impression", query_id="q1", product_id="p2"),
+        _ev("e10", "click", query_id="q1"),
+        "",
+        _ev("e2", "impression", query_id="q1", product_id="p1", position=1, ts=1709287200000),  # duplicate
+        _ev("e11", "view", product_id="p3", ts="2024-03-02T00:00:01Z"),
+    ])
+    ws = Workspace(tmp_path / "ws")
+    r = ingest_event_files(ws, [f])
+    assert (r.records, r.events_new, r.duplicates, r.quarantined) == (13, 4, 1, 8)
+    q = {row["line"]: row for row in ws.read_table("quarantine").to_pylist()}
+    assert {ln: (row["reason"], row["field"]) for ln, row in q.items()} == {
+        4: ("malformed_json", None), 5: ("unknown_type", "type"), 6: ("missing_field", "session_id"),
+        7: ("bad_timestamp", "ts"), 8: ("bad_timestamp", "ts"), 9: ("bad_position", "position"),
+        10: ("missing_field", "position"), 11: ("missing_field", "product_id")}
+    assert q[5]["value"] == "hover" and "a.jsonl:5" in q[5]["detail"] and q[5]["record_id"] == "e4"
+    assert all(row["stage"] == "events" for row in q.values())
+    ev = {row["event_id"]: row for row in ws.read_table("events").to_pylist()}
+    assert sorted(ev) == ["e1", "e11", "e2", "e3"]
+    assert ev["e3"]["ts"].isoformat() == "2024-03-01T10:00:00+00:00" and ev["e3"]["position"] == 1
+    assert ev["e2"]["ts"] == ev["e1"]["ts"]  # epoch ms and ISO agree
+    # Partitioned by UTC day; plain pyarrow reads the folder.
+    parts = sorted(p.name for p in ws.table_path("events").glob("part-*.parquet"))
+    assert [p[5:15] for p in parts] == ["2024-03-01", "2024-03-02"]
+    assert pq.read_table(ws.table_path("events")).num_rows == 4
+
+
+def test_unknown_products_keep_or_quarantine(tmp_path: Path) -> None:
+    f = _jsonl(tmp_path / "a.jsonl", [_ev("e1", "view", product_id="p1"), _ev("e2", "view", product_id="zz")])
+    ws = Workspace(tmp_path / "ws")
+    ws.write_table("products", pa.table({"product_id": ["p1"], "title": ["t"], "category": ["c"]}))
+    assert ingest_event_files(ws, [f]).events_new == 2  # default: keep
+    ws2 = Workspace(tmp_path / "ws2")
+    ws2.root.mkdir()
+    ws2.config_path.write_text('[events]\nunknown_product = "quarantine"\n')
+    ws2.write_table("products", pa.table({"product_id": ["p1"], "title": ["t"], "category": ["c"]}))
+    r = ingest_event_files(ws2, [f])
+    assert (r.events_new, r.by_reason) == (1, {"unknown_product": 1})
+    assert ws2.read_table("quarantine")["value"].to_pylist() == ["zz"]
+
+
+def test_bad_config_value_is_refused(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    ws.config_path.write_text('[events]\nunknown_product = "drop"\n')
+    with pytest.raises(ValueError, match="unknown_product"):
+        _ = ws.config
+
+
+@pytest.fixture(scope="module")
+def sim_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("sim")
+    ev, _ = simulate(SimConfig(searches=1500, duplicate_rate=0.02, seed=3))
+    half = ev.num_rows // 2
+    a, b = d / "a.parquet", d / "b.jsonl"
+    pq.write_table(ev.slice(0, half + 200), a)  # overlapping event ids across the two files
+    b.write_text("\n".join(json.dumps(r) for r in ev.slice(half).to_pylist()) + "\n")
+    return a, b
+
+
+def test_incremental_equals_one_run_and_reruns_change_nothing(tmp_path: Path, sim_files: tuple[Path, Path]) -> None:
+    a, b = sim_files
+    one = Workspace(tmp_path / "one")
+    r1 = ingest_event_files(one, [a, b])
+    inc = Workspace(tmp_path / "inc")
+    ingest_event_files(inc, [a])
+    r2 = ingest_event_files(inc, [a, b])
+    assert r2.files_already == 1 and r2.files_read == 1
+    ev1, p1 = _tables(one)
+    ev2, p2 = _tables(inc)
+    assert [{k: v for k, v in e.items() if k != "source"} for e in ev1] == \
+           [{k: v for k, v in e.items() if k != "source"} for e in ev2]
+    _same_pairs(p1, p2)
+    ids = pc.count_distinct(one.read_table("events")["event_id"]).as_py()
+    assert ids == len(ev1) and r1.events_new == len(ev1) and r1.duplicates > 200
+    # Re-running over the same files touches no file in the tables folder.
+    before = {p: p.stat().st_mtime_ns for p in one.tables_dir.rglob("*")}
+    r3 = ingest_event_files(one, [b, a])
+    assert (r3.files_already, r3.events_new, r3.pairs_rebuilt) == (2, 0, False)
+    assert {p: p.stat().st_mtime_ns for p in one.tables_dir.rglob("*")} == before
+
+
+@pytest.mark.parametrize("point", ["after_output", "after_checkpoint"])
+def test_kill_during_file_ingest_then_resume(tmp_path: Path, sim_files: tuple[Path, Path], point: str) -> None:
+    a, b = sim_files
+    ref = Workspace(tmp_path / "ref")
+    ingest_event_files(ref, [a, b])
+    ws = Workspace(tmp_path / "ws")
+    ingest_event_files(ws, [a], rebuild_pairs=False)
+    code = ("import sys; from visprep.workspace import Workspace; from visprep.events.stage import "
+            "ingest_event_files as f; f(Workspace(sys.argv[1]), sys.argv[2:], _crash_at=sys.argv[0])")
+    proc = subprocess.run([sys.executable, "-c", code.replace("sys.argv[0]", repr(point)), str(ws.root), str(b)],
+                          check=False, capture_output=True)
+    assert proc.returncode == -9
+    r = ingest_event_files(ws, [a, b])
+    assert r.files_read == (1 if point == "after_output" else 0)
+    assert r.recovered_parts > 0 if point == "after_output" else r.recovered_parts == 0
+    ev_ref, p_ref = _tables(ref)
+    ev, p = _tables(ws)
+    assert ev == ev_ref
+    _same_pairs(p_ref, p)
+    assert ws.read_table("quarantine").num_rows == ref.read_table("quarantine").num_rows

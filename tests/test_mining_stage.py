@@ -1,0 +1,111 @@
+"""The mine and sample stages end to end on a small hand-made workspace (no model: vectors written directly)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+from typer.testing import CliRunner
+
+from visprep.cli import app
+from visprep.embed.registry import l2_normalize
+from visprep.embed.stage import features_root
+from visprep.embed.store import FeatureStore
+from visprep.pairs.stage import pairs_stage
+from visprep.schema import IMAGES, INTERACTION_PAIRS, PRODUCT_IMAGES, PRODUCTS, SPLITS, URLS
+from visprep.workspace import Workspace
+
+
+def _workspace(tmp_path, *, interactions: bool = True) -> Workspace:
+    ws = Workspace(tmp_path)
+    ws.config_path.write_text('[mining]\nmodel = "test@1"\nskip_top = 1\nband_max = 8\nann_per_anchor = 3\n'
+                              '[sampling]\np = 4\nk = 2\nsplits = ["train"]\n')
+    rng = np.random.default_rng(0)
+    products, pimgs, urls, images, splits = [], [], [], [], []
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    for i in range(24):
+        pid = f"P{i:02d}"
+        top = ["shoes", "bags", "hats"][i % 3]
+        products.append({"product_id": pid, "title": f"item {i}", "category": f"{top}/sub{i % 2}",
+                         "top_category": top, "brand": f"brand{i % 4}"})
+        # P00/P01 form one near-duplicate group; the rest are their own groups.
+        splits.append({"product_id": pid, "group_id": "G0" if i < 2 else pid, "split": "train"})
+        for j in range(3):
+            url = f"file:///img/{pid}-{j}.jpg"
+            iid = f"{pid}-img{j}"
+            pimgs.append({"product_id": pid, "position": j, "url": url, "source": "catalog"})
+            urls.append({"url": url, "status": "ok", "image_id": iid, "fetched_at": now})
+            images.append({"image_id": iid, "status": "ok", "format": "jpeg"})
+    ws.write_table("products", pa.Table.from_pylist(products, schema=PRODUCTS))
+    ws.write_table("product_images", pa.Table.from_pylist(pimgs, schema=PRODUCT_IMAGES))
+    ws.write_table("urls", pa.Table.from_pylist(urls, schema=URLS))
+    ws.write_table("images", pa.Table.from_pylist(images, schema=IMAGES))
+    ws.write_table("splits", pa.Table.from_pylist(splits, schema=SPLITS))
+    pairs_stage(ws)
+    # Vectors: clustered by product, P00/P01 nearly identical (the near-duplicate trap).
+    centers = rng.normal(size=(24, 16))
+    centers[1] = centers[0]
+    ids = [r["image_id"] for r in images]
+    vecs = l2_normalize(np.repeat(centers, 3, axis=0) + 0.3 * rng.normal(size=(72, 16)))
+    FeatureStore(features_root(ws), "test@1", 16).append(ids, vecs)
+    if interactions:
+        rows = [{"anchor_id": "P05", "anchor_type": "product", "product_id": "P07", "kind": "click", "count": 4},
+                {"anchor_id": "P05", "anchor_type": "product", "product_id": "P08", "kind": "skip_above",
+                 "count": 2},
+                {"anchor_id": "P00", "anchor_type": "product", "product_id": "P01", "kind": "skip_above",
+                 "count": 2}]
+        ws.write_table("interaction_pairs", pa.Table.from_pylist(rows, schema=INTERACTION_PAIRS))
+    return ws
+
+
+def test_mine_stage_writes_every_kind_and_never_a_positive(tmp_path) -> None:
+    ws = _workspace(tmp_path)
+    result = CliRunner().invoke(app, ["mine", "-w", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    neg = ws.read_table("negatives").to_pylist()
+    kinds = {r["kind"] for r in neg}
+    assert kinds == {"other_category", "random", "brand", "skip_above", "ann"}
+    group = {f"P{i:02d}": ("G0" if i < 2 else f"P{i:02d}") for i in range(24)}
+    known_pairs = {("P05", "P07"), ("P07", "P05")}
+    for r in neg:
+        a, n = r["anchor_product_id"], r["negative_product_id"]
+        assert group[a] != group[n], r
+        if r["kind"] == "other_category":
+            continue  # written by the pairs stage, which does not read interaction positives yet (known gap)
+        assert (a, n) not in known_pairs, r
+    skip = [r for r in neg if r["kind"] == "skip_above"]
+    assert [(r["anchor_id"], r["negative_id"]) for r in skip] == [("P05-img0", "P08-img0")]
+    ann = [r for r in neg if r["kind"] == "ann"]
+    assert ann and all(2 <= r["rank"] <= 8 for r in ann)  # skip_top = 1, band_max = 8
+    counts = ws.last_run("mine")["counts"]
+    assert counts["skip_above.positive"] == 1  # P00 -> P01 is one group
+    assert counts["ann.self"] == 72 and counts["ann.positive"] > 0 and counts["ann.band_top"] == 72
+    assert "ann.guard_relative" in counts and "ann.guard_absolute" in counts
+
+
+def test_mine_without_interaction_pairs_skips_cleanly(tmp_path) -> None:
+    ws = _workspace(tmp_path, interactions=False)
+    result = CliRunner().invoke(app, ["mine", "-w", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    run = ws.last_run("mine")
+    assert run["counts"]["skip_above.skipped_no_interaction_pairs"] == 1
+    assert "skip_above" not in {r["kind"] for r in ws.read_table("negatives").to_pylist()}
+
+
+def test_sample_stage_plans_covering_batches(tmp_path) -> None:
+    ws = _workspace(tmp_path)
+    result = CliRunner().invoke(app, ["sample", "-w", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    plan = ws.read_table("batch_plan").to_pylist()
+    assert {r["image_id"] for r in plan} == {f"P{i:02d}-img{j}" for i in range(24) for j in range(3)}
+    by_batch: dict[int, list[dict]] = {}
+    for r in plan:
+        by_batch.setdefault(r["batch"], []).append(r)
+    for rows in by_batch.values():
+        assert len(rows) == 8  # P x K
+        classes: dict[int, set[str]] = {}
+        for r in rows:
+            classes.setdefault(r["class_index"], set()).add(r["group_id"])
+        groups = [next(iter(g)) for g in classes.values()]
+        assert all(len(g) == 1 for g in classes.values()) and len(groups) == len(set(groups)) == 4

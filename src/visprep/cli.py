@@ -159,7 +159,9 @@ def run(files: Annotated[Optional[list[Path]], typer.Argument(help="Catalog file
 @app.command()
 def demo(workspace: WorkspaceOpt = Path("."),
          products: Annotated[int, typer.Option(help="Fashion-MNIST products in the demo catalog.")] = 2400,
-         fresh: Annotated[bool, typer.Option(help="Delete the workspace first.")] = False) -> None:
+         fresh: Annotated[bool, typer.Option(help="Delete the workspace first.")] = False,
+         evaluate: Annotated[bool, typer.Option(help="Judge demo queries and print evaluation results.")] = True,
+         ) -> None:
     """Build the demo workspace from the bundled real data and run every stage."""
     from visprep.demo.sources import write_demo_sources
     from visprep.pipeline import run_pipeline
@@ -184,6 +186,14 @@ def demo(workspace: WorkspaceOpt = Path("."),
     with _progress() as bar:
         report = run_pipeline(ws, files, progress=bar)
     _summary(ws, time.perf_counter() - t0, report)
+    if evaluate:
+        from visprep.evaluate.demo import run_demo_evaluation
+
+        console.print("judging demo queries and evaluating (the first run compiles ranx's numba code) ...")
+        d = run_demo_evaluation(ws, seed=0)
+        console.print(f"[bold]{d.note}[/bold]")
+        print_evaluation(ws, d.fine)
+        console.print(f"demo total {time.perf_counter() - t0:.1f} s")
 
 
 # --- events commands (issue 3) ---

@@ -15,7 +15,6 @@ STAGES = ("catalog", "fetch", "inspect", "split", "pairs", "export")
 
 # What each table-level stage reads and which config sections it depends on: its freshness key.
 _DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "split": (("products",), ("split",)),
     "pairs": (("products", "product_images", "urls", "images", "splits"), ("pairs",)),
     "export": (("pairs", "images", "products", "splits"), ("preprocess", "export")),
 }
@@ -23,13 +22,18 @@ _DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 def is_up_to_date(ws: Workspace, stage: str) -> bool:
     """Tell whether `stage`'s last good run read exactly the current inputs with the current parameters."""
-    tables, sections = _DEPENDS[stage]
+    from visprep.split.stage import SPLIT_PARAMS, split_inputs
+
     last = ws.last_run(stage)
     if last is None:
         return False
     if stage == "export" and not ws.shards_dir.exists():
         return False
-    current = {t: ws.table_fingerprint(t) for t in tables}
+    if stage == "split":
+        current, sections = split_inputs(ws), SPLIT_PARAMS
+    else:
+        tables, sections = _DEPENDS[stage]
+        current = {t: ws.table_fingerprint(t) for t in tables}
     return last["inputs"] == current and last["params"] == section_params(ws.config, *sections)
 
 

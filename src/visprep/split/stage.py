@@ -1,4 +1,9 @@
-"""The split stage: assign each product group to a split by a salted hash of its group id."""
+"""The split stage: assign each product group to a split by a salted hash of its group id.
+
+Groups: a product is its own group (same SKU) unless a `product_groups` table (product_id, group_id; written by
+dedup once it exists) puts it with its near-duplicates. Products judged at least `labels.pin_min_grade` for an
+eval query are pinned, with their whole group, to `labels.eval_split`, so an eval query's products never train.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import hashlib
 import pyarrow as pa
 
 from visprep.config import section_params
-from visprep.schema import SPLITS
+from visprep.schema import SPLITS, TABLES
 from visprep.workspace import Workspace
 
 
@@ -24,20 +29,63 @@ def assign_split(group_id: str, fractions: dict[str, float], *, seed: int = 0) -
     return name  # u is within float rounding of 1.0
 
 
+def product_groups(ws: Workspace, product_ids: list[str]) -> dict[str, str]:
+    """product_id -> group_id: the `product_groups` table where it exists and lists the product, else itself."""
+    groups = {pid: pid for pid in product_ids}
+    if "product_groups" in TABLES and ws.has_table("product_groups"):
+        t = ws.read_table("product_groups", ["product_id", "group_id"])
+        for pid, gid in zip(t.column("product_id").to_pylist(), t.column("group_id").to_pylist()):
+            if pid in groups and gid:
+                groups[pid] = gid
+    return groups
+
+
+def pinned_eval_products(ws: Workspace, *, min_grade: int) -> set[str]:
+    """Products judged at least `min_grade` for some eval query (empty without `eval_qrels`)."""
+    if not ws.has_table("eval_qrels"):
+        return set()
+    q = ws.read_table("eval_qrels", ["product_id", "grade"])
+    return {p for p, g in zip(q.column("product_id").to_pylist(), q.column("grade").to_pylist()) if g >= min_grade}
+
+
+SPLIT_PARAMS = ("split", "labels")
+"""Config sections the split depends on (labels: which judged products are pinned to eval)."""
+
+
+def split_inputs(ws: Workspace) -> dict[str, str]:
+    """Fingerprints of what the split reads: products, and groups and judgments when they exist."""
+    inputs = {"products": ws.table_fingerprint("products")}
+    for optional in ("product_groups", "eval_qrels"):
+        if optional in TABLES and ws.has_table(optional):
+            inputs[optional] = ws.table_fingerprint(optional)
+    return inputs
+
+
 def split_stage(ws: Workspace) -> dict[str, int]:
-    """Write `splits` (product_id, group_id, split) for every product; return products per split."""
+    """Write `splits` (product_id, group_id, split) for every product; return products per split.
+
+    The table is rewritten only when an assignment changed, so downstream stages stay up to date otherwise.
+    """
     cfg = ws.config.split
-    with ws.run("split", section_params(ws.config, "split")) as run:
-        run.inputs = {"products": ws.table_fingerprint("products")}
+    labels = ws.config.labels
+    with ws.run("split", section_params(ws.config, *SPLIT_PARAMS)) as run:
+        run.inputs = split_inputs(ws)
         pids = ws.read_table("products", ["product_id"]).column("product_id").to_pylist()
-        # Until near-duplicate groups exist, a product is its own group.
-        groups = {pid: pid for pid in pids}
-        rows = [{"product_id": pid, "group_id": groups[pid], "split": assign_split(groups[pid], cfg.fractions,
-                                                                                      seed=cfg.seed)}
+        groups = product_groups(ws, pids)
+        pinned = pinned_eval_products(ws, min_grade=labels.pin_min_grade)
+        if pinned and labels.eval_split not in cfg.fractions:
+            raise ValueError(f"labels.eval_split {labels.eval_split!r} is not a split; splits: {list(cfg.fractions)}")
+        pinned_groups = {groups[p] for p in pinned if p in groups}
+        rows = [{"product_id": pid, "group_id": groups[pid],
+                 "split": labels.eval_split if groups[pid] in pinned_groups
+                 else assign_split(groups[pid], cfg.fractions, seed=cfg.seed)}
                 for pid in pids]
-        ws.write_table("splits", pa.Table.from_pylist(rows, schema=SPLITS))
+        table = pa.Table.from_pylist(rows, schema=SPLITS)
+        if not ws.has_table("splits") or not ws.read_table("splits").equals(table):
+            ws.write_table("splits", table)
         counts: dict[str, int] = {name: 0 for name in cfg.fractions}
         for r in rows:
             counts[r["split"]] += 1
-        run.counts = {"products_in": len(pids), **{f"split_{k}": v for k, v in counts.items()}}
+        run.counts = {"products_in": len(pids), "pinned_eval_groups": len(pinned_groups),
+                      **{f"split_{k}": v for k, v in counts.items()}}
     return counts

@@ -1,0 +1,1 @@
+"""Offline retrieval evaluation: exact search over catalog embeddings, graded metrics, CIs and paired tests."""

@@ -28,7 +28,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
 I2D_VENV = WORK / "i2d-venv"
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback fixture server lives with the tests
+from bench_common import cpu_model  # noqa: E402 - the script folder is on sys.path when run as a script
 sys.path.insert(0, str(ROOT / "src"))
 
 PHOTO_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -167,16 +167,6 @@ def run_img2dataset(urls: list[str], *, processes: int, threads: int) -> tuple[f
         ok += stats["successes"]
         failed += stats["count"] - stats["successes"]
     return elapsed, ok, failed, cpu_s
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -45,7 +45,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
         raise
 
 
-def _atomic_write_parquet(path: Path, table: pa.Table) -> None:
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    """Write `table` to `path` as zstd Parquet, atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -215,11 +216,11 @@ class Workspace:
             # Replace a parted table: write the whole as one new part, then drop the old parts.
             old = self._part_files(name)
             new = path / f"part-{time.time_ns():020d}-full.parquet"
-            _atomic_write_parquet(new, table)
+            atomic_write_parquet(new, table)
             for p in old:
                 p.unlink(missing_ok=True)
             return
-        _atomic_write_parquet(path, table)
+        atomic_write_parquet(path, table)
 
     def write_part(self, name: str, table: pa.Table, part: str) -> Path:
         """Add (or replace) part `part` of table `name`; the table becomes a folder of parts."""
@@ -232,7 +233,7 @@ class Workspace:
             os.replace(legacy, path / "part-00000000000000000000-full.parquet")
         path.mkdir(parents=True, exist_ok=True)
         target = path / f"part-{part}.parquet"
-        _atomic_write_parquet(target, table)
+        atomic_write_parquet(target, table)
         return target
 
     def delete_parts(self, name: str, prefix: str) -> int:

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from visprep.workspace import Workspace, atomic_write_bytes, utcnow
+from visprep.workspace import Workspace, atomic_write_bytes, atomic_write_parquet, utcnow
 
 CHECKPOINT_NAME = "_checkpoint.json"
 
@@ -104,7 +101,7 @@ class EventLog:
         for day in sorted(days):
             part = events.filter(pc.equal(events.column("day"), pa.scalar(day, pa.date32())))
             name = f"part-{day:%Y-%m-%d}-{batch}-{chunk:05d}.parquet"
-            _atomic_write_parquet(self.dir / name, part)
+            atomic_write_parquet(self.dir / name, part)
             names.append(name)
         return names
 
@@ -133,17 +130,6 @@ class EventLog:
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, json.dumps(self.state, indent=1, sort_keys=True, default=str).encode())
-
-
-def _atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _batch_of_event_part(name: str) -> str:

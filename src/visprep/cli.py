@@ -456,6 +456,32 @@ def synth(workspace: WorkspaceOpt = Path(".")) -> None:
 # --- dedup / quality commands (issue 6) ---
 
 
+@app.command()
+def dedup(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Group near-duplicate products (content hash, pHash radius, title similarity, dedup.rule)."""
+    from visprep.dedup.stage import dedup_stage
+
+    r = dedup_stage(_open(workspace))
+    console.print(f"products {r.products}: {r.groups} groups, {r.products_in_groups} products in groups of 2+, "
+                  f"{r.accepted_pairs} duplicate pairs; candidates {r.counts.get('candidate_pairs', 0)}")
+
+
+@app.command()
+def quality(workspace: WorkspaceOpt = Path("."),
+            embeddings: Annotated[Optional[Path], typer.Option(help="(id, vector) Parquet; default: quality."
+                                                                     "embeddings, else the feature store.")] = None
+            ) -> None:
+    """Flag likely mislabelled products (confident learning) and apply quality.policy to their pairs."""
+    from visprep.quality.stage import quality_stage
+
+    ws = _open(workspace)
+    try:
+        r = quality_stage(ws, embeddings=embeddings)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"products checked {r.checked}: flagged {r.flagged} ({r.policy}); pairs affected {r.pairs_affected}")
+
+
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     import pyarrow.compute as pc
 
@@ -470,6 +496,10 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     t.add_row("images stored / decoded ok", f"{imgs.num_rows} / {pc.sum(pc.equal(imgs['status'], 'ok')).as_py() or 0}")
     for kind, n in _value_counts(pairs_t.column("kind").to_pylist()):
         t.add_row(f"pairs: {kind}", str(n))
+    if ws.has_table("product_groups"):
+        groups = _value_counts(ws.read_table("product_groups", ["group_id"]).column("group_id").to_pylist())
+        multi = [n for _, n in groups if n > 1]
+        t.add_row("near-duplicate groups (products in them)", f"{len(multi)} ({sum(multi)})")
     t.add_row("negatives", str(ws.read_table("negatives", ["kind"]).num_rows))
     shards = sorted(ws.shards_dir.glob("*/*.tar")) if ws.shards_dir.exists() else []
     t.add_row("shards", f"{len(shards)} ({', '.join(sorted({p.parent.name for p in shards}))})")

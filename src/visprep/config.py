@@ -344,6 +344,85 @@ class SyntheticConfig(_Section):
 # --- dedup / quality config (issue 6) ---
 
 
+class DedupConfig(_Section):
+    """Near-duplicate products: content hash, pHash within a Hamming radius, title similarity, a rule, groups."""
+
+    rule: str = Field("identical_image or (image_near and title_similar)",
+                      description="Which candidate pairs are duplicates: signal names (identical_image, image_near, "
+                                  "image_similar, title_similar, same_category) joined by 'and', 'or', parentheses.")
+    image_radius: int = Field(6, ge=0, le=32, description="image_near: closest pHash pair within this many bits "
+                                                         "(enumerated by the Hamming index).")
+    image_similar_radius: int = Field(16, ge=0, le=64, description="image_similar: closest pHash pair within this "
+                                                                  "many bits (checked on candidate pairs only).")
+    title_threshold: float = Field(0.85, ge=0, le=1, description="title_similar: rapidfuzz score / 100 at least this, "
+                                                                "same top-level category.")
+    title_scorer: str = Field("token_set_ratio", description="rapidfuzz scorer: token_set_ratio, token_sort_ratio, "
+                                                            "ratio or WRatio.")
+    lsh_threshold: float = Field(0.5, gt=0, le=1, description="MinHash LSH Jaccard threshold of title candidates.")
+    num_perm: int = Field(64, ge=8, le=1024, description="MinHash permutations.")
+    hamming_backend: str = Field("mih", description="Hamming radius search: mih (multi-index hashing) or brute.")
+    max_code_images: int = Field(50, ge=2, description="Images sharing one pHash beyond this (placeholders, blank "
+                                                      "photos) are left out of image matching and counted.")
+    keep_rejected_edges: bool = Field(False, description="Also write candidate pairs the rule rejected "
+                                                         "(accepted = false) to duplicate_edges.")
+
+    @field_validator("rule")
+    @classmethod
+    def _valid_rule(cls, v: str) -> str:
+        from visprep.dedup.rule import parse_rule
+
+        return parse_rule(v).text
+
+    @field_validator("title_scorer")
+    @classmethod
+    def _valid_scorer(cls, v: str) -> str:
+        from visprep.dedup.titles import TITLE_SCORERS
+
+        if v not in TITLE_SCORERS:
+            raise ValueError(f"dedup.title_scorer must be one of {list(TITLE_SCORERS)}, got {v!r}")
+        return v
+
+    @field_validator("hamming_backend")
+    @classmethod
+    def _valid_backend(cls, v: str) -> str:
+        if v not in ("mih", "brute"):
+            raise ValueError(f"dedup.hamming_backend must be 'mih' or 'brute', got {v!r}")
+        return v
+
+
+class QualityConfig(_Section):
+    """Label noise (confident learning) on embeddings, and what happens to flagged products' pairs."""
+
+    embeddings: str | None = Field(None, description="Parquet file or folder of (id, vector) rows, id = product_id "
+                                                     "or image_id; default: the feature store's newest model.")
+    label_column: str = Field("top_category", description="Product column whose labels are checked: category or "
+                                                          "top_category.")
+    folds: int = Field(5, ge=2, le=50, description="Cross-validation folds of the out-of-fold probabilities.")
+    filter_by: str = Field("prune_by_noise_rate", description="cleanlab find_label_issues filter_by.")
+    min_class_size: int = Field(10, ge=2, description="Labels with fewer products are not checked (and kept).")
+    policy: Literal["exclude", "down_weight", "keep"] = Field(
+        "exclude", description="What flagged products' training pairs get: exclude, down_weight or keep.")
+    down_weight: float = Field(0.2, ge=0, le=1, description="Weight multiplier of pairs of flagged products "
+                                                           "under policy down_weight.")
+    seed: int = Field(0, description="Seed of the cross-validation split.")
+
+    @field_validator("filter_by")
+    @classmethod
+    def _valid_filter(cls, v: str) -> str:
+        valid = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+                 "low_normalized_margin", "low_self_confidence")
+        if v not in valid:
+            raise ValueError(f"quality.filter_by must be one of {list(valid)}, got {v!r}")
+        return v
+
+    @field_validator("label_column")
+    @classmethod
+    def _valid_label(cls, v: str) -> str:
+        if v not in ("category", "top_category"):
+            raise ValueError(f"quality.label_column must be 'category' or 'top_category', got {v!r}")
+        return v
+
+
 class VisprepConfig(_Section):
     """The whole configuration of a workspace."""
 
@@ -368,6 +447,8 @@ class VisprepConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     # --- dedup / quality config (issue 6) ---
+    dedup: DedupConfig = DedupConfig()
+    quality: QualityConfig = QualityConfig()
 
     @model_validator(mode="after")
     def _export_splits_known(self) -> "VisprepConfig":

@@ -311,6 +311,41 @@ SYNTHETIC_VIEWS = pa.schema(
 
 # --- dedup / quality tables (issue 6) ---
 
+PRODUCT_GROUPS = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),  # the smallest product_id of the group: stable
+        pa.field("canonical_product_id", pa.string(), nullable=False),  # the member kept as the group's face
+        pa.field("group_size", pa.int32()),
+    ]
+)
+
+DUPLICATE_EDGES = pa.schema(
+    [
+        pa.field("product_a", pa.string(), nullable=False),  # product_a < product_b
+        pa.field("product_b", pa.string(), nullable=False),
+        pa.field("signal", pa.string(), nullable=False),  # identical_image | phash | title
+        pa.field("distance", pa.int16()),  # phash: Hamming bits of the closest image pair; identical_image: 0
+        pa.field("similarity", pa.float32()),  # title: rapidfuzz score / 100
+        pa.field("image_a", pa.string()),  # the image pair that gave the evidence (image signals)
+        pa.field("image_b", pa.string()),
+        pa.field("accepted", pa.bool_()),  # the pair satisfied dedup.rule
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+LABEL_ISSUES = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("given_label", pa.string()),
+        pa.field("predicted_label", pa.string()),  # argmax of the out-of-fold probabilities
+        pa.field("label_quality", pa.float32()),  # self-confidence of the given label: low = suspect
+        pa.field("rank", pa.int32()),  # 1 = most suspect
+        pa.field("action", pa.string()),  # exclude | down_weight | keep (quality.policy)
+        pa.field("run_id", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "products": PRODUCTS,
     "product_images": PRODUCT_IMAGES,
@@ -337,6 +372,9 @@ TABLES: dict[str, pa.Schema] = {
     "queries": QUERIES,
     "synthetic_views": SYNTHETIC_VIEWS,
     # --- dedup / quality tables (issue 6) ---
+    "product_groups": PRODUCT_GROUPS,
+    "duplicate_edges": DUPLICATE_EDGES,
+    "label_issues": LABEL_ISSUES,
 }
 
 

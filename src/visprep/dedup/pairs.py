@@ -1,0 +1,235 @@
+"""Candidate duplicate pairs of products and their signals: shared images, pHash distance, title similarity.
+
+`find_duplicates` is the stage's pure core: products and their (image_id, pHash) rows in, the candidate pairs with
+every signal and the rule's verdict out. Nothing here reads or writes a workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from visprep.dedup.hamming import radius_pairs
+from visprep.dedup.rule import DuplicateRule, parse_rule
+from visprep.dedup.titles import title_candidate_pairs, title_similarity
+
+NO_DISTANCE = 255
+"""pHash distance recorded for a pair without two hashed images."""
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """The parameters `find_duplicates` uses (the `dedup` config section, minus I/O)."""
+
+    rule: str = "identical_image or (image_near and title_similar)"
+    image_radius: int = 6
+    image_similar_radius: int = 16
+    title_threshold: float = 0.85
+    title_scorer: str = "token_set_ratio"
+    lsh_threshold: float = 0.5
+    num_perm: int = 64
+    hamming_backend: str = "mih"
+    max_code_images: int = 50
+
+
+@dataclass
+class CandidatePairs:
+    """Candidate product pairs (a < b, product indices) and their signals; `accepted` is the rule's verdict.
+
+    Attributes:
+        a, b: (P,) int64 product indices.
+        identical_image: (P,) bool.
+        distance: (P,) uint8 closest pHash distance over the two products' images, NO_DISTANCE when unknown.
+        image_a, image_b: (P,) int64 row indices (into the image rows) of that closest pair, -1 when unknown.
+        title_similarity: (P,) float32 in 0..1; 0 across top-level categories.
+        same_category: (P,) bool.
+        accepted: (P,) bool.
+        counts: what was found, for the run record.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    identical_image: np.ndarray
+    distance: np.ndarray
+    image_a: np.ndarray
+    image_b: np.ndarray
+    title_similarity: np.ndarray
+    same_category: np.ndarray
+    accepted: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keep = lo != hi
+    return lo[keep] * n + hi[keep]
+
+
+def _group_pairs(group: np.ndarray, member: np.ndarray, *, max_clique: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of members sharing a group key: all pairs in groups up to `max_clique`, a star (first member to each
+    other) in larger ones, which keeps them connected without a quadratic blow-up."""
+    order = np.lexsort((member, group))
+    g, m = group[order], member[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    sizes = np.diff(np.r_[starts, len(g)])
+    out_a, out_b = [], []
+    for s, size in zip(starts.tolist(), sizes.tolist()):
+        if size < 2:
+            continue
+        mem = m[s : s + size]
+        if size <= max_clique:
+            ii, jj = np.triu_indices(size, 1)
+            out_a.append(mem[ii])
+            out_b.append(mem[jj])
+        else:
+            out_a.append(np.full(size - 1, mem[0]))
+            out_b.append(mem[1:])
+    if not out_a:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(out_a).astype(np.int64), np.concatenate(out_b).astype(np.int64)
+
+
+def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_count: np.ndarray,
+                    codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For product pairs (pa_, pb): the closest pHash distance over their image rows and which rows gave it."""
+    p = len(pa_)
+    dist = np.full(p, NO_DISTANCE, np.uint8)
+    ia = np.full(p, -1, np.int64)
+    ib = np.full(p, -1, np.int64)
+    ca, cb = img_count[pa_], img_count[pb]
+    n_cross = ca * cb
+    has = np.flatnonzero(n_cross > 0)
+    if len(has) == 0:
+        return dist, ia, ib
+    step = 2_000_000
+    cum = np.cumsum(n_cross[has])
+    start = 0
+    while start < len(has):
+        base = int(cum[start - 1]) if start else 0
+        end = max(int(np.searchsorted(cum, base + step, side="right")), start + 1)
+        q = has[start:end]
+        reps = n_cross[q]
+        pair_of = np.repeat(np.arange(len(q)), reps)
+        k = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        row_a = img_start[pa_[q]][pair_of] + k // cb[q][pair_of]
+        row_b = img_start[pb[q]][pair_of] + k % cb[q][pair_of]
+        d = np.bitwise_count(codes[row_a] ^ codes[row_b]).astype(np.int16)
+        # Minimum per pair: sort by (pair, distance) and take each pair's first.
+        order = np.lexsort((d, pair_of))
+        first = order[np.r_[True, pair_of[order][1:] != pair_of[order][:-1]]]
+        dist[q] = d[first]
+        ia[q] = row_a[first]
+        ib[q] = row_b[first]
+        start = end
+    return dist, ia, ib
+
+
+def find_duplicates(product_ids: list[str], titles: list[str], top_categories: list[str | None],
+                    image_product: np.ndarray, image_ids: list[str], image_codes: np.ndarray, *,
+                    params: DedupParams = DedupParams()) -> CandidatePairs:
+    """Find candidate duplicate product pairs, compute every signal and apply the rule.
+
+    Args:
+        product_ids: (N,) product ids.
+        titles: (N,) titles.
+        top_categories: (N,) top-level categories (the title-comparison block); None is never title-compared.
+        image_product: (M,) int64 index into `product_ids` of each image row.
+        image_ids: (M,) content hash of each image row.
+        image_codes: (M,) uint64 pHash of each image row.
+        params: thresholds and the rule.
+
+    Returns:
+        `CandidatePairs` over every pair any generator signal proposed.
+    """
+    n = len(product_ids)
+    if not (len(titles) == len(top_categories) == n):
+        raise ValueError(f"product_ids ({n}), titles ({len(titles)}) and top_categories ({len(top_categories)}) "
+                         "must have the same length")
+    image_product = np.asarray(image_product, np.int64)
+    image_codes = np.asarray(image_codes, np.uint64)
+    if not (len(image_product) == len(image_ids) == len(image_codes)):
+        raise ValueError("image_product, image_ids and image_codes must have the same length")
+    if len(image_product) and (image_product.min() < 0 or image_product.max() >= n):
+        raise ValueError("image_product holds an index outside the products")
+    rule: DuplicateRule = parse_rule(params.rule)
+    counts: dict[str, int] = {"products": n, "image_rows": len(image_ids)}
+
+    # Image rows grouped by product (ragged arrays), so pairs of products can be compared image by image.
+    order = np.argsort(image_product, kind="stable")
+    image_product = image_product[order]
+    image_codes = image_codes[order]
+    image_ids = [image_ids[k] for k in order.tolist()]
+    img_count = np.bincount(image_product, minlength=n).astype(np.int64)
+    img_start = np.cumsum(img_count) - img_count
+
+    keys: list[np.ndarray] = []
+    # 1. Identical images: products listing the same content hash.
+    _, image_key = np.unique(np.asarray(image_ids, dtype=object).astype(str), return_inverse=True)
+    ga, gb = _group_pairs(image_key.astype(np.int64), image_product, max_clique=params.max_code_images)
+    identical_keys = np.unique(_pair_keys(ga, gb, n))
+    keys.append(identical_keys)
+    counts["identical_image_pairs"] = len(identical_keys)
+
+    # 2. pHash near duplicates: search the distinct codes, then expand to the products holding them.
+    uniq, code_of = np.unique(image_codes, return_inverse=True)
+    code_images = np.bincount(code_of, minlength=len(uniq))
+    crowded = code_images > params.max_code_images
+    counts["crowded_codes"] = int(crowded.sum())
+    counts["crowded_code_images"] = int(code_images[crowded].sum())
+    ci, cj, _ = radius_pairs(uniq, params.image_radius, backend=params.hamming_backend)
+    keep = ~crowded[ci] & ~crowded[cj]
+    ci, cj = ci[keep], cj[keep]
+    counts["phash_code_pairs"] = len(ci)
+    rows_by_code = np.argsort(code_of, kind="stable")
+    code_start = np.cumsum(code_images) - code_images
+    # Images sharing a code are at distance 0 from each other.
+    sa, sb = _group_pairs(np.where(crowded[code_of], -1 - np.arange(len(code_of)), code_of).astype(np.int64),
+                          image_product, max_clique=params.max_code_images)
+    near = [_pair_keys(sa, sb, n)]
+    if len(ci):
+        reps = code_images[ci] * code_images[cj]
+        pair_of = np.repeat(np.arange(len(ci)), reps)
+        k = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        ra = rows_by_code[code_start[ci][pair_of] + k // code_images[cj][pair_of]]
+        rb = rows_by_code[code_start[cj][pair_of] + k % code_images[cj][pair_of]]
+        near.append(_pair_keys(image_product[ra], image_product[rb], n))
+    near_keys = np.unique(np.concatenate(near))
+    keys.append(near_keys)
+    counts["image_near_pairs"] = len(near_keys)
+
+    # 3. Title candidates within each top-level category.
+    ta, tb = title_candidate_pairs(titles, top_categories, lsh_threshold=params.lsh_threshold,
+                                   num_perm=params.num_perm)
+    title_keys = _pair_keys(ta, tb, n)
+    keys.append(title_keys)
+    counts["title_candidate_pairs"] = len(title_keys)
+
+    all_keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
+    a, b = all_keys // n, all_keys % n
+    counts["candidate_pairs"] = len(a)
+
+    distance, row_a, row_b = _closest_images(a, b, img_start, img_count, image_codes)
+    identical = np.isin(all_keys, identical_keys)
+    cats = np.asarray([c if c is not None else "" for c in top_categories], dtype=object)
+    has_cat = np.asarray([c is not None for c in top_categories])
+    same_category = (cats[a] == cats[b]) & has_cat[a]
+    sim = np.zeros(len(a), np.float32)
+    if same_category.any():
+        idx = np.flatnonzero(same_category)
+        sim[idx] = title_similarity([titles[x] for x in a[idx].tolist()], [titles[x] for x in b[idx].tolist()],
+                                    scorer=params.title_scorer)
+    signals = {
+        "identical_image": identical,
+        "image_near": distance <= params.image_radius,
+        "image_similar": distance <= params.image_similar_radius,
+        "title_similar": same_category & (sim >= params.title_threshold),
+        "same_category": same_category,
+    }
+    accepted = rule.evaluate({k: v for k, v in signals.items() if k in rule.names})
+    counts["accepted_pairs"] = int(accepted.sum())
+    # Row indices refer to the product-sorted rows; map them back to the caller's rows.
+    back = lambda r: np.where(r >= 0, order[np.maximum(r, 0)], -1)
+    return CandidatePairs(a=a, b=b, identical_image=identical, distance=distance, image_a=back(row_a),
+                          image_b=back(row_b), title_similarity=sim, same_category=same_category, accepted=accepted,
+                          counts=counts)

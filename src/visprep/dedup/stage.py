@@ -1,0 +1,143 @@
+"""The dedup stage: products + hashed images in, `product_groups` and `duplicate_edges` out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from visprep.config import DedupConfig, section_params
+from visprep.dedup.groups import canonical_members, connected_groups
+from visprep.dedup.pairs import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
+from visprep.schema import DUPLICATE_EDGES, PRODUCT_GROUPS
+from visprep.workspace import Workspace
+
+
+@dataclass
+class DedupResult:
+    """Counts of one dedup run."""
+
+    products: int = 0
+    groups: int = 0
+    products_in_groups: int = 0  # products in a group of two or more
+    accepted_pairs: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    run_id: str = ""
+
+
+def params_from_config(cfg: DedupConfig) -> DedupParams:
+    """The `find_duplicates` parameters of a `dedup` config section."""
+    return DedupParams(**{k: getattr(cfg, k) for k in DedupParams.__dataclass_fields__})
+
+
+def hashed_images(ws: Workspace) -> pa.Table:
+    """(product_id, image_id, phash) of every product image whose newest fetch succeeded and that decoded."""
+    return ws.sql(
+        """
+        SELECT DISTINCT pi.product_id, u.image_id, i.phash
+        FROM pi
+        JOIN u ON u.url = pi.url AND u.status = 'ok'
+        JOIN i ON i.image_id = u.image_id AND i.status = 'ok' AND i.phash IS NOT NULL
+        ORDER BY pi.product_id, u.image_id
+        """,
+        pi=ws.read_table("product_images", ["product_id", "url"]), u=ws.latest_urls(),
+        i=ws.read_table("images", ["image_id", "status", "phash"]),
+    )
+
+
+def group_products(product_ids: list[str], pairs: CandidatePairs, image_count: np.ndarray) -> pa.Table:
+    """`product_groups` rows: union-find over accepted pairs; the canonical member has the most images, then the
+    smallest product id; the group id is the group's smallest product id (stable when the canonical one changes)."""
+    n = len(product_ids)
+    labels = connected_groups(n, pairs.a[pairs.accepted], pairs.b[pairs.accepted])
+    canonical = canonical_members(labels, [(-int(c), p) for c, p in zip(image_count.tolist(), product_ids)])
+    smallest = canonical_members(labels, [(p,) for p in product_ids])
+    sizes = np.bincount(labels, minlength=int(labels.max()) + 1 if n else 0)
+    pid = np.asarray(product_ids, dtype=object)
+    return pa.table({
+        "product_id": pa.array(product_ids, pa.string()),
+        "group_id": pa.array(pid[smallest].tolist() if n else [], pa.string()),
+        "canonical_product_id": pa.array(pid[canonical].tolist() if n else [], pa.string()),
+        "group_size": pa.array(sizes[labels].astype(np.int32) if n else [], pa.int32()),
+    }, schema=PRODUCT_GROUPS)
+
+
+def edge_rows(product_ids: list[str], image_ids: list[str], pairs: CandidatePairs, *, run_id: str,
+              keep_rejected: bool) -> pa.Table:
+    """`duplicate_edges` rows: one per (pair, signal that holds evidence), for accepted pairs (and rejected ones when
+    `keep_rejected`)."""
+    sel = np.flatnonzero(pairs.accepted | keep_rejected)
+    pid = np.asarray(product_ids, dtype=object)
+    iid = np.asarray(list(image_ids) + [None], dtype=object)  # index -1 -> None
+    cols: dict[str, list] = {k: [] for k in ("product_a", "product_b", "signal", "distance", "similarity",
+                                             "image_a", "image_b", "accepted")}
+
+    def add(rows: np.ndarray, signal: str, distance, similarity, ia, ib) -> None:
+        first, second = pid[pairs.a[rows]], pid[pairs.b[rows]]
+        swap = first > second  # product_a < product_b, by id
+        cols["product_a"].extend(np.where(swap, second, first))
+        cols["product_b"].extend(np.where(swap, first, second))
+        cols["signal"].extend([signal] * len(rows))
+        cols["distance"].extend(distance)
+        cols["similarity"].extend(similarity)
+        ia, ib = np.asarray(ia, dtype=object), np.asarray(ib, dtype=object)
+        cols["image_a"].extend(np.where(swap, ib, ia))
+        cols["image_b"].extend(np.where(swap, ia, ib))
+        cols["accepted"].extend(pairs.accepted[rows].tolist())
+
+    ident = sel[pairs.identical_image[sel]]
+    add(ident, "identical_image", [0] * len(ident), [None] * len(ident), [None] * len(ident), [None] * len(ident))
+    hashed = sel[pairs.distance[sel] != NO_DISTANCE]
+    add(hashed, "phash", pairs.distance[hashed].astype(int).tolist(), [None] * len(hashed),
+        iid[pairs.image_a[hashed]], iid[pairs.image_b[hashed]])
+    titled = sel[pairs.same_category[sel]]
+    add(titled, "title", [None] * len(titled), pairs.title_similarity[titled].tolist(), [None] * len(titled),
+        [None] * len(titled))
+    table = pa.table({
+        "product_a": pa.array(cols["product_a"], pa.string()),
+        "product_b": pa.array(cols["product_b"], pa.string()),
+        "signal": pa.array(cols["signal"], pa.string()),
+        "distance": pa.array(cols["distance"], pa.int16()),
+        "similarity": pa.array(cols["similarity"], pa.float32()),
+        "image_a": pa.array(cols["image_a"], pa.string()),
+        "image_b": pa.array(cols["image_b"], pa.string()),
+        "accepted": pa.array(cols["accepted"], pa.bool_()),
+        "run_id": pa.array([run_id] * len(cols["signal"]), pa.string()),
+    })
+    return table.select(DUPLICATE_EDGES.names).cast(DUPLICATE_EDGES)
+
+
+def dedup_stage(ws: Workspace) -> DedupResult:
+    """Write `product_groups` (every product) and `duplicate_edges` (the evidence of each accepted pair)."""
+    cfg = ws.config.dedup
+    res = DedupResult()
+    with ws.run("dedup", section_params(ws.config, "dedup")) as run:
+        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images")}
+        res.run_id = run.run_id
+        products = ws.read_table("products", ["product_id", "title", "top_category"])
+        product_ids = products.column("product_id").to_pylist()
+        index = {p: k for k, p in enumerate(product_ids)}
+        imgs = hashed_images(ws)
+        img_pid = imgs.column("product_id").to_pylist()
+        known = [k for k, p in enumerate(img_pid) if p in index]  # product_images of removed products are ignored
+        image_ids = [imgs.column("image_id")[k].as_py() for k in known] if len(known) < len(img_pid) \
+            else imgs.column("image_id").to_pylist()
+        image_product = np.asarray([index[img_pid[k]] for k in known], dtype=np.int64)
+        codes = imgs.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)[known] if known \
+            else np.empty(0, np.uint64)
+        pairs = find_duplicates(product_ids, products.column("title").to_pylist(),
+                                products.column("top_category").to_pylist(), image_product, image_ids, codes,
+                                params=params_from_config(cfg))
+        groups = group_products(product_ids, pairs, np.bincount(image_product, minlength=len(product_ids)))
+        ws.write_table("product_groups", groups)
+        ws.write_table("duplicate_edges", edge_rows(product_ids, image_ids, pairs, run_id=run.run_id,
+                                                    keep_rejected=cfg.keep_rejected_edges))
+        sizes = groups.column("group_size").to_numpy()
+        res.products = len(product_ids)
+        res.groups = len(set(groups.column("group_id").to_pylist()))
+        res.products_in_groups = int((sizes > 1).sum())
+        res.accepted_pairs = int(pairs.accepted.sum())
+        res.counts = pairs.counts
+        run.counts = {**pairs.counts, "groups": res.groups, "products_in_groups": res.products_in_groups}
+    return res

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visprep.workspace import _atomic_write_parquet, atomic_write_bytes, utcnow
+from visprep.workspace import atomic_write_parquet, atomic_write_bytes, utcnow
 
 IndexKind = Literal["flat", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw")
@@ -224,7 +224,7 @@ class FeatureStore:
             "made_at": pa.array([when] * len(image_ids), pa.timestamp("us", tz="UTC")),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
         }, schema=self.schema)
-        _atomic_write_parquet(self.path / "parts" / f"part-{seq:08d}.parquet", table)
+        atomic_write_parquet(self.path / "parts" / f"part-{seq:08d}.parquet", table)
         if index is not None:
             index.add(vectors)
             self._save_index(index)

@@ -29,7 +29,18 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
+from visprep.fetch import FETCH_STATUSES, FetchResult
+
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Not found</title></head><body>gone</body></html>" * 4
+
+
+def check_fetch_invariants(result: FetchResult) -> None:
+    """Assert what every FetchResult must satisfy, whatever its status."""
+    assert result.status in FETCH_STATUSES
+    assert result.ok == (result.status == "ok")
+    assert (result.data is not None) == result.ok
+    if not result.ok:
+        assert result.url in result.reason or result.final_url in result.reason
 
 
 def make_jpeg(width: int = 64, height: int = 48, *, seed: int = 0, quality: int = 85) -> bytes:

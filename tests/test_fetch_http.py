@@ -6,10 +6,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-import urllib3.util.connection
-from http_fixtures import LoopbackServer, make_jpeg
+from http_fixtures import LoopbackServer, check_fetch_invariants, make_jpeg
 
-from visprep.fetch import FETCH_STATUSES, Fetcher, FetchResult, FetchSettings
+from visprep.fetch import Fetcher, FetchSettings
 
 FAST = FetchSettings(concurrency=4, timeout_s=2.0, retries=3, backoff_s=0.01, allow_loopback=True)
 
@@ -26,31 +25,9 @@ def fetcher() -> Iterator[Fetcher]:
         yield f
 
 
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Hosts the fetcher opened TCP connections to (urllib3's connect hook, patched)."""
-    seen: list[str] = []
-    original = urllib3.util.connection.create_connection
-
-    def recording(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
-        seen.append(address[0])
-        return original(address, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(urllib3.util.connection, "create_connection", recording)
-    return seen
-
-
-def _check_invariants(result: FetchResult) -> None:
-    assert result.status in FETCH_STATUSES
-    assert result.ok == (result.status == "ok")
-    assert (result.data is not None) == result.ok
-    if not result.ok:
-        assert result.url in result.reason or result.final_url in result.reason
-
-
 def test_image_ok(server: LoopbackServer, fetcher: Fetcher) -> None:
     result = fetcher.fetch(server.url("/image/1.jpg"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.ok and result.format == "jpeg" and result.http_status == 200
     assert result.data == server.images[1]
     assert result.attempts == 1 and result.final_url == result.url and result.elapsed_s > 0
@@ -58,14 +35,14 @@ def test_image_ok(server: LoopbackServer, fetcher: Fetcher) -> None:
 
 def test_html_served_as_jpeg_is_not_image(server: LoopbackServer, fetcher: Fetcher) -> None:
     result = fetcher.fetch(server.url("/html-as-jpeg"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.status == "not_image" and "image/jpeg" in result.reason and result.attempts == 1
 
 
 def test_404_is_not_retried(server: LoopbackServer, fetcher: Fetcher) -> None:
     before = server.hits["/status/404"]
     result = fetcher.fetch(server.url("/status/404"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert (result.status, result.http_status, result.attempts) == ("http_4xx", 404, 1)
     assert "404" in result.reason
     assert server.hits["/status/404"] - before == 1
@@ -73,14 +50,14 @@ def test_404_is_not_retried(server: LoopbackServer, fetcher: Fetcher) -> None:
 
 def test_500_twice_then_200_is_ok_after_three_attempts(server: LoopbackServer, fetcher: Fetcher) -> None:
     result = fetcher.fetch(server.url("/flaky/a?fail=2"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.ok and result.attempts == 3
     assert server.hits["/flaky/a"] == 3
 
 
 def test_500_forever_gives_up_after_retries(server: LoopbackServer, fetcher: Fetcher) -> None:
     result = fetcher.fetch(server.url("/status/503"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert (result.status, result.http_status, result.attempts) == ("http_5xx", 503, FAST.retries + 1)
 
 
@@ -96,26 +73,26 @@ def test_timeout_is_retried_then_reported(server: LoopbackServer) -> None:
     settings = FetchSettings(timeout_s=0.3, retries=1, backoff_s=0.01, allow_loopback=True)
     with Fetcher(settings) as fetcher:
         result = fetcher.fetch(server.url("/slow?delay=1.5"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert (result.status, result.attempts) == ("timeout", 2)
     assert result.elapsed_s < 1.5
 
 
 def test_redirect_chain_within_limit(server: LoopbackServer, fetcher: Fetcher) -> None:
     result = fetcher.fetch(server.url("/redirect/5"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.ok and result.final_url == server.url("/redirect/0")
 
 
 def test_redirect_chain_too_long(server: LoopbackServer, fetcher: Fetcher) -> None:
     result = fetcher.fetch(server.url("/redirect/6"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.status == "too_many_redirects" and "max_redirects=5" in result.reason
 
 
 def test_redirect_loop(server: LoopbackServer, fetcher: Fetcher) -> None:
     result = fetcher.fetch(server.url("/loop/a"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.status == "redirect_loop" and result.attempts == 1
 
 
@@ -125,7 +102,7 @@ def test_redirect_to_blocked_address_never_connects(
     server: LoopbackServer, fetcher: Fetcher, connections: list[str], target: str
 ) -> None:
     result = fetcher.fetch(server.url(f"/redirect-to?url={target}"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.status == "blocked_address" and result.final_url == target
     host = target.split("//")[1].split("/")[0].rsplit(":", 1)[0].strip("[]")
     assert host.removeprefix("::ffff:") in result.reason
@@ -143,7 +120,7 @@ def test_loopback_refused_unless_allowed(server: LoopbackServer, connections: li
         literal = fetcher.fetch(server.url("/image/0"))
         named = fetcher.fetch(f"http://localhost:{server.port}/image/0")
     for result in (literal, named):
-        _check_invariants(result)
+        check_fetch_invariants(result)
         assert result.status == "blocked_address" and "loopback" in result.reason
     assert server.requests == before and connections == []
 
@@ -171,7 +148,7 @@ def test_oversized_body_is_too_large(server: LoopbackServer, path: str) -> None:
     with Fetcher(FetchSettings(max_bytes=100_000, allow_loopback=True)) as fetcher:
         result = fetcher.fetch(server.url(path))
         again = fetcher.fetch(server.url("/image/0"))  # the aborted connection must not poison the pool
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.status == "too_large" and "100000" in result.reason and result.attempts == 1
     assert again.ok
 
@@ -187,12 +164,12 @@ def test_connection_refused_is_retried(fetcher: Fetcher) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = fetcher.fetch(f"http://127.0.0.1:{port}/x.jpg")
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert (result.status, result.attempts) == ("connection_error", FAST.retries + 1)
 
 
 @pytest.mark.parametrize("url", ["http://", "http://127.0.0.1:99999/x", "http:///nohost"])
 def test_invalid_urls(fetcher: Fetcher, url: str) -> None:
     result = fetcher.fetch(url)
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.status == "invalid_url"

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import urllib3.util.connection
-from http_fixtures import LoopbackServer, make_jpeg
+from http_fixtures import LoopbackServer, check_fetch_invariants, make_jpeg
 from tls_fixtures import HttpsLoopbackServer, LocalCA
 
-from visprep.fetch import FETCH_STATUSES, Fetcher, FetchResult, FetchSettings
+from visprep.fetch import Fetcher, FetchResult, FetchSettings
 
 IMAGES = [make_jpeg(seed=1), make_jpeg(32, 32, seed=2)]
 FAKE_HOST = "images.visprep.test"  # resolved to 127.0.0.1 by the `fake_dns` fixture only
@@ -74,31 +73,9 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
 
 
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Hosts the fetcher opened TCP connections to (urllib3's connect hook, patched)."""
-    seen: list[str] = []
-    original = urllib3.util.connection.create_connection
-
-    def recording(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
-        seen.append(address[0])
-        return original(address, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(urllib3.util.connection, "create_connection", recording)
-    return seen
-
-
-def _check_invariants(result: FetchResult) -> None:
-    assert result.status in FETCH_STATUSES
-    assert result.ok == (result.status == "ok")
-    assert (result.data is not None) == result.ok
-    if not result.ok:
-        assert result.url in result.reason or result.final_url in result.reason
-
-
 def _assert_certificate_failure(result: FetchResult, *words: str) -> None:
     """A refused certificate is a per-URL failure, reported once and not retried (retrying cannot help)."""
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert (result.status, result.attempts, result.http_status) == ("connection_error", 1, None)
     assert "SSLError" in result.reason
     for word in words:
@@ -108,7 +85,7 @@ def _assert_certificate_failure(result: FetchResult, *words: str) -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_https_ok_when_ca_trusted(https_server: HttpsLoopbackServer, fetcher: Fetcher, host: str) -> None:
     result = fetcher.fetch(https_server.url("/image/1.jpg", host=host))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.ok and result.format == "jpeg" and result.http_status == 200
     assert result.data == IMAGES[1] and result.attempts == 1
 
@@ -154,7 +131,7 @@ def test_pinned_address_still_checks_certificate_and_sends_sni(
     """The fetcher connects to the address it checked; TLS still uses the URL's host for SNI and the check."""
     with HttpsLoopbackServer(ca, hostnames=(FAKE_HOST,), images=IMAGES) as server:
         result = fetcher.fetch(server.url("/image/1", host=FAKE_HOST))
-        _check_invariants(result)
+        check_fetch_invariants(result)
         assert result.ok and result.data == IMAGES[1]
         assert connections == ["127.0.0.1"]  # pinned: no second resolution by urllib3
         assert server.sni_names == [FAKE_HOST]
@@ -175,7 +152,7 @@ def test_https_to_http_redirect_is_followed(
     """Downgrades are followed like any redirect: the body is checked as an image either way."""
     target = http_server.url("/image/1")
     result = fetcher.fetch(https_server.url(f"/redirect-to?url={target}", host="localhost"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.ok and result.data == IMAGES[1]
     assert result.final_url == target
 
@@ -185,7 +162,7 @@ def test_http_to_https_redirect_is_followed_and_verified(
 ) -> None:
     target = https_server.url("/image/0", host="localhost")
     result = fetcher.fetch(http_server.url(f"/redirect-to?url={target}"))
-    _check_invariants(result)
+    check_fetch_invariants(result)
     assert result.ok and result.data == IMAGES[0]
     assert result.final_url == target
 

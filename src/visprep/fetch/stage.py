@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,14 +29,8 @@ class FetchStageResult:
 
 
 def fetch_settings(cfg: FetchConfig) -> FetchSettings:
-    """Map the workspace's fetch config onto the fetcher's settings."""
-    return FetchSettings(
-        concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
-        max_backoff_s=cfg.max_backoff_s,
-        max_bytes=cfg.max_bytes, max_redirects=cfg.max_redirects, allow_private=cfg.allow_private,
-        allow_loopback=cfg.allow_loopback, user_agent=cfg.user_agent, ca_bundle=cfg.ca_bundle,
-        s3_options=cfg.s3_options,
-    )
+    """Map the workspace's fetch config onto the fetcher's settings (every settings field has a config twin)."""
+    return FetchSettings(**{f.name: getattr(cfg, f.name) for f in fields(FetchSettings)})
 
 
 def pending_urls(ws: Workspace, *, retry_failed: bool) -> tuple[list[str], int]:

@@ -109,3 +109,8 @@ def write_result(name: str, result: dict) -> Path:
     path = WORK / f"{name}.json"
     path.write_text(json.dumps(result, indent=1))
     return path
+
+
+def fmt_met(met: bool | None) -> str:
+    """Format a target verdict for a table cell."""
+    return "—" if met is None else ("**met**" if met else "**missed**")

@@ -27,6 +27,8 @@ from visprep.images.preprocess import encode_jpeg
 from visprep.schema import IMAGES
 from visprep.workspace import Workspace
 
+TITLE = "Embed (feature store)"
+
 
 def _add(ws: Workspace, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -63,11 +65,24 @@ def main() -> None:
         out = {"n": n, "model_id": first.model_id, "first_run_s": round(t_first, 2),
                "images_per_s_incl_model_load": round(first.embedded / t_first, 1), "noop_s": round(t_noop, 3),
                "noop_skipped": noop.skipped, "incremental_new": inc.embedded, "incremental_s": round(t_inc, 2),
-               "machine": machine()}
+               "machine": machine(), "command": "python benchmarks/bench_embed.py " + " ".join(sys.argv[1:])}
         print(out)
-        write_result("embed", out)
+        write_result("bench_embed", out)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def section(result: dict) -> list[str]:
+    """Markdown lines of the embed benchmark for docs/benchmarks.md."""
+    intro = (f"`{result.get('command', 'python benchmarks/bench_embed.py')}` — {result['n']} product-like 480x480 "
+             f"JPEGs, {result['model_id']} on torch CPU (224 px input), a throwaway workspace.")
+    header = "| images | first run s | images/s (incl. model load) | no-op run s | +10% new: images | +10% new: s |"
+    row = (f"| {result['n']} | {result['first_run_s']} | {result['images_per_s_incl_model_load']} | "
+           f"{result['noop_s']} (skipped {result['noop_skipped']}) | {result['incremental_new']} | "
+           f"{result['incremental_s']} |")
+    note = ("No baseline: the model's forward pass is the cost; the no-op run (the hourly job with nothing new) is "
+            "the number to watch.")
+    return [intro, "", header, "|---|---|---|---|---|---|", row, "", note]
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
 I2D_VENV = WORK / "i2d-venv"
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback fixture server lives with the tests
-from bench_common import cpu_model  # noqa: E402 - the script folder is on sys.path when run as a script
+from bench_common import fmt_met, cpu_model  # noqa: E402 - the script folder is on sys.path when run as a script
 sys.path.insert(0, str(ROOT / "src"))
 
 PHOTO_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -242,6 +242,29 @@ def main() -> None:
     finally:
         server.terminate()
         server.join(timeout=5)
+
+
+TITLE = "Fetch"
+
+
+def section(result: dict) -> list[str]:
+    """Markdown lines of this benchmark's section in docs/benchmarks.md."""
+    lines = [f"`{result['command']}` — {result['urls']} URLs per run from a loopback server, 800 px JPEGs → "
+             f"224 center crop → JPEG q95 → tar, {result['processes']} processes × {result['threads']} threads, "
+             f"tools alternating; load {result['load_start']} → {result['load_end']}.", "",
+             "| run | tool | img/s (wall) | img per CPU-s | ok | failed |", "|---|---|---|---|---|---|"]
+    for index, run_ in enumerate(result["runs"], 1):
+        per_cpu = f"{run_['img_per_cpu_s']:.1f}" if run_["img_per_cpu_s"] else "—"
+        lines.append(f"| {index} | {run_['tool']} | {run_['img_per_s']:.1f} | {per_cpu} | {run_['ok']} | "
+                     f"{run_['failed']} |")
+    if "wall_ratio_median" in result:
+        lines += ["", f"Ratio visprep / img2dataset, median over rounds: **{result['wall_ratio_median']:.2f}×** "
+                  f"wall-clock img/s (rounds: {', '.join(f'{r:.2f}' for r in result['wall_ratios'])}), "
+                  f"{result['cpu_ratio_median']:.2f}× images per CPU-second. Target ≥ {result['target']}× "
+                  f"wall-clock: {fmt_met(result['met'])}."]
+    else:
+        lines += ["", "img2dataset did not run (see the script's message); no ratio."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (IMAGE_SETS, interleaved_medians, load_average, machine, make_jpegs,  # noqa: E402
+from bench_common import (fmt_met, IMAGE_SETS, interleaved_medians, load_average, machine, make_jpegs,  # noqa: E402
                           time_per_call, write_result)
 
 from visprep.images.blur import BLUR_SIDE, blur_score  # noqa: E402
@@ -81,6 +81,26 @@ def main() -> None:
         "target_ms": TARGET_MS, "rows": rows,
         "command": "PYTHONPATH=src python benchmarks/bench_inspect.py" + (" --quick" if args.quick else ""),
     })
+
+
+TITLE = "Inspect"
+
+
+def section(result: dict) -> list[str]:
+    """Markdown lines of this benchmark's section in docs/benchmarks.md."""
+    lines = [f"`{result['command']}` — one core, median of {result['repeats']}; load {result['load_start']} → "
+             f"{result['load_end']}. pHash and blur run on the gray image decoded once at the DCT scale for a "
+             f"256-px shorter side (no second decode). Target: each < {result['target_ms']} ms.", "",
+             "| set | image | inspect ms | decode ms | resize ms | pHash ms | blur ms | pHash+blur share | target |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        ms = row["ms"]
+        kind = "progressive" if row["progressive"] else "baseline"
+        lines.append(f"| {row['set']} | {row['width']} px {kind} | {ms['inspect']:.2f} | {ms['decode']:.2f} | "
+                     f"{ms['resize']:.3f} | {ms['phash']:.3f} | {ms['blur']:.3f} | "
+                     f"{row['phash_blur_share_pct']:.1f} % | {fmt_met(row['met'])} |")
+    met = sum(r["met"] for r in result["rows"])
+    return lines + ["", f"Target met in {met} of {len(result['rows'])} rows."]
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import simplejpeg
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (IMAGE_SETS, interleaved_medians, load_average, machine, make_jpegs,  # noqa: E402
+from bench_common import (fmt_met, IMAGE_SETS, interleaved_medians, load_average, machine, make_jpegs,  # noqa: E402
                           time_per_call, write_result)
 
 from visprep.images.preprocess import get_profile, normalize, preprocess_float, preprocess_uint8  # noqa: E402
@@ -253,6 +253,52 @@ def main() -> None:
         "decode_options_psnr": options,
         "command": "PYTHONPATH=src python benchmarks/bench_preprocess.py" + (" --quick" if args.quick else ""),
     })
+
+
+TITLE = "Preprocess"
+
+
+def section(result: dict) -> list[str]:
+    """Markdown lines of this benchmark's section in docs/benchmarks.md."""
+    lines = [f"`{result['command']}` — profile `{result['profile']}`, median of {result['repeats']} "
+             f"interleaved runs × {result['seconds_per_run']} s per method; load {result['load_start']} → "
+             f"{result['load_end']}.", "",
+             "Images/s. *visprep* = `preprocess_float` (DCT-scaled decode + resize + crop + normalize); *Pillow* = "
+             "full decode + `resize(BILINEAR)` + crop + numpy normalize; *floor* = bare `simplejpeg.decode_jpeg` at "
+             "the DCT scale visprep uses. Targets apply to baseline JPEGs: ≥ 2.6× / ≥ 3.8× Pillow at 800 / 1600 px "
+             "and ≥ 0.75× floor, on one core and on all cores.", "",
+             "| set | image | kB | cores | visprep | Pillow | floor | vs Pillow | vs floor | target |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        rates = row["rates"]
+        kind = "progressive" if row["progressive"] else "baseline"
+        target = (f"≥ {row['target_vs_pillow']}× / ≥ {row['target_vs_floor']}×: {fmt_met(row['met'])}"
+                  if "met" in row else "(none)")
+        lines.append(f"| {row['set']} | {row['width']} px {kind} | {row['mean_kb']:.0f} | {row['cores']} | "
+                     f"{rates['visprep']:.0f} | {rates['pillow']:.0f} | {rates['floor']:.0f} | "
+                     f"{row['vs_pillow']:.2f}× | {row['vs_floor']:.2f}× | {target} |")
+    judged = [r for r in result["rows"] if "met" in r]
+    met = sum(r["met"] for r in judged)
+    lines += ["", f"Targets met in {met} of {len(judged)} baseline rows."]
+    lines += ["", "One-core breakdown, µs (median):", "", "| step | " + " | ".join(result["breakdown_us"]) + " |",
+              "|---|" + "---|" * len(result["breakdown_us"])]
+    steps = next(iter(result["breakdown_us"].values())).keys()
+    for index, step in enumerate(steps):
+        values = [list(b.values())[index] for b in result["breakdown_us"].values()]
+        lines.append(f"| {step.strip()} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
+    lines += ["", "Decode options: PSNR (dB) of the 256-px resized image against the path used / against an area "
+              "resize of the full-size decode (∞ = bit-identical):", "",
+              "| option | " + " | ".join(result["decode_options_psnr"]) + " |",
+              "|---|" + "---|" * len(result["decode_options_psnr"])]
+    options = next(iter(result["decode_options_psnr"].values())).keys()
+    for option in options:
+        cells = []
+        for per_image in result["decode_options_psnr"].values():
+            v = per_image[option]
+            used = "∞" if v["vs_used_db"] == float("inf") else f"{v['vs_used_db']:.1f}"
+            cells.append(f"{used} / {v['vs_full_area_db']:.1f}")
+        lines.append(f"| {option} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

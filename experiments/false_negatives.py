@@ -1,22 +1,25 @@
 """How many mined ANN negatives are same-class (a proxy for false negatives), with and without the guard.
 
-Data: the Fashion-MNIST subset visprep.demo ships (2,600 images, 10 classes). Each image is a "product" with two
-views (the image and its mirror), so every anchor has a positive and the positive-aware rule can act. Vectors come
-from the default embedder (EfficientNet-Lite0, ImageNet weights). Prints one row per setting.
+Data: the Fashion-MNIST subset visprep.demo ships (2,600 images, 10 classes), or with `--source debian` the full
+70,000 images of Debian's dataset-fashion-mnist (the first `--limit`). Each image is a "product" with two views
+(the image and its mirror), so every anchor has a positive and the positive-aware rule can act. Vectors come from
+the default embedder (EfficientNet-Lite0, ImageNet weights) fed the decoded pixels resized to `--size` (224 is the
+model's native input; smaller is faster on a shared CPU). Prints one row per setting.
 
-    python experiments/false_negatives.py [--limit N] [--k 5] [--band 30]
+    python experiments/false_negatives.py [--source subset|debian] [--limit N] [--size 224] [--k 5] [--band 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from visprep.demo import load_fashion_mnist_subset
 from visprep.embed.registry import get_embedder
-from visprep.images.preprocess import encode_jpeg
 from visprep.mining.ann import mine_ann_negatives, positive_scores
 from visprep.mining.guard import FalseNegativeGuard
 from visprep.mining.positives import build_positive_sets
@@ -27,20 +30,29 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2600)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--band", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--source", choices=["subset", "debian"], default="subset")
+    ap.add_argument("--size", type=int, default=224, help="embedder input side (pixels)")
     args = ap.parse_args()
-    data = load_fashion_mnist_subset()
-    images, labels = data.images[: args.limit], np.asarray(data.labels[: args.limit])
+    if args.source == "debian":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+        from bench_mining import fmnist_images
+
+        all_images, all_labels = fmnist_images()
+    else:
+        data = load_fashion_mnist_subset()
+        all_images, all_labels = data.images, data.labels
+    images, labels = np.asarray(all_images[: args.limit], np.uint8), np.asarray(all_labels[: args.limit])
     n = len(images)
     embedder = get_embedder("efficientnet-lite0")
     t0 = time.perf_counter()
-    jpgs = []
-    for img in images:
-        rgb = np.repeat(np.asarray(img, np.uint8)[:, :, None], 3, axis=2)
-        jpgs += [encode_jpeg(rgb), encode_jpeg(np.ascontiguousarray(rgb[:, ::-1]))]
-    vecs = np.concatenate([embedder.embed(jpgs[s : s + args.batch]) for s in range(0, len(jpgs), args.batch)])
+    # Views interleaved: 2i is image i, 2i+1 its mirror.
+    views = np.stack([images, images[:, :, ::-1]], axis=1).reshape(2 * n, *images.shape[1:])
+    vecs = np.concatenate([embedder.embed_pixels(views[s : s + args.batch], size=args.size)
+                           for s in range(0, len(views), args.batch)])
     secs = time.perf_counter() - t0
-    print(f"embedded {len(jpgs)} views with {embedder.model_id} in {secs:.1f} s ({len(jpgs) / secs:.1f} img/s)")
+    print(f"embedded {len(views)} views ({args.source}, {args.size} px) with {embedder.model_id} in {secs:.1f} s "
+          f"({len(views) / secs:.1f} img/s)")
     product = np.repeat(np.arange(n), 2)
     label = np.repeat(labels, 2)
     pos = build_positive_sets(product, product)

@@ -11,10 +11,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from visprep.cli import app
 from visprep.events.simulate import SimConfig, simulate
 from visprep.events.stage import ingest_event_files
-from visprep.workspace import Workspace
+from visprep.workspace import Workspace, WorkspaceLocked
 
 
 def _ev(eid: str, typ: str, **kw: object) -> dict:
@@ -155,3 +159,145 @@ def test_kill_during_file_ingest_then_resume(tmp_path: Path, sim_files: tuple[Pa
     assert ev == ev_ref
     _same_pairs(p_ref, p)
     assert ws.read_table("quarantine").num_rows == ref.read_table("quarantine").num_rows
+
+
+def test_conflicting_duplicates_are_quarantined_naming_fields(tmp_path: Path) -> None:
+    a = _jsonl(tmp_path / "a.jsonl", [
+        _ev("e1", "view", product_id="p1"),
+        _ev("e1", "view", product_id="p1"),  # identical: counted once
+        _ev("e2", "view", product_id="p2"),
+        _ev("e2", "view", product_id="p9", ts="2024-03-01T11:00:00Z"),  # same id, two fields differ
+    ])
+    b = _jsonl(tmp_path / "b.jsonl", [
+        _ev("e1", "view", product_id="p1", user_id="u2"),  # differs from the committed e1
+        _ev("e2", "view", product_id="p2"),  # identical to the committed e2
+        _ev("e3", "view", product_id="p3"),
+    ])
+    ws = Workspace(tmp_path / "ws")
+    r1 = ingest_event_files(ws, [a])
+    assert (r1.events_new, r1.duplicates, r1.quarantined, r1.by_reason) == (2, 1, 1, {"conflicting_duplicate": 1})
+    r2 = ingest_event_files(ws, [b])
+    assert (r2.events_new, r2.duplicates, r2.quarantined) == (1, 1, 1)
+    q = {(Path(row["source"]).name, row["line"]): row for row in ws.read_table("quarantine").to_pylist()}
+    assert set(q) == {("a.jsonl", 4), ("b.jsonl", 1)}
+    assert (q[("a.jsonl", 4)]["reason"], q[("a.jsonl", 4)]["field"]) == ("conflicting_duplicate", "ts,product_id")
+    assert "a.jsonl:3" in q[("a.jsonl", 4)]["detail"] and "product_id=p9 vs p2" in q[("a.jsonl", 4)]["value"]
+    assert (q[("b.jsonl", 1)]["field"], q[("b.jsonl", 1)]["record_id"]) == ("user_id", "e1")
+    ev = {e["event_id"]: e for e in ws.read_table("events").to_pylist()}
+    assert sorted(ev) == ["e1", "e2", "e3"] and ev["e1"]["user_id"] == "u1" and ev["e2"]["product_id"] == "p2"
+    # One run over both files: the same events and the same refused records.
+    one = Workspace(tmp_path / "one")
+    r = ingest_event_files(one, [a, b])
+    assert (r.events_new, r.duplicates, r.quarantined) == (3, 2, 2)
+    assert sorted((e["event_id"], e["user_id"], e["product_id"]) for e in one.read_table("events").to_pylist()) == \
+           sorted((e["event_id"], e["user_id"], e["product_id"]) for e in ev.values())
+
+
+_VARIANTS = {"product_id": ["p1", "p2"], "user_id": ["u1", "u2"], "ts": ["2024-03-01T10:00:00Z", 1709290800000]}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1), st.integers(0, 1), st.integers(0, 1),
+                          st.integers(0, 2)), min_size=1, max_size=25))
+def test_dedup_and_conflicts_match_a_brute_force_oracle(tmp_path: Path, recs: list[tuple[int, ...]]) -> None:
+    """Random ids and versions over up to three files: the vectorised dedup equals a record-by-record oracle."""
+    root = tmp_path / f"h{abs(hash(tuple(recs)))}"
+    root.mkdir()
+    files: list[list[dict]] = [[], [], []]
+    for i, pv, uv, tv, f in recs:
+        files[f].append(_ev(f"e{i}", "view", product_id=_VARIANTS["product_id"][pv],
+                            user_id=_VARIANTS["user_id"][uv], ts=_VARIANTS["ts"][tv]))
+    paths = [_jsonl(root / f"f{k}.jsonl", rows) for k, rows in enumerate(files) if rows]
+    # Oracle: files in order, lines in order; the first version of an id is kept, identical repeats are dropped,
+    # differing ones are refused naming the differing fields.
+    kept: dict[str, dict] = {}
+    want_q = []
+    for p in paths:
+        for line, row in enumerate(json.loads(x) for x in p.read_text().splitlines()):
+            ref = kept.get(row["event_id"])
+            ts = row["ts"] if isinstance(row["ts"], int) else 1709287200000
+            norm = (row["user_id"], row["product_id"], ts)
+            if ref is None:
+                kept[row["event_id"]] = {"norm": norm}
+            elif ref["norm"] != norm:
+                fields = [f for f, x, y in zip(("user_id", "product_id", "ts"), norm, ref["norm"]) if x != y]
+                order = ["ts", "user_id", "product_id"]
+                want_q.append((p.name, line + 1, ",".join(sorted(fields, key=order.index))))
+    ws = Workspace(root / "ws")
+    for p in paths:  # one file per run: the committed side of the dedup is exercised too
+        ingest_event_files(ws, [p], rebuild_pairs=False)
+    ev = ws.read_table("events")
+    got_ev = {e["event_id"]: (e["user_id"], e["product_id"], int(e["ts"].timestamp() * 1000))
+              for e in ev.to_pylist()}
+    assert ev.num_rows == len(got_ev) == len(kept)
+    assert got_ev == {k: v["norm"] for k, v in kept.items()}
+    got_q = sorted((Path(r["source"]).name, r["line"], r["field"]) for r in ws.read_table("quarantine").to_pylist())
+    assert got_q == sorted(want_q)
+
+
+def test_second_writer_gets_a_clear_error_and_a_killed_holder_leaves_a_stale_lock(tmp_path: Path) -> None:
+    f = _jsonl(tmp_path / "a.jsonl", [_ev("e1", "view", product_id="p1")])
+    ws = Workspace(tmp_path / "ws")
+    code = ("import sys, time; from visprep.workspace import Workspace\n"
+            "with Workspace(sys.argv[1]).lock('events'):\n    print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(ws.root)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(WorkspaceLocked, match=f'busy.*"pid": {holder.pid}'):
+            ingest_event_files(ws, [f])
+        out = CliRunner().invoke(app, ["events", "-w", str(ws.root), "--from", str(f)])
+        assert out.exit_code == 1 and "busy" in out.output
+        assert not ws.has_table("events")
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
+        holder.wait()
+    assert (ws.root / "locks" / "events.lock").exists()
+    assert ingest_event_files(ws, [f]).events_new == 1  # the stale lock is taken over
+
+
+@pytest.mark.parametrize("point", ["compact_after_output", "compact_after_checkpoint"])
+def test_small_parts_are_compacted_and_a_kill_during_compaction_loses_nothing(
+        tmp_path: Path, sim_files: tuple[Path, Path], point: str) -> None:
+    a, _ = sim_files
+    ev = pq.read_table(a)
+    pieces = []
+    for k in range(4):  # four small files -> four small parts per day, merged at the end of the run
+        p = tmp_path / f"piece{k}.parquet"
+        pq.write_table(ev.slice(k * 500, 700), p)
+        pieces.append(p)
+    ref = Workspace(tmp_path / "ref")
+    r = ingest_event_files(ref, pieces)
+    assert r.compacted > 0
+    days = {p.name[5:15] for p in ref.table_path("events").glob("part-*.parquet")}
+    assert ref.part_count("events") == len(days)  # one part per day after compaction
+    ws = Workspace(tmp_path / "ws")
+    code = ("import sys; from visprep.workspace import Workspace; from visprep.events.stage import "
+            f"ingest_event_files as f; f(Workspace(sys.argv[1]), sys.argv[2:], _crash_at={point!r})")
+    proc = subprocess.run([sys.executable, "-c", code, str(ws.root), *map(str, pieces)], check=False,
+                          capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    r2 = ingest_event_files(ws, pieces)
+    assert r2.files_already == 4 and r2.recovered_parts > 0
+    assert ws.part_count("events") == len(days)
+    ev_ref, p_ref = _tables(ref)
+    ev_ws, p_ws = _tables(ws)
+    assert ev_ws == ev_ref
+    _same_pairs(p_ref, p_ws)
+
+
+def test_staging_a_file_in_id_hash_groups_gives_the_same_tables(tmp_path: Path, sim_files: tuple[Path, Path]) -> None:
+    a, _ = sim_files
+    whole = Workspace(tmp_path / "whole")
+    r1 = ingest_event_files(whole, [a])
+    grouped = Workspace(tmp_path / "grouped")
+    grouped.root.mkdir()
+    grouped.config_path.write_text("[events]\ngroup_rows = 1000\n")
+    r2 = ingest_event_files(grouped, [a])
+    assert pq.ParquetFile(a).metadata.num_rows > 8 * 1000  # 16 groups
+    assert (r1.events_new, r1.duplicates, r1.quarantined) == (r2.events_new, r2.duplicates, r2.quarantined)
+    ev1, p1 = _tables(whole)
+    ev2, p2 = _tables(grouped)
+    assert ev1 == ev2
+    _same_pairs(p1, p2)
+    # A part per (day, group) was written, then the small ones were merged into one per day.
+    assert r2.compacted > 0 and grouped.part_count("events") == whole.part_count("events")

@@ -21,7 +21,10 @@ TOPIC = "events"
 @pytest.fixture(scope="module")
 def produced(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> tuple[Broker, Path]:  # noqa: F811
     ev, _ = simulate(SimConfig(searches=300, duplicate_rate=0.03, seed=5))
-    values = [json.dumps(r).encode() for r in ev.to_pylist()] + [b"{oops", b'{"event_id": "x", "type": "view"}']
+    rows = ev.to_pylist()
+    conflict = {**rows[0], "user_id": "u-other"}  # the first event's id again, with another user: quarantined
+    values = [json.dumps(r).encode() for r in rows] + [b"{oops", b'{"event_id": "x", "type": "view"}',
+                                                       json.dumps(conflict).encode()]
     kafka_broker.create_topic(TOPIC, partitions=2)
     kafka_broker.produce(TOPIC, values)
     path = tmp_path_factory.mktemp("kafka") / "same.jsonl"
@@ -32,7 +35,8 @@ def produced(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> 
 def _ws(root: Path, batch: int = 400) -> Workspace:
     ws = Workspace(root)
     ws.root.mkdir(parents=True)
-    ws.config_path.write_text(f"[events]\nkafka_batch = {batch}\nkafka_poll_s = 0.5\n")
+    # A short session: the restarted consumer need not wait out the killed one's 6 s default.
+    ws.config_path.write_text(f"[events]\nkafka_batch = {batch}\nkafka_poll_s = 0.5\nkafka_session_timeout_ms = 1500\n")
     return ws
 
 
@@ -50,7 +54,11 @@ def test_topic_ingest_matches_file_ingest_and_resumes(produced: tuple[Broker, Pa
     broker, same = produced
     ws = _ws(tmp_path / "k")
     r = ingest_kafka(ws, bootstrap=broker.bootstrap, topic=TOPIC, group="g-ref", max_seconds=60)
-    assert r.caught_up and r.batches >= 2 and r.quarantined == 2 and r.duplicates > 50
+    assert r.caught_up and r.batches >= 2 and r.quarantined == 3 and r.duplicates > 50
+    assert r.by_reason["conflicting_duplicate"] == 1
+    # The batches' small parts were compacted: one part per day, one id-index file.
+    days = {p.name[5:15] for p in ws.table_path("events").glob("part-*.parquet")}
+    assert r.compacted > 0 and ws.part_count("events") == len(days) and len(EventLog(ws).id_files()) == 1
     ref = Workspace(tmp_path / "f")
     ingest_event_files(ref, [same])
     assert _content(ws) == _content(ref)
@@ -79,6 +87,6 @@ def test_kill_between_output_and_offsets(produced: tuple[Broker, Path], tmp_path
     assert r.caught_up
     assert (r.recovered_parts > 0) == (point == "after_output")
     assert _content(ws) == _content(ref)
-    assert ws.read_table("quarantine").num_rows == 2
+    assert ws.read_table("quarantine").num_rows == 3
     total = sum(b["events"] for b in EventLog(ws).state["batches"].values())
     assert total == ws.read_table("events").num_rows  # every event counted once over all batches

@@ -120,3 +120,25 @@ def test_debiased_weights_rank_relevant_above_popular(tmp_path: Path) -> None:
     assert c["debiased_top1pct_share"] < c["raw_top1pct_share"] and c["debiased_gini"] < c["raw_gini"]
     pos = pairs.filter(pc.not_equal(pairs["kind"], "skip_above")).group_by("product_id").aggregate([("raw_weight", "sum")])
     assert c["raw_gini"] == pytest.approx(gini(pos["raw_weight_sum"].to_pylist()), abs=1e-5)
+
+
+def test_pairs_built_in_user_groups_equal_one_group(tmp_path: Path) -> None:
+    """Partial aggregates per user-hash group, weighted at the end, give exactly the one-group table."""
+    from visprep.events.checkpoint import EventLog
+    from visprep.events.duck import connect
+    from visprep.events.pairs import build_pairs
+
+    ev, _ = simulate(SimConfig(searches=800, seed=4, duplicate_rate=0.01))
+    f = tmp_path / "ev.parquet"
+    pq.write_table(ev, f)
+    ws = Workspace(tmp_path / "ws")
+    ingest_event_files(ws, [f])
+    con = connect(memory_limit="500MB", temp_dir=tmp_path / "duck")
+    r8 = build_pairs(con, EventLog(ws).part_files(), tmp_path / "g8.parquet", cfg=ws.config.events, groups=8)
+    one = ws.read_table("interaction_pairs").to_pylist()
+    eight = pq.read_table(tmp_path / "g8.parquet").to_pylist()
+    assert len(one) == len(eight) > 1000 and r8.by_kind.keys() == {"click", "add_to_cart", "purchase", "coview",
+                                                                    "skip_above"}
+    for x, y in zip(one, eight):
+        for k, v in x.items():
+            assert y[k] == (pytest.approx(v, rel=1e-9) if isinstance(v, float) else v), (k, x, y)

@@ -174,3 +174,30 @@ def test_skip_above_excludes_positives_and_ranks_by_weight() -> None:
                                               group=group, positives=pos, k=5)
     assert list(zip(a.tolist(), n.tolist(), r.tolist())) == [(0, 2, 1), (0, 3, 2)]
     assert c == {"rows": 5, "unresolved": 1, "positive": 2, "beyond_k": 0}
+
+
+def test_auto_search_calibrates_ivf_probes_to_the_recall_target() -> None:
+    from visprep.mining.ann import AUTO_EXACT_MAX, AUTO_RECALL_TARGET, auto_search, build_auto_index
+
+    assert auto_search(AUTO_EXACT_MAX)[0] == "exact" and auto_search(AUTO_EXACT_MAX + 1)[0] == "ivf"
+    rng = np.random.default_rng(0)
+    n = AUTO_EXACT_MAX + 5000
+    centers = rng.normal(size=(200, 16))
+    vecs = l2_normalize(centers[rng.integers(0, 200, n)] + 0.4 * rng.normal(size=(n, 16))).astype(np.float32)
+    index, info = build_auto_index(vecs, k=10)
+    cal = info["calibration"]
+    assert info["search"] == "ivf" and index.nprobe == cal["nprobe"] == info["ivf_nprobe"]
+    assert cal["recall"] >= AUTO_RECALL_TARGET or cal["nprobe"] >= index.nlist
+    # Oracle: brute-force top-10 (self excluded) of the same sampled anchors, vs the index at the chosen nprobe.
+    rows = np.sort(np.random.default_rng(0).choice(n, size=cal["sample"], replace=False))
+    sims = vecs[rows] @ vecs.T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    truth = np.argsort(-sims, axis=1)[:, :10]
+    _, got = index.search(vecs[rows], 11)
+    hits = [len(set(t.tolist()) & set(g[g != r][:10].tolist())) / 10 for r, t, g in zip(rows, truth, got)]
+    assert np.mean(hits) == pytest.approx(cal["recall"], abs=0.01)
+    if cal["nprobe"] > 1:  # the smallest power of two: half the probes misses the target
+        index.nprobe = cal["nprobe"] // 2
+        _, got = index.search(vecs[rows], 11)
+        half = [len(set(t.tolist()) & set(g[g != r][:10].tolist())) / 10 for r, t, g in zip(rows, truth, got)]
+        assert np.mean(half) < AUTO_RECALL_TARGET + 0.01

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from itertools import combinations
 
 import numpy as np
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visprep.pairs.stage import other_category_negatives, same_product_pairs, sample_distinct
+from visprep.pairs.stage import (
+    known_positive_mask,
+    other_category_negatives,
+    pairs_stage,
+    same_product_pairs,
+    sample_distinct,
+)
+from visprep.schema import IMAGES, INTERACTION_PAIRS, PRODUCT_IMAGES, PRODUCTS, SPLITS, URLS
+from visprep.workspace import Workspace
 
 
 @given(rows=st.integers(1, 50), pool=st.integers(1, 40), k=st.integers(0, 40), seed=st.integers(0, 2**32 - 1))
@@ -59,3 +69,42 @@ def test_same_product_pairs_oracle_and_cap() -> None:
     assert {(x, y): w for _, x, y, w in out}[("i0", "i2")] == 1.0
     capped = same_product_pairs(pids, iids, src, max_per_product=2, weight=1.0, synthetic_weight=0.5)
     assert Counter(p for p, *_ in capped) == {"a": 2, "c": 2}
+
+
+@given(a=st.lists(st.integers(0, 5), min_size=0, max_size=30), seed=st.integers(0, 1000),
+       pairs=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_known_positive_mask_matches_oracle(a: list[int], seed: int, pairs: list[tuple[int, int]]) -> None:
+    ag = np.array(a, np.int64)
+    ng = np.random.default_rng(seed).integers(0, 6, len(a))
+    mask = known_positive_mask(ag, ng, np.array(pairs, np.int64).reshape(-1, 2))
+    undirected = set(pairs) | {(y, x) for x, y in pairs}
+    assert mask.tolist() == [(x, y) in undirected for x, y in zip(ag.tolist(), ng.tolist())]
+
+
+def test_other_category_negatives_never_emit_interaction_positives(tmp_path) -> None:
+    # A (shoes) was clicked from B (bags): B's only other-category pool is A, so every draw must be dropped.
+    ws = Workspace(tmp_path)
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    products, pimgs, urls, images, splits = [], [], [], [], []
+    for pid, top in (("A", "shoes"), ("B", "bags"), ("C", "bags")):
+        products.append({"product_id": pid, "title": pid, "category": f"{top}/x", "top_category": top, "brand": "b"})
+        splits.append({"product_id": pid, "group_id": pid, "split": "train"})
+        for j in range(3):
+            url, iid = f"file:///{pid}{j}.jpg", f"{pid}-{j}"
+            pimgs.append({"product_id": pid, "position": j, "url": url, "source": "catalog"})
+            urls.append({"url": url, "status": "ok", "image_id": iid, "fetched_at": now})
+            images.append({"image_id": iid, "status": "ok", "format": "jpeg"})
+    for name, rows, schema in (("products", products, PRODUCTS), ("product_images", pimgs, PRODUCT_IMAGES),
+                               ("urls", urls, URLS), ("images", images, IMAGES), ("splits", splits, SPLITS)):
+        ws.write_table(name, pa.Table.from_pylist(rows, schema=schema))
+    ws.write_table("interaction_pairs", pa.Table.from_pylist(
+        [{"anchor_id": "B", "anchor_type": "product", "product_id": "A", "kind": "click", "count": 2},
+         {"anchor_id": "C", "anchor_type": "product", "product_id": "A", "kind": "skip_above", "count": 2}],
+        schema=INTERACTION_PAIRS))
+    pairs_stage(ws)
+    neg = ws.read_table("negatives").to_pylist()
+    got = {(r["anchor_product_id"], r["negative_product_id"]) for r in neg}
+    assert ("A", "B") not in got and ("B", "A") not in got
+    assert ("A", "C") in got and ("C", "A") in got  # skip_above is not a positive
+    assert ws.last_run("pairs")["counts"]["other_category_dropped_interaction_positive"] >= 3 * 3  # all of B's draws

@@ -14,6 +14,7 @@ from visprep.export.loader import ShardDataset, webdataset_pipeline
 from visprep.export.shards import read_manifest
 from visprep.pairs.stage import usable_images
 from visprep.pipeline import run_pipeline
+from visprep.synthetic.products import synthetic_sources
 from visprep.workspace import Workspace
 
 # The demo's own reason codes -> (stage, reason) the pipeline records.
@@ -34,7 +35,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, object, d
     root = tmp_path_factory.mktemp("demo")
     ws = Workspace(root / "ws")
     ws.root.mkdir()
-    ws.config_path.write_text("[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 32\n")
+    ws.config_path.write_text("[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 32\n"
+                              '[embed]\noptions = { profile = "imagenet-128" }\n'
+                              '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
     src = write_demo_sources(root / "src", n_products=120, seed=3)
     report = run_pipeline(ws, src.catalog_files)
     return ws, src, report
@@ -55,8 +58,11 @@ def test_quarantine_holds_every_planted_bad_record(demo: tuple) -> None:
 def test_products_images_pairs_and_no_split_leak(demo: tuple) -> None:
     ws, src, _ = demo
     imgs = usable_images(ws)
-    assert len(set(imgs["product_id"].to_pylist())) == src.n_products
+    variants = synthetic_sources(ws.read_table("products"))
+    assert len(set(imgs["product_id"].to_pylist()) - set(variants)) == src.n_products
     splits = dict(zip(*(ws.read_table("splits")[c].to_pylist() for c in ("product_id", "split"))))
+    # The synth stage's colour variants are products of their own, in their source's split, and only in train.
+    assert variants and all(splits[v] == splits[source] == "train" for v, source in variants.items())
     pairs = ws.read_table("pairs").to_pylist()
     kinds = {p["kind"] for p in pairs}
     assert kinds == {"same_product", "image_title"}
@@ -67,9 +73,15 @@ def test_products_images_pairs_and_no_split_leak(demo: tuple) -> None:
     products = {r["product_id"]: r for r in ws.read_table("products").to_pylist()}
     negs = ws.read_table("negatives").to_pylist()
     assert negs
+    groups = dict(zip(*(ws.read_table("splits")[c].to_pylist() for c in ("product_id", "group_id"))))
+    # run mines too: other_category from pairs, and the miners' kinds, none of them ever within a product group.
+    assert {"other_category", "random", "brand", "ann"} <= {n["kind"] for n in negs}
     for n in negs:
         assert splits[n["anchor_product_id"]] == splits[n["negative_product_id"]] == n["split"]
-        assert products[n["anchor_product_id"]]["top_category"] != products[n["negative_product_id"]]["top_category"]
+        assert groups[n["anchor_product_id"]] != groups[n["negative_product_id"]]
+        if n["kind"] == "other_category":
+            assert (products[n["anchor_product_id"]]["top_category"]
+                    != products[n["negative_product_id"]]["top_category"])
     # Synthetic views keep their mark and recipe all the way from the catalog.
     pi = ws.read_table("product_images").to_pylist()
     synthetic = [r for r in pi if r["source"] == "synthetic"]
@@ -114,6 +126,7 @@ def test_second_run_does_no_work_and_params_change_reruns(demo: tuple) -> None:
     assert rerun["split"] == "up to date"
     assert rerun["pairs"] != "up to date" and rerun["export"] != "up to date"
     negs = changed.read_table("negatives")
+    negs = negs.filter(pc.equal(negs["kind"], "other_category"))  # the miners' kinds rank their own candidates
     assert pc.max(negs["rank"]).as_py() == 2
     runs = [r for r in changed.runs() if r["stage"] == "pairs"]
     assert runs[-1]["params"]["pairs"]["negatives_per_anchor"] == 2 and runs[-1]["status"] == "ok"

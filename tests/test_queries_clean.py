@@ -238,6 +238,75 @@ def test_torchscript_super_resolution_plugin_is_used_when_weights_exist(tmp_path
         upscaler_from_config(QueriesConfig(upscaler="onnx"))
 
 
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb(field: int, value: int | bytes | str) -> bytes:
+    """One protobuf field: an int as a varint, bytes/str as length-delimited."""
+    if isinstance(value, int):
+        return _pb_varint(field << 3) + _pb_varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _pb_varint(field << 3 | 2) + _pb_varint(len(data)) + data
+
+
+def _onnx_resize_model(scale: int, mode: str) -> bytes:
+    """A real ONNX model (opset 13): y = Resize(x, scales=[1, 1, scale, scale], mode), x (1, 3, H, W) float32.
+
+    Written field by field from onnx.proto (the `onnx` package is not installed here and torch.onnx.export
+    needs it), so onnxruntime loads and runs it as it would any exported super-resolution network.
+    """
+    def value_info(name: str, dims: list[int | str]) -> bytes:
+        shape = b"".join(_pb(1, _pb(1, d) if isinstance(d, int) else _pb(2, d)) for d in dims)
+        return _pb(1, name) + _pb(2, _pb(1, _pb(1, 1) + _pb(2, shape)))  # elem_type FLOAT = 1
+
+    scales = np.array([1, 1, scale, scale], np.float32).tobytes()
+    initializer = _pb(1, 4) + _pb(2, 1) + _pb(8, "scales") + _pb(9, scales)  # dims [4], FLOAT, raw_data
+    node = (_pb(1, "x") + _pb(1, "") + _pb(1, "scales") + _pb(2, "y") + _pb(3, "sr") + _pb(4, "Resize")
+            + _pb(5, _pb(1, "mode") + _pb(4, mode) + _pb(20, 3)))  # attribute type STRING = 3
+    graph = (_pb(1, node) + _pb(2, "tiny-sr") + _pb(5, initializer) + _pb(11, value_info("x", [1, 3, "h", "w"]))
+             + _pb(12, value_info("y", [1, 3, "h2", "w2"])))
+    return _pb(1, 8) + _pb(2, "visprep-test") + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 13))
+
+
+def test_onnx_super_resolution_plugin_loads_runs_and_sizes_a_real_model(tmp_path, chelsea):
+    pytest.importorskip("onnxruntime")
+    from visprep.config import QueriesConfig
+    from visprep.queries.clean import upscaler_from_config
+
+    nearest = tmp_path / "nearest2x.onnx"
+    nearest.write_bytes(_onnx_resize_model(2, "nearest"))
+    up = upscaler_from_config(QueriesConfig(sr_weights=str(nearest), sr_scale=2))  # auto: by the suffix
+    assert up.name == "onnx" and up.describe()["scale"] == 2
+    small = np.ascontiguousarray(chelsea[:30, :40])
+    # 4x needs two passes of the 2x network; nearest 2x twice is pixel replication: an exact oracle.
+    assert np.array_equal(up.upscale(small, 160, 120), np.repeat(np.repeat(small, 4, axis=0), 4, axis=1))
+    # A non-power target: the network runs ceil(log2) times, then an area resize gives the exact size.
+    odd = up.upscale(small, 100, 75)
+    assert odd.shape == (75, 100, 3) and odd.dtype == np.uint8
+
+    cubic = tmp_path / "cubic2x.onnx"
+    cubic.write_bytes(_onnx_resize_model(2, "cubic"))
+    up = upscaler_from_config(QueriesConfig(upscaler="onnx", sr_weights=str(cubic), sr_scale=2))
+    big = up.upscale(small, 80, 60)
+    # ONNX cubic (a = -0.75, half-pixel) is OpenCV's bicubic up to border handling and rounding.
+    ref = cv2.resize(small, (80, 60), interpolation=cv2.INTER_CUBIC).astype(int)
+    assert np.abs(big.astype(int)[2:-2, 2:-2] - ref[2:-2, 2:-2]).max() <= 2
+
+    # Through the cleaner: a 40 px photo is enlarged by the ONNX network and recorded as such.
+    cleaner = _cleaner(blur_threshold=0, upscaler=upscaler_from_config(
+        QueriesConfig(sr_weights=str(nearest), sr_scale=2)))
+    out = cleaner.clean(_jpeg(cv2.resize(chelsea, (60, 40), interpolation=cv2.INTER_AREA)))
+    step = out.steps[3]
+    assert out.accepted and step["decision"] == "upscaled" and step["method"] == "onnx"
+    assert out.image.shape == (64, 96, 3)
+
+
 # --- 5. NSFW ---------------------------------------------------------------------------------------------
 
 

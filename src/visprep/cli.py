@@ -172,7 +172,9 @@ def demo(workspace: WorkspaceOpt = Path("."),
     t0 = time.perf_counter()
     ws.root.mkdir(parents=True, exist_ok=True)
     if not ws.config_path.exists():
-        ws.config_path.write_text(render_config(VisprepConfig()), encoding="utf-8")
+        from visprep.demo import demo_config
+
+        ws.config_path.write_text(render_config(demo_config()), encoding="utf-8")
     source_dir = ws.root / "demo-source"
     manifest = source_dir / "demo_manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["n_products"] == products:
@@ -210,6 +212,7 @@ def events(workspace: WorkspaceOpt = Path("."),
                help="Stop consuming after this long even if not caught up.")] = None) -> None:
     """Ingest behaviour events (files or a Kafka topic) exactly once; rebuild weighted interaction pairs."""
     from visprep.events.stage import ingest_event_files, ingest_kafka
+    from visprep.workspace import WorkspaceLocked
 
     if bool(from_files) == bool(kafka):
         _fail(ValueError("give either --from FILE... or --kafka HOST:PORT --topic T"))
@@ -222,7 +225,7 @@ def events(workspace: WorkspaceOpt = Path("."),
                 r = ingest_event_files(ws, from_files, progress=bar("events"))
         else:
             r = ingest_kafka(ws, bootstrap=kafka, topic=topic, group=group, max_seconds=max_seconds)
-    except (FileNotFoundError, ValueError, ImportError, TimeoutError) as exc:
+    except (FileNotFoundError, ValueError, ImportError, TimeoutError, WorkspaceLocked) as exc:
         _fail(exc)
     console.print(f"records {r.records}: new events {r.events_new}, duplicates {r.duplicates}, quarantined "
                   f"{r.quarantined}" + (f" {r.by_reason}" if r.by_reason else "")
@@ -450,20 +453,26 @@ def synth(workspace: WorkspaceOpt = Path(".")) -> None:
             inspect_stage(ws, progress=bar("inspect"))  # decode the new views so pairs can use them
     except ValueError as exc:
         _fail(exc)
-    console.print(f"products {r.products}, source images {r.source_images}: same-product views "
-                  f"{r.same_product_views}, colour variants {r.color_variants}, failed {r.failed} {r.by_op}")
+    console.print(f"products {r.products}, source images {r.source_images} ({r.rendered_images} rendered now): "
+                  f"new same-product views {r.same_product_views}, new colour variants {r.color_variants}, kept "
+                  f"{r.reused}, dropped {r.dropped}, failed {r.failed} {r.by_op}; tables written: "
+                  f"{', '.join(r.tables_written) or 'none'}")
 
 # --- dedup / quality commands (issue 6) ---
 
 
 @app.command()
 def dedup(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Group near-duplicate products (content hash, pHash radius, title similarity, dedup.rule)."""
+    """Group near-duplicate products (content hash, crop/border-tolerant pHash, title similarity, dedup.rule,
+    colour and brand vetoes)."""
     from visprep.dedup.stage import dedup_stage
 
     r = dedup_stage(_open(workspace))
+    c = r.counts
     console.print(f"products {r.products}: {r.groups} groups, {r.products_in_groups} products in groups of 2+, "
-                  f"{r.accepted_pairs} duplicate pairs; candidates {r.counts.get('candidate_pairs', 0)}")
+                  f"{r.accepted_pairs} duplicate pairs; candidates {c.get('candidate_pairs', 0)}, "
+                  f"vetoed by colour {c.get('color_vetoed_pairs', 0)} / brand {c.get('brand_vetoed_pairs', 0)}, "
+                  f"images decoded {c.get('images_decoded', 0)}; {sum(r.seconds.values()):.1f} s")
 
 
 @app.command()
@@ -480,6 +489,42 @@ def quality(workspace: WorkspaceOpt = Path("."),
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     console.print(f"products checked {r.checked}: flagged {r.flagged} ({r.policy}); pairs affected {r.pairs_affected}")
+
+
+@app.command()
+def popularity(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Per-product exposure, re-sampling weights and logQ (tables/popularity); concentration before/after."""
+    from visprep.quality.popularity import popularity_stage
+
+    try:
+        r = popularity_stage(_open(workspace))
+    except ValueError as exc:
+        _fail(exc)
+    console.print(f"products {r.products} ({r.products_with_interactions} with interactions), T = {r.temperature}")
+    for name, fig in (("positive mass before", r.before), ("after re-sampling", r.after), ("exposure", r.exposure)):
+        console.print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in fig.items()))
+
+
+@app.command()
+def shift(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Catalog vs user-photo shift (domain-classifier AUC, feature drift, verdict); mix linked user photos into pairs."""
+    from visprep.quality.shift import shift_stage
+
+    try:
+        r = shift_stage(_open(workspace))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    d = r.report.as_dict()
+    console.print(f"catalog {d['n_catalog']} vs user {d['n_user']} photos ({r.model_id}; embedded now {r.embedded}): "
+                  f"domain AUC {d['domain_auc']:.3f}")
+    for name, f in d["features"].items():
+        console.print(f"  {name}: KS {f['ks']:.3f} (p {f['p']:.1e}), PSI {f['psi']:.3f}, median catalog "
+                      f"{f['catalog_median']} / user {f['user_median']}{'  DRIFT' if f['shift'] else ''}")
+    console.print(f"verdict: {d['verdict']}" + (f" ({'; '.join(d['reasons'])})" if d["reasons"] else "")
+                  + f"  [rules: {d['rules']['domain_auc']}; feature {d['rules']['feature']}]")
+    m = r.mix
+    console.print(f"user-photo pairs: {m['added']} added (fraction {m['fraction']}, linked {m['linked']}, eligible "
+                  f"{m['eligible']}, target {m['target']})" + (f"; {m['note']}" if m["note"] else ""))
 
 
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
@@ -500,7 +545,17 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
         groups = _value_counts(ws.read_table("product_groups", ["group_id"]).column("group_id").to_pylist())
         multi = [n for _, n in groups if n > 1]
         t.add_row("near-duplicate groups (products in them)", f"{len(multi)} ({sum(multi)})")
-    t.add_row("negatives", str(ws.read_table("negatives", ["kind"]).num_rows))
+    negatives = ws.read_table("negatives", ["kind"])
+    t.add_row("negatives", str(negatives.num_rows))
+    for kind, n in _value_counts(negatives.column("kind").to_pylist()):
+        t.add_row(f"  {kind}", str(n))
+    embedded = report.get("embed")
+    if embedded is not None and hasattr(embedded, "store_total"):
+        t.add_row(f"embeddings ({embedded.model_id})", str(embedded.store_total))
+    if ws.has_table("batch_plan"):
+        t.add_row("batch plan rows", str(ws.read_table("batch_plan", ["split"]).num_rows))
+    if "passes" in report:
+        t.add_row("pipeline passes", str(report["passes"]))
     shards = sorted(ws.shards_dir.glob("*/*.tar")) if ws.shards_dir.exists() else []
     t.add_row("shards", f"{len(shards)} ({', '.join(sorted({p.parent.name for p in shards}))})")
     t.add_row("quarantined", str(q.num_rows))
@@ -533,8 +588,12 @@ def status(workspace: WorkspaceOpt = Path("."),
         from visprep.split.check import check_split_leaks
 
         leak = check_split_leaks(ws)
+    # --- data quality (issue 6): stale embeddings, class balance, popularity, shift ---
+    from visprep.quality.report import quality_lines, quality_status
+
+    quality_report = quality_status(ws)
     if as_json:
-        console.print_json(json.dumps({"tables": tables, "last_runs": last,
+        console.print_json(json.dumps({"tables": tables, "last_runs": last, "quality": quality_report,
                                         "quarantine": [{"stage": s, "reason": r, "count": n} for (s, r), n in qc],
                                         "split_check": None if leak is None else
                                         {"ok": leak.ok, "leaks": leak.leaks, "warnings": leak.warnings}}))
@@ -559,6 +618,8 @@ def status(workspace: WorkspaceOpt = Path("."),
     for (stage, reason), n in qc:
         t.add_row(stage, reason, str(n))
     console.print(t)
+    for line in quality_lines(quality_report):  # data quality (issue 6)
+        console.print(line, markup=False, highlight=False)
     if leak is not None:
         for w in leak.warnings:
             console.print(f"[yellow]split check warning:[/yellow] {w}")

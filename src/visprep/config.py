@@ -130,6 +130,18 @@ class EventsConfig(_Section):
     duckdb_memory_limit: str = Field("1GB", description="DuckDB memory limit; larger work spills to the workspace.")
     kafka_batch: int = Field(10_000, ge=1, description="Kafka messages per committed batch (what a crash re-reads).")
     kafka_poll_s: float = Field(1.0, gt=0, description="Kafka poll timeout, seconds.")
+    kafka_session_timeout_ms: int = Field(6000, ge=100, description="Kafka consumer session timeout: how long a "
+                                                                    "killed consumer holds its partitions.")
+    compact_rows: int = Field(100_000, ge=1, description="Event parts (and id-index files) with fewer rows "
+                                                         "are small: merged per day after ingest.")
+    compact_every: int = Field(50, ge=1, description="Kafka ingest compacts small parts every this many batches "
+                                                      "(and at the end of a run).")
+    threads: int = Field(0, ge=0, description="DuckDB threads for the events stage; 0 means one per core.")
+    pairs_group_events: int = Field(2_000_000, ge=1000, description="The pairs build runs in user-hash groups "
+                                                                   "of about this many events (bounds memory).")
+    group_rows: int = Field(2_000_000, ge=1000, description="A Parquet file with more records is staged and "
+                                                            "deduplicated in event-id hash groups of about this "
+                                                            "many (bounds memory; each group re-reads the file).")
 
 # --- labels / evaluation config (issue 4) ---
 
@@ -243,13 +255,18 @@ class MiningConfig(_Section):
                                                            "(near-duplicates); null disables.")
     overfetch_margin: int = Field(8, ge=0, description="Extra ANN candidates fetched beyond R + the anchor's known "
                                                        "positives.")
-    search: Literal["exact", "ivf", "hnsw"] = Field("exact", description="Candidate search: exact (brute force in "
-                                                                          "blocks), ivf, or hnsw (approximate).")
+    search: Literal["auto", "exact", "ivf", "hnsw"] = Field(
+        "auto", description="Candidate search: auto (exact up to 20k items, else IVF-Flat with ~2*sqrt(N) lists, "
+                            "probes calibrated to recall@band_max >= 0.95 on 500 sampled anchors: docs/mining.md), "
+                            "exact (brute force in blocks), ivf, or hnsw (approximate).")
     ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 means about 4*sqrt(N).")
     ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed per query.")
     hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (search = hnsw).")
     hnsw_ef_search: int = Field(128, ge=1, description="HNSW search breadth.")
     query_batch: int = Field(4096, ge=1, description="Anchors searched per block (bounds memory).")
+    threads: int = Field(0, ge=0, description="FAISS OpenMP threads for ann; 0 leaves FAISS's default.")
+    incremental: bool = Field(True, description="ann: re-mine only anchors whose neighbourhood or positives changed "
+                                                "since the last run (when cheaper than a full re-mine).")
     same_split: bool = Field(True, description="Negatives come from the anchor's split only.")
     seed: int = Field(0, description="Seed of the random choices.")
 
@@ -347,14 +364,17 @@ class SyntheticConfig(_Section):
 class DedupConfig(_Section):
     """Near-duplicate products: content hash, pHash within a Hamming radius, title similarity, a rule, groups."""
 
-    rule: str = Field("identical_image or (image_near and title_similar)",
+    rule: str = Field("identical_image or (image_match and title_similar)",
                       description="Which candidate pairs are duplicates: signal names (identical_image, image_near, "
-                                  "image_similar, title_similar, same_category) joined by 'and', 'or', parentheses.")
+                                  "image_similar, image_match, title_similar, same_category) joined by 'and', 'or', "
+                                  "parentheses.")
     image_radius: int = Field(6, ge=0, le=32, description="image_near: closest pHash pair within this many bits "
                                                          "(enumerated by the Hamming index).")
     image_similar_radius: int = Field(16, ge=0, le=64, description="image_similar: closest pHash pair within this "
                                                                   "many bits (checked on candidate pairs only).")
-    title_threshold: float = Field(0.85, ge=0, le=1, description="title_similar: rapidfuzz score / 100 at least this, "
+    match_radius: int = Field(6, ge=0, le=64, description="image_match: closest plain or border-trimmed pHash "
+                                                          "pair within this many bits (candidate pairs only).")
+    title_threshold: float = Field(0.75, ge=0, le=1, description="title_similar: rapidfuzz score / 100 at least this, "
                                                                 "same top-level category.")
     title_scorer: str = Field("token_set_ratio", description="rapidfuzz scorer: token_set_ratio, token_sort_ratio, "
                                                             "ratio or WRatio.")
@@ -365,6 +385,21 @@ class DedupConfig(_Section):
                                                       "photos) are left out of image matching and counted.")
     keep_rejected_edges: bool = Field(False, description="Also write candidate pairs the rule rejected "
                                                          "(accepted = false) to duplicate_edges.")
+    color_veto: bool = Field(True, description="Declared colours that differ veto a pair; otherwise a foreground "
+                                               "chroma distance above color_max_distance does (image checks on).")
+    color_max_distance: float = Field(15.0, ge=0, description="Colour veto: CIELAB (a*, b*) distance of the "
+                                                              "foreground medians (OpenCV 8-bit Lab scale).")
+    color_lightness_weight: float = Field(0.0, ge=0, description="Weight of the foreground lightness (relative to "
+                                                                 "the backdrop) in the colour distance; 0: chroma "
+                                                                 "only, as brightness edits move lightness.")
+    brand_veto: bool = Field(True, description="Declared brands that differ veto a pair (a reseller keeps the "
+                                               "brand; two brands' look-alike garments are different products).")
+    trim_tolerance: int = Field(16, ge=0, le=255, description="Border trimming: a margin pixel differs from the "
+                                                              "backdrop by at most this much per channel.")
+    workers: int = Field(2, ge=1, description="Threads decoding images for the trimmed hash and colour.")
+    image_checks: bool = Field(True, description="Decode the stored images of the pairs whose verdict depends on "
+                                                 "them (crop/border-tolerant pHashes, foreground colour); off: plain "
+                                                 "pHash and declared colours only (much faster on huge catalogs).")
 
     @field_validator("rule")
     @classmethod
@@ -405,6 +440,26 @@ class QualityConfig(_Section):
     down_weight: float = Field(0.2, ge=0, le=1, description="Weight multiplier of pairs of flagged products "
                                                            "under policy down_weight.")
     seed: int = Field(0, description="Seed of the cross-validation split.")
+    # issue 6 (quality): popularity, distribution shift, user-photo mix
+    popularity_temperature: float = Field(1.0, gt=0, description="Re-sampling weight of a product = (1 + "
+                                          "interactions)^(-1/T), mean 1: T = 1 inverse popularity, larger = flatter.")
+    head_fraction: float = Field(0.01, gt=0, lt=1, description="Concentration: share of mass on the top this "
+                                                               "fraction of products (the head share).")
+    shift_auc: float = Field(0.75, gt=0.5, le=1, description="Shift when the catalog-vs-user domain classifier's "
+                                                             "cross-validated AUC is at least this.")
+    shift_psi: float = Field(0.25, gt=0, description="A feature drifts when its PSI is at least this ...")
+    shift_p: float = Field(0.01, gt=0, lt=1, description="... and its two-sample KS p-value is below this.")
+    shift_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the domain classifier.")
+    shift_max_images: int = Field(5000, ge=10, description="Images per domain used by `visprep shift` "
+                                                           "(a seeded random sample beyond this).")
+    user_mix_fraction: float = Field(0.0, ge=0, lt=1, description="Target share of user-photo positives among the "
+                                     "positive image pairs of user_mix_splits (capped by the linked photos); 0 = none.")
+    user_mix_kinds: list[Literal["purchase", "add_to_cart", "click"]] = Field(
+        default_factory=lambda: ["purchase", "add_to_cart", "click"],
+        description="Interaction kinds that link a user query photo to the product it was matched to.")
+    user_pair_weight: float = Field(1.0, ge=0, description="Weight of a (user photo, catalog photo) pair.")
+    user_mix_splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits that get user-photo "
+                                                                                      "pairs (never eval).")
 
     @field_validator("filter_by")
     @classmethod
@@ -423,6 +478,31 @@ class QualityConfig(_Section):
         return v
 
 
+# --- pipeline config (lead) ---
+
+_ALL_STAGES = ("fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mine", "popularity", "sample", "export")
+_CORE_STAGES = ("fetch", "inspect", "split", "pairs", "export")
+
+
+class PipelineConfig(_Section):
+    """Which stages `visprep run` and `visprep demo` run, always in the order of this default list."""
+
+    stages: list[Literal["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mine", "popularity",
+                         "sample", "export"]] = Field(
+        default_factory=lambda: list(_ALL_STAGES),
+        description="Stages to run; synth, embed, dedup, mine, popularity (runs only once the events stage has "
+                    "written interaction_pairs) and sample may be left out (mine's ann miner then uses whatever "
+                    "feature store exists).")
+
+    @field_validator("stages")
+    @classmethod
+    def _core_present(cls, v: list[str]) -> list[str]:
+        missing = [s for s in _CORE_STAGES if s not in v]
+        if missing:
+            raise ValueError(f"pipeline.stages must include the core stages {list(_CORE_STAGES)}; missing {missing}")
+        return v
+
+
 class VisprepConfig(_Section):
     """The whole configuration of a workspace."""
 
@@ -433,6 +513,7 @@ class VisprepConfig(_Section):
     split: SplitConfig = SplitConfig()
     pairs: PairsConfig = PairsConfig()
     export: ExportConfig = ExportConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     # --- events config (issue 3) ---
     events: EventsConfig = EventsConfig()
     # --- labels / evaluation config (issue 4) ---

@@ -1,9 +1,21 @@
-"""Composition of the stages: run them in order, skipping a stage whose inputs and parameters did not change."""
+"""Composition of the stages: run them in order, skipping a stage whose inputs and parameters did not change.
+
+Two kinds of stage. *Incremental* stages (fetch, inspect, synth, embed) are always called and do only the missing
+work (URLs not fetched, images not inspected, views not made, images without a current vector). *Table* stages
+(dedup, split, pairs, mine, sample, export) rewrite whole tables and are skipped when the fingerprints of the tables
+they read and their config sections equal those of their last good run.
+
+Some stages feed each other both ways (synth skips eval products, so it needs the split; the split groups synthetic
+colour variants with their source, so it needs synth), so embed and split appear twice in a pass (see ORDER), and
+the passes repeat until one pass changes nothing: each stage writes only when its output changed, so the second
+pass normally finds everything up to date.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,61 +23,142 @@ from visprep.config import section_params
 from visprep.workspace import Workspace
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
-STAGES = ("catalog", "fetch", "inspect", "split", "pairs", "export")
+Bar = Callable[[int, int], None] | None
+STAGES = ("catalog", "fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mine", "popularity", "sample",
+          "export")
+# Run order within a pass. inspect and embed run before dedup (its signals) and again after synth (its new views);
+# split runs again after synth, whose colour variants are new products grouped with their source.
+ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "pairs", "mine",
+         "popularity", "sample", "export")
+MAX_PASSES = 3
 
-# What each table-level stage reads and which config sections it depends on: its freshness key.
-_DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "pairs": (("products", "product_images", "urls", "images", "splits"), ("pairs",)),
-    "export": (("pairs", "images", "products", "splits"), ("preprocess", "export")),
-}
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    run: Callable[[Workspace, Bar], Any]
+    # A table stage is skipped when up to date; an incremental one is always called and does only missing work.
+    table: bool = False
+    # For an incremental stage: whether its result says it wrote something (then later stages may be stale).
+    did_work: Callable[[Any], bool] = lambda result: True
+    # Whether the stage has anything to work on in this workspace (e.g. popularity needs the events stage's tables).
+    applies: Callable[[Workspace], bool] = lambda ws: True
+
+
+def _stages() -> dict[str, _Stage]:
+    # Imported here so that `import visprep.pipeline` stays cheap (torch, faiss, cv2 load only when a stage runs).
+    from visprep.dedup.stage import dedup_stage
+    from visprep.embed.stage import embed_stage
+    from visprep.export.stage import export_stage
+    from visprep.fetch.stage import fetch_stage
+    from visprep.images.stage import inspect_stage
+    from visprep.mining.stage import mine_stage
+    from visprep.pairs.stage import pairs_stage
+    from visprep.quality.popularity import popularity_stage
+    from visprep.sampling.stage import sample_stage
+    from visprep.split.stage import split_stage
+    from visprep.synthetic.stage import synth_stage
+
+    stages = [
+        _Stage("fetch", lambda ws, bar: fetch_stage(ws, progress=bar), did_work=lambda r: r.attempted > 0),
+        _Stage("inspect", lambda ws, bar: inspect_stage(ws, progress=bar), did_work=lambda r: r.inspected > 0),
+        _Stage("synth", lambda ws, bar: synth_stage(ws, progress=bar), did_work=lambda r: r.changed),
+        _Stage("embed", lambda ws, bar: embed_stage(ws, progress=bar), did_work=lambda r: r.embedded > 0),
+        _Stage("dedup", lambda ws, bar: dedup_stage(ws), table=True),
+        _Stage("split", lambda ws, bar: split_stage(ws), table=True),
+        _Stage("pairs", lambda ws, bar: pairs_stage(ws), table=True),
+        _Stage("mine", lambda ws, bar: mine_stage(ws), table=True),
+        _Stage("popularity", lambda ws, bar: popularity_stage(ws), table=True,
+               applies=lambda ws: ws.has_table("interaction_pairs")),
+        _Stage("sample", lambda ws, bar: sample_stage(ws), table=True),
+        _Stage("export", lambda ws, bar: export_stage(ws, progress=bar), table=True),
+    ]
+    return {s.name: s for s in stages}
+
+
+def _features(ws: Workspace) -> str:
+    from visprep.mining.stage import features_fingerprint
+
+    return features_fingerprint(ws)
+
+
+# Inputs a stage may record besides tables, and how to fingerprint them now.
+_NON_TABLE_INPUTS: dict[str, Callable[[Workspace], Any]] = {"features": _features}
 
 
 def is_up_to_date(ws: Workspace, stage: str) -> bool:
-    """Tell whether `stage`'s last good run read exactly the current inputs with the current parameters."""
-    from visprep.split.stage import SPLIT_PARAMS, split_inputs
+    """Tell whether table stage `stage`'s last good run read exactly the current inputs with the current parameters.
 
+    The stage's own run record is the single statement of what it read: every input it recorded must be a table
+    with the same fingerprint now (a table a stage may read but that did not exist is recorded too, so its
+    appearance counts as a change), and every config section it recorded must be unchanged. The split declares
+    optional inputs that may appear later (groups, judgments), so its current inputs come from `split_inputs`.
+    """
+    from visprep.schema import TABLES
+    from visprep.split.stage import split_inputs
+
+    spec = _stages()[stage]
+    if not spec.table:
+        raise ValueError(f"stage {stage!r} is incremental (always run, does only missing work); it has no freshness")
     last = ws.last_run(stage)
-    if last is None:
+    if last is None or (stage == "export" and not ws.shards_dir.exists()):
         return False
-    if stage == "export" and not ws.shards_dir.exists():
-        return False
+    recorded_inputs, recorded_params = last.get("inputs") or {}, last.get("params") or {}
     if stage == "split":
-        current, sections = split_inputs(ws), SPLIT_PARAMS
+        current: dict[str, Any] = split_inputs(ws)
+    elif all(name in TABLES or name in _NON_TABLE_INPUTS for name in recorded_inputs):
+        current = {name: _NON_TABLE_INPUTS[name](ws) if name in _NON_TABLE_INPUTS else ws.table_fingerprint(name)
+                   for name in recorded_inputs}
     else:
-        tables, sections = _DEPENDS[stage]
-        current = {t: ws.table_fingerprint(t) for t in tables}
-    return last["inputs"] == current and last["params"] == section_params(ws.config, *sections)
+        return False  # an input we cannot fingerprint: rerun rather than guess
+    sections = type(ws.config).model_fields
+    if not recorded_params or not all(name in sections for name in recorded_params):
+        return False
+    return recorded_inputs == current and recorded_params == section_params(ws.config, *recorded_params)
 
 
 def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, force: bool = False,
                  progress: ProgressFactory | None = None) -> dict[str, Any]:
-    """Run every stage in order; fetch and inspect only do missing work, the others rerun when inputs changed."""
+    """Run every configured stage in order, in passes until nothing changes; return each stage's last result.
+
+    A stage that did not run reports "up to date"; `report["seconds"]` holds seconds per stage (all passes) and
+    `report["passes"]` how many passes it took.
+    """
     from visprep.catalog.stage import ingest_catalog
-    from visprep.export.stage import export_stage
-    from visprep.fetch.stage import fetch_stage
-    from visprep.images.stage import inspect_stage
-    from visprep.pairs.stage import pairs_stage
-    from visprep.split.stage import split_stage
 
-    def bar(name: str) -> Callable[[int, int], None] | None:
-        return progress(name) if progress else None
-
+    enabled = set(ws.config.pipeline.stages)
+    stages = _stages()
+    specs = [stages[name] for name in ORDER if name in enabled]
     report: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+
+    def bar(name: str) -> Bar:
+        return progress(name) if progress else None
+
     if catalog_files:
+        t = time.perf_counter()
         report["catalog"] = ingest_catalog(ws, catalog_files, progress=bar("catalog"))
-        timings["catalog"] = time.perf_counter() - t0
-    for name, fn in (("fetch", fetch_stage), ("inspect", inspect_stage)):
-        t = time.perf_counter()
-        report[name] = fn(ws, progress=bar(name))
-        timings[name] = time.perf_counter() - t
-    for name, fn in (("split", split_stage), ("pairs", pairs_stage), ("export", export_stage)):
-        t = time.perf_counter()
-        if not force and is_up_to_date(ws, name):
-            report[name] = "up to date"
-        else:
-            report[name] = fn(ws, progress=bar(name)) if name == "export" else fn(ws)
-        timings[name] = time.perf_counter() - t
+        timings["catalog"] = time.perf_counter() - t
+    passes = 0
+    for passes in range(1, MAX_PASSES + 1):
+        changed = False
+        for spec in specs:
+            if not spec.applies(ws):
+                report.setdefault(spec.name, "nothing to do")
+                continue
+            if not spec.table:
+                if passes > 1 and not changed:
+                    continue  # nothing upstream moved in this pass: no missing work can have appeared
+            elif not (force and passes == 1) and is_up_to_date(ws, spec.name):
+                report.setdefault(spec.name, "up to date")
+                continue
+            t = time.perf_counter()
+            result = spec.run(ws, bar(spec.name) if passes == 1 else None)
+            timings[spec.name] = timings.get(spec.name, 0.0) + time.perf_counter() - t
+            report[spec.name] = result
+            changed = changed or spec.table or spec.did_work(result)
+        if not changed:
+            break
+    report["passes"] = passes
     report["seconds"] = timings
     return report

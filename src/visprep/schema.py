@@ -306,6 +306,8 @@ SYNTHETIC_VIEWS = pa.schema(
         pa.field("split", pa.string()),  # split of the source product when known
         pa.field("generator", pa.string()),
         pa.field("run_id", pa.string()),
+        pa.field("color", pa.string()),  # declared colour of a colour variant (its new product's `color`)
+        pa.field("params_key", pa.string()),  # hash of the generator settings that made it: reused while equal
     ]
 )
 
@@ -324,8 +326,10 @@ DUPLICATE_EDGES = pa.schema(
     [
         pa.field("product_a", pa.string(), nullable=False),  # product_a < product_b
         pa.field("product_b", pa.string(), nullable=False),
-        pa.field("signal", pa.string(), nullable=False),  # identical_image | phash | title
-        pa.field("distance", pa.int16()),  # phash: Hamming bits of the closest image pair; identical_image: 0
+        # identical_image | phash | trimmed_phash | title | color | declared_color_differs | declared_brand_differs
+        pa.field("signal", pa.string(), nullable=False),
+        # phash/trimmed_phash: Hamming bits of the closest image pair; identical_image: 0; color: chroma distance
+        pa.field("distance", pa.int16()),
         pa.field("similarity", pa.float32()),  # title: rapidfuzz score / 100
         pa.field("image_a", pa.string()),  # the image pair that gave the evidence (image signals)
         pa.field("image_b", pa.string()),
@@ -342,6 +346,35 @@ LABEL_ISSUES = pa.schema(
         pa.field("label_quality", pa.float32()),  # self-confidence of the given label: low = suspect
         pa.field("rank", pa.int32()),  # 1 = most suspect
         pa.field("action", pa.string()),  # exclude | down_weight | keep (quality.policy)
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+# issue 6 (quality): popularity re-sampling weights and the catalog-vs-user-photo shift report
+POPULARITY = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("exposures", pa.int64()),  # impressions of the product in the events table
+        pa.field("interactions", pa.int64()),  # positive interaction pairs' counts (skip-above excluded)
+        pa.field("weight", pa.float64()),  # re-sampling weight (1 + interactions)^(-1/T), mean 1 over products
+        pa.field("log_q_raw", pa.float64()),  # log frequency among positives before re-sampling (events' log_q)
+        pa.field("log_q", pa.float64()),  # log frequency among positives after re-sampling: the logQ term to use
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+DOMAIN_SHIFT = pa.schema(
+    [
+        pa.field("check", pa.string(), nullable=False),  # domain_auc | brightness | blur | resolution | aspect
+        pa.field("value", pa.float64()),  # AUC, or the KS statistic of a feature
+        pa.field("p_value", pa.float64()),  # KS p-value; AUC: permutation p-value
+        pa.field("psi", pa.float64()),  # population stability index (features)
+        pa.field("catalog_median", pa.float64()),
+        pa.field("user_median", pa.float64()),
+        pa.field("threshold", pa.string()),  # the rule that decides `shift`, in words
+        pa.field("shift", pa.bool_()),
+        pa.field("n_catalog", pa.int64()),
+        pa.field("n_user", pa.int64()),
         pa.field("run_id", pa.string()),
     ]
 )
@@ -375,6 +408,8 @@ TABLES: dict[str, pa.Schema] = {
     "product_groups": PRODUCT_GROUPS,
     "duplicate_edges": DUPLICATE_EDGES,
     "label_issues": LABEL_ISSUES,
+    "popularity": POPULARITY,  # issue 6 (quality)
+    "domain_shift": DOMAIN_SHIFT,  # issue 6 (quality)
 }
 
 

@@ -362,6 +362,41 @@ class Workspace:
             elif path.exists():
                 path.unlink()
 
+    # --- writer locks (issue 3) ---
+    @contextmanager
+    def lock(self, name: str) -> Iterator[Path]:
+        """Hold the writer lock `locks/<name>.lock` for the block, or raise `WorkspaceLocked` naming its holder.
+
+        The lock is an OS file lock (flock) on a file that records pid, host and start time: the kernel drops it
+        when the holder exits or is killed (-9 included), so a lock file left behind is stale and taken over.
+        """
+        import fcntl
+        import socket
+
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = path.read_text(errors="replace").strip() or "{}"
+            raise WorkspaceLocked(f"workspace {self.root} is busy: another '{name}' run holds {path} ({holder}); "
+                                  f"wait for it to finish") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "since": utcnow().isoformat()}).encode(), 0)
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+class WorkspaceLocked(RuntimeError):
+    """Another live process holds a writer lock of this workspace."""
+
 
 def _safe_part(key: str) -> str:
     """Make `key` usable in a part file name; long or odd keys become a hash."""

@@ -32,6 +32,7 @@ class CatalogResult:
     removed: int = 0
     duplicate_identical: int = 0
     quarantined: int = 0
+    synthetic_dropped: int = 0  # synthetic products whose source product was removed (issue 7)
     by_reason: dict[str, int] = field(default_factory=dict)
     run_id: str = ""
 
@@ -117,10 +118,27 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
 
         old_images = ws.read_table("product_images")
         keep_images = old_images.filter(pc.invert(pc.is_in(old_images.column("product_id"), value_set=replaced)))
+        # --- synthetic rows (issue 7) ---
+        # Synthetic views and colour-variant products are not in catalog files: keep them while their source
+        # product exists (the synth stage refreshes them), drop them with it.
+        from visprep.synthetic.products import is_stage_view_row, synthetic_sources
+
+        present = set(products.column("product_id").to_pylist())
+        orphans = [pid for pid, src in synthetic_sources(products).items() if src not in present]
+        result.synthetic_dropped = len(orphans)
+        products = products.filter(pc.invert(pc.is_in(products.column("product_id"),
+                                                      value_set=pa.array(orphans, pa.string()))))
+        store_uri = ws.store.root.as_uri()
+        views_of_replaced = old_images.filter(pc.and_(is_stage_view_row(old_images, store_uri), pc.is_in(
+            old_images.column("product_id"), value_set=replaced)))
+        keep_images = pa.concat_tables([keep_images, views_of_replaced])
+        keep_images = keep_images.filter(pc.or_(pc.invert(is_stage_view_row(keep_images, store_uri)), pc.is_in(
+            keep_images.column("product_id"), value_set=products.column("product_id").combine_chunks())))
         images = pa.concat_tables([keep_images, pa.Table.from_pylist(new_images, schema=PRODUCT_IMAGES)])
         images = images.sort_by([("product_id", "ascending"), ("position", "ascending")])
 
-        if result.new or result.changed or result.removed or not ws.has_table("products"):
+        if (result.new or result.changed or result.removed or result.synthetic_dropped
+                or not ws.has_table("products")):
             # Unchanged products are not rewritten, so downstream stages see the same fingerprint and skip.
             ws.write_table("product_images", images)
             ws.write_table("products", products)

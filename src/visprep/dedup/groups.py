@@ -40,18 +40,31 @@ class UnionFind:
 
 def connected_groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Component label (0..G-1, in order of first member) of each of `n` items joined by edges (a[k], b[k])."""
-    uf = UnionFind(n)
-    for x, y in zip(a.tolist(), b.tolist()):
-        uf.union(x, y)
-    _, labels = np.unique(uf.roots(), return_inverse=True)
-    return labels.astype(np.int64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if n == 0:
+        return np.empty(0, np.int64)
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # Relabel so labels follow the first member of each component (what the union-find version gave).
+    _, first = np.unique(comp, return_index=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[comp]
 
 
 def canonical_members(labels: np.ndarray, priority: Sequence[tuple]) -> np.ndarray:
     """Index of the canonical member of each item's group: the member with the smallest `priority` tuple."""
-    best: dict[int, int] = {}
-    for k, g in enumerate(labels.tolist()):
-        cur = best.get(g)
-        if cur is None or priority[k] < priority[cur]:
-            best[g] = k
-    return np.asarray([best[g] for g in labels.tolist()], dtype=np.int64)
+    n = len(labels)
+    if n == 0:
+        return np.empty(0, np.int64)
+    # Rank the priority tuples once (a Python sort of tuples), then a vectorised per-group minimum of the ranks.
+    rank = np.empty(n, np.int64)
+    rank[sorted(range(n), key=priority.__getitem__)] = np.arange(n)
+    best_rank = np.full(int(labels.max()) + 1, n, np.int64)
+    np.minimum.at(best_rank, labels, rank)
+    by_rank = np.empty(n, np.int64)
+    by_rank[rank] = np.arange(n)
+    return by_rank[best_rank[labels]]

@@ -6,13 +6,16 @@ every signal and the rule's verdict out. Nothing here reads or writes a workspac
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from visprep.dedup.hamming import radius_pairs
 from visprep.dedup.rule import DuplicateRule, parse_rule
-from visprep.dedup.titles import title_candidate_pairs, title_similarity
+from visprep.dedup.titles import normalize_title, title_candidate_pairs, title_similarity
+from visprep.dedup.visual import color_distance, image_signatures, normalize_color
 
 NO_DISTANCE = 255
 """pHash distance recorded for a pair without two hashed images."""
@@ -22,15 +25,22 @@ NO_DISTANCE = 255
 class DedupParams:
     """The parameters `find_duplicates` uses (the `dedup` config section, minus I/O)."""
 
-    rule: str = "identical_image or (image_near and title_similar)"
+    rule: str = "identical_image or (image_match and title_similar)"
     image_radius: int = 6
     image_similar_radius: int = 16
-    title_threshold: float = 0.85
+    match_radius: int = 6
+    title_threshold: float = 0.75
     title_scorer: str = "token_set_ratio"
     lsh_threshold: float = 0.5
     num_perm: int = 64
     hamming_backend: str = "mih"
     max_code_images: int = 50
+    color_veto: bool = True
+    color_max_distance: float = 15.0
+    color_lightness_weight: float = 0.0
+    brand_veto: bool = True
+    trim_tolerance: int = 16
+    workers: int = 2
 
 
 @dataclass
@@ -44,8 +54,19 @@ class CandidatePairs:
         image_a, image_b: (P,) int64 row indices (into the image rows) of that closest pair, -1 when unknown.
         title_similarity: (P,) float32 in 0..1; 0 across top-level categories.
         same_category: (P,) bool.
+        trimmed_distance: (P,) uint8 closest crop/border-tolerant pHash distance (`dedup.visual.CODES`: trimmed,
+            trimmed centre, centre), NO_DISTANCE when not
+            computed (only pairs whose verdict depends on it are).
+        trimmed_a, trimmed_b: (P,) int64 image rows of that closest trimmed pair, -1 when unknown.
+        color_distance: (P,) float32 foreground colour distance (`visual.color_distance`) of the two products'
+            first images, NaN unless
+            computed (rule-accepted pairs not vetoed by their declared colours).
+        declared_color_differs: (P,) bool: both declare a colour and they differ.
+        declared_brand_differs: (P,) bool: both declare a brand and they differ.
+        vetoed: (P,) bool: a veto (colour, brand) turned the rule's "yes" into "no".
         accepted: (P,) bool.
         counts: what was found, for the run record.
+        seconds: wall time of each phase.
     """
 
     a: np.ndarray
@@ -56,8 +77,16 @@ class CandidatePairs:
     image_b: np.ndarray
     title_similarity: np.ndarray
     same_category: np.ndarray
+    trimmed_distance: np.ndarray
+    trimmed_a: np.ndarray
+    trimmed_b: np.ndarray
+    color_distance: np.ndarray
+    declared_color_differs: np.ndarray
+    declared_brand_differs: np.ndarray
+    vetoed: np.ndarray
     accepted: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
@@ -91,8 +120,9 @@ def _group_pairs(group: np.ndarray, member: np.ndarray, *, max_clique: int) -> t
 
 
 def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_count: np.ndarray,
-                    codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For product pairs (pa_, pb): the closest pHash distance over their image rows and which rows gave it."""
+                    codes: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For product pairs (pa_, pb): the closest pHash distance over their image rows (only rows where `valid`, when
+    given) and which rows gave it."""
     p = len(pa_)
     dist = np.full(p, NO_DISTANCE, np.uint8)
     ia = np.full(p, -1, np.int64)
@@ -115,19 +145,36 @@ def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_
         row_a = img_start[pa_[q]][pair_of] + k // cb[q][pair_of]
         row_b = img_start[pb[q]][pair_of] + k % cb[q][pair_of]
         d = np.bitwise_count(codes[row_a] ^ codes[row_b]).astype(np.int16)
+        if valid is not None:
+            d = np.where(valid[row_a] & valid[row_b], d, NO_DISTANCE)
         # Minimum per pair: sort by (pair, distance) and take each pair's first.
         order = np.lexsort((d, pair_of))
         first = order[np.r_[True, pair_of[order][1:] != pair_of[order][:-1]]]
+        found = d[first] < NO_DISTANCE
         dist[q] = d[first]
-        ia[q] = row_a[first]
-        ib[q] = row_b[first]
+        ia[q] = np.where(found, row_a[first], -1)
+        ib[q] = np.where(found, row_b[first], -1)
         start = end
     return dist, ia, ib
 
 
+def _declared_differs(values: Sequence[str | None] | None, a: np.ndarray,
+                      b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs (a, b) of a declared attribute: (both declare it, both declare it and the values differ)."""
+    if values is None:
+        none = np.zeros(len(a), bool)
+        return none, none
+    norm = [normalize_color(v) for v in values]
+    val = np.asarray([v if v is not None else "" for v in norm], dtype=object)
+    has = np.asarray([v is not None for v in norm])
+    both = has[a] & has[b]
+    return both, both & (val[a] != val[b])
+
+
 def find_duplicates(product_ids: list[str], titles: list[str], top_categories: list[str | None],
                     image_product: np.ndarray, image_ids: list[str], image_codes: np.ndarray, *,
-                    params: DedupParams = DedupParams()) -> CandidatePairs:
+                    params: DedupParams = DedupParams(), colors: Sequence[str | None] | None = None,
+                    brands: Sequence[str | None] | None = None, image_loader: Callable[[int], bytes] | None = None) -> CandidatePairs:
     """Find candidate duplicate product pairs, compute every signal and apply the rule.
 
     Args:
@@ -138,6 +185,11 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         image_ids: (M,) content hash of each image row.
         image_codes: (M,) uint64 pHash of each image row.
         params: thresholds and the rule.
+        colors: (N,) declared colour of each product (None: not declared), for the colour veto.
+        brands: (N,) declared brand of each product (None: not declared), for the brand veto.
+        image_loader: fn(image row) -> encoded bytes. With it, the border-trimmed pHash (`image_match`) and the
+            foreground colour (colour veto) are computed for the pairs whose verdict depends on them; without it,
+            `image_match` falls back to the plain pHash and only declared colours can veto.
 
     Returns:
         `CandidatePairs` over every pair any generator signal proposed.
@@ -152,8 +204,18 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         raise ValueError("image_product, image_ids and image_codes must have the same length")
     if len(image_product) and (image_product.min() < 0 or image_product.max() >= n):
         raise ValueError("image_product holds an index outside the products")
+    for name, values in (("colors", colors), ("brands", brands)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{name} ({len(values)}) must have one entry per product ({n})")
     rule: DuplicateRule = parse_rule(params.rule)
     counts: dict[str, int] = {"products": n, "image_rows": len(image_ids)}
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(phase: str) -> None:
+        now = time.perf_counter()
+        seconds[phase] = round(now - clock[0], 3)
+        clock[0] = now
 
     # Image rows grouped by product (ragged arrays), so pairs of products can be compared image by image.
     order = np.argsort(image_product, kind="stable")
@@ -170,6 +232,7 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     identical_keys = np.unique(_pair_keys(ga, gb, n))
     keys.append(identical_keys)
     counts["identical_image_pairs"] = len(identical_keys)
+    lap("identical_images")
 
     # 2. pHash near duplicates: search the distinct codes, then expand to the products holding them.
     uniq, code_of = np.unique(image_codes, return_inverse=True)
@@ -197,19 +260,24 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     near_keys = np.unique(np.concatenate(near))
     keys.append(near_keys)
     counts["image_near_pairs"] = len(near_keys)
+    lap("phash_index")
 
     # 3. Title candidates within each top-level category.
     ta, tb = title_candidate_pairs(titles, top_categories, lsh_threshold=params.lsh_threshold,
-                                   num_perm=params.num_perm)
+                                   num_perm=params.num_perm, counts=counts,
+                                   subblocks=[normalize_color(v) for v in brands]
+                                   if brands is not None and params.brand_veto else None)
     title_keys = _pair_keys(ta, tb, n)
     keys.append(title_keys)
     counts["title_candidate_pairs"] = len(title_keys)
+    lap("title_lsh")
 
     all_keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
     a, b = all_keys // n, all_keys % n
     counts["candidate_pairs"] = len(a)
 
     distance, row_a, row_b = _closest_images(a, b, img_start, img_count, image_codes)
+    lap("closest_images")
     identical = np.isin(all_keys, identical_keys)
     cats = np.asarray([c if c is not None else "" for c in top_categories], dtype=object)
     has_cat = np.asarray([c is not None for c in top_categories])
@@ -217,19 +285,81 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     sim = np.zeros(len(a), np.float32)
     if same_category.any():
         idx = np.flatnonzero(same_category)
-        sim[idx] = title_similarity([titles[x] for x in a[idx].tolist()], [titles[x] for x in b[idx].tolist()],
-                                    scorer=params.title_scorer)
+        norm = np.asarray([normalize_title(t) for t in titles], dtype=object)  # once per title, not per pair
+        sim[idx] = title_similarity(norm[a[idx]].tolist(), norm[b[idx]].tolist(), scorer=params.title_scorer,
+                                    normalized=True, workers=params.workers)
+    lap("title_score")
     signals = {
         "identical_image": identical,
         "image_near": distance <= params.image_radius,
         "image_similar": distance <= params.image_similar_radius,
+        "image_match": distance <= params.match_radius,  # the trimmed pHash can only add to it, below
         "title_similar": same_category & (sim >= params.title_threshold),
         "same_category": same_category,
     }
-    accepted = rule.evaluate({k: v for k, v in signals.items() if k in rule.names})
+    p = len(a)
+    trimmed = np.full(p, NO_DISTANCE, np.uint8)
+    trim_a = np.full(p, -1, np.int64)
+    trim_b = np.full(p, -1, np.int64)
+    color_dist = np.full(p, np.nan, np.float32)
+    names = rule.names
+    verdict = lambda sig: rule.evaluate({k: v for k, v in sig.items() if k in names})
+    # Pairs whose verdict hangs on image_match (monotone rule: True vs the plain-pHash value differ) need the trimmed
+    # hash; rule-accepted pairs not already vetoed by declared colours need the image colour. Only their images are
+    # decoded.
+    need_trim = np.zeros(p, bool)
+    if image_loader is not None and "image_match" in names:
+        need_trim = verdict({**signals, "image_match": np.ones(p, bool)}) & ~verdict(signals)
+    _, declared_differs = _declared_differs(colors, a, b)
+    _, brand_differs = _declared_differs(brands, a, b)
+    need_color = np.zeros(p, bool)
+    if image_loader is not None and params.color_veto:
+        # Declared colours that agree are still checked: coarse names ("blue") cover clearly different shades.
+        need_color = verdict({**signals, "image_match": signals["image_match"] | need_trim}) & ~declared_differs
+    counts["trimmed_checked_pairs"] = int(need_trim.sum())
+    counts["color_checked_pairs"] = int(need_color.sum())
+    if need_trim.any() or need_color.any():
+        involved = np.unique(np.concatenate([a[need_trim | need_color], b[need_trim | need_color]]))
+        rows = np.concatenate([np.arange(img_start[x], img_start[x] + img_count[x]) for x in involved.tolist()]) \
+            if len(involved) else np.empty(0, np.int64)
+        sig = image_signatures(lambda r: image_loader(int(order[r])), rows.tolist(), len(image_product),
+                               workers=params.workers, tolerance=params.trim_tolerance)
+        counts["images_decoded"] = int(sig.ok.sum())
+        counts["images_undecodable"] = int(len(rows) - sig.ok.sum())
+        if need_trim.any():
+            q = np.flatnonzero(need_trim)
+            for col in range(sig.codes.shape[1]):  # the closest over the crop/border-tolerant codes
+                dq, ra, rb = _closest_images(a[q], b[q], img_start, img_count,
+                                             np.ascontiguousarray(sig.codes[:, col]), valid=sig.ok)
+                better = dq < trimmed[q]
+                trimmed[q[better]], trim_a[q[better]], trim_b[q[better]] = dq[better], ra[better], rb[better]
+            signals["image_match"] = signals["image_match"] | (trimmed <= params.match_radius)
+        # A product's colour is its first image that decoded (its hero image, by position).
+        okr = np.flatnonzero(sig.ok)
+        first = okr[np.r_[True, image_product[okr][1:] != image_product[okr][:-1]]] if len(okr) else okr
+        prod_color = np.full((n, 3), np.nan, np.float32)
+        prod_color[image_product[first]] = sig.color[first]
+        q = np.flatnonzero(need_color)
+        color_dist[q] = color_distance(prod_color[a[q]], prod_color[b[q]],
+                                       lightness_weight=params.color_lightness_weight)
+    lap("image_signatures")
+    rule_yes = verdict(signals)
+    color_veto = np.zeros(p, bool)
+    if params.color_veto:
+        with np.errstate(invalid="ignore"):
+            color_veto = rule_yes & (declared_differs | (color_dist > params.color_max_distance))
+    brand_veto = rule_yes & brand_differs if params.brand_veto else np.zeros(p, bool)
+    veto = color_veto | brand_veto
+    accepted = rule_yes & ~veto
+    counts["color_vetoed_pairs"] = int(color_veto.sum())
+    counts["brand_vetoed_pairs"] = int(brand_veto.sum())
     counts["accepted_pairs"] = int(accepted.sum())
+    lap("rule")
     # Row indices refer to the product-sorted rows; map them back to the caller's rows.
     back = lambda r: np.where(r >= 0, order[np.maximum(r, 0)], -1)
     return CandidatePairs(a=a, b=b, identical_image=identical, distance=distance, image_a=back(row_a),
-                          image_b=back(row_b), title_similarity=sim, same_category=same_category, accepted=accepted,
-                          counts=counts)
+                          image_b=back(row_b), title_similarity=sim, same_category=same_category,
+                          trimmed_distance=trimmed, trimmed_a=back(trim_a), trimmed_b=back(trim_b),
+                          color_distance=color_dist, declared_color_differs=declared_differs,
+                          declared_brand_differs=brand_differs, vetoed=veto,
+                          accepted=accepted, counts=counts, seconds=seconds)

@@ -1,4 +1,4 @@
-"""The duplicate rule: a boolean expression over named pair signals, e.g. ``identical_image or (image_near and
+"""The duplicate rule: a boolean expression over named pair signals, e.g. ``identical_image or (image_match and
 title_similar)``, parsed once (only names, ``and``, ``or`` and parentheses) and evaluated on arrays of pairs."""
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ SIGNALS: dict[str, str] = {
     "identical_image": "the two products list a byte-identical image (same content hash)",
     "image_near": "closest pHash pair within dedup.image_radius bits (found by the Hamming index)",
     "image_similar": "closest pHash pair within dedup.image_similar_radius bits (checked on candidates only)",
+    "image_match": "closest pHash pair, plain or border-trimmed (dedup.visual), within dedup.match_radius bits: "
+                   "tolerates crops and added borders (checked on candidates only; the trimmed hash is computed "
+                   "from the stored images of the pairs whose verdict depends on it)",
     "title_similar": "same top-level category and title similarity >= dedup.title_threshold (found by MinHash LSH)",
     "same_category": "same top-level category (checked on candidates only)",
 }

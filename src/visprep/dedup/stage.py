@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow as pa
 from visprep.config import DedupConfig, section_params
 from visprep.dedup.groups import canonical_members, connected_groups
 from visprep.dedup.pairs import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
+from visprep.images.sniff import extension_for
 from visprep.schema import DUPLICATE_EDGES, PRODUCT_GROUPS
 from visprep.workspace import Workspace
 
@@ -23,25 +25,28 @@ class DedupResult:
     products_in_groups: int = 0  # products in a group of two or more
     accepted_pairs: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
     run_id: str = ""
 
 
 def params_from_config(cfg: DedupConfig) -> DedupParams:
     """The `find_duplicates` parameters of a `dedup` config section."""
-    return DedupParams(**{k: getattr(cfg, k) for k in DedupParams.__dataclass_fields__})
+    return DedupParams(**{k: getattr(cfg, k) for k in DedupParams.__dataclass_fields__})  # image_checks: the stage
 
 
 def hashed_images(ws: Workspace) -> pa.Table:
-    """(product_id, image_id, phash) of every product image whose newest fetch succeeded and that decoded."""
+    """(product_id, image_id, phash, format) of every product image whose newest fetch succeeded and that decoded,
+    a product's images in listing order (its hero image first)."""
     return ws.sql(
         """
-        SELECT DISTINCT pi.product_id, u.image_id, i.phash
+        SELECT pi.product_id, u.image_id, any_value(i.phash) AS phash, any_value(u.format) AS format
         FROM pi
         JOIN u ON u.url = pi.url AND u.status = 'ok'
         JOIN i ON i.image_id = u.image_id AND i.status = 'ok' AND i.phash IS NOT NULL
-        ORDER BY pi.product_id, u.image_id
+        GROUP BY pi.product_id, u.image_id
+        ORDER BY pi.product_id, min(pi.position), u.image_id
         """,
-        pi=ws.read_table("product_images", ["product_id", "url"]), u=ws.latest_urls(),
+        pi=ws.read_table("product_images", ["product_id", "position", "url"]), u=ws.latest_urls(),
         i=ws.read_table("images", ["image_id", "status", "phash"]),
     )
 
@@ -66,8 +71,8 @@ def group_products(product_ids: list[str], pairs: CandidatePairs, image_count: n
 def edge_rows(product_ids: list[str], image_ids: list[str], pairs: CandidatePairs, *, run_id: str,
               keep_rejected: bool) -> pa.Table:
     """`duplicate_edges` rows: one per (pair, signal that holds evidence), for accepted pairs (and rejected ones when
-    `keep_rejected`)."""
-    sel = np.flatnonzero(pairs.accepted | keep_rejected)
+    `keep_rejected`; pairs a veto rejected are always kept, with the evidence that vetoed them)."""
+    sel = np.flatnonzero(pairs.accepted | pairs.vetoed | keep_rejected)
     pid = np.asarray(product_ids, dtype=object)
     iid = np.asarray(list(image_ids) + [None], dtype=object)  # index -1 -> None
     cols: dict[str, list] = {k: [] for k in ("product_a", "product_b", "signal", "distance", "similarity",
@@ -91,6 +96,16 @@ def edge_rows(product_ids: list[str], image_ids: list[str], pairs: CandidatePair
     hashed = sel[pairs.distance[sel] != NO_DISTANCE]
     add(hashed, "phash", pairs.distance[hashed].astype(int).tolist(), [None] * len(hashed),
         iid[pairs.image_a[hashed]], iid[pairs.image_b[hashed]])
+    trimmed = sel[pairs.trimmed_distance[sel] != NO_DISTANCE]
+    add(trimmed, "trimmed_phash", pairs.trimmed_distance[trimmed].astype(int).tolist(), [None] * len(trimmed),
+        iid[pairs.trimmed_a[trimmed]], iid[pairs.trimmed_b[trimmed]])
+    colored = sel[~np.isnan(pairs.color_distance[sel])]
+    add(colored, "color", np.rint(pairs.color_distance[colored]).astype(int).tolist(), [None] * len(colored),
+        [None] * len(colored), [None] * len(colored))
+    for attr in ("color", "brand"):
+        declared = sel[getattr(pairs, f"declared_{attr}_differs")[sel]]
+        add(declared, f"declared_{attr}_differs", [None] * len(declared), [None] * len(declared),
+            [None] * len(declared), [None] * len(declared))
     titled = sel[pairs.same_category[sel]]
     add(titled, "title", [None] * len(titled), pairs.title_similarity[titled].tolist(), [None] * len(titled),
         [None] * len(titled))
@@ -115,7 +130,8 @@ def dedup_stage(ws: Workspace) -> DedupResult:
     with ws.run("dedup", section_params(ws.config, "dedup")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images")}
         res.run_id = run.run_id
-        products = ws.read_table("products", ["product_id", "title", "top_category"])
+        t0 = time.perf_counter()
+        products = ws.read_table("products", ["product_id", "title", "top_category", "color", "brand"])
         product_ids = products.column("product_id").to_pylist()
         index = {p: k for k, p in enumerate(product_ids)}
         imgs = hashed_images(ws)
@@ -123,16 +139,28 @@ def dedup_stage(ws: Workspace) -> DedupResult:
         known = [k for k, p in enumerate(img_pid) if p in index]  # product_images of removed products are ignored
         image_ids = [imgs.column("image_id")[k].as_py() for k in known] if len(known) < len(img_pid) \
             else imgs.column("image_id").to_pylist()
+        fmts = imgs.column("format").to_pylist()
+        ext_of = {f: extension_for(f or "jpeg") for f in set(fmts)}
+        image_ext = [ext_of[fmts[k]] for k in known]
         image_product = np.asarray([index[img_pid[k]] for k in known], dtype=np.int64)
         codes = imgs.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)[known] if known \
             else np.empty(0, np.uint64)
+        res.seconds["read"] = round(time.perf_counter() - t0, 3)
         pairs = find_duplicates(product_ids, products.column("title").to_pylist(),
                                 products.column("top_category").to_pylist(), image_product, image_ids, codes,
-                                params=params_from_config(cfg))
+                                params=params_from_config(cfg), colors=products.column("color").to_pylist(),
+                                brands=products.column("brand").to_pylist(),
+                                image_loader=(lambda r: ws.store.get(image_ids[r], image_ext[r]))
+                                if cfg.image_checks else None)
+        res.seconds.update(pairs.seconds)
+        t0 = time.perf_counter()
         groups = group_products(product_ids, pairs, np.bincount(image_product, minlength=len(product_ids)))
+        res.seconds["groups"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
         ws.write_table("product_groups", groups)
         ws.write_table("duplicate_edges", edge_rows(product_ids, image_ids, pairs, run_id=run.run_id,
                                                     keep_rejected=cfg.keep_rejected_edges))
+        res.seconds["write"] = round(time.perf_counter() - t0, 3)
         sizes = groups.column("group_size").to_numpy()
         res.products = len(product_ids)
         res.groups = len(set(groups.column("group_id").to_pylist()))

@@ -9,7 +9,6 @@ Tote" in Bags and a "Black Leather Boot" in Footwear are never compared.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -46,16 +45,107 @@ def _import_datasketch():
     return MinHash, MinHashLSH
 
 
+_MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+_MAX_HASH = np.uint64((1 << 32) - 1)
+
+
+def title_signatures(titles: Sequence[str], *, num_perm: int = 64, seed: int = 1,
+                     chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures of the titles' word sets, equal to datasketch's ``MinHash(scheme="legacy")`` ones, in bulk.
+
+    A set's MinHash is the element-wise minimum of its members' permuted hashes. Each distinct token is hashed once
+    with datasketch's hash function and permuted with datasketch's permutations (legacy scheme: ``(a * h + b) mod
+    (2^61 - 1)``, low 32 bits, in the same wrapping uint64 arithmetic), and the titles' signatures are a
+    `np.minimum.reduceat` over their tokens' rows, in chunks of titles.
+
+    Returns:
+        (signatures (N, num_perm) uint32, has_tokens (N,) bool); a title without tokens has the all-maximum
+        signature and must not be bucketed.
+    """
+    MinHash, _ = _import_datasketch()
+    vocab: dict[str, int] = {}
+    token_ids: list[int] = []
+    lengths = np.zeros(len(titles), np.int64)
+    for k, title in enumerate(titles):
+        toks = set(title_tokens(title))
+        lengths[k] = len(toks)
+        token_ids.extend(vocab.setdefault(t, len(vocab)) for t in toks)
+    base = MinHash(num_perm=num_perm, seed=seed, scheme="legacy")
+    a, b = base.permutations
+    hv = np.fromiter((base.hashfunc(w.encode()) for w in vocab), np.uint64, count=len(vocab))
+    table = np.empty((len(vocab), num_perm), np.uint32)
+    for lo in range(0, len(vocab), chunk):
+        table[lo : lo + chunk] = ((hv[lo : lo + chunk, None] * a + b) % _MERSENNE_PRIME) & _MAX_HASH
+    ids = np.asarray(token_ids, np.int64)
+    sig = np.full((len(titles), num_perm), np.uint32(_MAX_HASH), np.uint32)
+    starts = np.cumsum(lengths) - lengths
+    has = lengths > 0
+    for lo in range(0, len(titles), chunk):
+        rows = np.flatnonzero(has[lo : lo + chunk]) + lo
+        if len(rows) == 0:
+            continue
+        first, last = int(starts[rows[0]]), int(starts[rows[-1]] + lengths[rows[-1]])
+        sig[rows] = np.minimum.reduceat(table[ids[first:last]], starts[rows] - first, axis=0)
+    return sig, has
+
+
+def _bucket_pairs(keys: np.ndarray, *, max_bucket: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pairs (i, j) of items sharing a key: every pair in buckets up to `max_bucket`, a star (first item to each
+    other) in larger ones, so those stay connected without a quadratic blow-up. Vectorised; also the number of
+    buckets that were capped."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    sizes = np.diff(np.r_[starts, len(k)])
+    size_of = np.repeat(sizes, sizes)
+    pos = np.arange(len(k)) - np.repeat(starts, sizes)
+    later = np.where(size_of <= max_bucket, size_of - 1 - pos, np.where(pos == 0, size_of - 1, 0))
+    total = int(later.sum())
+    src = np.repeat(np.arange(len(k)), later)
+    # Item at sorted position p pairs with the next later[p] items: the rest of its bucket (a star's centre is the
+    # bucket's first item, and only it has later items).
+    dst = src + np.arange(total) - np.repeat(np.cumsum(later) - later, later) + 1
+    return order[src], order[dst], int((sizes > max_bucket).sum())
+
+
+def _open_pairs(keys: np.ndarray, open_: np.ndarray, *, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) sharing a key where item i is `open_`: each open item with every other item of its bucket (with
+    the bucket's first item only, in buckets over `max_bucket`). A pair of two open items comes twice."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    sizes = np.diff(np.r_[starts, len(k)])
+    size_of = np.repeat(sizes, sizes)
+    start_of = np.repeat(starts, sizes)
+    is_open = open_[order]
+    many = np.where(is_open, np.where(size_of <= max_bucket, size_of, 1), 0)
+    src = np.repeat(np.arange(len(k)), many)
+    dst = start_of[src] + np.arange(int(many.sum())) - np.repeat(np.cumsum(many) - many, many)
+    keep = src != dst
+    return order[src[keep]], order[dst[keep]]
+
+
 def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *, lsh_threshold: float = 0.5,
-                          num_perm: int = 64, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                          num_perm: int = 64, seed: int = 1, max_bucket: int = 500,
+                          subblocks: Sequence[str | None] | None = None,
+                          counts: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of titles in the same block whose estimated word-set Jaccard is about `lsh_threshold` or more.
+
+    MinHash LSH with datasketch's banding parameters for the threshold (`datasketch.lsh._optimal_param`, as its
+    `MinHashLSH` picks them), the bands bucketed with one sort per band instead of per-title Python queries: the same
+    candidates as a datasketch `MinHashLSH` over legacy-scheme MinHashes (checked in the tests).
 
     Args:
         titles: one title per item.
         blocks: one block key per item (the top-level category); items with a null block are not compared.
-        lsh_threshold: datasketch MinHashLSH threshold (Jaccard), 0..1.
+        lsh_threshold: MinHash LSH threshold (Jaccard), 0..1.
         num_perm: MinHash permutations.
         seed: MinHash seed.
+        max_bucket: a band bucket with more titles (the same title repeated thousands of times) is joined as a star.
+        subblocks: optional second key (the declared brand, when differing brands veto a pair anyway): items that
+            have one are only compared within (block, subblock); items without one are compared with the whole
+            block. This keeps a catalog's many "Black Cotton T-Shirt"s of different brands from pairing up.
+        counts: when given, gets "title_capped_buckets".
 
     Returns:
         (i, j): int64 index arrays, i < j, each pair once, sorted.
@@ -64,42 +154,61 @@ def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *
         raise ValueError(f"titles ({len(titles)}) and blocks ({len(blocks)}) must have the same length")
     if not 0.0 < lsh_threshold <= 1.0:
         raise ValueError(f"lsh_threshold must be in (0, 1], got {lsh_threshold!r}")
-    MinHash, MinHashLSH = _import_datasketch()
-    by_block: dict[str, list[int]] = defaultdict(list)
-    for k, b in enumerate(blocks):
-        if b is not None:
-            by_block[b].append(k)
-    out_i: list[int] = []
-    out_j: list[int] = []
-    for members in by_block.values():
-        if len(members) < 2:
-            continue
-        token_sets = [[t.encode() for t in set(title_tokens(titles[k]))] for k in members]
-        hashes = MinHash.bulk(token_sets, num_perm=num_perm, seed=seed)
-        lsh = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm)
-        with lsh.insertion_session() as session:
-            for local, (tokens, mh) in enumerate(zip(token_sets, hashes)):
-                if tokens:
-                    session.insert(local, mh, check_duplication=False)
-        for local, (tokens, mh) in enumerate(zip(token_sets, hashes)):
-            if not tokens:
-                continue
-            for other in lsh.query(mh):
-                if other > local:
-                    out_i.append(members[local])
-                    out_j.append(members[other])
-    i = np.asarray(out_i, dtype=np.int64)
-    j = np.asarray(out_j, dtype=np.int64)
-    swap = i > j
-    i[swap], j[swap] = j[swap], i[swap].copy()
-    if len(i) == 0:
-        return i, j
-    keys = np.unique(i * len(titles) + j)
-    return keys // len(titles), keys % len(titles)
+    from datasketch.lsh import _optimal_param
+
+    n = len(titles)
+    block_names: dict[str, int] = {}
+    block_id = np.asarray([-1 if b is None else block_names.setdefault(b, len(block_names)) for b in blocks],
+                          np.int64)
+    sig, has = title_signatures(titles, num_perm=num_perm, seed=seed)
+    live = np.flatnonzero(has & (block_id >= 0))
+    if len(live) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    bands, rows = _optimal_param(lsh_threshold, num_perm, 0.5, 0.5)
+    sig = sig[live].astype(np.uint64)
+    sub_id = np.full(n, -1, np.int64)
+    if subblocks is not None:
+        if len(subblocks) != n:
+            raise ValueError(f"subblocks ({len(subblocks)}) must have one entry per title ({n})")
+        names: dict[str, int] = {}
+        sub_id = np.asarray([-1 if v is None else names.setdefault(v, len(names)) for v in subblocks], np.int64)
+    open_ = sub_id[live] < 0  # no subblock: compared with the whole block
+    mixed = subblocks is not None and open_.any() and not open_.all()
+    found: list[np.ndarray] = []
+    capped = 0
+
+    def band_key(band: int, group: np.ndarray) -> np.ndarray:
+        # A band's r values mixed into one 64-bit key (a collision only adds a candidate, which rapidfuzz checks),
+        # with the group, so titles of different groups never meet.
+        key = group.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        for c in range(band * rows, (band + 1) * rows):
+            key = (key ^ sig[:, c]) * np.uint64(0xBF58476D1CE4E5B9)
+            key ^= key >> np.uint64(31)
+        return key
+
+    block_live, sub_live = block_id[live], sub_id[live]
+    group = block_live * (int(sub_id.max()) + 2) + (sub_live + 1)  # (block, subblock or none)
+    for band in range(bands):
+        i, j, cap = _bucket_pairs(band_key(band, group), max_bucket=max_bucket)
+        capped += cap
+        same = group[i] == group[j]
+        i, j = i[same], j[same]
+        if mixed:  # items without a subblock also meet every item of their block
+            oi, oj = _open_pairs(band_key(band, block_live), open_, max_bucket=max_bucket)
+            same = block_live[oi] == block_live[oj]
+            i, j = np.concatenate([i, oi[same]]), np.concatenate([j, oj[same]])
+        lo, hi = np.minimum(live[i], live[j]), np.maximum(live[i], live[j])
+        found.append(lo * n + hi)
+    if counts is not None:
+        counts["title_capped_buckets"] = capped
+    keys = np.unique(np.concatenate(found))
+    return keys // n, keys % n
 
 
-def title_similarity(a: Sequence[str], b: Sequence[str], *, scorer: str = "token_set_ratio") -> np.ndarray:
-    """Element-wise fuzzy similarity of `a[k]` and `b[k]` (normalised titles), in 0..1, as float32."""
+def title_similarity(a: Sequence[str], b: Sequence[str], *, scorer: str = "token_set_ratio",
+                     normalized: bool = False, workers: int = 1) -> np.ndarray:
+    """Element-wise fuzzy similarity of `a[k]` and `b[k]` (normalised titles, unless `normalized` says they already
+    are), in 0..1, as float32; `workers` threads in rapidfuzz."""
     scorers = _scorers()
     if scorer not in scorers:
         raise ValueError(f"unknown title scorer {scorer!r}; valid: {sorted(scorers)}")
@@ -109,6 +218,7 @@ def title_similarity(a: Sequence[str], b: Sequence[str], *, scorer: str = "token
         return np.empty(0, np.float32)
     from rapidfuzz import process
 
-    scores = process.cpdist([normalize_title(t) for t in a], [normalize_title(t) for t in b],
-                            scorer=scorers[scorer], dtype=np.float32)
+    if not normalized:
+        a, b = [normalize_title(t) for t in a], [normalize_title(t) for t in b]
+    scores = process.cpdist(a, b, scorer=scorers[scorer], dtype=np.float32, workers=workers)
     return np.asarray(scores, np.float32) / 100.0

@@ -66,6 +66,29 @@ class EfficientNetLite0Embedder(Embedder):
         model_id = f"efficientnet-lite0@imagenet-{_weights_file().stem.rsplit('-', 1)[-1]}"
         return model_id if profile == "imagenet-224" else f"{model_id}+{profile}"
 
+    def embed_pixels(self, gray_or_rgb: np.ndarray, *, size: int = 224) -> np.ndarray:
+        """Embed decoded uint8 images (N, H, W) gray or (N, H, W, 3) RGB, resized (bilinear) to size x size.
+
+        For in-memory datasets (Fashion-MNIST): skips JPEG coding; `size` below 224 trades fidelity for speed.
+        Returns (N, 1280) float32 unit rows.
+        """
+        import torch.nn.functional as F
+
+        torch = self._torch
+        x = np.asarray(gray_or_rgb)
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] != 3) or len(x) == 0:
+            raise ValueError(f"embed_pixels needs (N, H, W) or (N, H, W, 3) uint8, got {x.dtype} {x.shape}")
+        if x.ndim == 3:
+            x = np.repeat(x[..., None], 3, axis=3)
+        mean = torch.tensor(self.profile.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.profile.std, dtype=torch.float32).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+            feats = self._model.extract_features((t - mean) / std).mean(dim=(2, 3)).numpy()
+        norms = np.linalg.norm(feats, axis=1, keepdims=True)
+        return (feats / np.where(norms > 0, norms, 1)).astype(np.float32)
+
     def _embed(self, inputs: list[Any]) -> np.ndarray:
         batch = np.stack([preprocess_float(bytes(data), self.profile) for data in inputs])
         torch = self._torch

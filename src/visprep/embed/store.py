@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visprep.workspace import atomic_write_parquet, atomic_write_bytes, utcnow
+from visprep.workspace import atomic_write_bytes, atomic_write_parquet, utcnow
 
 IndexKind = Literal["flat", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw")

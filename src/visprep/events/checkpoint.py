@@ -1,31 +1,36 @@
-"""The events table's commit log: which ingest batches are committed, with their file checkpoints or Kafka offsets.
+"""The events table's commit log: the live part files, the event-id index, file checkpoints and Kafka offsets.
 
 Layout (beside the output it describes):
 
-    tables/events.parquet/part-<YYYY-MM-DD>-<batch>-<chunk>.parquet   event parts, one or more per (day, batch)
-    tables/events.parquet/_checkpoint.json                             the commit log (atomic rewrite)
-    tables/quarantine.parquet/part-events-<batch>.parquet              refused records of a batch
+    tables/events.parquet/part-<YYYY-MM-DD>-<batch>-<n>.parquet   event parts, one or more per (day, batch)
+    tables/events.parquet/_ids/<batch>.parquet                      event-id index: (event_id, c = content hash)
+    tables/events.parquet/_checkpoint.json                          the commit log (atomic rewrite)
+    tables/quarantine.parquet/part-events-<batch>.parquet           refused records of a batch
 
-A batch becomes visible by one atomic rename of `_checkpoint.json` that lists it with its file checkpoint (path,
-sha256) or its Kafka offsets. Parts of batches the log does not list are leftovers of a killed run: `recover()`
-deletes them before anything else reads the table, so a crash between writing output and committing leaves exactly
-the previous committed state.
+The log lists the live event parts and id files by name. A batch, or a compaction, becomes visible by one atomic
+rename of `_checkpoint.json`; files on disk the log does not list are leftovers of a killed run (output written,
+never committed; or parts a committed compaction replaced) and `recover()` deletes them before anything reads the
+table. So a crash at any point leaves exactly the previous committed state. (`_ids` and names starting with `_` or
+`.` are skipped by `pyarrow.parquet.read_table(folder)` and by `Workspace.read_table`.)
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from visprep.workspace import Workspace, atomic_write_bytes, atomic_write_parquet, utcnow
+from visprep.events.duck import copy_to, scalar, sql_list
+from visprep.workspace import Workspace, atomic_write_bytes, utcnow
 
 CHECKPOINT_NAME = "_checkpoint.json"
+IDS_DIR = "_ids"
 
 
 @dataclass
@@ -34,6 +39,7 @@ class BatchCommit:
 
     batch: str
     parts: list[str]
+    ids: list[str]
     events: int
     duplicates: int
     quarantined: int
@@ -47,11 +53,16 @@ class EventLog:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.dir = ws.table_path("events")
+        self.ids_dir = self.dir / IDS_DIR
         self.path = self.dir / CHECKPOINT_NAME
         self.state: dict[str, Any] = {"generation": 0, "pairs_generation": 0, "batches": {}, "files": {},
-                                      "kafka": {}}
+                                      "kafka": {}, "parts": [], "ids": [], "merges": 0, "hash_canary": None}
         if self.path.exists():
-            self.state = json.loads(self.path.read_text())
+            self.state.update(json.loads(self.path.read_text()))
+            if "parts" not in json.loads(self.path.read_text()):  # a log written before parts were listed
+                self.state["parts"] = sorted(p for b in self.state["batches"].values() for p in b["parts"])
+                self.state["ids"] = []
+                self.state["hash_canary"] = None
 
     # --- reading --------------------------------------------------------------------------------------
     @property
@@ -68,42 +79,60 @@ class EventLog:
         return {int(p): int(o) for p, o in self.state["kafka"].get(topic, {}).items()}
 
     def part_files(self) -> list[Path]:
-        """The committed event parts (after `recover()`, every part on disk)."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(p for p in self.dir.glob("part-*.parquet"))
+        """The committed event parts."""
+        return [self.dir / n for n in sorted(self.state["parts"])]
+
+    def id_files(self) -> list[Path]:
+        """The committed files of the event-id index."""
+        return [self.ids_dir / n for n in sorted(self.state["ids"])]
 
     # --- writing --------------------------------------------------------------------------------------
     def recover(self) -> int:
-        """Delete parts (events and events quarantine) of batches that never committed; return how many."""
+        """Delete files (event parts, id files, events quarantine parts) no commit lists; return how many."""
+        live = set(self.state["parts"])
+        live_ids = set(self.state["ids"])
         committed = set(self.state["batches"])
         n = 0
-        for p in self.dir.glob("part-*.parquet") if self.dir.is_dir() else []:
-            if _batch_of_event_part(p.name) not in committed:
-                p.unlink()
-                n += 1
+        if self.dir.is_dir():
+            for p in self.dir.glob("part-*.parquet"):
+                if p.name not in live:
+                    p.unlink()
+                    n += 1
+            for tmp in self.dir.glob(".*"):
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if self.ids_dir.is_dir():
+            for p in self.ids_dir.iterdir():
+                if p.name not in live_ids:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    n += p.suffix == ".parquet"
         qdir = self.ws.table_path("quarantine")
         for p in qdir.glob("part-events-*.parquet") if qdir.is_dir() else []:
             if p.name[len("part-events-"):-len(".parquet")] not in committed:
                 p.unlink()
                 n += 1
-        for tmp in self.dir.glob(".*.tmp") if self.dir.is_dir() else []:
-            tmp.unlink(missing_ok=True)
         return n
 
-    def write_parts(self, events: pa.Table, *, batch: str, chunk: int) -> list[str]:
-        """Write `events` (one chunk of `batch`) as one part per UTC day; return the part file names."""
-        names = []
-        if events.num_rows == 0:
-            return names
-        self.dir.mkdir(parents=True, exist_ok=True)
-        days = pc.unique(events.column("day")).to_pylist()
-        for day in sorted(days):
-            part = events.filter(pc.equal(events.column("day"), pa.scalar(day, pa.date32())))
-            name = f"part-{day:%Y-%m-%d}-{batch}-{chunk:05d}.parquet"
-            atomic_write_parquet(self.dir / name, part)
-            names.append(name)
-        return names
+    def check_id_index(self, con: Any) -> bool:
+        """Rebuild the id index from the event parts when it is missing or was hashed by another DuckDB build
+        (DuckDB's `hash()` is not promised stable across versions); return whether it was rebuilt."""
+        canary = content_hash_canary(con)
+        if self.state.get("hash_canary") == canary and (self.state["ids"] or not self.state["parts"]):
+            return False
+        old = self.id_files()
+        name = f"r{self.generation:010d}-{int(self.state.get('merges', 0)) + 1}.parquet"
+        if self.state["parts"]:
+            copy_to(con, f"SELECT event_id, {content_hash_sql()} AS c "
+                         f"FROM read_parquet({sql_list(self.part_files())})", self.ids_dir / name)
+            self.state["ids"] = [name]
+        else:
+            self.state["ids"] = []
+        self.state["merges"] = int(self.state.get("merges", 0)) + 1
+        self.state["hash_canary"] = canary
+        self._save()
+        for p in old:
+            if p.name not in self.state["ids"]:
+                p.unlink(missing_ok=True)
+        return True
 
     def commit(self, c: BatchCommit) -> None:
         """Make batch `c` visible: one atomic rewrite of the checkpoint (with its file checkpoint / offsets)."""
@@ -111,12 +140,58 @@ class EventLog:
         s["generation"] = int(s["generation"]) + 1
         s["batches"][c.batch] = {"parts": c.parts, "events": c.events, "duplicates": c.duplicates,
                                  "quarantined": c.quarantined, "committed_at": utcnow().isoformat()}
+        s["parts"] = sorted(set(s["parts"]) | set(c.parts))
+        s["ids"] = sorted(set(s["ids"]) | set(c.ids))
         if c.file is not None:
             s["files"][c.file["sha256"]] = {**c.file, "batch": c.batch}
         if c.kafka is not None:
             for topic, offsets in c.kafka.items():
                 s["kafka"].setdefault(topic, {}).update({str(p): int(o) for p, o in offsets.items()})
         self._save()
+
+    def compact(self, con: Any, *, small_rows: int, crash: Any = None) -> int:
+        """Merge the small parts of each day (fewer than `small_rows` rows) into one, and the small id files into
+        one; return how many files were merged away.
+
+        Output first, then one atomic checkpoint rewrite that swaps the file lists, then the old files go: a kill
+        before the swap leaves the merged file unlisted (deleted by `recover`), after it the old ones. The
+        generation does not move: the table's content is unchanged, so `interaction_pairs` stays current.
+        """
+        by_day: dict[str, list[str]] = defaultdict(list)
+        for name in self.state["parts"]:
+            if _rows(self.dir / name) < small_rows:
+                by_day[name[5:15]].append(name)
+        small_ids = [n for n in self.state["ids"] if _rows(self.ids_dir / n) < small_rows]
+        plan = {day: names for day, names in by_day.items() if len(names) > 1}
+        if not plan and len(small_ids) < 2:
+            return 0
+        m = int(self.state.get("merges", 0)) + 1
+        added, removed = [], []
+        for day, names in sorted(plan.items()):
+            out = f"part-{day}-m{m:09d}-00000.parquet"
+            _merge([self.dir / n for n in names], self.dir / out)
+            added.append(out)
+            removed += names
+        new_ids: list[str] = []
+        if len(small_ids) > 1:
+            out = f"m{m:09d}.parquet"
+            _merge([self.ids_dir / n for n in small_ids], self.ids_dir / out)
+            new_ids = [out]
+        if crash is not None:
+            crash("compact_after_output")
+        s = self.state
+        s["merges"] = m
+        s["parts"] = sorted((set(s["parts"]) - set(removed)) | set(added))
+        if new_ids:
+            s["ids"] = sorted((set(s["ids"]) - set(small_ids)) | set(new_ids))
+        self._save()
+        if crash is not None:
+            crash("compact_after_checkpoint")
+        for n in removed:
+            (self.dir / n).unlink(missing_ok=True)
+        for n in small_ids if new_ids else []:
+            (self.ids_dir / n).unlink(missing_ok=True)
+        return len(removed) - len(added) + (len(small_ids) - 1 if new_ids else 0)
 
     def mark_pairs(self) -> None:
         """Record that `interaction_pairs` was rebuilt from the current generation."""
@@ -132,11 +207,38 @@ class EventLog:
         atomic_write_bytes(self.path, json.dumps(self.state, indent=1, sort_keys=True, default=str).encode())
 
 
-def _batch_of_event_part(name: str) -> str:
-    # part-YYYY-MM-DD-<batch>-<chunk>.parquet
-    stem = name[len("part-"):-len(".parquet")]
-    bits = stem.split("-")
-    return bits[3] if len(bits) == 5 else ""
+def _merge(files: list[Path], out: Path) -> None:
+    """Concatenate small Parquet files into `out` atomically, one input in memory at a time (pyarrow's writer:
+    about 3x DuckDB's COPY here)."""
+    import os
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    schema = pq.read_schema(files[0])
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+            for f in files:
+                w.write_table(pq.read_table(f, schema=schema))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _rows(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def content_hash_sql(alias: str = "") -> str:
+    """DuckDB expression of an event's content hash (every field but the id and where it came from)."""
+    from visprep.events.normalize import CONTENT_FIELDS
+
+    return "hash(" + ", ".join(f"{alias}{f}" for f in CONTENT_FIELDS) + ")"
+
+
+def content_hash_canary(con: Any) -> int:
+    """The content hash of a fixed record: it changes when DuckDB's `hash()` does."""
+    return int(scalar(con, "SELECT hash(TIMESTAMPTZ '2024-01-01 00:00:00+00', 'u', 's', 'click', 'q', NULL::VARCHAR, "
+                       "'p', 3::INTEGER)"))
 
 
 def day_of(value: dt.date) -> str:

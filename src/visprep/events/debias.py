@@ -32,7 +32,8 @@ def model_propensity(rank: int, *, eta: float) -> float:
 
 
 def estimate_propensities(con: Any, *, cfg: EventsConfig) -> Propensities:
-    """Estimate rank propensities from the temp tables `imp` (impressions per list) and `clicked` (clicked items).
+    """Estimate rank propensities from the temp table `hstats` (query_id, product_id, position, n = result lists
+    that showed the product there, k = of them, lists where it was clicked; partial sums, added up here).
 
     Intervention harvesting (Agarwal et al. 2019): the same (query, product) shown at ranks r and r+1 in different
     lists differs only in examination, so over such pairs, weighted by min(impressions at r, at r+1),
@@ -45,12 +46,8 @@ def estimate_propensities(con: Any, *, cfg: EventsConfig) -> Propensities:
     if cfg.propensity == "harvest":
         rows = con.sql(f"""
             WITH s AS (
-                SELECT i.query_id, i.product_id, i.position, count(*) AS n, count(c.product_id) AS k
-                FROM imp i LEFT JOIN clicked c
-                  ON c.user_id = i.user_id AND c.session_id = i.session_id AND c.query_id = i.query_id
-                 AND c.product_id = i.product_id
-                WHERE i.position <= {top}
-                GROUP BY ALL)
+                SELECT query_id, product_id, position, sum(n) AS n, sum(k) AS k FROM hstats
+                WHERE position <= {top} GROUP BY ALL)
             SELECT a.position, sum(least(a.n, b.n)) AS support,
                    sum(least(a.n, b.n) * a.k / a.n) AS ctr_a, sum(least(a.n, b.n) * b.k / b.n) AS ctr_b
             FROM s a JOIN s b

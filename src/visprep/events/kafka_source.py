@@ -37,7 +37,8 @@ class KafkaBatch:
     next_offsets: dict[int, int]
 
     def chunks(self) -> Iterator[tuple[str, pa.Table]]:
-        """Yield `(source, (line, text))` per partition; `line` is the message offset."""
+        """Yield `(source, (line, text, seq))` per partition; `line` is the message offset, `seq` the position in
+        the batch (which version of a conflicting event id came first)."""
         for part in sorted(set(self.partitions)):
             idx = [i for i, p in enumerate(self.partitions) if p == part]
             raw = [self.values[i] or b"" for i in idx]
@@ -47,14 +48,16 @@ class KafkaBatch:
             except pa.ArrowInvalid:
                 text = pa.array([v.decode("utf-8", errors="replace") for v in raw], pa.string())
             yield (f"kafka://{self.topic}/{part}",
-                   pa.table({"line": pa.array([self.offsets[i] for i in idx], pa.int64()), "text": text}))
+                   pa.table({"line": pa.array([self.offsets[i] for i in idx], pa.int64()), "text": text,
+                             "seq": pa.array(idx, pa.int64())}))
 
 
 class KafkaBatches:
     """Iterate batches of `topic` from the workspace offsets until caught up or `max_seconds` have passed."""
 
     def __init__(self, *, bootstrap: str, topic: str, group: str, start_offsets: dict[int, int], batch_size: int,
-                 poll_s: float, max_seconds: float | None, assign_timeout_s: float = 30.0) -> None:
+                 poll_s: float, max_seconds: float | None, assign_timeout_s: float = 30.0,
+                 session_timeout_ms: int = 6000) -> None:
         self.topic, self.batch_size, self.poll_s = topic, batch_size, poll_s
         self.max_seconds, self.assign_timeout_s = max_seconds, assign_timeout_s
         self.start = dict(start_offsets)
@@ -67,7 +70,8 @@ class KafkaBatches:
             "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "enable.partition.eof": False,
             # A consumer killed with -9 holds its partitions until the session times out: keep that short.
-            "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "socket.timeout.ms": 10000,
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": max(100, min(1000, session_timeout_ms // 3)), "socket.timeout.ms": 10000,
         })
 
     def __enter__(self) -> KafkaBatches:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from visprep.config import EventsConfig
 from visprep.events.debias import Propensities, concentration, estimate_propensities
 from visprep.events.duck import sql_list, sql_str
@@ -47,48 +49,60 @@ def _signal_weight(cfg: EventsConfig) -> str:
             f"WHEN 'skip_above' THEN {cfg.skip_above_weight} END")
 
 
-def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig) -> PairsReport:
+_EMPTY_EVENTS = """SELECT NULL::VARCHAR AS event_id, NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS user_id,
+    NULL::VARCHAR AS session_id, NULL::VARCHAR AS type, NULL::VARCHAR AS query_id, NULL::VARCHAR AS query_image_id,
+    NULL::VARCHAR AS product_id, NULL::INTEGER AS position WHERE false"""
+
+
+def pair_groups(events: int, group_events: int) -> int:
+    """How many user-hash groups the pairs build runs in for `events` events (a power of two, at most 64)."""
+    g = 1
+    while events > g * group_events and g < 64:
+        g *= 2
+    return g
+
+
+def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, groups: int | None = None) -> PairsReport:
     """Compute `interaction_pairs` from event `parts` and write it to `out` atomically (temp file, rename).
+
+    Every list-level signal (a result list is one user's, a co-view one user's session) is computed per group of
+    users (`hash(user_id) % groups`), each group reading only its users' events, into small partial aggregates
+    keyed by (anchor, product, kind, rank); propensities need every group's (query, product, rank) counts, so
+    the weights are applied once, over the partials, at the end. Memory is bounded by a group, not the log.
 
     Args:
         con: a DuckDB connection from `visprep.events.duck.connect`.
         parts: the committed event part files.
         out: the target Parquet file (`tables/interaction_pairs.parquet`).
         cfg: weights, co-view window, propensity and popularity options.
+        groups: user-hash groups; default from the event count and `cfg.pairs_group_events`.
     """
     report = PairsReport()
-    if parts:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW ev AS SELECT * FROM read_parquet({sql_list(parts)})")
-    else:
-        con.execute("""CREATE OR REPLACE TEMP VIEW ev AS SELECT NULL::VARCHAR AS event_id, NULL::TIMESTAMPTZ AS ts,
-            NULL::VARCHAR AS user_id, NULL::VARCHAR AS session_id, NULL::VARCHAR AS type, NULL::VARCHAR AS query_id,
-            NULL::VARCHAR AS query_image_id, NULL::VARCHAR AS product_id, NULL::INTEGER AS position WHERE false""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE imp AS
-        SELECT user_id, session_id, query_id, product_id, min(position) AS position,
-               min(query_image_id) AS query_image_id
-        FROM ev WHERE type = 'impression' GROUP BY ALL""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE act AS
-        SELECT e.type AS kind, e.user_id, e.session_id, e.query_id, e.product_id,
-               coalesce(e.query_image_id, i.query_image_id) AS query_image_id,
-               coalesce(e.position, i.position) AS position
-        FROM ev e LEFT JOIN imp i
-          ON i.user_id = e.user_id AND i.session_id = e.session_id AND i.query_id = e.query_id
-         AND i.product_id = e.product_id
-        WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.query_id IS NOT NULL""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE clicked AS
-        SELECT DISTINCT user_id, session_id, query_id, product_id FROM act WHERE kind = 'click'""")
+    if groups is None:
+        n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        groups = pair_groups(n, cfg.pairs_group_events)
+    window = float(cfg.coview_window_s)
+    con.execute("""CREATE OR REPLACE TEMP TABLE acc (anchor_id VARCHAR, anchor_type VARCHAR, anchor_image_id VARCHAR,
+                       product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT)""")
+    con.execute("CREATE OR REPLACE TEMP TABLE hstats (query_id VARCHAR, product_id VARCHAR, position INTEGER, "
+                "n BIGINT, k BIGINT)")
+    con.execute("CREATE OR REPLACE TEMP TABLE expo (query_id VARCHAR, product_id VARCHAR, n BIGINT)")
+    con.execute("CREATE OR REPLACE TEMP TABLE pop (product_id VARCHAR, n BIGINT)")
+    src = f"read_parquet({sql_list(parts)})" if parts else f"({_EMPTY_EVENTS})"
+    cols = "ts, user_id, session_id, type, query_id, query_image_id, product_id, position"
+    for g in range(groups):
+        where = f"WHERE hash(user_id) % {groups} = {g}" if groups > 1 else ""
+        con.execute(f"CREATE OR REPLACE TEMP TABLE ev AS SELECT {cols} FROM {src} {where}")
+        _group_partials(con, window=window, max_rank=cfg.max_rank)
+    con.execute("DROP TABLE IF EXISTS ev")
 
     props = estimate_propensities(con, cfg=cfg)
     report.propensities = props
     values = ", ".join(f"({r}, {p!r})" for r, p in props.by_rank.items())
     con.execute(f"CREATE OR REPLACE TEMP TABLE prop AS SELECT * FROM (VALUES {values}) v(rank, p)")
     eta, clip = cfg.examination_eta, cfg.propensity_clip
-    inv_prop = (f"CASE WHEN a.position IS NULL THEN 1.0 "
+    inv_prop = (f"CASE WHEN a.position IS NULL OR a.kind IN ('coview', 'skip_above') THEN 1.0 "
                 f"ELSE 1.0 / coalesce(p.p, greatest({clip}, pow(a.position, -{eta}))) END")
-    window = float(cfg.coview_window_s)
     weight = _signal_weight(cfg)
     alpha = float(cfg.popularity_alpha)
 
@@ -96,48 +110,16 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     con.execute(f"""
         COPY (
-        WITH exposure AS (
-            SELECT query_id, product_id, count(*) AS exposures FROM imp GROUP BY ALL),
-        query_pairs AS (
-            SELECT a.query_id AS anchor_id, 'query' AS anchor_type, min(a.query_image_id) AS anchor_image_id,
-                   a.product_id, a.kind, count(*) AS cnt, avg(a.position) AS mean_position,
-                   sum({inv_prop}) AS ips
-            FROM act a LEFT JOIN prop p ON p.rank = a.position
-            GROUP BY a.query_id, a.product_id, a.kind),
-        lists AS (
-            SELECT user_id, session_id, query_id, max(position) AS lowest_click
-            FROM act WHERE kind = 'click' AND position IS NOT NULL GROUP BY ALL),
-        skipped AS (
-            SELECT i.* FROM imp i JOIN lists l
-              ON l.user_id = i.user_id AND l.session_id = i.session_id AND l.query_id = i.query_id
-            WHERE i.position < l.lowest_click
-              AND NOT EXISTS (SELECT 1 FROM clicked c
-                              WHERE c.user_id = i.user_id AND c.session_id = i.session_id
-                                AND c.query_id = i.query_id AND c.product_id = i.product_id)),
-        skip_pairs AS (
-            SELECT query_id AS anchor_id, 'query' AS anchor_type, min(query_image_id) AS anchor_image_id,
-                   product_id, 'skip_above' AS kind, count(*) AS cnt, avg(position) AS mean_position,
-                   count(*)::DOUBLE AS ips
-            FROM skipped GROUP BY query_id, product_id),
-        seen AS (
-            SELECT user_id, session_id, product_id, ts, type FROM ev
-            WHERE type IN ('view', 'click') AND product_id IS NOT NULL),
-        coviews AS (
-            SELECT DISTINCT a.product_id AS anchor_id, b.product_id, a.user_id, a.session_id
-            FROM seen a JOIN seen b
-              ON a.user_id = b.user_id AND a.session_id = b.session_id
-             AND b.ts > a.ts AND b.ts <= a.ts + to_seconds({window})
-            WHERE a.type = 'view' AND a.product_id <> b.product_id),
-        coview_pairs AS (
-            SELECT anchor_id, 'product' AS anchor_type, NULL::VARCHAR AS anchor_image_id, product_id,
-                   'coview' AS kind, count(*) AS cnt, NULL::DOUBLE AS mean_position, count(*)::DOUBLE AS ips
-            FROM coviews GROUP BY anchor_id, product_id),
-        popularity AS (
-            SELECT product_id, count(*)::DOUBLE AS n FROM ev
-            WHERE type IN ('click', 'add_to_cart', 'purchase', 'view') AND product_id IS NOT NULL GROUP BY 1),
-        pop_stats AS (SELECT sum(n) AS total, avg(n) AS mean FROM popularity),
+        WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM expo GROUP BY ALL),
         all_pairs AS (
-            SELECT * FROM query_pairs UNION ALL SELECT * FROM skip_pairs UNION ALL SELECT * FROM coview_pairs)
+            SELECT a.anchor_id, a.anchor_type, min(a.anchor_image_id) AS anchor_image_id, a.product_id, a.kind,
+                   sum(a.cnt) AS cnt,
+                   sum(a.position * a.cnt) / sum(CASE WHEN a.position IS NOT NULL THEN a.cnt END) AS mean_position,
+                   sum(a.cnt * {inv_prop}) AS ips
+            FROM acc a LEFT JOIN prop p ON p.rank = a.position
+            GROUP BY a.anchor_id, a.anchor_type, a.product_id, a.kind),
+        popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1),
+        pop_stats AS (SELECT sum(n) AS total, avg(n) AS mean FROM popularity)
         SELECT x.anchor_id, x.anchor_type, x.anchor_image_id, x.product_id, x.kind, x.cnt AS count,
                CASE WHEN x.anchor_type = 'query' THEN coalesce(e.exposures, 0) END AS exposures,
                x.mean_position,
@@ -162,6 +144,70 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig) ->
         report.by_kind[kind] = int(n)
     report.rows = sum(report.by_kind.values())
     report.concentration = concentration(con, str(out))
-    for t in ("imp", "act", "clicked", "prop"):
+    for t in ("acc", "hstats", "expo", "pop", "prop"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return report
+
+
+def _group_partials(con: Any, *, window: float, max_rank: int) -> None:
+    """Add one user group's partial aggregates (temp table `ev`) to `acc`, `hstats`, `expo` and `pop`."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE imp AS
+        SELECT user_id, session_id, query_id, product_id, min(position) AS position,
+               min(query_image_id) AS query_image_id
+        FROM ev WHERE type = 'impression' GROUP BY ALL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE act AS
+        SELECT e.type AS kind, e.user_id, e.session_id, e.query_id, e.product_id,
+               coalesce(e.query_image_id, i.query_image_id) AS query_image_id,
+               coalesce(e.position, i.position) AS position
+        FROM ev e LEFT JOIN imp i
+          ON i.user_id = e.user_id AND i.session_id = e.session_id AND i.query_id = e.query_id
+         AND i.product_id = e.product_id
+        WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.query_id IS NOT NULL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE clicked AS
+        SELECT DISTINCT user_id, session_id, query_id, product_id FROM act WHERE kind = 'click'""")
+    con.execute(f"""
+        INSERT INTO hstats
+        SELECT i.query_id, i.product_id, i.position, count(*) AS n, count(c.product_id) AS k
+        FROM imp i LEFT JOIN clicked c
+          ON c.user_id = i.user_id AND c.session_id = i.session_id AND c.query_id = i.query_id
+         AND c.product_id = i.product_id
+        WHERE i.position <= {int(max_rank)}
+        GROUP BY ALL""")
+    con.execute("INSERT INTO expo SELECT query_id, product_id, count(*) FROM imp GROUP BY ALL")
+    con.execute("""INSERT INTO pop SELECT product_id, count(*) FROM ev
+                   WHERE type IN ('click', 'add_to_cart', 'purchase', 'view') AND product_id IS NOT NULL
+                   GROUP BY 1""")
+    con.execute(f"""
+        INSERT INTO acc
+        WITH lists AS (
+            SELECT user_id, session_id, query_id, max(position) AS lowest_click
+            FROM act WHERE kind = 'click' AND position IS NOT NULL GROUP BY ALL),
+        skipped AS (
+            SELECT i.* FROM imp i JOIN lists l
+              ON l.user_id = i.user_id AND l.session_id = i.session_id AND l.query_id = i.query_id
+            WHERE i.position < l.lowest_click
+              AND NOT EXISTS (SELECT 1 FROM clicked c
+                              WHERE c.user_id = i.user_id AND c.session_id = i.session_id
+                                AND c.query_id = i.query_id AND c.product_id = i.product_id)),
+        seen AS (
+            SELECT user_id, session_id, product_id, ts, type FROM ev
+            WHERE type IN ('view', 'click') AND product_id IS NOT NULL),
+        coviews AS (
+            SELECT DISTINCT a.product_id AS anchor_id, b.product_id, a.user_id, a.session_id
+            FROM seen a JOIN seen b
+              ON a.user_id = b.user_id AND a.session_id = b.session_id
+             AND b.ts > a.ts AND b.ts <= a.ts + to_seconds({window})
+            WHERE a.type = 'view' AND a.product_id <> b.product_id)
+        SELECT query_id, 'query', min(query_image_id), product_id, kind, position, count(*)
+        FROM act GROUP BY query_id, product_id, kind, position
+        UNION ALL
+        SELECT query_id, 'query', min(query_image_id), product_id, 'skip_above', position, count(*)
+        FROM skipped GROUP BY query_id, product_id, position
+        UNION ALL
+        SELECT anchor_id, 'product', NULL, product_id, 'coview', NULL, count(*)
+        FROM coviews GROUP BY anchor_id, product_id""")
+    for t in ("imp", "act", "clicked"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 #: Click probability of an examined item, by true grade; popular irrelevant items get a curiosity click rate.
 CLICK_PROB = {0: 0.04, 2: 0.45, 3: 0.75}
 POPULAR_IRRELEVANT_CLICK = 0.25
+_TYPES = ("search", "impression", "click", "add_to_cart", "purchase", "view")
 
 
 @dataclass(frozen=True)
@@ -71,31 +72,59 @@ class World:
         })
 
 
+def _distinct_rows(rng: np.random.Generator, population: np.ndarray, rows: int, k: int,
+                   exclude: np.ndarray | None = None) -> np.ndarray:
+    """A (rows, k) draw from `population`, distinct within each row and disjoint from that row of `exclude`.
+
+    Rejection sampling in numpy: draw every row with replacement, redraw only the rows with a clash. With k much
+    smaller than the population (the simulator's case) a few rounds suffice; small populations use random sort keys.
+    """
+    n = len(population)
+    if k > n:
+        raise ValueError(f"cannot draw {k} distinct items from {n}")
+    if n * rows <= 4_000_000:  # exact and cheap: per-row random keys, excluded items sorted last
+        keys = rng.random((rows, n))
+        if exclude is not None:
+            pos = np.searchsorted(population, exclude)  # population is sorted by construction
+            pos = np.clip(pos, 0, n - 1)
+            hit = population[pos] == exclude
+            r = np.broadcast_to(np.arange(rows)[:, None], exclude.shape)
+            keys[r[hit], pos[hit]] = 2.0
+        return population[np.argpartition(keys, k - 1, axis=1)[:, :k]] if k < n else population[
+            np.argsort(keys, axis=1)]
+    out = population[rng.integers(0, n, (rows, k))]
+    bad = np.ones(rows, bool)
+    while bad.any():
+        idx = np.nonzero(bad)[0]
+        out[idx] = population[rng.integers(0, n, (len(idx), k))]
+        s = np.sort(out, axis=1)
+        clash = (s[:, 1:] == s[:, :-1]).any(axis=1)
+        if exclude is not None:
+            clash |= (out[:, :, None] == exclude[:, None, :]).any(axis=(1, 2))
+        bad = clash
+    return out
+
+
 def make_world(cfg: SimConfig) -> World:
-    """Draw products, popularity and per-query candidate pools with grades."""
+    """Draw products, popularity and per-query candidate pools with grades (vectorised over queries)."""
     rng = np.random.default_rng([cfg.seed, 0])
-    P = cfg.products
-    ids = np.array([f"p{i:06d}" for i in range(P)])
+    P, Q, R = cfg.products, cfg.queries, cfg.relevant
+    ids = np.char.add("p", np.char.zfill(np.arange(P).astype(str), 6))
     ranks = rng.permutation(P) + 1
     pop = 1.0 / ranks ** cfg.zipf
     pop /= pop.sum()
     by_pop = np.argsort(-pop)
-    head = by_pop[: max(cfg.popular_distractors * 2, P // 20)]
-    tail = by_pop[P // 5:]
-    pools, grades, clickp, pirr = [], [], [], []
-    for _ in range(cfg.queries):
-        rel = rng.choice(tail, cfg.relevant, replace=False)
-        popular = rng.choice(np.setdiff1d(head, rel), cfg.popular_distractors, replace=False)
-        rest = rng.choice(np.setdiff1d(np.arange(P), np.concatenate([rel, popular])), cfg.random_distractors,
-                          replace=False)
-        g = np.concatenate([rng.choice([2, 3], cfg.relevant), np.zeros(len(popular) + len(rest), int)])
-        cp = np.array([CLICK_PROB[int(x)] for x in g], float)
-        cp[cfg.relevant: cfg.relevant + len(popular)] = POPULAR_IRRELEVANT_CLICK
-        pools.append(np.concatenate([rel, popular, rest]))
-        grades.append(g)
-        clickp.append(cp)
-        pirr.append(np.r_[np.zeros(cfg.relevant, bool), np.ones(len(popular), bool), np.zeros(len(rest), bool)])
-    return World(ids, pop, np.array(pools), np.array(grades), np.array(clickp), np.array(pirr))
+    head = np.sort(by_pop[: max(cfg.popular_distractors * 2, P // 20)])
+    tail = np.sort(by_pop[P // 5:])
+    rel = _distinct_rows(rng, tail, Q, R)
+    popular = _distinct_rows(rng, head, Q, cfg.popular_distractors, exclude=rel)
+    rest = _distinct_rows(rng, np.arange(P), Q, cfg.random_distractors, exclude=np.concatenate([rel, popular], 1))
+    g = np.concatenate([rng.choice([2, 3], (Q, R)), np.zeros((Q, popular.shape[1] + rest.shape[1]), int)], axis=1)
+    cp = np.select([g == 3, g == 2], [CLICK_PROB[3], CLICK_PROB[2]], CLICK_PROB[0]).astype(float)
+    pirr = np.zeros(g.shape, bool)
+    pirr[:, R: R + popular.shape[1]] = True
+    cp[pirr] = POPULAR_IRRELEVANT_CLICK
+    return World(ids, pop, np.concatenate([rel, popular, rest], axis=1), g, cp, pirr)
 
 
 def _strings(prefix: str, n: np.ndarray) -> pa.Array:
@@ -124,50 +153,53 @@ def _chunk(world: World, cfg: SimConfig, first_search: int, n_search: int, rng: 
 
     cols: dict[str, list] = {k: [] for k in ("sid", "type", "prod", "pos", "rank", "ts", "seq")}
 
-    def add(mask: np.ndarray, typ: str, offset_ms: np.ndarray, with_pos: bool, seq: int) -> None:
+    def add(mask: np.ndarray, typ: int, offset_ms: np.ndarray, with_pos: bool, seq: int) -> None:
         s, k = np.nonzero(mask)
         cols["sid"].append(s)
-        cols["type"].append(np.full(len(s), typ))
+        cols["type"].append(np.full(len(s), typ, np.int8))
         cols["prod"].append(shown[s, k])
-        cols["pos"].append(np.where(with_pos, k + 1, 0))
+        cols["pos"].append(k + 1 if with_pos else np.zeros(len(s), np.int64))
         cols["rank"].append(k + 1)
         cols["ts"].append(t0[s] + offset_ms[s, k] if offset_ms.ndim == 2 else t0[s] + offset_ms)
-        cols["seq"].append(np.full(len(s), seq))
+        cols["seq"].append(np.full(len(s), seq, np.int8))
 
     zeros = np.zeros((n_search, K), np.int64)
     first = np.zeros((n_search, K), bool)
     first[:, 0] = True
-    add(first, "search", np.zeros(1, np.int64)[0], False, 0)
-    add(np.ones((n_search, K), bool), "impression", zeros + 100, True, 1)
+    add(first, 0, np.zeros(1, np.int64)[0], False, 0)
+    add(np.ones((n_search, K), bool), 1, zeros + 100, True, 1)
     click_ms = 2000 + 30_000 * rank  # clicks in rank order, tens of seconds apart
-    add(click, "click", click_ms, True, 2)
-    add(click, "view", click_ms + 1000, False, 3)
-    add(cart, "add_to_cart", click_ms + 10_000, False, 4)
-    add(buy, "purchase", click_ms + 20_000, False, 5)
+    add(click, 2, click_ms, True, 2)
+    add(click, 5, click_ms + 1000, False, 3)
+    add(cart, 3, click_ms + 10_000, False, 4)
+    add(buy, 4, click_ms + 20_000, False, 5)
 
     s = np.concatenate(cols["sid"])
     typ = np.concatenate(cols["type"])
     pos = np.concatenate(cols["pos"])
     prod = np.concatenate(cols["prod"])
-    is_search = typ == "search"
     gsid = sidx[s]
     n = len(s)
     eid = pc.binary_join_element_wise(_strings("e", gsid), pa.array(np.concatenate(cols["seq"])).cast(pa.string()),
                                       pa.array(np.concatenate(cols["rank"])).cast(pa.string()), "-")
-    qids = np.array([f"q{i:04d}" for i in range(Q)])
-    has_query = typ != "view"
+    # Strings by Arrow `take` from small dictionaries: no per-row Python objects.
+    qids = _strings("q", np.arange(Q)).cast(pa.string())
+    qids = pc.utf8_lpad(pc.utf8_slice_codeunits(qids, 1), 4, "0")
+    qids = pc.binary_join_element_wise("q", qids, "")
+    no_query = pa.array(typ == 5)
+    query_id = pc.if_else(no_query, pa.scalar(None, pa.string()), qids.take(pa.array(q[s])))
     table = pa.table({
         "event_id": eid,
         "ts": pa.array(np.concatenate(cols["ts"]).astype(np.int64)),
         "user_id": _strings("u", user[s]),
         "session_id": _strings("s", gsid),
-        "type": pa.array(typ),
-        "query_id": pa.array(np.where(has_query, qids[q[s]], None)),
-        "query_image_id": pa.array(np.where(has_query, np.char.add("img-", qids[q[s]]), None)),
-        "product_id": pa.array(np.where(is_search, None, world.product_ids[prod])),
-        "position": pa.array(np.where(pos > 0, pos, 0)).cast(pa.int32()),
+        "type": pa.array(list(_TYPES)).take(pa.array(typ)),
+        "query_id": query_id,
+        "query_image_id": pc.binary_join_element_wise("img-", query_id, ""),
+        "product_id": pc.if_else(pa.array(typ == 0), pa.scalar(None, pa.string()),
+                                 pa.array(world.product_ids).take(pa.array(prod))),
+        "position": pa.array(pos.astype(np.int32), mask=pos == 0),
     })
-    table = table.set_column(8, "position", pc.if_else(pc.equal(table["position"], 0), None, table["position"]))
     if cfg.duplicate_rate > 0:
         dup = np.nonzero(rng.random(n) < cfg.duplicate_rate)[0]
         table = pa.concat_tables([table, table.take(pa.array(dup))])

@@ -1,34 +1,37 @@
 """The events stage: sources -> validated, deduplicated `events` (committed per batch) -> `interaction_pairs`.
 
-Exactly-once: a batch (one file, or one run of Kafka messages) writes its event parts and its quarantine part,
-then commits by one atomic rewrite of `tables/events.parquet/_checkpoint.json` that carries the file checkpoint
-(path + sha256) or the Kafka offsets. Parts of uncommitted batches are deleted on the next start
-(`EventLog.recover`). Duplicate event ids are dropped against every committed part, so they count once across
-batches and runs. `interaction_pairs` is recomputed from the whole events table whenever the log moved on, so
-incremental runs give exactly the table a single run over all the input would.
+Exactly-once: a batch (one file, or one poll of Kafka messages) is staged and deduplicated in DuckDB
+(`visprep.events.batch`), writes its event parts, id-index file and quarantine part, then commits by one atomic
+rewrite of `tables/events.parquet/_checkpoint.json` that lists the live files and carries the file checkpoint
+(path + sha256) or the Kafka offsets. Files no commit lists are deleted on the next start (`EventLog.recover`).
+Duplicate event ids are dropped against the committed id index, so they count once across batches and runs.
+Kafka's small parts are compacted (same commit protocol). `interaction_pairs` is recomputed from the whole events
+table whenever the log moved on, so incremental runs give exactly the table a single run over all the input would.
+One writer at a time: every entry point holds the workspace lock `events`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 
 from visprep.config import section_params
-from visprep.events.checkpoint import BatchCommit, EventLog
-from visprep.events.duck import connect, sql_list, to_arrow
-from visprep.events.normalize import detail, fields_from_columns, fields_from_json_lines, validate_fields
+from visprep.events.batch import BatchCounts, BatchWriter
+from visprep.events.checkpoint import EventLog
+from visprep.events.duck import connect
 from visprep.events.pairs import PairsReport, build_pairs
-from visprep.events.readers import detect_format, iter_json_lines, iter_parquet_rows
-from visprep.workspace import QuarantineRecord, RunRecord, Workspace, file_fingerprint
+from visprep.events.readers import detect_format, iter_json_lines
+from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
 #: Named crash points for kill-and-resume tests (`_crash_at=`): the process kills itself with SIGKILL there.
-CRASH_POINTS = ("after_output", "after_checkpoint")
+CRASH_POINTS = ("after_output", "after_checkpoint", "compact_after_output", "compact_after_checkpoint")
 
 
 @dataclass
@@ -48,95 +51,58 @@ class EventsResult:
     pairs: dict[str, int] = field(default_factory=dict)
     concentration: dict[str, float] = field(default_factory=dict)
     recovered_parts: int = 0
+    compacted: int = 0
     caught_up: bool | None = None
 
-
-def _crash(point: str | None, here: str) -> None:
-    if point is not None and point not in CRASH_POINTS:
-        raise ValueError(f"unknown crash point {point!r}; valid: {', '.join(CRASH_POINTS)}")
-    if point == here:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class BatchWriter:
-    """Validates chunks of one batch, drops duplicates against the committed table, writes parts; then commits."""
-
-    def __init__(self, ws: Workspace, log: EventLog, con: Any, run: RunRecord, result: EventsResult) -> None:
-        self.ws, self.log, self.con, self.run, self.result = ws, log, con, run, result
-        cfg = ws.config.events
-        self.known: pa.Table | None = None
-        if cfg.unknown_product == "quarantine":
-            products = ws.read_table("products", ["product_id"])
-            if products.num_rows:
-                self.known = products
-            else:
-                run.notes.append("unknown_product=quarantine but there is no products table: not checked")
-
-    def write(self, batch: str, chunks: Iterable[tuple[str, pa.Table]], *, is_json: bool,
-              file: dict[str, Any] | None = None, kafka: dict[str, dict[str, int]] | None = None,
-              crash_at: str | None = None) -> None:
-        """Ingest `chunks` (source, raw table) as batch `batch` and commit it with its checkpoint."""
-        parts: list[str] = []
-        refused: list[QuarantineRecord] = []
-        new = dups = records = 0
-        for i, (source, raw) in enumerate(chunks):
-            records += raw.num_rows
-            fields = fields_from_json_lines(self.con, raw) if is_json else fields_from_columns(self.con, raw)
-            events, bad = validate_fields(self.con, fields, source=source, known_products=self.known)
-            fresh = self._drop_duplicates(events)
-            dups += events.num_rows - fresh.num_rows
-            new += fresh.num_rows
-            parts += self.log.write_parts(fresh, batch=batch, chunk=i)
-            for r in bad.to_pylist():  # refused records only: few, and each needs its own explanation
-                refused.append(QuarantineRecord(
-                    reason=r["reason"], detail=detail(r["reason"], r["field"], r["value"], source, r["line"]),
-                    source=source, line=r["line"], record_id=r["record_id"], field=r["field"], value=r["value"]))
-        self.ws.quarantine(refused, stage="events", run_id=self.run.run_id, key=batch)
-        _crash(crash_at, "after_output")
-        self.log.commit(BatchCommit(batch=batch, parts=parts, events=new, duplicates=dups,
-                                    quarantined=len(refused), file=file, kafka=kafka))
-        res = self.result
-        res.batches += 1
-        res.records += records
-        res.events_new += new
-        res.duplicates += dups
-        res.quarantined += len(refused)
+    def add(self, c: BatchCounts) -> None:
+        """Add one committed batch's counts."""
+        self.batches += 1
+        self.records += c.records
+        self.events_new += c.new
+        self.duplicates += c.duplicates
+        refused = c.refused or []
+        self.quarantined += len(refused)
         for r in refused:
-            res.by_reason[r.reason] = res.by_reason.get(r.reason, 0) + 1
+            self.by_reason[r.reason] = self.by_reason.get(r.reason, 0) + 1
 
-    def _drop_duplicates(self, events: pa.Table) -> pa.Table:
-        """Keep the first record of each event id in `events` that no committed (or earlier-chunk) part has."""
-        if events.num_rows == 0:
-            return events
-        self.con.register("_new", events)
+
+def _crasher(point: str | None) -> Callable[[str], None] | None:
+    if point is None:
+        return None
+    if point not in CRASH_POINTS:
+        raise ValueError(f"unknown crash point {point!r}; valid: {', '.join(CRASH_POINTS)}")
+
+    def crash(here: str) -> None:
+        if here == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return crash
+
+
+def _groups(rows: int, group_rows: int) -> int:
+    """How many event-id hash groups a file of `rows` records is staged in (a power of two, at most 64)."""
+    g = 1
+    while rows > g * group_rows and g < 64:
+        g *= 2
+    return g
+
+
+@contextmanager
+def _session(ws: Workspace, params: dict[str, Any]) -> Iterator[tuple[EventLog, Any, RunRecord, EventsResult]]:
+    """Hold the workspace's events lock, recover the log, open DuckDB and a run record."""
+    with ws.lock("events"):
+        result = EventsResult()
+        log = EventLog(ws)
+        result.recovered_parts = log.recover()
+        cfg = ws.config.events
+        con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
+                      threads=cfg.threads or None)
         try:
-            existing = self.log.part_files()
-            anti = ""
-            if existing:
-                anti = (f"WHERE event_id NOT IN (SELECT event_id FROM "
-                        f"read_parquet({sql_list(existing)}, union_by_name = false))")
-            out = to_arrow(self.con.sql(f"""
-                SELECT * FROM (SELECT * FROM _new QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY line) = 1)
-                {anti} ORDER BY ts, event_id"""))
+            log.check_id_index(con)
+            with ws.run("events", params) as run:
+                result.run_id = run.run_id
+                yield log, con, run, result
         finally:
-            self.con.unregister("_new")
-        return out.cast(events.schema)
-
-
-def _open(ws: Workspace) -> tuple[EventLog, Any, int]:
-    log = EventLog(ws)
-    recovered = log.recover()
-    cfg = ws.config.events
-    con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb")
-    return log, con, recovered
-
-
-def _file_chunks(path: Path, *, chunk_rows: int) -> tuple[bool, Iterator[tuple[str, pa.Table]]]:
-    fmt = detect_format(path)
-    src = str(path)
-    if fmt == "jsonl":
-        return True, ((src, t) for t in iter_json_lines(path))
-    return False, ((src, t) for t in iter_parquet_rows(path, batch_rows=chunk_rows))
+            con.close()
 
 
 def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pairs: bool = True,
@@ -144,37 +110,44 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
                        _crash_at: str | None = None) -> EventsResult:
     """Ingest event files (JSON lines or Parquet) into `events`, then rebuild `interaction_pairs` if needed.
 
-    A file whose content (sha256) was committed before is skipped, so re-running over the same files changes
-    nothing. `_crash_at` is a test hook (see `CRASH_POINTS`).
+    One file is one batch. A file whose content (sha256) was committed before is skipped, so re-running over the
+    same files changes nothing. Parquet files are read by DuckDB itself; JSON lines in 32 MB chunks parsed by
+    DuckDB. `_crash_at` is a test hook (see `CRASH_POINTS`).
     """
     paths = [Path(f).expanduser().resolve() for f in files]
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"event file not found: {p}")
         detect_format(p)
-    result = EventsResult()
-    log, con, result.recovered_parts = _open(ws)
-    try:
-        with ws.run("events", {**section_params(ws.config, "events"), "source": "files"}) as run:
-            result.run_id = run.run_id
-            fps = [file_fingerprint(p) for p in paths]
-            run.inputs = {"files": fps}
-            writer = BatchWriter(ws, log, con, run, result)
-            for path, fp in zip(paths, fps):
-                if log.file_committed(fp["sha256"]) is not None:
-                    result.files_already += 1
-                    continue
-                is_json, chunks = _file_chunks(path, chunk_rows=ws.config.events.chunk_rows)
-                writer.write("f" + fp["sha256"][:16], chunks, is_json=is_json, file=fp, crash_at=_crash_at)
-                _crash(_crash_at, "after_checkpoint")
-                result.files_read += 1
-                if progress:
-                    progress(1, len(paths))
-            if rebuild_pairs:
-                _maybe_rebuild_pairs(ws, log, con, run, result)
-            _record(run, result)
-    finally:
-        con.close()
+    crash = _crasher(_crash_at)
+    with _session(ws, {**section_params(ws.config, "events"), "source": "files"}) as (log, con, run, result):
+        fps = [file_fingerprint(p) for p in paths]
+        run.inputs = {"files": fps}
+        writer = BatchWriter(ws, log, con, run)
+        for path, fp in zip(paths, fps):
+            if log.file_committed(fp["sha256"]) is not None:
+                result.files_already += 1
+                continue
+            writer.begin()
+            if detect_format(path) == "jsonl":
+                for lines in iter_json_lines(path):
+                    writer.add_json_lines(lines, source=str(path))
+            else:
+                groups = _groups(pq.ParquetFile(path).metadata.num_rows, ws.config.events.group_rows)
+                for g in range(groups):
+                    writer.add_parquet(path, group=(g, groups))
+                    writer.end_group("f" + fp["sha256"][:16])
+            result.add(writer.finish("f" + fp["sha256"][:16], file=fp, crash=crash))
+            if crash:
+                crash("after_checkpoint")
+            result.files_read += 1
+            if progress:
+                progress(1, len(paths))
+        # Many small files leave many small day parts: merge them (content unchanged, pairs stay current).
+        result.compacted += log.compact(con, small_rows=ws.config.events.compact_rows, crash=crash)
+        if rebuild_pairs:
+            _maybe_rebuild_pairs(ws, log, con, run, result)
+        _record(run, result)
     return result
 
 
@@ -182,51 +155,58 @@ def ingest_kafka(ws: Workspace, *, bootstrap: str, topic: str, group: str = "vis
                  max_seconds: float | None = None, rebuild_pairs: bool = True,
                  _crash_at: str | None = None, _crash_after_batches: int = 1) -> EventsResult:
     """Consume `topic` into `events` exactly once (offsets live in the workspace), until caught up or
-    `max_seconds`; then rebuild `interaction_pairs` if needed.
+    `max_seconds`; compact the small parts it wrote; then rebuild `interaction_pairs` if needed.
 
-    `_crash_at` / `_crash_after_batches` are a test hook: kill this process at that point of that batch.
+    `_crash_at` / `_crash_after_batches` are a test hook: kill this process at that point of that batch (the
+    compaction points: of the compaction that follows that batch).
     """
     from visprep.events.kafka_source import KafkaBatches
 
-    result = EventsResult()
-    log, con, result.recovered_parts = _open(ws)
     cfg = ws.config.events
-    try:
-        params = {**section_params(ws.config, "events"), "source": "kafka", "bootstrap": bootstrap,
-                  "topic": topic, "group": group, "max_seconds": max_seconds}
-        with ws.run("events", params) as run:
-            result.run_id = run.run_id
-            start = log.kafka_offsets(topic)
-            run.inputs = {"kafka": {"topic": topic, "group": group, "start_offsets": start}}
-            writer = BatchWriter(ws, log, con, run, result)
-            with KafkaBatches(bootstrap=bootstrap, topic=topic, group=group, start_offsets=start,
-                              batch_size=cfg.kafka_batch, poll_s=cfg.kafka_poll_s,
-                              max_seconds=max_seconds) as source:
-                for n, batch in enumerate(source, start=1):
-                    crash = _crash_at if n == _crash_after_batches else None
-                    writer.write(f"k{log.generation + 1:010d}", batch.chunks(), is_json=True,
-                                 kafka={topic: batch.next_offsets}, crash_at=crash)
-                    _crash(crash, "after_checkpoint")
-                    source.commit(batch)  # informational: the workspace offsets are the truth
-                result.caught_up = source.caught_up
-            run.inputs["kafka"]["end_offsets"] = log.kafka_offsets(topic)
-            if rebuild_pairs:
-                _maybe_rebuild_pairs(ws, log, con, run, result)
-            _record(run, result)
-    finally:
-        con.close()
+    params = {**section_params(ws.config, "events"), "source": "kafka", "bootstrap": bootstrap,
+              "topic": topic, "group": group, "max_seconds": max_seconds}
+    with _session(ws, params) as (log, con, run, result):
+        start = log.kafka_offsets(topic)
+        run.inputs = {"kafka": {"topic": topic, "group": group, "start_offsets": start}}
+        writer = BatchWriter(ws, log, con, run)
+        with KafkaBatches(bootstrap=bootstrap, topic=topic, group=group, start_offsets=start,
+                          batch_size=cfg.kafka_batch, poll_s=cfg.kafka_poll_s,
+                          max_seconds=max_seconds, session_timeout_ms=cfg.kafka_session_timeout_ms) as source:
+            for n, batch in enumerate(source, start=1):
+                crash = _crasher(_crash_at) if n == _crash_after_batches else None
+                writer.begin()
+                for src, lines in batch.chunks():
+                    writer.add_json_lines(lines, source=src)
+                result.add(writer.finish(f"k{log.generation + 1:010d}", kafka={topic: batch.next_offsets},
+                                         crash=crash))
+                if crash:
+                    crash("after_checkpoint")
+                source.commit(batch)  # informational: the workspace offsets are the truth
+                if n % cfg.compact_every == 0:
+                    result.compacted += log.compact(con, small_rows=cfg.compact_rows, crash=crash)
+            result.caught_up = source.caught_up
+        result.compacted += log.compact(con, small_rows=cfg.compact_rows)
+        run.inputs["kafka"]["end_offsets"] = log.kafka_offsets(topic)
+        if rebuild_pairs:
+            _maybe_rebuild_pairs(ws, log, con, run, result)
+        _record(run, result)
     return result
 
 
 def build_interaction_pairs(ws: Workspace) -> PairsReport:
     """Recompute `interaction_pairs` from the committed events (whatever the log says)."""
-    log, con, _ = _open(ws)
-    try:
-        report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=ws.config.events)
-        log.mark_pairs()
-        return report
-    finally:
-        con.close()
+    with ws.lock("events"):
+        log = EventLog(ws)
+        log.recover()
+        cfg = ws.config.events
+        con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
+                      threads=cfg.threads or None)
+        try:
+            report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=cfg)
+            log.mark_pairs()
+            return report
+        finally:
+            con.close()
 
 
 def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord, result: EventsResult) -> None:
@@ -244,5 +224,5 @@ def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord,
 def _record(run: RunRecord, r: EventsResult) -> None:
     run.counts = {"files_read": r.files_read, "files_already": r.files_already, "batches": r.batches,
                   "records_in": r.records, "events_new": r.events_new, "duplicates": r.duplicates,
-                  "quarantined": r.quarantined, "recovered_parts": r.recovered_parts,
+                  "quarantined": r.quarantined, "recovered_parts": r.recovered_parts, "compacted": r.compacted,
                   **{f"pairs_{k}": v for k, v in r.pairs.items()}}

@@ -157,6 +157,7 @@ def write_manifest(out_dir: Path, manifest: ShardManifest) -> None:
     path = out_dir / MANIFEST_NAME
     tmp = out_dir / (MANIFEST_NAME + ".tmp")
     data = (json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n").encode("utf-8")
+    out_dir.mkdir(parents=True, exist_ok=True)  # a split with no samples still gets its (empty) manifest
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

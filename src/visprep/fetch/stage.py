@@ -94,12 +94,19 @@ def fetch_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = 
                 if progress:
                     progress(1, len(todo))
             flush()
-        if result.attempted or ws.part_count("urls") > 1:  # a killed run left parts behind
+        if result.attempted or _checkpoint_parts_left(ws):  # a killed run left its checkpoint parts behind
             compact_urls(ws)
         quarantined = refresh_fetch_quarantine(ws, run.run_id)
         run.counts = {"urls_in": result.wanted, "already": result.already, "attempted": result.attempted,
                       "ok": result.ok, "failed": result.failed, "quarantined": quarantined}
     return result
+
+
+def _checkpoint_parts_left(ws: Workspace) -> bool:
+    # Only this stage's checkpoint parts (named after a fetch run) call for compaction; other stages' parts (synth's
+    # store URLs) stay as they are, so a fetch with nothing to do leaves the table, and what depends on it, unchanged.
+    path = ws.table_path("urls")
+    return path.is_dir() and any("-fetch-" in p.name for p in path.glob("part-*.parquet"))
 
 
 def compact_urls(ws: Workspace) -> None:

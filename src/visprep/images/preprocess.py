@@ -66,6 +66,9 @@ PROFILES: dict[str, PreprocessProfile] = {
     # OpenAI CLIP / open_clip eval transform: resize the shorter side to the crop size, crop.
     "clip-224": PreprocessProfile(size=224, mean=CLIP_MEAN, std=CLIP_STD),
     "clip-336": PreprocessProfile(size=336, mean=CLIP_MEAN, std=CLIP_STD),
+    # The ImageNet transform scaled to a 128 crop (same 0.875 crop ratio): ~3x fewer FLOPs for CNN embedders, for
+    # low-resolution catalogs (the demo's 28-px Fashion-MNIST garments) and CPU-only runs.
+    "imagenet-128": PreprocessProfile(size=128, resize_shorter=146),
 }
 
 

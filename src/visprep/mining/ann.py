@@ -6,6 +6,12 @@ many positives still get enough candidates: sentence-transformers #3872), drop t
 faiss #1143) and every positive (same group or a known positive pair), rank the rest 1, 2, ... by similarity, keep
 ranks `skip_top+1 .. band_max`, apply the guard, and sample `k` of the survivors. Search runs in blocks of anchors,
 so the full similarity matrix is never materialised (sentence-transformers #3164).
+
+The draw is keyed per (anchor, candidate) pair (`keys.pair_keys`), not by a stream of random numbers, so an anchor's
+negatives do not depend on the block it was searched in: an incremental re-mine can reuse the others' rows.
+
+`search="auto"` picks the index by pool size (`auto_search`): exact below `AUTO_EXACT_MAX` items, else IVF-Flat
+with about sqrt(N) lists and few probes, the setting measured in benchmarks/bench_mining.py (docs/mining.md).
 """
 
 from __future__ import annotations
@@ -16,9 +22,64 @@ from typing import Any
 import numpy as np
 
 from visprep.mining.guard import FalseNegativeGuard
+from visprep.mining.keys import pair_keys
 from visprep.mining.positives import PositiveSets
 
-SEARCHES = ("exact", "ivf", "hnsw")
+SEARCHES = ("auto", "exact", "ivf", "hnsw")
+# Measured with benchmarks/bench_mining.py on 2 cores (docs/mining.md). Below AUTO_EXACT_MAX items, exact search in
+# BLAS blocks is about as fast as building an IVF index. Above it: IVF-Flat with 2*sqrt(N) lists, and probes
+# calibrated on the data. No fixed probe count is safe: 4 probes gave recall@50 1.0 on the clustered 1M set and 0.78
+# on Fashion-MNIST embeddings.
+AUTO_EXACT_MAX = 20_000
+AUTO_IVF_TRAIN_MAX = 100_000
+AUTO_RECALL_TARGET = 0.95  # on the calibration sample; leaves margin for the 0.9 target on the whole set
+AUTO_CALIBRATION_SAMPLE = 500
+AUTO_MAX_NPROBE = 256
+
+
+def auto_search(n: int) -> tuple[str, dict[str, int]]:
+    """The search and `build_search_index` options that `search="auto"` starts from for a pool of n items."""
+    if n <= AUTO_EXACT_MAX:
+        return "exact", {}
+    nlist = 1 << round(np.log2(2 * np.sqrt(n)))  # 2*sqrt(N), rounded to a power of two: 2048 at 1M
+    return "ivf", {"ivf_nlist": nlist, "ivf_train_max": AUTO_IVF_TRAIN_MAX}
+
+
+def calibrate_nprobe(index: Any, vectors: np.ndarray, *, k: int, target: float = AUTO_RECALL_TARGET,
+                     sample: int = AUTO_CALIBRATION_SAMPLE, seed: int = 0) -> dict[str, float]:
+    """Set an IVF index's nprobe to the smallest power of two whose recall@k reaches `target` on sampled anchors.
+
+    Recall@k: share of each sampled anchor's exact top-k neighbours (self excluded; `faiss.knn`, no copy of the
+    vectors) that the index returns in its top-k. Returns {"nprobe", "recall", "sample"}; the last tried nprobe
+    (at most AUTO_MAX_NPROBE or nlist) when the target is not reached.
+    """
+    import faiss
+
+    n = len(vectors)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    kk = min(k + 1, n)
+    _, exact = faiss.knn(np.ascontiguousarray(vectors[rows]), vectors, kk, metric=faiss.METRIC_INNER_PRODUCT)
+
+    def top(ids: np.ndarray) -> np.ndarray:
+        # Drop self where present, keep k: (A, k) padded with -2 (never an id).
+        out = np.full((len(rows), kk - 1), -2, np.int64)
+        for j in range(len(rows)):  # A is at most a few hundred: per-anchor set logic stays readable
+            keep = ids[j][ids[j] != rows[j]][: kk - 1]
+            out[j, : len(keep)] = keep
+        return out
+
+    truth = top(exact)
+    nprobe, recall = 1, 0.0
+    while True:
+        index.nprobe = nprobe
+        _, got = index.search(np.ascontiguousarray(vectors[rows]), kk)
+        found = top(got)
+        hits = (found[:, :, None] == truth[:, None, :]).any(axis=2) & (found >= 0)
+        recall = float(hits.sum() / max((truth >= 0).sum(), 1))
+        if recall >= target or nprobe >= min(AUTO_MAX_NPROBE, index.nlist):
+            break
+        nprobe *= 2
+    return {"nprobe": nprobe, "recall": round(recall, 4), "sample": len(rows)}
 
 
 @dataclass
@@ -29,6 +90,9 @@ class AnnNegatives:
         anchor, negative: (M,) int64 pool indices.
         score: (M,) float32 cosine similarity.
         rank: (M,) int32 rank of the negative among the anchor's non-positive candidates (1 = most similar).
+        radius: (A,) float32 per mined anchor (when asked): similarity of its band_max-th non-positive candidate,
+            -inf when it has fewer; anything new at least this similar changes its band.
+        band: (A, band_max) int64 pool indices of its non-positive candidates of ranks 1..band_max, -1 padded.
         counts: self, positive, band_top (ranks <= skip_top), guard_absolute, guard_relative, unsampled (in band,
             passed the guard, not drawn), kept, anchors_short (fewer than k kept), anchors_without_positive_score.
     """
@@ -38,22 +102,35 @@ class AnnNegatives:
     score: np.ndarray
     rank: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+    radius: np.ndarray | None = None
+    band: np.ndarray | None = None
 
 
 def build_search_index(vectors: np.ndarray, search: str, *, ivf_nlist: int = 0, ivf_nprobe: int = 16,
-                       hnsw_m: int = 32, hnsw_ef_search: int = 128, seed: int = 0) -> Any:
-    """Build an inner-product FAISS index over `vectors` (N, D) float32 for `search` ("exact", "ivf", "hnsw")."""
+                       ivf_train_max: int = 0, hnsw_m: int = 32, hnsw_ef_search: int = 128, seed: int = 0,
+                       auto_k: int = 50) -> Any:
+    """Build an inner-product FAISS index over `vectors` (N, D) float32 for `search` ("auto", "exact", "ivf", "hnsw").
+
+    `ivf_train_max` caps the k-means training sample (0: 64 per list). `search="auto"` picks the index by size and,
+    for IVF, calibrates nprobe to recall@`auto_k` (`calibrate_nprobe`; `build_auto_index` also returns the choice).
+    """
     import faiss
 
     vectors = np.ascontiguousarray(vectors, np.float32)
     n, d = vectors.shape
+    auto = search == "auto"
+    if auto:
+        search, options = auto_search(n)
+        ivf_nlist = options.get("ivf_nlist", ivf_nlist)
+        ivf_train_max = options.get("ivf_train_max", ivf_train_max)
     if search == "exact":
         index = faiss.IndexFlatIP(d)
     elif search == "ivf":
         nlist = ivf_nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)] if n > 64 * nlist else vectors
+        size = min(64 * nlist, ivf_train_max) if ivf_train_max else 64 * nlist
+        train = vectors[np.sort(rng.choice(n, size=size, replace=False))] if n > size else vectors
         index.train(train)
         index.nprobe = min(ivf_nprobe, nlist)
     elif search == "hnsw":
@@ -62,7 +139,21 @@ def build_search_index(vectors: np.ndarray, search: str, *, ivf_nlist: int = 0, 
     else:
         raise ValueError(f"unknown search {search!r}; valid: {', '.join(SEARCHES)}")
     index.add(vectors)
+    if auto and search == "ivf":
+        calibrate_nprobe(index, vectors, k=auto_k, seed=seed)
     return index
+
+
+def build_auto_index(vectors: np.ndarray, *, k: int, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """`build_search_index(vectors, "auto", auto_k=k)` and what it chose: search, options, calibration."""
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    search, options = auto_search(len(vectors))
+    index = build_search_index(vectors, search, seed=seed, **options)
+    info: dict[str, Any] = {"search": search, **options}
+    if search == "ivf":
+        info["calibration"] = calibrate_nprobe(index, vectors, k=k, seed=seed)
+        info["ivf_nprobe"] = info["calibration"]["nprobe"]
+    return index, info
 
 
 def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: PositiveSets, s_pos: np.ndarray,
@@ -70,7 +161,8 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
                        guard: FalseNegativeGuard | None = None, overfetch_margin: int = 8,
                        rng: np.random.Generator | None = None, index: Any = None, search: str = "exact",
                        query_batch: int = 4096, anchors: np.ndarray | None = None,
-                       index_options: dict[str, Any] | None = None) -> AnnNegatives:
+                       index_options: dict[str, Any] | None = None, item_keys: np.ndarray | None = None,
+                       seed: int | None = None, keep_band: bool = False) -> AnnNegatives:
     """Mine hard negatives for `anchors` (default: every pool item) among the pool.
 
     Args:
@@ -82,11 +174,15 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
         skip_top, band_max: hardness band: ranks skip_top+1 .. band_max among non-positives.
         guard: the false-negative guard (default `FalseNegativeGuard()`).
         overfetch_margin: candidates fetched beyond band_max + the anchor's positive images.
-        rng: for sampling within the band.
+        rng: draws the sampling seed when `seed` is None.
         index: a prebuilt FAISS index over `vectors` (ids = row positions); else one is built for `search`.
         query_batch: anchors per search block (bounds memory to query_batch x fetch).
         anchors: (A,) pool indices to mine for.
         index_options: keyword options of `build_search_index`.
+        item_keys: (N,) uint64 stable key of each pool item (e.g. `keys.string_keys` of its ids): with `seed`, the
+            draw of an anchor depends only on its own band, never on positions or blocks (default: positions).
+        seed: seed of the draw (default: drawn from `rng`).
+        keep_band: also return each anchor's `radius` and `band` (what incremental re-mining checks).
 
     Returns:
         `AnnNegatives`.
@@ -99,15 +195,26 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
     if not 0 <= skip_top < band_max:
         raise ValueError(f"need 0 <= skip_top < band_max, got {skip_top}, {band_max}")
     rng = rng or np.random.default_rng(0)
+    if seed is None:
+        seed = int(rng.integers(0, 2**63))
+    item_keys = np.arange(n, dtype=np.uint64) if item_keys is None else np.asarray(item_keys, np.uint64)
+    if item_keys.shape != (n,):
+        raise ValueError(f"item_keys must be (N,) = ({n},), got {item_keys.shape}")
     guard = guard or FalseNegativeGuard()
     anchors = np.arange(n) if anchors is None else np.asarray(anchors, np.int64)
     counts = dict.fromkeys(("self", "positive", "band_top", "guard_absolute", "guard_relative", "unsampled",
                             "kept", "anchors_short", "anchors_without_positive_score"), 0)
+    radius = np.full(len(anchors), -np.inf, np.float32) if keep_band else None
+    band = np.full((len(anchors), band_max), -1, np.int64) if keep_band else None
     empty = AnnNegatives(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                         np.zeros(0, np.int32), counts)
+                         np.zeros(0, np.int32), counts, radius, band)
     if n == 0 or len(anchors) == 0 or k == 0:
         return empty
-    if index is None:
+    if index is None and search == "auto":
+        index, info = build_auto_index(vectors, k=band_max, seed=int((index_options or {}).get("seed", 0)))
+        if "ivf_nprobe" in info:
+            counts["auto_ivf_nprobe"] = int(info["ivf_nprobe"])
+    elif index is None:
         index = build_search_index(vectors, search, **(index_options or {}))
     group_size = np.bincount(group)
     # Images among an anchor's positives (its own group, self included, plus paired groups).
@@ -131,9 +238,14 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
         counts["guard_absolute"] += int(absolute.sum())
         counts["guard_relative"] += int(relative.sum())
         counts["anchors_without_positive_score"] += int(np.isnan(s_pos[rows]).sum())
-        # Sample k survivors per anchor uniformly: random keys, survivors first.
-        keys = np.where(keep, rng.random(keep.shape), np.inf)
-        order = np.argsort(keys, axis=1, kind="stable")[:, :k]
+        if keep_band:
+            r_band, c_band = np.nonzero(nonpos & (rank <= band_max))
+            band[start + r_band, rank[r_band, c_band] - 1] = ids[r_band, c_band]
+            r_last, c_last = np.nonzero(nonpos & (rank == band_max))
+            radius[start + r_last] = sims[r_last, c_last]
+        # Sample k survivors per anchor uniformly: a pseudo-random key per (anchor, candidate), survivors first.
+        pk = pair_keys(seed, item_keys[rows][:, None], item_keys[np.where(valid, ids, 0)])
+        order = np.lexsort((pk, ~keep), axis=1)[:, :k]
         chosen = np.take_along_axis(keep, order, axis=1)
         n_keep = keep.sum(axis=1)
         counts["unsampled"] += int((n_keep - np.minimum(n_keep, k)).sum())
@@ -146,7 +258,7 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
         out_r.append(rank[r_idx, cols].astype(np.int32))
     counts["kept"] = int(sum(len(a) for a in out_a))
     return AnnNegatives(np.concatenate(out_a), np.concatenate(out_n), np.concatenate(out_s), np.concatenate(out_r),
-                        counts)
+                        counts, radius, band)
 
 
 def positive_scores(vectors: np.ndarray, *, group: np.ndarray, positives: PositiveSets, how: str = "mean",

@@ -9,13 +9,14 @@ feature store (for `ann`). Every drop of every rule is counted in the run record
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from visprep.config import section_params
-from visprep.mining.ann import mine_ann_negatives, positive_scores
+from visprep.mining.ann import positive_scores
 from visprep.mining.brand import mine_brand_negatives
 from visprep.mining.guard import FalseNegativeGuard
 from visprep.mining.positives import PositiveSets, build_positive_sets, merge_shared_images
@@ -45,11 +46,14 @@ class MiningItems:
 
 
 def product_group_map(ws: Workspace) -> dict[str, str]:
-    """product -> group: `product_groups` (dedup stage) when present, else the splits table's group_id."""
-    if "product_groups" in TABLES and ws.has_table("product_groups"):
+    """product -> group: the splits table's group_id (dedup groups plus synthetic colour variants joined to their
+    source, the split's own grouping), else `product_groups` before any split exists."""
+    if ws.has_table("splits"):
+        t = ws.read_table("splits", ["product_id", "group_id"])
+    elif "product_groups" in TABLES and ws.has_table("product_groups"):
         t = ws.read_table("product_groups", ["product_id", "group_id"])
     else:
-        t = ws.read_table("splits", ["product_id", "group_id"])
+        return {}
     return {p: g for p, g in zip(t.column("product_id").to_pylist(), t.column("group_id").to_pylist()) if g}
 
 
@@ -115,7 +119,9 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
     counts: dict[str, int] = {}
     with ws.run("mine", section_params(ws.config, "mining")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "pairs", "splits", "product_images",
-                                                            "images", "interaction_pairs")}
+                                                            "images", "interaction_pairs", "product_groups")}
+        if "ann" in cfg.kinds:
+            run.inputs["features"] = features_fingerprint(ws, feature_model)
         items = load_items(ws)
         counts["items"] = len(items)
         positives = build_positive_sets(items.group, items.product, items.positive_pairs)
@@ -159,7 +165,7 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
                 counts["skip_above.skipped_no_interaction_pairs"] = 1
                 run.notes.append("skip_above: no interaction_pairs table (run the events stage first)")
         if "ann" in cfg.kinds:
-            _mine_ann(ws, items, positives, pools, tables["ann"], add, rng, feature_model, run.notes)
+            _mine_ann(ws, items, positives, pools, splits, tables["ann"], add, feature_model, run.notes)
         for kind, parts in tables.items():
             if kind == "skip_above" and not ws.has_table("interaction_pairs"):
                 continue
@@ -170,34 +176,101 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
     return counts
 
 
-def _mine_ann(ws: Workspace, items: MiningItems, positives: PositiveSets, pools: list[np.ndarray],
-              out: list[pa.Table], add: Any, rng: np.random.Generator, feature_model: str | None,
-              notes: list[str]) -> None:
+def ann_model_id(ws: Workspace, feature_model: str | None = None) -> str:
+    """Model id of the feature store that `ann` reads: the argument, else mining.model, else the embed model's."""
     from visprep.embed.registry import model_id_of
+
+    ecfg = ws.config.embed
+    return feature_model or ws.config.mining.model or model_id_of(ecfg.model, **ecfg.options)
+
+
+def features_fingerprint(ws: Workspace, feature_model: str | None = None) -> str:
+    """A cheap fingerprint of the feature store `ann` reads (its part files), for the run's freshness key."""
+    import hashlib
+
+    from visprep.embed.stage import features_root
+    from visprep.embed.store import store_dir_name
+
+    try:
+        parts = features_root(ws) / store_dir_name(ann_model_id(ws, feature_model)) / "parts"
+    except (ImportError, ValueError, OSError) as exc:  # no id without the embedder: the mine itself reports it
+        return f"unavailable: {type(exc).__name__}"
+    h = hashlib.sha256()
+    for p in sorted(parts.glob("part-*.parquet")) if parts.exists() else []:
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def ann_params(ws: Workspace, model_id: str) -> dict[str, Any]:
+    """The parameters an ANN mine depends on (a change forces a full re-mine)."""
+    cfg = ws.config.mining
+    return {"model_id": model_id, "k": cfg.ann_per_anchor, "skip_top": cfg.skip_top, "band_max": cfg.band_max,
+            "relative_margin": cfg.relative_margin, "max_similarity": cfg.max_similarity,
+            "positive_score": cfg.positive_score, "overfetch_margin": cfg.overfetch_margin, "search": cfg.search,
+            "ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe, "hnsw_m": cfg.hnsw_m,
+            "hnsw_ef_search": cfg.hnsw_ef_search, "seed": cfg.seed}
+
+
+def ann_state_path(ws: Workspace, model_id: str, split: str | None) -> Path:
+    """Where the last ANN mine of one pool keeps its state (beside the feature store it read)."""
+    from visprep.embed.stage import features_root
+    from visprep.embed.store import store_dir_name
+
+    name = "all" if split is None else "".join(c if c.isalnum() or c in "-_" else "_" for c in split)
+    return features_root(ws) / store_dir_name(model_id) / "ann-state" / f"{name}.npz"
+
+
+def _mine_ann(ws: Workspace, items: MiningItems, positives: PositiveSets, pools: list[np.ndarray],
+              splits: list[str | None], out: list[pa.Table], add: Any, feature_model: str | None,
+              notes: list[str]) -> None:
     from visprep.embed.stage import features_root
     from visprep.embed.store import FeatureStore
+    from visprep.mining.incremental import AnnState, mine_with_state, positive_signatures
+    from visprep.mining.keys import string_keys
 
     cfg = ws.config.mining
-    ecfg = ws.config.embed
-    model_id = feature_model or cfg.model or model_id_of(ecfg.model, **ecfg.options)
+    model_id = ann_model_id(ws, feature_model)
     store = FeatureStore.open_existing(features_root(ws), model_id)
     notes.append(f"ann: feature store {model_id}")
+    if cfg.threads:
+        import faiss
+
+        faiss.omp_set_num_threads(cfg.threads)
     guard = FalseNegativeGuard(relative_margin=cfg.relative_margin, max_similarity=cfg.max_similarity)
     options = {"ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe, "hnsw_m": cfg.hnsw_m,
                "hnsw_ef_search": cfg.hnsw_ef_search, "seed": cfg.seed}
-    for rows in pools:
+    params = ann_params(ws, model_id)
+    group_keys = string_keys(items.group_id.astype(str).tolist())
+    for rows, split in zip(pools, splits):
         vecs, found = store.get(items.image_id[rows].tolist())
         add("ann", {"no_vector": int((~found).sum())})
         rows = rows[found]
         vecs = vecs[found]
+        path = ann_state_path(ws, model_id, split)
         if len(rows) == 0:
+            path.unlink(missing_ok=True)
             continue
         group = items.group[rows]
         pos = positives.subset(rows)
         s_pos = positive_scores(vecs, group=group, positives=pos, how=cfg.positive_score)
-        res = mine_ann_negatives(vecs, group=group, positives=pos, s_pos=s_pos, k=cfg.ann_per_anchor,
-                                 skip_top=cfg.skip_top, band_max=cfg.band_max, guard=guard,
-                                 overfetch_margin=cfg.overfetch_margin, rng=rng, search=cfg.search,
-                                 query_batch=cfg.query_batch, index_options=options)
+        keys = string_keys([f"{p}\x00{i}" for p, i in zip(items.product_id[rows], items.image_id[rows])])
+        # A group's key is the same whatever its code this run: codes are renumbered, ids are not.
+        key_of_code = np.zeros(int(items.group.max()) + 1, np.uint64)
+        key_of_code[items.group] = group_keys
+        old = AnnState.load(path) if cfg.incremental else None
+        res, state, decision = mine_with_state(
+            vecs, group=group, positives=pos, s_pos=s_pos, keys=keys, group_key=group_keys[rows],
+            pos_sig=positive_signatures(pos, key_of_code), params=params, old=old, band_max=cfg.band_max,
+            k=cfg.ann_per_anchor, skip_top=cfg.skip_top, guard=guard, overfetch_margin=cfg.overfetch_margin,
+            search=cfg.search, query_batch=cfg.query_batch, index_options=options, seed=cfg.seed)
+        state.save(path)
         out.append(_rows_table(items, rows, res.anchor, res.negative, "ann", res.rank, res.score))
-        add("ann", res.counts)
+        counts = {k: v for k, v in res.counts.items() if k != "kept"}
+        counts["kept"] = len(res.anchor)  # reused anchors' rows included
+        for name, v in decision.counts.items():
+            counts[name if name in ("remined", "reused", "full_remines") else f"incremental.{name}"] = v
+        add("ann", counts)
+        reason = decision.reason if cfg.incremental else "mining.incremental = false"
+        notes.append(f"ann[{split}]: {'full' if decision.full else 'incremental'} re-mine ({reason}): "
+                     f"{decision.counts['remined']} anchors re-mined, {decision.counts['reused']} reused")

@@ -103,12 +103,41 @@ def other_category_negatives(top: np.ndarray, k: int, rng: np.random.Generator
     return np.concatenate(anchors), np.concatenate(negs), np.concatenate(ranks)
 
 
+def interaction_positive_products(ws: Workspace) -> list[tuple[str, str]]:
+    """Product pairs the events stage found positive (click/add_to_cart/purchase/coview rows of `interaction_pairs`)."""
+    from visprep.mining.skip_above import POSITIVE_KINDS
+
+    if not ws.has_table("interaction_pairs"):
+        return []
+    t = ws.sql("SELECT DISTINCT anchor_id, product_id FROM t WHERE anchor_type = 'product' AND kind IN "
+               f"({', '.join(repr(k) for k in POSITIVE_KINDS)}) AND anchor_id <> product_id",
+               t=ws.read_table("interaction_pairs", ["anchor_id", "anchor_type", "product_id", "kind"]))
+    return list(zip(t.column("anchor_id").to_pylist(), t.column("product_id").to_pylist()))
+
+
+def known_positive_mask(anchor_group: np.ndarray, negative_group: np.ndarray,
+                        positive_pairs: np.ndarray) -> np.ndarray:
+    """(M,) bool: is (anchor_group[i], negative_group[i]) a known positive pair, in either direction.
+
+    Args:
+        anchor_group, negative_group: (M,) int64 group codes.
+        positive_pairs: (P, 2) int64 group-code pairs (undirected).
+    """
+    if len(positive_pairs) == 0 or len(anchor_group) == 0:
+        return np.zeros(len(anchor_group), bool)
+    width = int(max(anchor_group.max(), negative_group.max(), positive_pairs.max())) + 1
+    keys = np.concatenate([positive_pairs[:, 0] * width + positive_pairs[:, 1],
+                           positive_pairs[:, 1] * width + positive_pairs[:, 0]])
+    return np.isin(anchor_group * width + negative_group, keys)
+
+
 def pairs_stage(ws: Workspace) -> PairsResult:
     """Write `pairs` and the other_category rows of `negatives` from products with usable images."""
     cfg = ws.config.pairs
     res = PairsResult()
     with ws.run("pairs", section_params(ws.config, "pairs")) as run:
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits")}
+        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits",
+                                                            "interaction_pairs")}
         imgs = usable_images(ws)
         pid = imgs.column("product_id").to_pylist()
         iid = imgs.column("image_id").to_pylist()
@@ -141,6 +170,16 @@ def pairs_stage(ws: Workspace) -> PairsResult:
         iid_arr = np.asarray(iid, dtype=object)
         pid_arr = np.asarray(pid, dtype=object)
         group_arr = np.asarray(imgs.column("group_id").to_pylist(), dtype=object)
+        # Interaction positives (events stage) are lifted to groups, as the mine stage does: a clicked or co-viewed
+        # product is a positive of every image of the anchor's group, so never its other-category negative.
+        gnames, gcode = np.unique(group_arr.astype(str), return_inverse=True) if len(group_arr) else \
+            (np.zeros(0, str), np.zeros(0, np.int64))
+        code_of_group = {g: i for i, g in enumerate(gnames.tolist())}
+        group_of_product = {p: code_of_group[str(g)] for p, g in zip(pid, group_arr.tolist())}
+        inter = [(group_of_product[a], group_of_product[b]) for a, b in interaction_positive_products(ws)
+                 if a in group_of_product and b in group_of_product]
+        inter_pairs = np.array(inter, np.int64).reshape(-1, 2)
+        dropped_interaction = 0
         for s in sorted(set(split)):
             rows_s = np.flatnonzero(split_arr == s)
             a, n, rank = other_category_negatives(top_arr[rows_s].astype(str), cfg.negatives_per_anchor, rng)
@@ -148,6 +187,9 @@ def pairs_stage(ws: Workspace) -> PairsResult:
             # One photo can be listed by products of two categories: never pair an image with itself, and
             # never two members of one product group (near-duplicates are positives, whatever their category).
             keep = (iid_arr[a] != iid_arr[n]) & (group_arr[a] != group_arr[n])
+            known = keep & known_positive_mask(gcode[a], gcode[n], inter_pairs)
+            dropped_interaction += int(known.sum())
+            keep &= ~known
             a, n, rank = a[keep], n[keep], rank[keep]
             neg_rows["anchor_id"].extend(iid_arr[a])
             neg_rows["negative_id"].extend(iid_arr[n])
@@ -162,5 +204,6 @@ def pairs_stage(ws: Workspace) -> PairsResult:
         res.negatives = table.num_rows
         run.counts = {"images_in": res.images, "products_in": res.products, "same_product": res.same_product,
                       "image_title": res.image_title, "other_category_negatives": res.negatives,
-                      "products_single_image": res.products_single_image}
+                      "products_single_image": res.products_single_image,
+                      "other_category_dropped_interaction_positive": dropped_interaction}
     return res

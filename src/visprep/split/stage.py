@@ -72,6 +72,13 @@ def split_stage(ws: Workspace) -> dict[str, int]:
         run.inputs = split_inputs(ws)
         pids = ws.read_table("products", ["product_id"]).column("product_id").to_pylist()
         groups = product_groups(ws, pids)
+        # --- synthetic colour variants (issue 7) ---
+        # A variant (grade 3) takes its source's group: same split, and never a mined negative of its source.
+        # The link is in `products` (attributes.synthetic), so split_inputs' products fingerprint covers it.
+        from visprep.synthetic.products import synthetic_sources
+
+        variant_of = synthetic_sources(ws.read_table("products", ["product_id", "source_file", "attributes"]))
+        groups.update({pid: groups[src] for pid, src in variant_of.items() if pid in groups and src in groups})
         pinned = pinned_eval_products(ws, min_grade=labels.pin_min_grade)
         if pinned and labels.eval_split not in cfg.fractions:
             raise ValueError(f"labels.eval_split {labels.eval_split!r} is not a split; splits: {list(cfg.fractions)}")

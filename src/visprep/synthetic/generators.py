@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from visprep.synthetic.products import color_name
 from visprep.synthetic.views import (
     NEW_PRODUCT_OPS,
     SAME_PRODUCT_OPS,
@@ -34,11 +35,13 @@ class GeneratedView:
         recipe: JSON-able ``{"op": ..., **parameters}``.
         same_product: True when the image still shows the source SKU (grade 4), False for a different product
             of the same style (grade 3), e.g. a colour variant.
+        color: the colour name of a new product (a colour variant); the stage names it from the image when None.
     """
 
     image: np.ndarray
     recipe: dict[str, Any]
     same_product: bool
+    color: str | None = None
 
 
 class ViewGenerator(ABC):
@@ -110,7 +113,8 @@ class ClassicalViewGenerator(ViewGenerator):
                     v = recolor(rgb, mask, hue_shift_deg=shift)
                 except ValueError:  # achromatic product: a hue shift would not change it
                     break
-                out.append(GeneratedView(v.image, v.recipe, v.recipe["op"] not in NEW_PRODUCT_OPS))
+                out.append(GeneratedView(v.image, v.recipe, v.recipe["op"] not in NEW_PRODUCT_OPS,
+                                         color=color_name(v.image, mask)))
         return out
 
 

@@ -6,10 +6,14 @@ images are turned into views by a generator (`visprep.synthetic.generators`). Ea
 given a `urls` row (so `inspect` decodes it like any stored image). Views of the same SKU (background, framing)
 are added to `product_images` with ``source="synthetic"`` and the recipe, so the pairs stage pairs them with the
 catalog photos at ``pairs.synthetic_weight``. Colour variants are a different product (grade 3, same style,
-different colour): they get a new product id in `synthetic_views` and are never attached to the source SKU.
+different colour): each becomes a synthetic row of `products` (`visprep.synthetic.products`) with its own
+`product_images` row, and is never attached to the source SKU.
 
-Eval stays real: by default only train-split products get views, and every synthetic row says
-``source="synthetic"``, so any consumer can drop them.
+The stage is incremental and idempotent: views made with the current settings are kept, only new source images
+are rendered, and every table is rewritten only when its content changes.
+
+Eval stays real: by default only train-split products get views, and every synthetic row says so
+(``source="synthetic"`` / ``source_file="synthetic"``), so any consumer can drop them.
 """
 
 from __future__ import annotations
@@ -27,24 +31,43 @@ from visprep.config import section_params
 from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.images.preprocess import encode_jpeg
 from visprep.images.sniff import extension_for
-from visprep.schema import PRODUCT_IMAGES, SYNTHETIC_VIEWS, URLS
+from visprep.schema import PRODUCT_IMAGES, PRODUCTS, SYNTHETIC_VIEWS, URLS
 from visprep.synthetic.generators import ViewGenerator, make_generator
-from visprep.workspace import QuarantineRecord, Workspace, utcnow
+from visprep.synthetic.products import (
+    color_name,
+    is_stage_view_row,
+    is_synthetic_product,
+    variant_color,
+    variant_product_id,
+    variant_product_row,
+)
+from visprep.synthetic.views import foreground_mask
+from visprep.workspace import QuarantineRecord, Workspace, conform, utcnow
 
 STAGE = "synth"
 
 
 @dataclass
 class SynthResult:
-    """Counts of one synth run."""
+    """Counts of one synth run: views made in this run (same_product_views, color_variants), kept from earlier
+    runs (reused) and dropped (their source image is no longer a source, or the settings changed)."""
 
     products: int = 0
     source_images: int = 0
     same_product_views: int = 0
     color_variants: int = 0
     failed: int = 0
+    reused: int = 0
+    dropped: int = 0
+    rendered_images: int = 0
     by_op: dict[str, int] = field(default_factory=dict)
+    tables_written: list[str] = field(default_factory=list)
     run_id: str = ""
+
+    @property
+    def changed(self) -> bool:
+        """Whether this run wrote any table (what a pipeline asks to know if later stages may be stale)."""
+        return bool(self.tables_written)
 
 
 def _generator_from_config(ws: Workspace) -> ViewGenerator:
@@ -56,7 +79,8 @@ def _generator_from_config(ws: Workspace) -> ViewGenerator:
 
 
 def source_images(ws: Workspace, *, include_eval: bool, per_product: int) -> pa.Table:
-    """Catalog images to make views of: product_id, image_id, format, split (lowest positions first)."""
+    """Catalog images that decoded cleanly, to make views of: product_id, image_id, format, split (lowest positions
+    first). An image inspect refused (truncated, corrupt) is already quarantined there and never a source."""
     if not ws.has_table("splits") and not include_eval:
         raise ValueError("the synth stage needs the splits table to keep eval real (run `visprep split` first), "
                          "or synthetic.include_eval = true")
@@ -68,6 +92,7 @@ def source_images(ws: Workspace, *, include_eval: bool, per_product: int) -> pa.
           SELECT pi.product_id, u.image_id, u.format, s.split,
                  row_number() OVER (PARTITION BY pi.product_id ORDER BY pi.position, u.image_id) AS k
           FROM pi JOIN u ON u.url = pi.url AND u.status = 'ok'
+          JOIN im ON im.image_id = u.image_id AND im.status = 'ok'
           LEFT JOIN s ON s.product_id = pi.product_id
           WHERE coalesce(pi.source, 'catalog') = 'catalog'
             {"" if include_eval else "AND s.split = 'train'"}
@@ -75,72 +100,231 @@ def source_images(ws: Workspace, *, include_eval: bool, per_product: int) -> pa.
         ORDER BY product_id, image_id
         """,
         pi=ws.read_table("product_images"), u=ws.latest_urls(), s=splits.select(["product_id", "split"]),
+        im=ws.read_table("images", ["image_id", "status"]),
     )
+
+
+def params_key(generator: ViewGenerator, *, seed: int, jpeg_quality: int) -> str:
+    """Hash of what decides a view's pixels: the generator and its settings, the seed, the JPEG quality."""
+    blob = json.dumps({"generator": generator.describe(), "seed": seed, "jpeg_quality": jpeg_quality},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
+    return table.sort_by([(k, "ascending") for k in keys]) if table.num_rows else table
+
+
+def _same(old: pa.Table, new: pa.Table, keys: list[str]) -> bool:
+    """Whether two tables hold the same rows (order aside)."""
+    return old.num_rows == new.num_rows and _sorted(old, keys).equals(_sorted(new, keys))
+
+
+def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, key: str, run_id: str,
+                res: SynthResult, taken: set[str], progress: Callable[[int, int], None] | None
+                ) -> tuple[list[dict], dict[str, int], list[QuarantineRecord]]:
+    """Generate and store the views of `todo`'s images: synthetic_views rows, stored sizes, refused sources."""
+    cfg = ws.config.synthetic
+    views: list[dict] = []
+    sizes: dict[str, int] = {}
+    refused: list[QuarantineRecord] = []
+    for pid, iid, fmt, split in zip(*(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format",
+                                                                          "split"))):
+        # One RNG per source image, seeded from (seed, image): reruns and subsets draw the same views.
+        seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}\x00{iid}".encode()).digest()[:8], "big")
+        try:
+            rgb = decode_rgb(ws.store.get(iid, extension_for(fmt)))
+            made = generator.generate(rgb, rng=np.random.default_rng(seed))
+        except (OSError, ImageDecodeError, ValueError) as exc:
+            res.failed += 1
+            refused.append(QuarantineRecord(reason="synth_failed", detail=f"{type(exc).__name__}: {exc}",
+                                            record_id=iid, field="image_id", value=iid))
+            if progress:
+                progress(1, todo.num_rows)
+            continue
+        for view in made:
+            recipe = {**view.recipe, "derived_from": iid, "generator": generator.name}
+            recipe_json = json.dumps(recipe, sort_keys=True)
+            op = str(view.recipe["op"])
+            color = None
+            if view.same_product:
+                product_id, relation, grade = pid, "same_product", 4
+            else:
+                product_id, relation, grade = variant_product_id(pid, op, recipe_json), "color_variant", 3
+                if product_id in taken:  # a catalog product already has this id: never overwrite it
+                    refused.append(QuarantineRecord(
+                        reason="synthetic_id_taken", detail=f"colour variant id {product_id!r} of {pid!r} is a "
+                        "catalog product id; the variant is not made", record_id=product_id, field="product_id",
+                        value=product_id))
+                    continue
+                if view.color:
+                    color = view.color
+                else:  # a plug-in that does not name its colours: name it from the image
+                    mask = foreground_mask(view.image)
+                    color = color_name(view.image, mask if mask.any() else None)
+            data = encode_jpeg(view.image, quality=cfg.jpeg_quality)
+            vid = ws.store.put(data, "jpg")
+            sizes[vid] = len(data)
+            res.by_op[op] = res.by_op.get(op, 0) + 1
+            if view.same_product:
+                res.same_product_views += 1
+            else:
+                res.color_variants += 1
+            views.append({"image_id": vid, "source_image_id": iid, "source_product_id": pid,
+                          "product_id": product_id, "relation": relation, "grade": grade, "op": op,
+                          "recipe": recipe_json, "source": "synthetic", "split": split,
+                          "generator": generator.name, "run_id": run_id, "color": color, "params_key": key})
+        if progress:
+            progress(1, todo.num_rows)
+    return views, sizes, refused
 
 
 def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
                 progress: Callable[[int, int], None] | None = None) -> SynthResult:
-    """Make synthetic views of catalog products; see the module docstring for what is written."""
+    """Make the missing synthetic views of catalog products and bring the tables they feed up to date.
+
+    Incremental: views of a source image made with the same generator settings (`params_key`) are kept, only
+    new source images are rendered, views of images that are no longer sources are dropped. Every table is
+    written only when its content changes, so a rerun with nothing new writes nothing (fingerprints stay).
+    """
     cfg = ws.config.synthetic
     generator = generator or _generator_from_config(ws)
     res = SynthResult()
     params = {**section_params(ws.config, "synthetic"), "resolved_generator": generator.describe()}
+    key = params_key(generator, seed=cfg.seed, jpeg_quality=cfg.jpeg_quality)
     with ws.run(STAGE, params) as run:
         res.run_id = run.run_id
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("product_images", "urls", "splits")}
+        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits")}
         todo = source_images(ws, include_eval=cfg.include_eval, per_product=cfg.max_images_per_product)
         res.source_images = todo.num_rows
         res.products = len(set(todo.column("product_id").to_pylist()))
-        views, pimg, urls, refused = [], [], [], []
-        now = utcnow()
+        old_views = ws.read_table("synthetic_views")
+        # Views still valid: same settings, source image still a source (its split refreshed).
+        reused = conform(ws.sql(
+            f"""SELECT v.* REPLACE (t.split AS split) FROM v
+                JOIN t ON t.product_id = v.source_product_id AND t.image_id = v.source_image_id
+                WHERE v.params_key = '{key}'""", v=old_views, t=todo.select(["product_id", "image_id", "split"])),
+            SYNTHETIC_VIEWS)
+        pending = ws.sql(
+            """SELECT t.* FROM t ANTI JOIN r ON r.source_product_id = t.product_id AND r.source_image_id = t.image_id
+               ORDER BY t.product_id, t.image_id""",
+            t=todo, r=reused.select(["source_product_id", "source_image_id"]))
+        res.reused = reused.num_rows
+        res.rendered_images = pending.num_rows
+        products = ws.read_table("products")
+        synthetic_mask = is_synthetic_product(products)
+        catalog_products = products.filter(pc.invert(synthetic_mask))
+        taken = set(catalog_products.column("product_id").to_pylist())
         if progress:
-            progress(0, todo.num_rows)
-        for pid, iid, fmt, split in zip(*(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format",
-                                                                              "split"))):
-            # One RNG per source image, seeded from (seed, image): reruns and subsets draw the same views.
-            seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}\x00{iid}".encode()).digest()[:8], "big")
-            try:
-                rgb = decode_rgb(ws.store.get(iid, extension_for(fmt)))
-                made = generator.generate(rgb, rng=np.random.default_rng(seed))
-            except (OSError, ImageDecodeError, ValueError) as exc:
-                res.failed += 1
-                refused.append(QuarantineRecord(reason="synth_failed", detail=f"{type(exc).__name__}: {exc}",
-                                                record_id=iid, field="image_id", value=iid))
-                continue
-            for view in made:
-                data = encode_jpeg(view.image, quality=cfg.jpeg_quality)
-                vid = ws.store.put(data, "jpg")
-                recipe = {**view.recipe, "derived_from": iid, "generator": generator.name}
-                recipe_json = json.dumps(recipe, sort_keys=True)
-                op = str(view.recipe["op"])
-                res.by_op[op] = res.by_op.get(op, 0) + 1
-                if view.same_product:
-                    res.same_product_views += 1
-                    product_id, relation, grade = pid, "same_product", 4
-                    pimg.append({"product_id": pid, "position": 1000 + len(pimg), "url": ws.store.path(vid, "jpg")
-                                 .as_uri(), "source": "synthetic", "recipe": recipe_json})
-                else:
-                    res.color_variants += 1
-                    product_id = f"{pid}~{op}-{hashlib.sha256(recipe_json.encode()).hexdigest()[:10]}"
-                    relation, grade = "color_variant", 3
-                views.append({"image_id": vid, "source_image_id": iid, "source_product_id": pid,
-                              "product_id": product_id, "relation": relation, "grade": grade, "op": op,
-                              "recipe": recipe_json, "source": "synthetic", "split": split,
-                              "generator": generator.name, "run_id": run.run_id})
-                urls.append({"url": ws.store.path(vid, "jpg").as_uri(), "status": "ok", "image_id": vid,
-                             "format": "jpeg", "bytes": len(data), "attempts": 0, "final_url": None,
-                             "fetched_at": now, "run_id": run.run_id, "reason": "synthetic view"})
-            if progress:
-                progress(1, todo.num_rows)
-        ws.write_table("synthetic_views", pa.Table.from_pylist(views, schema=SYNTHETIC_VIEWS))
-        old = ws.read_table("product_images")
-        kept = old.filter(pc.fill_null(pc.not_equal(old["source"], "synthetic"), True))
-        ws.write_table("product_images", pa.concat_tables([kept, pa.Table.from_pylist(pimg, schema=PRODUCT_IMAGES)]))
-        ws.delete_parts("urls", "synthetic")
-        if urls:
-            ws.write_part("urls", pa.Table.from_pylist(urls, schema=URLS), "synthetic")
-        ws.quarantine(refused, stage=STAGE, run_id=run.run_id, key="all")
+            progress(0, pending.num_rows)
+        made, sizes, refused = _make_views(ws, pending, generator, key=key, run_id=run.run_id, res=res,
+                                           taken=taken, progress=progress)
+        views = pa.concat_tables([reused, pa.Table.from_pylist(made, schema=SYNTHETIC_VIEWS)])
+        views = views.filter(pc.invert(pc.and_(pc.equal(views["relation"], "color_variant"),
+                                               pc.is_in(views["product_id"], pa.array(sorted(taken), pa.string())))))
+        views = _sorted(views, ["source_product_id", "source_image_id", "op", "image_id", "product_id"])
+        res.dropped = old_views.num_rows - reused.num_rows
+        written = res.tables_written
+
+        # synthetic_views first: every other synthetic row is derived from it, so a run killed after this
+        # write is completed by the next run from the views it kept.
+        if not _same(old_views, views, ["image_id", "product_id", "source_image_id"]):
+            ws.write_table("synthetic_views", views)
+            written.append("synthetic_views")
+
+        prefix = ws.store.root.as_uri()
+        quoted = prefix.replace("'", "''")  # a store path may hold a quote; it is a SQL string literal here
+        derived = ws.sql(
+            f"""SELECT *, '{quoted}/' || substr(image_id, 1, 2) || '/' || substr(image_id, 3, 2) || '/' || image_id
+                          || '.jpg' AS url,
+                       999 + row_number() OVER (PARTITION BY product_id
+                                                ORDER BY source_image_id, op, image_id) AS position
+                FROM v""", v=views)
+
+        old_urls = ws.read_table("urls")
+        # Newest row per synthetic URL (a whole-table rewrite of `urls` elsewhere may have copied the part).
+        old_syn_urls = conform(ws.sql(
+            "SELECT * FROM o WHERE reason = 'synthetic view' "
+            "QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1", o=old_urls), URLS)
+        kept_urls = ws.sql("SELECT o.* FROM o SEMI JOIN d ON d.url = o.url AND d.image_id = o.image_id",
+                           o=old_syn_urls, d=derived.select(["url", "image_id"]))
+        have = set(kept_urls.column("url").to_pylist())
+        now = utcnow()
+        fresh = [{"url": u, "status": "ok", "image_id": i, "format": "jpeg",
+                  "bytes": sizes.get(i) or ws.store.path(i, "jpg").stat().st_size, "attempts": 0,
+                  "final_url": None, "fetched_at": now, "run_id": run.run_id, "reason": "synthetic view"}
+                 for u, i in dict(zip(derived.column("url").to_pylist(),
+                                      derived.column("image_id").to_pylist())).items() if u not in have]
+        new_urls = pa.concat_tables([conform(kept_urls, URLS), pa.Table.from_pylist(fresh, schema=URLS)])
+        if not _same(old_syn_urls, new_urls, ["url", "image_id"]):
+            ws.delete_parts("urls", "synthetic")
+            if new_urls.num_rows:
+                ws.write_part("urls", new_urls, "synthetic")
+            written.append("urls")
+
+        old_pi = ws.read_table("product_images")
+        syn_pi = pa.table({"product_id": derived["product_id"], "position": derived["position"].cast(pa.int32()),
+                           "url": derived["url"], "source": derived["source"], "recipe": derived["recipe"]})
+        # Only the rows this stage wrote are replaced: synthetic images a catalog file declares stay.
+        not_ours = pc.invert(is_stage_view_row(old_pi, prefix))
+        new_pi = _sorted(pa.concat_tables([old_pi.filter(not_ours), conform(syn_pi, PRODUCT_IMAGES)]),
+                         ["product_id", "position", "url"])
+        if not _same(old_pi, new_pi, ["product_id", "position", "url", "source", "recipe"]):
+            ws.write_table("product_images", new_pi)
+            written.append("product_images")
+
+        new_products = _variant_products(derived, catalog_products, products.filter(synthetic_mask), run.run_id)
+        new_products = _sorted(pa.concat_tables([catalog_products, new_products]), ["product_id"])
+        if not _same(products, new_products, ["product_id"]):
+            ws.write_table("products", new_products)
+            written.append("products")
+
+        _quarantine_if_changed(ws, refused, run.run_id)
         run.counts = {"products_in": res.products, "source_images": res.source_images,
-                      "same_product_views": res.same_product_views, "color_variants": res.color_variants,
-                      "failed": res.failed, **{f"op_{k}": v for k, v in sorted(res.by_op.items())}}
+                      "rendered_images": res.rendered_images, "reused_views": res.reused,
+                      "dropped_views": res.dropped, "same_product_views": res.same_product_views,
+                      "color_variants": res.color_variants, "failed": res.failed,
+                      "tables_written": len(written), **{f"op_{k}": v for k, v in sorted(res.by_op.items())}}
     return res
+
+
+def _variant_products(derived: pa.Table, catalog: pa.Table, old_synthetic: pa.Table, run_id: str) -> pa.Table:
+    """`products` rows of the colour variants of `derived` (views with url), from their sources' current rows."""
+    variants = derived.filter(pc.equal(derived["relation"], "color_variant"))
+    if variants.num_rows == 0:
+        return PRODUCTS.empty_table()
+    sources = catalog.filter(pc.is_in(catalog["product_id"], variants["source_product_id"]))
+    source_of = {r["product_id"]: r for r in sources.to_pylist()}
+    old = dict(zip(old_synthetic.column("product_id").to_pylist(),
+                   zip(old_synthetic.column("row_hash").to_pylist(), old_synthetic.column("updated_run").to_pylist())))
+    rows = []
+    for v in variants.select(["product_id", "source_product_id", "source_image_id", "op", "recipe", "generator",
+                              "color", "url"]).to_pylist():
+        src = source_of.get(v["source_product_id"])
+        if src is None:  # source product gone: its views go at the next run (no longer a source image)
+            continue
+        recipe = json.loads(v["recipe"])
+        color = variant_color(v["color"] or "recoloured", src.get("color"), recipe.get("hue_shift_deg"))
+        row = variant_product_row(src, product_id=v["product_id"], color=color, url=v["url"],
+                                  source_image_id=v["source_image_id"], op=v["op"], recipe=recipe,
+                                  generator=v["generator"], updated_run=run_id)
+        prev = old.get(v["product_id"])
+        if prev and prev[0] == row["row_hash"]:
+            row["updated_run"] = prev[1]  # unchanged: keep the run that made it, so the table stays equal
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=PRODUCTS)
+
+
+def _quarantine_if_changed(ws: Workspace, refused: list[QuarantineRecord], run_id: str) -> None:
+    """Record the refused sources, unless the same ones are already recorded (keeps the table untouched)."""
+    part = ws.table_path("quarantine") / f"part-{STAGE}-all.parquet"
+    if part.exists():
+        import pyarrow.parquet as pq
+
+        old = pq.read_table(part, columns=["record_id", "reason", "detail"]).to_pylist()
+        if sorted(map(str, old)) == sorted(str({"record_id": r.record_id, "reason": r.reason, "detail": r.detail})
+                                           for r in refused):
+            return
+    elif not refused:
+        return
+    ws.quarantine(refused, stage=STAGE, run_id=run_id, key="all")

@@ -28,19 +28,6 @@ TITLE = "Data quality: catalog-vs-user-photo shift, popularity re-sampling"
 IN_DEMO = {"box.png", "box_in_scene.png", "Blender_Suzanne1.jpg", "Blender_Suzanne2.jpg"}
 
 
-def _degrade(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
-    h, w = rgb.shape[:2]
-    ch, cw = int(h * rng.uniform(0.6, 0.9)), int(w * rng.uniform(0.6, 0.9))
-    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    img = rgb[y:y + ch, x:x + cw]
-    scale = rng.uniform(160, 320) / min(ch, cw)
-    img = cv2.resize(img, (max(8, int(cw * scale)), max(8, int(ch * scale))), interpolation=cv2.INTER_AREA)
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 2.0))
-    _, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 60))])
-    return buf.tobytes()
-
-
 def _catalog_ws(root: Path, n_products: int):
     from typer.testing import CliRunner
 
@@ -61,7 +48,7 @@ def _shift(n_products: int) -> dict:
     from visprep.config import QualityConfig
     from visprep.images.decode import ImageDecodeError, decode_rgb
     from visprep.images.sniff import extension_for
-    from visprep.quality.shift import catalog_images, image_stats, shift_report, vectors_for
+    from visprep.quality.shift import catalog_images, image_stats, shift_report, simulate_upload, vectors_for
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +65,7 @@ def _shift(n_products: int) -> dict:
                 rgb = decode_rgb(raw)
             except ImageDecodeError:  # not a photo the decoder takes
                 continue
-            degraded.append(ws.store.put(_degrade(rgb, rng), "jpg"))
+            degraded.append(ws.store.put(simulate_upload(rgb, rng), "jpg"))
             _, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
             plain.append(ws.store.put(buf.tobytes(), "jpg"))
         t = time.perf_counter()

@@ -21,7 +21,15 @@ from visprep.demo.sources import write_demo_sources
 from visprep.embed.registry import Embedder, register_embedder, unregister_embedder
 from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.quality.mix import mix_user_photos
-from visprep.quality.shift import FEATURES, catalog_images, image_stats, psi, shift_report, vectors_for
+from visprep.quality.shift import (
+    FEATURES,
+    catalog_images,
+    image_stats,
+    psi,
+    shift_report,
+    simulate_upload,
+    vectors_for,
+)
 from visprep.schema import INTERACTION_PAIRS, QUERIES
 from visprep.workspace import Workspace
 
@@ -40,21 +48,6 @@ class ThumbEmbedder(Embedder):
         out = [cv2.resize(decode_rgb(bytes(d), min_side=32), (16, 16), interpolation=cv2.INTER_AREA)
                .astype(np.float32).ravel() / 255.0 for d in inputs]
         return np.stack(out) - 0.5
-
-
-def _degrade(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
-    """A phone-upload look: off-centre crop, downscale, blur, heavy JPEG."""
-    h, w = rgb.shape[:2]
-    ch, cw = int(h * rng.uniform(0.6, 0.9)), int(w * rng.uniform(0.6, 0.9))
-    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    img = rgb[y:y + ch, x:x + cw]
-    scale = rng.uniform(160, 320) / min(ch, cw)
-    img = cv2.resize(img, (max(8, int(cw * scale)), max(8, int(ch * scale))), interpolation=cv2.INTER_AREA)
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 2.0))
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 60))])
-    assert ok
-    return buf.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +73,7 @@ def shift_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
             rgb = decode_rgb(raw)
         except ImageDecodeError:  # a sample file the decoder refuses is not a user photo
             continue
-        image_id = ws.store.put(_degrade(rgb, rng), "jpg")
+        image_id = ws.store.put(simulate_upload(rgb, rng), "jpg")
         rows.append({"source": str(p), "input_sha256": hashlib.sha256(raw).hexdigest(), "image_id": image_id,
                      "status": "accepted", "width": 0, "height": 0})
     ws.write_table("queries", pa.Table.from_pylist(rows, schema=QUERIES))

@@ -44,6 +44,27 @@ def image_stats(data: bytes, *, max_pixels: int = 89_478_485) -> np.ndarray:
     return np.array([float(gray.mean()), blur_score(np.ascontiguousarray(gray)), float(min(w, h)), w / h])
 
 
+def simulate_upload(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
+    """JPEG bytes of an RGB catalog image made to look like a phone upload: off-centre crop, rescale, blur, heavy JPEG.
+
+    Known-shift data for tests and benchmarks of the shift report.
+    """
+    import cv2
+
+    h, w = rgb.shape[:2]
+    ch, cw = int(h * rng.uniform(0.6, 0.9)), int(w * rng.uniform(0.6, 0.9))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    img = rgb[y:y + ch, x:x + cw]
+    scale = rng.uniform(160, 320) / min(ch, cw)
+    img = cv2.resize(img, (max(8, int(cw * scale)), max(8, int(ch * scale))), interpolation=cv2.INTER_AREA)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 2.0))
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 60))])
+    if not ok:
+        raise ValueError(f"OpenCV could not JPEG-encode a {img.shape} image")
+    return buf.tobytes()
+
+
 def psi(reference: np.ndarray, current: np.ndarray, *, bins: int = 10, floor: float = 1e-4) -> float:
     """Population stability index sum (c - r) ln(c / r) over `bins` bins cut at the pooled sample's quantiles
     (proportions floored at `floor`, so an empty bin is finite)."""

@@ -365,37 +365,49 @@ class Workspace:
     # --- writer locks (issue 3) ---
     @contextmanager
     def lock(self, name: str) -> Iterator[Path]:
-        """Hold the writer lock `locks/<name>.lock` for the block, or raise `WorkspaceLocked` naming its holder.
-
-        The lock is an OS file lock (flock) on a file that records pid, host and start time: the kernel drops it
-        when the holder exits or is killed (-9 included), so a lock file left behind is stale and taken over.
-        """
-        import fcntl
-        import socket
-
-        path = self.root / "locks" / f"{name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = path.read_text(errors="replace").strip() or "{}"
-            raise WorkspaceLocked(f"workspace {self.root} is busy: another '{name}' run holds {path} ({holder}); "
-                                  f"wait for it to finish") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                      "since": utcnow().isoformat()}).encode(), 0)
+        """Hold the writer lock `locks/<name>.lock` for the block, or raise `WorkspaceLocked` naming its holder."""
+        with file_lock(self.root / "locks" / f"{name}.lock", busy=f"workspace {self.root}",
+                       writer=f"'{name}' run") as path:
             yield path
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
 
-class WorkspaceLocked(RuntimeError):
-    """Another live process holds a writer lock of this workspace."""
+@contextmanager
+def file_lock(path: Path, *, busy: str, writer: str) -> Iterator[Path]:
+    """Hold an exclusive OS file lock on `path` for the block, or raise `WorkspaceLocked` naming the live holder.
+
+    The lock is an OS file lock (flock) on a file that records pid, host and start time: the kernel drops it when
+    the holder exits or is killed (-9 included), so a lock file left behind is stale and taken over. `busy` and
+    `writer` word the error: "<busy> is busy: another <writer> holds <path> (<holder>)".
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; single-writer use is the caller's responsibility
+        yield path
+        return
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = path.read_text(errors="replace").strip() or "{}"
+        raise WorkspaceLocked(f"{busy} is busy: another {writer} holds {path} ({holder}); wait for it to finish"
+                              ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": utcnow().isoformat()}).encode(), 0)
+        yield path
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class WorkspaceLocked(BlockingIOError):
+    """Another live process holds a writer lock (of a workspace stage, or of a split's shard folder)."""
 
 
 def _safe_part(key: str) -> str:

@@ -20,12 +20,11 @@ changed input can never mix stale shards into the result.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +39,7 @@ from visprep.export.manifest import (
     write_manifest,
 )
 from visprep.images.sniff import sniff_format
+from visprep.workspace import file_lock
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-:=+@~%]{0,199}")
 """Valid sample keys: 1-200 ASCII characters, starting with a letter or digit; no dots (webdataset splits the
@@ -163,7 +163,7 @@ def write_shards(
         ValueError: On a duplicate key (naming it), an invalid key, unserialisable metadata, bad bounds, or an
             existing manifest in `out_dir` that belongs to another split or cannot be read.
         TypeError: If an item of `samples` is not a `ShardSample`.
-        BlockingIOError: If another process is writing the same split into `out_dir`.
+        visprep.workspace.WorkspaceLocked (a BlockingIOError): If another process is writing the same split into `out_dir`.
     """
     if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
         raise ValueError(f"invalid split name {split!r}: use 1-64 characters from [A-Za-z0-9_]")
@@ -173,7 +173,8 @@ def write_shards(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with _exclusive_lock(out_dir / f".{split}.lock"):
+    # Two writers must never interleave on one split; the lock is released even on SIGKILL.
+    with file_lock(out_dir / f".{split}.lock", busy=f"split {split!r} in {out_dir}", writer="shard writer"):
         _remove_temp_files(out_dir, split)
         previous = _previous_records(out_dir, split) if resume else {}
         if not resume:
@@ -410,23 +411,4 @@ def _previous_records(out_dir: Path, split: str) -> dict[int, ShardRecord]:
     if manifest is None:
         return {}
     return {record.index: record for record in manifest.shards}
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an advisory lock so two writers never interleave on one split; released even on SIGKILL."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; single-writer use is the caller's responsibility
-        yield
-        return
-    with open(path, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise BlockingIOError(f"another writer holds {path}") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -480,15 +480,16 @@ class QualityConfig(_Section):
 
 # --- pipeline config (lead) ---
 
-_ALL_STAGES = ("fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mine", "popularity", "sample", "export")
+StageName = Literal["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mine", "popularity", "sample",
+                    "export"]
+_ALL_STAGES: tuple[str, ...] = get_args(StageName)
 _CORE_STAGES = ("fetch", "inspect", "split", "pairs", "export")
 
 
 class PipelineConfig(_Section):
-    """Which stages `visprep run` and `visprep demo` run, always in the order of this default list."""
+    """Which stages `visprep run` and `visprep demo` run (always in the pipeline's fixed order, not this list's)."""
 
-    stages: list[Literal["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mine", "popularity",
-                         "sample", "export"]] = Field(
+    stages: list[StageName] = Field(
         default_factory=lambda: list(_ALL_STAGES),
         description="Stages to run; synth, embed, dedup, mine, popularity (runs only once the events stage has "
                     "written interaction_pairs) and sample may be left out (mine's ann miner then uses whatever "

@@ -2,13 +2,13 @@
 
 Two kinds of stage. *Incremental* stages (fetch, inspect, synth, embed) are always called and do only the missing
 work (URLs not fetched, images not inspected, views not made, images without a current vector). *Table* stages
-(dedup, split, pairs, mine, sample, export) rewrite whole tables and are skipped when the fingerprints of the tables
-they read and their config sections equal those of their last good run.
+(dedup, split, pairs, mine, popularity, sample, export) rewrite whole tables and are skipped when the fingerprints
+of the tables they read and their config sections equal those of their last good run.
 
 Some stages feed each other both ways (synth skips eval products, so it needs the split; the split groups synthetic
-colour variants with their source, so it needs synth), so embed and split appear twice in a pass (see ORDER), and
-the passes repeat until one pass changes nothing: each stage writes only when its output changed, so the second
-pass normally finds everything up to date.
+colour variants with their source, so it needs synth), so inspect, embed and split appear twice in a pass (see
+ORDER), and the passes repeat until one pass changes nothing: each stage writes only when its output changed, so
+the second pass normally finds everything up to date.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from visprep.workspace import Workspace
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
 Bar = Callable[[int, int], None] | None
-STAGES = ("catalog", "fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mine", "popularity", "sample",
-          "export")
 # Run order within a pass. inspect and embed run before dedup (its signals) and again after synth (its new views);
 # split runs again after synth, whose colour variants are new products grouped with their source.
 ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "pairs", "mine",
@@ -139,6 +137,7 @@ def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, for
         t = time.perf_counter()
         report["catalog"] = ingest_catalog(ws, catalog_files, progress=bar("catalog"))
         timings["catalog"] = time.perf_counter() - t
+    forced: set[str] = set()  # with force, each table stage reruns once, not at each of its places in ORDER
     passes = 0
     for passes in range(1, MAX_PASSES + 1):
         changed = False
@@ -149,7 +148,9 @@ def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, for
             if not spec.table:
                 if passes > 1 and not changed:
                     continue  # nothing upstream moved in this pass: no missing work can have appeared
-            elif not (force and passes == 1) and is_up_to_date(ws, spec.name):
+            elif force and spec.name not in forced:
+                forced.add(spec.name)
+            elif is_up_to_date(ws, spec.name):
                 report.setdefault(spec.name, "up to date")
                 continue
             t = time.perf_counter()

@@ -11,11 +11,11 @@ TORCH  ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e .
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[demo]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 

@@ -29,6 +29,7 @@ from visprep.dedup.benchset import build_dedup_benchmark
 from visprep.dedup.groups import connected_groups
 from visprep.dedup.hamming import mih_radius_pairs
 from visprep.dedup.pairs import DedupParams, find_duplicates
+from visprep.dedup.visual import Signatures
 from visprep.images.inspect import inspect_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,17 +88,53 @@ def group_pairs(ids: list[str], labels: np.ndarray) -> set[tuple[str, str]]:
 
 
 OLD = "identical_image or (image_near and title_similar)"
-RULES = {  # name -> (params, give the images to find_duplicates)
-    "default: identical or (match<=6 [plain|trimmed|centre pHash] and title>=0.75), vetoes": (DedupParams(), True),
-    "default without colour veto": (DedupParams(color_veto=False), True),
-    "default, title>=0.85": (DedupParams(title_threshold=0.85), True),
-    "no images (plain pHash only; declared colours only)": (DedupParams(), False),
-    "previous default: identical or (near<=6 and title>=0.85)": (DedupParams(rule=OLD, title_threshold=0.85), False),
-    "image only: identical or near<=6": (DedupParams(rule="identical_image or image_near"), False),
+DEFAULT = "default: identical or (match<=6 [plain|trimmed|centre pHash] and title>=0.75), vetoes"
+RULES = {  # name -> (params, image signatures: "stored" by inspect, "decode"d in dedup, or None)
+    DEFAULT: (DedupParams(), "stored"),
+    "default, signatures decoded in dedup (fallback for rows inspected before they existed)": (DedupParams(),
+                                                                                               "decode"),
+    "default without colour veto": (DedupParams(color_veto=False), "stored"),
+    "default, title>=0.85": (DedupParams(title_threshold=0.85), "stored"),
+    "no images (plain pHash only; declared colours only)": (DedupParams(), None),
+    "previous default: identical or (near<=6 and title>=0.85)": (DedupParams(rule=OLD, title_threshold=0.85), None),
+    "image only: identical or near<=6": (DedupParams(rule="identical_image or image_near"), None),
+}
+EMB = "identical_image or ((image_match or embedding_similar) and title_similar)"
+EMBEDDING_RULES = {  # the optional embedding signal (EfficientNet-Lite0 vectors of the set's images)
+    "default + embedding_similar (cos>=0.9): identical or ((match or embedding) and title>=0.75), vetoes":
+        (DedupParams(rule=EMB, embedding_threshold=0.9), "stored"),
+    "default + embedding_similar (cos>=0.88)": (DedupParams(rule=EMB, embedding_threshold=0.88), "stored"),
 }
 
 
-def quality(n_base: int) -> dict:
+def bench_vectors(bench) -> tuple[np.ndarray, float | None]:
+    """EfficientNet-Lite0 vectors of the set's images (what `visprep embed` stores), cached under benchmarks/.work by
+    the images' hashes; (vectors, seconds it took to embed them, None when cached)."""
+    import hashlib
+
+    key = hashlib.sha256("".join(bench.image_ids()).encode()).hexdigest()[:16]
+    path = WORK / f"vectors-efficientnet-lite0-{key}.npy"
+    if path.exists():
+        return np.load(path), None
+    from visprep.embed.efficientnet import EfficientNetLite0Embedder
+
+    emb = EfficientNetLite0Embedder(threads=2)
+    t = time.perf_counter()
+    vecs = np.concatenate([emb.embed(bench.images[k : k + 64]) for k in range(0, len(bench.images), 64)])
+    secs = time.perf_counter() - t
+    np.save(path, vecs)
+    return vecs, secs
+
+
+def inspected(images: list[bytes]) -> tuple[np.ndarray, Signatures]:
+    """pHash and signature of each image, as `inspect` stores them in the `images` table."""
+    infos = [inspect_image(b) for b in images]
+    return (np.array([x.phash for x in infos], np.uint64),
+            Signatures(codes=np.array([x.signature_codes for x in infos], np.uint64),
+                       color=np.array([x.fg_color for x in infos], np.float32), ok=np.ones(len(infos), bool)))
+
+
+def quality(n_base: int, *, with_embeddings: bool = True) -> dict:
     bench = build_dedup_benchmark(n_base, seed=0)
     img_dir = WORK / f"images-{n_base}"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -106,22 +143,32 @@ def quality(n_base: int) -> dict:
     for p, data in zip(bench.product_ids, bench.images):
         (img_dir / f"{p}.jpg").write_bytes(data)
     t = time.perf_counter()
-    codes = np.array([inspect_image(b).phash for b in bench.images], np.uint64)
+    codes, sigs = inspected(bench.images)
     hash_s = time.perf_counter() - t
     out = {"products": len(bench.product_ids), "duplicates": len(bench.duplicate_pairs),
            "lookalikes": len(bench.lookalike_pairs), "visprep_hash_s": round(hash_s, 2), "visprep": {},
            "by_transform": {}}
-    for name, (params, with_images) in RULES.items():
+    rules = dict(RULES)
+    vectors = None
+    if with_embeddings:
+        vectors, embed_s = bench_vectors(bench)
+        out["embed_s"] = embed_s  # None: cached from an earlier run
+        rules.update(EMBEDDING_RULES)
+    for name, (params, images) in rules.items():
         t = time.perf_counter()
         c = find_duplicates(bench.product_ids, bench.titles, bench.top_categories, np.arange(len(codes)),
                             bench.image_ids(), codes, params=params,
-                            image_loader=bench.images.__getitem__ if with_images else None)
+                            image_loader=bench.images.__getitem__ if images == "decode" else None,
+                            signatures=sigs if images == "stored" else None,
+                            embeddings=(lambda rows: (vectors[rows], np.ones(len(rows), bool)))
+                            if vectors is not None and "embedding_similar" in params.rule else None)
         labels = connected_groups(len(codes), c.a[c.accepted], c.b[c.accepted])
         secs = time.perf_counter() - t
         out["visprep"][name] = {**scores(group_pairs(bench.product_ids, labels), bench), "s": round(secs, 3),
                                 "images_decoded": c.counts.get("images_decoded", 0),
                                 "trimmed_checked_pairs": c.counts["trimmed_checked_pairs"],
-                                "color_vetoed_pairs": c.counts["color_vetoed_pairs"]}
+                                "color_vetoed_pairs": c.counts["color_vetoed_pairs"],
+                                "embedding_checked_pairs": c.counts.get("embedding_checked_pairs", 0)}
         gid = dict(zip(bench.product_ids, labels.tolist()))
         out["by_transform"][name] = {
             tr: round(float(np.mean([gid[a] == gid[b] for a, b, t2 in bench.duplicate_pairs if t2 == tr])), 2)
@@ -138,6 +185,7 @@ def quality(n_base: int) -> dict:
                 tr: round(float(np.mean([tuple(sorted((a, b))) in pairs for a, b, t2 in bench.duplicate_pairs
                                          if t2 == tr])), 2) for tr in sorted({t2 for _, _, t2 in bench.duplicate_pairs})}
     out["_codes"] = codes
+    out["_sigs"] = sigs
     out["_bench"] = bench
     return out
 
@@ -233,38 +281,72 @@ _STAGE_CHILD = r"""
 import datetime as dt, json, resource, sys, time
 import numpy as np, pyarrow as pa
 sys.path.insert(0, sys.argv[3])
-from bench_dedup import synthetic_catalog
+from bench_dedup import synthetic_catalog, score_synthetic
 from visprep.dedup.stage import dedup_stage
 from visprep.workspace import Workspace
-n, root, brand_share = int(sys.argv[1]), sys.argv[2], float(sys.argv[4])
+n, root, brand_share, material = int(sys.argv[1]), sys.argv[2], float(sys.argv[4]), sys.argv[5]
 t = time.perf_counter()
-ws = synthetic_catalog(n, root, brand_share=brand_share)
+ws, truth = synthetic_catalog(n, root, brand_share=brand_share, material=material)
 build_s = time.perf_counter() - t
 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 t = time.perf_counter()
 res = dedup_stage(ws)
-out = {"n": n, "brand_share": brand_share, "build_workspace_s": round(build_s, 1), "stage_s": round(time.perf_counter() - t, 1),
+stage_s = time.perf_counter() - t
+out = {"n": n, "brand_share": brand_share, "image_checks": ws.config.dedup.image_checks,
+       "build_workspace_s": round(build_s, 1), "stage_s": round(stage_s, 1),
        "phases_s": res.seconds, "counts": res.counts, "groups": res.groups,
        "products_in_groups": res.products_in_groups, "peak_rss_mib_before_stage": rss_before,
-       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+       **score_synthetic(ws, truth)}
 print(json.dumps(out))
 """
 
 
-def synthetic_catalog(n: int, root: str, *, brand_share: float = 1.0):
-    """A workspace with `n` synthetic products (labelled so in the docs): one image row each with a pHash (uniform
-    random codes; 20 % are near-duplicate listings of another product: its code with 1-8 bits flipped and its title
-    reworded), titles "Brand Colour Material Noun Model" from 500 brands, 30 colours, 20 materials, 30 nouns in 3
-    top categories and a 200k-word model pool, colours declared on 80 % of products, brands on `brand_share` of them
-    (a required attribute in e.g. Google Merchant Center feeds; undeclared brands cost far more). No image bytes
-    are stored, so `dedup.image_checks` is off (plain pHash, declared colours and brands)."""
+def signature_material(bench, codes: np.ndarray, sigs: Signatures) -> dict[str, np.ndarray]:
+    """What the synthetic catalogs borrow from the real benchmark set, all computed by `inspect_image` from its real
+    images: each base photo's foreground colour, and for every known near-duplicate pair (per transform) and
+    look-alike pair the XOR of their four codes (plain pHash + the three signature codes) and their colour
+    difference — how a real transform (or a different real photo) moves each code and the colour."""
+    row = {p: k for k, p in enumerate(bench.product_ids)}
+    four = np.concatenate([codes[:, None], sigs.codes], axis=1)  # (M, 4) uint64
+
+    def deltas(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        a = np.array([row[x] for x, _ in pairs])
+        b = np.array([row[y] for _, y in pairs])
+        return four[a] ^ four[b], sigs.color[b] - sigs.color[a]
+
+    dup_xor, dup_dcolor = deltas([(a, b) for a, b, _ in bench.duplicate_pairs])
+    look_xor, look_dcolor = deltas(bench.lookalike_pairs)
+    bases = [k for k, p in enumerate(bench.product_ids) if not p.startswith(("DUP-", "LOOK-"))]
+    return {"base_color": sigs.color[bases], "dup_xor": dup_xor, "dup_dcolor": dup_dcolor,
+            "dup_transform": np.array([t for _, _, t in bench.duplicate_pairs]), "look_xor": look_xor,
+            "look_dcolor": look_dcolor}
+
+
+def synthetic_catalog(n: int, root: str, *, brand_share: float = 1.0, material: str | None = None):
+    """A workspace with `n` synthetic products (labelled so in the docs), one image row each, and the planted truth.
+
+    Titles "Brand Colour Material Noun Model" from 500 brands, 30 colours, 20 materials, 30 nouns in 3 top
+    categories and a 200k-word model pool; colours declared on 80 % of products, brands on `brand_share` of them (a
+    required attribute in e.g. Google Merchant Center feeds; undeclared brands cost far more).
+
+    Images: 70 % base products with uniform random codes (plain pHash and the three signature codes) and the
+    foreground colour of a random real base photo; 20 % near-duplicate listings of a base product (its title
+    reworded by `benchset.reword_title`, same brand and declared colour) whose codes and colour are the base's moved
+    exactly as a real benchmark pair of that transform moved them (`signature_material`: XOR of the codes, colour
+    difference); 10 % look-alikes (the base's title, brand and declared colour; codes and colour moved as a real
+    look-alike pair's). No image bytes: `inspect` would store these columns, and `dedup` reads them
+    (`image_checks` on). Returns (workspace, truth: base/dup/look-alike rows and each duplicate's transform)."""
     import shutil
 
     import pyarrow as pa
 
+    from visprep.dedup.benchset import reword_title
+    from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
     from visprep.workspace import Workspace
 
     shutil.rmtree(root, ignore_errors=True)
+    real = dict(np.load(material)) if material else signature_material_default()
     rng = np.random.default_rng(3)
     brands = np.array([f"Brand{k}" for k in range(500)], dtype=object)
     colours = np.array([f"Colour{k}" for k in range(30)], dtype=object)
@@ -273,28 +355,33 @@ def synthetic_catalog(n: int, root: str, *, brand_share: float = 1.0):
     nouns = np.array([f"Noun{k}" for k in range(30)], dtype=object)
     models = np.array([f"m{k}" for k in range(200_000)], dtype=object)
     b, c, m, nn, md = (rng.integers(0, len(x), n) for x in (brands, colours, materials, nouns, models))
-    codes = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
-    k = n // 5
-    src = rng.integers(0, n - k, k)
-    dup = np.arange(n - k, n)
-    for arr in (b, c, m, nn, md):
-        arr[dup] = arr[src]
-    flips = np.zeros(k, np.uint64)
-    nflip = rng.integers(1, 9, k)
-    for step in range(8):
-        use = nflip > step
-        flips[use] ^= np.uint64(1) << rng.integers(0, 64, int(use.sum())).astype(np.uint64)
-    codes[dup] = codes[src] ^ flips
+    codes = rng.integers(0, 2**63, (n, 4), dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, (n, 4), dtype=np.uint64)
+    color = real["base_color"][rng.integers(0, len(real["base_color"]), n)].astype(np.float32)
+    k_dup, k_look = n // 5, n // 10
+    n_base = n - k_dup - k_look
+    look = np.arange(n_base, n_base + k_look)
+    dup = np.arange(n_base + k_look, n)
+    look_src = rng.integers(0, n_base, k_look)
+    dup_src = rng.integers(0, n_base, k_dup)
+    for rows, src in ((look, look_src), (dup, dup_src)):
+        for arr in (b, c, m, nn, md):
+            arr[rows] = arr[src]
+    pick = np.arange(k_dup) % len(real["dup_xor"])  # the real pairs in turn, so every transform is as common
+    codes[dup] = codes[dup_src] ^ real["dup_xor"][pick]
+    color[dup] = color[dup_src] + real["dup_dcolor"][pick]
+    lpick = rng.integers(0, len(real["look_xor"]), k_look)
+    codes[look] = codes[look_src] ^ real["look_xor"][lpick]
+    color[look] = color[look_src] + real["look_dcolor"][lpick]
     titles = (brands[b] + " " + colours[c] + " " + materials[m] + " " + nouns[nn] + " " + models[md]).astype(object)
-    junk = np.array(["", " - Free Shipping", " NEW", " | Best Seller", " Sale"], dtype=object)
-    titles[dup] = titles[dup] + junk[rng.integers(0, len(junk), k)]
+    titles[dup] = [reword_title(t, rng) for t in titles[dup].tolist()]
     ids = np.array([f"P{x:07d}" for x in range(n)], dtype=object)
     image_ids = [f"{x:064x}" for x in range(n)]
     declared = np.where(rng.random(n) < 0.8, colours[c], None)
+    declared[dup], declared[look] = declared[dup_src], declared[look_src]
     declared_brand = np.where(rng.random(n) < brand_share, brands[b], None)
+    declared_brand[dup], declared_brand[look] = declared_brand[dup_src], declared_brand[look_src]
     ws = Workspace(root)
-    # No image bytes here: the decode cost is measured in the quality part.
-    ws.set_config(ws.config.model_copy(update={"dedup": ws.config.dedup.model_copy(update={"image_checks": False})}))
+    ws.set_config(ws.config.model_copy(update={"dedup": ws.config.dedup.model_copy(update={"image_checks": True})}))
     ws.write_table("products", pa.table({
         "product_id": ids.tolist(), "title": titles.tolist(), "category": tops[nn % 3].tolist(),
         "top_category": tops[nn % 3].tolist(), "color": declared.tolist(), "brand": declared_brand.tolist()}))
@@ -305,11 +392,39 @@ def synthetic_catalog(n: int, root: str, *, brand_share: float = 1.0):
     ws.write_table("urls", pa.table({"url": urls, "status": ["ok"] * n, "image_id": image_ids,
                                      "format": ["jpeg"] * n, "fetched_at": pa.array([now] * n)}))
     ws.write_table("images", pa.table({"image_id": image_ids, "status": ["ok"] * n,
-                                       "phash": pa.array(codes, pa.uint64())}))
-    return ws
+                                       "phash": pa.array(codes[:, 0], pa.uint64()),
+                                       **{c: pa.array(codes[:, 1 + k], pa.uint64()) for k, c in enumerate(CODE_COLUMNS)},
+                                       **{c: pa.array(color[:, k], pa.float32()) for k, c in enumerate(COLOR_COLUMNS)}}))
+    truth = {"dup": dup, "dup_src": dup_src, "dup_transform": real["dup_transform"][pick], "look": look,
+             "look_src": look_src}
+    return ws, truth
 
 
-def stage_scale(n: int, *, brand_share: float = 1.0, timeout_s: int = 600, memory_gib: int = 6) -> dict:
+def signature_material_default() -> dict[str, np.ndarray]:
+    """`signature_material` of a small benchmark set (for calls without a stored one: tests, quick runs)."""
+    bench = build_dedup_benchmark(300, seed=0)
+    codes, sigs = inspected(bench.images)
+    return signature_material(bench, codes, sigs)
+
+
+def score_synthetic(ws, truth: dict) -> dict:
+    """Recall of the planted near duplicates (same group), per transform, and the share of look-alikes merged."""
+    groups = ws.read_table("product_groups", ["product_id", "group_id"])
+    pid = groups.column("product_id").to_numpy(zero_copy_only=False)
+    gid = groups.column("group_id").to_numpy(zero_copy_only=False)
+    # Product ids are "P%07d" of the row, so sorting them puts row k at position k.
+    row_label = np.unique(gid, return_inverse=True)[1][np.argsort(pid, kind="stable")]
+    same_dup = row_label[truth["dup"]] == row_label[truth["dup_src"]]
+    same_look = row_label[truth["look"]] == row_label[truth["look_src"]]
+    by = {t: round(float(same_dup[truth["dup_transform"] == t].mean()), 3)
+          for t in sorted(set(truth["dup_transform"].tolist()))}
+    return {"recall": round(float(same_dup.mean()), 3), "lookalikes_merged": round(float(same_look.mean()), 4),
+            "recall_by_transform": by, "planted_duplicates": len(same_dup),
+            "planted_lookalikes": len(same_look)}
+
+
+def stage_scale(n: int, *, brand_share: float = 1.0, timeout_s: int = 600, memory_gib: int = 6,
+                material: Path | None = None) -> dict:
     """The full dedup stage on a synthetic `n`-product workspace, in a child process (its peak RSS). The child gets
     `timeout_s` (the target is 10 minutes) and an address-space cap, so a miss is recorded, not a hung machine."""
     import resource as res
@@ -320,7 +435,7 @@ def stage_scale(n: int, *, brand_share: float = 1.0, timeout_s: int = 600, memor
     shutil_ws = WORK / f"ws-{n}"
     try:
         done = subprocess.run([sys.executable, "-c", _STAGE_CHILD, str(n), str(shutil_ws), str(ROOT / "benchmarks"),
-                               str(brand_share)],
+                               str(brand_share), str(material or "")],
                               capture_output=True, text=True, check=False, timeout=timeout_s, preexec_fn=cap,
                               env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
     except subprocess.TimeoutExpired:
@@ -344,6 +459,8 @@ def main() -> None:
     ap.add_argument("--stage-sizes", default="1000000,300000@0.8",
                     help="full-stage runs on synthetic workspaces: N[@share of products declaring a brand]")
     ap.add_argument("--stage-timeout", type=int, default=600)
+    ap.add_argument("--no-embeddings", action="store_true",
+                    help="skip the embedding-signal rows (embedding the set's images takes minutes when not cached)")
     ap.add_argument("--parts", default="quality,scaling,stage,index",
                     help="which parts to run; the others keep their stored result in bench_dedup.json")
     a = ap.parse_args()
@@ -358,14 +475,14 @@ def main() -> None:
     result.setdefault("commands", {}).update({part: command for part in parts})
     need_set = "quality" not in parts and parts & {"scaling", "index"}
     bench = build_dedup_benchmark(a.base, seed=0) if need_set else None
-    codes = None
+    codes = sigs = None
     if "quality" in parts:
-        q = quality(a.base)
-        codes, bench = q.pop("_codes"), q.pop("_bench")
+        q = quality(a.base, with_embeddings=not (a.quick or a.no_embeddings))
+        codes, sigs, bench = q.pop("_codes"), q.pop("_sigs"), q.pop("_bench")
         result["quality"] = q
         print(json.dumps(q, indent=2), flush=True)
     if codes is None and bench is not None:
-        codes = np.array([inspect_image(b).phash for b in bench.images], np.uint64)
+        codes, sigs = inspected(bench.images)
     if "scaling" in parts:
         result["scaling"] = scaling(codes, bench, [int(x) for x in a.sizes.split(",")],
                                     [int(x) for x in a.imagededup_sizes.split(",") if x], distinct_titles=True)
@@ -374,10 +491,15 @@ def main() -> None:
         result["index_1m"] = one_million(codes)
         RESULT.write_text(json.dumps(result, indent=2))
     if "stage" in parts:
+        if codes is None:  # the stage part alone: the real signatures come from the set's images
+            bench = build_dedup_benchmark(a.base, seed=0)
+            codes, sigs = inspected(bench.images)
+        material = WORK / "signature-material.npz"
+        np.savez(material, **signature_material(bench, codes, sigs))
         result["stage"] = []
         for spec in [x for x in a.stage_sizes.split(",") if x]:
             n, _, share = spec.partition("@")
-            row = stage_scale(int(n), brand_share=float(share or 1.0), timeout_s=a.stage_timeout)
+            row = stage_scale(int(n), brand_share=float(share or 1.0), timeout_s=a.stage_timeout, material=material)
             print(row, flush=True)
             result["stage"].append(row)
             RESULT.write_text(json.dumps(result, indent=2))
@@ -410,8 +532,12 @@ def section(result: dict) -> list[str]:
             met = v["recall"] >= 0.9 and v["lookalikes_merged"] <= 0.05
             lines.append(f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {_pct(v['lookalikes_merged'])} | "
                          f"{v['s']:.1f} | {'met' if met else 'missed'} |")
-        lines += ["", (f"visprep pHash of all images: {q['visprep_hash_s']} s; imagededup encode: "
-                       f"{q.get('imagededup_encode_s', '—')} s. Recall by transform:"), "",
+        embed = ""
+        if "embed_s" in q:
+            embed = ("; EfficientNet-Lite0 vectors for the embedding rows: "
+                     + (f"{q['embed_s']:.0f} s" if q["embed_s"] is not None else "cached from an earlier run"))
+        lines += ["", (f"visprep inspect (pHash + signature) of all images: {q['visprep_hash_s']} s; imagededup "
+                       f"encode: {q.get('imagededup_encode_s', '—')} s{embed}. Recall by transform:"), "",
                   "| method | " + " | ".join(sorted(next(iter(q["by_transform"].values())))) + " |",
                   "|---|" + "---|" * len(next(iter(q["by_transform"].values())))]
         for name, bt in q["by_transform"].items():
@@ -448,9 +574,13 @@ def section(result: dict) -> list[str]:
                            f"{row['error']}** (target: < 600 s within 4 GiB: missed).")]
             continue
         ok = row["stage_s"] < 600 and row["peak_rss_mib"] < 4096
+        checks = row.get("image_checks", False)
+        what = ("synthetic titles and codes; the signatures stored in `images` (no image bytes), near duplicates and "
+                "look-alikes moved as real pairs of the benchmark set were: `bench_dedup.synthetic_catalog`; "
+                "image checks on" if checks else
+                "synthetic codes and titles, no image bytes, image checks off: `bench_dedup.synthetic_catalog`")
         lines += ["", f"Full `dedup_stage` on a synthetic {row['n']:,}-product workspace "
-                  f"({100 * row.get('brand_share', 1):.0f} % brands declared; synthetic codes and titles, "
-                  "no image bytes: `bench_dedup.synthetic_catalog`): "
+                  f"({100 * row.get('brand_share', 1):.0f} % brands declared; {what}): "
                   f"**{row['stage_s']} s, peak RSS {row['peak_rss_mib']} MiB** (the child also built the workspace: "
                   f"{row['peak_rss_mib_before_stage']} MiB before the stage)"
                   + (f" — target < 600 s and < 4096 MiB at 1M: {'met' if ok else 'missed'}" if row["n"] >= 1_000_000
@@ -458,6 +588,14 @@ def section(result: dict) -> list[str]:
                   + ", ".join(f"{k} {v}" for k, v in row["phases_s"].items())
                   + f". Candidates {row['counts']['candidate_pairs']:,}, accepted {row['counts']['accepted_pairs']:,}"
                   f", groups {row['groups']:,}."]
+        if "recall" in row:
+            c = row["counts"]
+            lines[-1] += (f" Planted truth: recall **{row['recall']:.3f}** over {row['planted_duplicates']:,} near "
+                          f"duplicates ({', '.join(f'{t} {v:.2f}' for t, v in row['recall_by_transform'].items())}), "
+                          f"look-alikes merged **{_pct(row['lookalikes_merged'])}** of {row['planted_lookalikes']:,}; "
+                          f"pairs checked with the signatures {c.get('trimmed_checked_pairs', 0):,} (crop/border "
+                          f"hashes) and {c.get('color_checked_pairs', 0):,} (colour), signatures read from the table "
+                          f"{c.get('signatures_stored', 0):,}, images decoded {c.get('images_decoded', 0):,}.")
     idx = result.get("index_1m")
     if idx:
         lines += ["", f"Hamming index alone on {idx['distinct_codes']:,} codes: "

@@ -1,6 +1,6 @@
 """Events stage vs bare DuckDB over the same Parquet: events/s, ratio and peak RSS at several input sizes.
 
-    python benchmarks/bench_events.py                       # 1M, 3M and 10M simulated events
+    python benchmarks/bench_events.py                       # 1M, 3M, 10M and 30M simulated events
     python benchmarks/bench_events.py --quick               # 1M
     python benchmarks/bench_events.py --sizes 10M,30M
 
@@ -114,7 +114,7 @@ def _run_phase(phase: str, data: Path, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1M,3M,10M")
+    ap.add_argument("--sizes", default="1M,3M,10M,30M")
     ap.add_argument("--quick", action="store_true", help="1M events only")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)

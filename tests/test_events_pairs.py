@@ -122,23 +122,41 @@ def test_debiased_weights_rank_relevant_above_popular(tmp_path: Path) -> None:
     assert c["raw_gini"] == pytest.approx(gini(pos["raw_weight_sum"].to_pylist()), abs=1e-5)
 
 
-def test_pairs_built_in_user_groups_equal_one_group(tmp_path: Path) -> None:
-    """Partial aggregates per user-hash group, weighted at the end, give exactly the one-group table."""
+def _built_twice(tmp_path: Path, cfg: SimConfig, **build: object) -> tuple[list[dict], list[dict], object]:
+    """Ingest a simulated log (which builds `interaction_pairs` the default way), build the table again with
+    `build` options; return both tables' rows and the second build's report."""
     from visprep.events.checkpoint import EventLog
     from visprep.events.duck import connect
     from visprep.events.pairs import build_pairs
 
-    ev, _ = simulate(SimConfig(searches=800, seed=4, duplicate_rate=0.01))
+    ev, _ = simulate(cfg)
     f = tmp_path / "ev.parquet"
     pq.write_table(ev, f)
     ws = Workspace(tmp_path / "ws")
     ingest_event_files(ws, [f])
     con = connect(memory_limit="500MB", temp_dir=tmp_path / "duck")
-    r8 = build_pairs(con, EventLog(ws).part_files(), tmp_path / "g8.parquet", cfg=ws.config.events, groups=8)
-    one = ws.read_table("interaction_pairs").to_pylist()
-    eight = pq.read_table(tmp_path / "g8.parquet").to_pylist()
-    assert len(one) == len(eight) > 1000 and r8.by_kind.keys() == {"click", "add_to_cart", "purchase", "coview",
-                                                                    "skip_above"}
-    for x, y in zip(one, eight):
+    report = build_pairs(con, EventLog(ws).part_files(), tmp_path / "again.parquet", cfg=ws.config.events, **build)
+    return ws.read_table("interaction_pairs").to_pylist(), pq.read_table(tmp_path / "again.parquet").to_pylist(), report
+
+
+def _assert_same_rows(one: list[dict], other: list[dict]) -> None:
+    assert len(one) == len(other)
+    for x, y in zip(one, other):
         for k, v in x.items():
             assert y[k] == (pytest.approx(v, rel=1e-9) if isinstance(v, float) else v), (k, x, y)
+
+
+def test_pairs_built_in_user_groups_equal_one_group(tmp_path: Path) -> None:
+    """Partial aggregates per user-hash group, weighted at the end, give exactly the one-group table."""
+    one, eight, r8 = _built_twice(tmp_path, SimConfig(searches=800, seed=4, duplicate_rate=0.01), groups=8)
+    assert len(one) > 1000 and r8.by_kind.keys() == {"click", "add_to_cart", "purchase", "coview", "skip_above"}
+    _assert_same_rows(one, eight)
+
+
+def test_colliding_list_keys_are_detected_and_rebuilt(tmp_path: Path) -> None:
+    """List/session keys forced to collide (reduced modulo 7) are caught and rebuilt: the table is unchanged."""
+    one, collided, r = _built_twice(tmp_path, SimConfig(searches=400, seed=6, duplicate_rate=0.0), groups=2,
+                                    _key_mod=7)
+    assert r.key_retries == 2  # both user groups collided under the reduced keys and were rebuilt
+    assert len(one) > 500
+    _assert_same_rows(one, collided)

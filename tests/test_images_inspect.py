@@ -180,7 +180,7 @@ def test_inspect_decodes_jpeg_once_at_reduced_scale(monkeypatch):
     assert (info.width, info.height) == (1600, 1200)
     assert len(calls) == 1
     assert calls[0]["min_height"] == calls[0]["min_width"] == BLUR_SIDE
-    assert calls[0]["colorspace"] == "GRAY"
+    assert calls[0]["colorspace"] == "RGB"  # one colour decode: the signature needs colour, pHash/blur its gray
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "I;16"])

@@ -36,7 +36,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, object, d
     ws = Workspace(root / "ws")
     ws.root.mkdir()
     ws.config_path.write_text("[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 32\n"
-                              '[embed]\noptions = { profile = "imagenet-128" }\n'
+                              '[embed]\noptions = { profile = "imagenet-64" }\n'
                               '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
     src = write_demo_sources(root / "src", n_products=120, seed=3)
     report = run_pipeline(ws, src.catalog_files)

@@ -7,18 +7,18 @@ import hashlib
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from photo_fixtures import IN_DEMO, OPENCV, ThumbEmbedder
 from typer.testing import CliRunner
 
 from visprep.cli import app
 from visprep.config import QualityConfig
 from visprep.demo.sources import write_demo_sources
-from visprep.embed.registry import Embedder, register_embedder, unregister_embedder
+from visprep.embed.registry import register_embedder, unregister_embedder
 from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.quality.mix import mix_user_photos
 from visprep.quality.shift import (
@@ -32,22 +32,6 @@ from visprep.quality.shift import (
 )
 from visprep.schema import INTERACTION_PAIRS, QUERIES
 from visprep.workspace import Workspace
-
-OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
-IN_DEMO = {"box.png", "box_in_scene.png", "Blender_Suzanne1.jpg", "Blender_Suzanne2.jpg"}
-
-
-class ThumbEmbedder(Embedder):
-    """A small content embedder: the 16 x 16 RGB thumbnail (a real function of the pixels, unlike a hash)."""
-
-    dim = 768
-    modality = "image"
-    model_id = "thumb16@test"
-
-    def _embed(self, inputs):
-        out = [cv2.resize(decode_rgb(bytes(d), min_side=32), (16, 16), interpolation=cv2.INTER_AREA)
-               .astype(np.float32).ravel() / 255.0 for d in inputs]
-        return np.stack(out) - 0.5
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +164,11 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
 
     ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nuser_mix_fraction = 0.1\n')
     ws._config = None
+    pairs_before = ws.read_table("pairs")
     out = mix_user_photos(ws)
-    rows = [r for r in ws.read_table("pairs").to_pylist() if r["kind"] == "user_photo"]
+    rows = ws.read_table("user_pairs").to_pylist()
+    assert {r["kind"] for r in rows} == {"user_photo"}
+    assert ws.read_table("pairs").equals(pairs_before)  # the mix never writes the pairs stage's table
     assert out["linked"] == 33 and out["eligible"] == 30  # eval products and the eval query are left out
     assert out["target"] == int(0.1 / 0.9 * n_cat) and out["added"] == min(30, out["target"]) == len(rows)
     by_img = {q["image_id"]: k for k, q in enumerate(queries)}
@@ -189,9 +176,14 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
     assert sum(by_img[r["anchor_id"]] < 5 for r in rows) == min(5, len(rows))  # purchases go first
     positives = {r["image_id"] for r in ws.read_table("images").to_pylist()}
     assert all(r["positive_id"] in positives for r in rows)
-    # Rerun: replaced, not duplicated; fraction 0 removes them; a large fraction is capped by the links.
+    # Rerun: replaced, not duplicated; a rerun of the pairs stage keeps them; fraction 0 removes them; a large
+    # fraction is capped by the links.
     mix_user_photos(ws)
-    assert sum(r["kind"] == "user_photo" for r in ws.read_table("pairs").to_pylist()) == len(rows)
+    assert ws.read_table("user_pairs").to_pylist() == rows
+    result = CliRunner().invoke(app, ["pairs", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    assert ws.read_table("user_pairs").to_pylist() == rows
+    assert "user_photo" not in set(ws.read_table("pairs").column("kind").to_pylist())
     ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nuser_mix_fraction = 0.9\n')
     ws._config = None
     out = mix_user_photos(ws)
@@ -199,7 +191,7 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
     ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nshift_folds = 4\n')
     ws._config = None
     out = mix_user_photos(ws)
-    assert out["added"] == 0 and not any(r["kind"] == "user_photo" for r in ws.read_table("pairs").to_pylist())
+    assert out["added"] == 0 and ws.has_table("user_pairs") and ws.read_table("user_pairs").num_rows == 0
 
 
 def test_no_link_says_so(tmp_path: Path) -> None:

@@ -101,13 +101,15 @@ def fetch(workspace: WorkspaceOpt = Path("."),
 
 @app.command()
 def inspect(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Decode each stored image once: size, format, EXIF orientation, pHash, blur."""
+    """Decode each stored image once: size, format, EXIF orientation, pHash, blur, near-duplicate signature."""
     from visprep.images.stage import inspect_stage
 
     ws = _open(workspace)
     with _progress() as bar:
         r = inspect_stage(ws, progress=bar("inspect"))
-    console.print(f"images {r.stored}: already {r.already}, ok {r.ok}, refused {r.refused} {r.by_reason}")
+    console.print(f"images {r.stored}: already {r.already}, ok {r.ok}, refused {r.refused} {r.by_reason}"
+                  + (f"; signatures back-filled {r.backfilled}, failed {r.backfill_failed}"
+                     if r.backfilled or r.backfill_failed else ""))
 
 
 @app.command()
@@ -507,11 +509,15 @@ def popularity(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command()
 def shift(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Catalog vs user-photo shift (domain-classifier AUC, feature drift, verdict); mix linked user photos into pairs."""
+    """Catalog vs user-photo shift (domain-classifier AUC, feature drift, verdict); mix linked user photos into
+    tables/user_pairs."""
+    from visprep.quality.mix import mix_stage
     from visprep.quality.shift import shift_stage
 
     try:
-        r = shift_stage(_open(workspace))
+        ws = _open(workspace)
+        r = shift_stage(ws)
+        r.mix = mix_stage(ws)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     d = r.report.as_dict()
@@ -522,9 +528,25 @@ def shift(workspace: WorkspaceOpt = Path(".")) -> None:
                       f"{f['catalog_median']} / user {f['user_median']}{'  DRIFT' if f['shift'] else ''}")
     console.print(f"verdict: {d['verdict']}" + (f" ({'; '.join(d['reasons'])})" if d["reasons"] else "")
                   + f"  [rules: {d['rules']['domain_auc']}; feature {d['rules']['feature']}]")
-    m = r.mix
-    console.print(f"user-photo pairs: {m['added']} added (fraction {m['fraction']}, linked {m['linked']}, eligible "
-                  f"{m['eligible']}, target {m['target']})" + (f"; {m['note']}" if m["note"] else ""))
+    _print_mix(r.mix)
+
+
+def _print_mix(m: dict[str, Any]) -> None:
+    console.print(f"user-photo pairs: {m['added']} in tables/user_pairs (fraction {m['fraction']}, linked "
+                  f"{m['linked']}, eligible {m['eligible']}, target {m['target']})" + (f"; {m['note']}" if m["note"]
+                                                                                       else ""))
+
+
+@app.command()
+def mix(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Mix user photos linked to products by visual-search interactions into tables/user_pairs
+    (quality.user_mix_fraction; 0 empties it)."""
+    from visprep.quality.mix import mix_stage
+
+    try:
+        _print_mix(mix_stage(_open(workspace)))
+    except ValueError as exc:
+        _fail(exc)
 
 
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
@@ -535,7 +557,9 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     t.add_column("count", justify="right")
     products = ws.read_table("products", ["product_id"]).num_rows
     imgs = ws.read_table("images", ["status"])
-    pairs_t = ws.read_table("pairs", ["kind"])
+    from visprep.quality.mix import all_pairs
+
+    pairs_t = all_pairs(ws, ["kind"])  # user-photo pairs (issue 6) live beside pairs
     q = ws.read_table("quarantine", ["stage", "reason"])
     t.add_row("products", str(products))
     t.add_row("images stored / decoded ok", f"{imgs.num_rows} / {pc.sum(pc.equal(imgs['status'], 'ok')).as_py() or 0}")

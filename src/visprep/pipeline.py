@@ -2,8 +2,9 @@
 
 Two kinds of stage. *Incremental* stages (fetch, inspect, synth, embed) are always called and do only the missing
 work (URLs not fetched, images not inspected, views not made, images without a current vector). *Table* stages
-(dedup, split, pairs, mine, popularity, sample, export) rewrite whole tables and are skipped when the fingerprints
-of the tables they read and their config sections equal those of their last good run.
+(dedup, split, pairs, mix, shift, mine, popularity, sample, export) rewrite whole tables and are skipped when the
+fingerprints of the tables they read and their config sections equal those of their last good run; mix, shift and
+popularity apply only once the events (and, for mix and shift, the queries) stage has written its tables.
 
 Some stages feed each other both ways (synth skips eval products, so it needs the split; the split groups synthetic
 colour variants with their source, so it needs synth), so inspect, embed and split appear twice in a pass (see
@@ -26,8 +27,10 @@ ProgressFactory = Callable[[str], Callable[[int, int], None]]
 Bar = Callable[[int, int], None] | None
 # Run order within a pass. inspect and embed run before dedup (its signals) and again after synth (its new views);
 # split runs again after synth, whose colour variants are new products grouped with their source.
-ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "pairs", "mine",
-         "popularity", "sample", "export")
+ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "pairs", "mix",
+         "shift", "mine", "popularity", "sample", "export")
+# mix (user-photo pairs) reads pairs and feeds export; shift embeds the user photos into the feature store, so it
+# runs before mine (whose ann miner fingerprints that store) rather than making mine run twice.
 MAX_PASSES = 3
 
 
@@ -52,7 +55,9 @@ def _stages() -> dict[str, _Stage]:
     from visprep.images.stage import inspect_stage
     from visprep.mining.stage import mine_stage
     from visprep.pairs.stage import pairs_stage
+    from visprep.quality.mix import mix_stage
     from visprep.quality.popularity import popularity_stage
+    from visprep.quality.shift import shift_applies, shift_stage
     from visprep.sampling.stage import sample_stage
     from visprep.split.stage import split_stage
     from visprep.synthetic.stage import synth_stage
@@ -68,6 +73,10 @@ def _stages() -> dict[str, _Stage]:
         _Stage("mine", lambda ws, bar: mine_stage(ws), table=True),
         _Stage("popularity", lambda ws, bar: popularity_stage(ws), table=True,
                applies=lambda ws: ws.has_table("interaction_pairs")),
+        # User photos exist only once the events and queries stages ran (neither is part of `run`).
+        _Stage("mix", lambda ws, bar: mix_stage(ws), table=True,
+               applies=lambda ws: ws.has_table("interaction_pairs") and ws.has_table("queries")),
+        _Stage("shift", lambda ws, bar: shift_stage(ws), table=True, applies=shift_applies),
         _Stage("sample", lambda ws, bar: sample_stage(ws), table=True),
         _Stage("export", lambda ws, bar: export_stage(ws, progress=bar), table=True),
     ]

@@ -71,6 +71,13 @@ IMAGES = pa.schema(
         pa.field("progressive", pa.bool_()),
         pa.field("mode", pa.string()),
         pa.field("run_id", pa.string()),
+        # Crop/border-tolerant signature (visprep.images.signature), null on rows inspected before it existed:
+        pa.field("phash_trimmed", pa.uint64()),  # pHash of the image with uniform margins trimmed
+        pa.field("phash_trimmed_center70", pa.uint64()),  # of the trimmed region's central 70 %
+        pa.field("phash_center50", pa.uint64()),  # of the whole image's central 50 %
+        pa.field("fg_l", pa.float32()),  # foreground median CIELAB L* minus the backdrop's (OpenCV 8-bit scale)
+        pa.field("fg_a", pa.float32()),  # foreground median a*
+        pa.field("fg_b", pa.float32()),  # foreground median b*
     ]
 )
 
@@ -410,6 +417,7 @@ TABLES: dict[str, pa.Schema] = {
     "label_issues": LABEL_ISSUES,
     "popularity": POPULARITY,  # issue 6 (quality)
     "domain_shift": DOMAIN_SHIFT,  # issue 6 (quality)
+    "user_pairs": PAIRS,  # issue 6 (quality): the user-photo mix's rows (kind user_photo), read beside pairs
 }
 
 

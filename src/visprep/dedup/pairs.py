@@ -7,7 +7,7 @@ every signal and the rule's verdict out. Nothing here reads or writes a workspac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +15,8 @@ import numpy as np
 from visprep.dedup.hamming import radius_pairs
 from visprep.dedup.rule import DuplicateRule, parse_rule
 from visprep.dedup.titles import normalize_title, title_candidate_pairs, title_similarity
-from visprep.dedup.visual import color_distance, image_signatures, normalize_color
+from visprep.dedup.visual import Signatures, color_distance, image_signatures, normalize_color
+from visprep.images.signature import TRIM_TOLERANCE
 
 NO_DISTANCE = 255
 """pHash distance recorded for a pair without two hashed images."""
@@ -39,7 +40,9 @@ class DedupParams:
     color_max_distance: float = 15.0
     color_lightness_weight: float = 0.0
     brand_veto: bool = True
-    trim_tolerance: int = 16
+    trim_tolerance: int = TRIM_TOLERANCE
+    embedding_threshold: float = 0.9
+    signature_candidates: bool = True
     workers: int = 2
 
 
@@ -61,6 +64,8 @@ class CandidatePairs:
         color_distance: (P,) float32 foreground colour distance (`visual.color_distance`) of the two products'
             first images, NaN unless
             computed (rule-accepted pairs not vetoed by their declared colours).
+        embedding_similarity: (P,) float32 highest cosine similarity of the two products' image embeddings, NaN
+            unless computed (a rule naming embedding_similar, pairs whose verdict depends on it).
         declared_color_differs: (P,) bool: both declare a colour and they differ.
         declared_brand_differs: (P,) bool: both declare a brand and they differ.
         vetoed: (P,) bool: a veto (colour, brand) turned the rule's "yes" into "no".
@@ -81,6 +86,7 @@ class CandidatePairs:
     trimmed_a: np.ndarray
     trimmed_b: np.ndarray
     color_distance: np.ndarray
+    embedding_similarity: np.ndarray
     declared_color_differs: np.ndarray
     declared_brand_differs: np.ndarray
     vetoed: np.ndarray
@@ -119,20 +125,15 @@ def _group_pairs(group: np.ndarray, member: np.ndarray, *, max_clique: int) -> t
     return np.concatenate(out_a).astype(np.int64), np.concatenate(out_b).astype(np.int64)
 
 
-def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_count: np.ndarray,
-                    codes: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For product pairs (pa_, pb): the closest pHash distance over their image rows (only rows where `valid`, when
-    given) and which rows gave it."""
-    p = len(pa_)
-    dist = np.full(p, NO_DISTANCE, np.uint8)
-    ia = np.full(p, -1, np.int64)
-    ib = np.full(p, -1, np.int64)
+def _cross_rows(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_count: np.ndarray, *,
+                step: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Every (image row of a, image row of b) of product pairs (pa_, pb), in chunks of about `step`: yields (pairs q,
+    pair index within q of each cross row, row_a, row_b)."""
     ca, cb = img_count[pa_], img_count[pb]
     n_cross = ca * cb
     has = np.flatnonzero(n_cross > 0)
     if len(has) == 0:
-        return dist, ia, ib
-    step = 2_000_000
+        return
     cum = np.cumsum(n_cross[has])
     start = 0
     while start < len(has):
@@ -142,8 +143,48 @@ def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_
         reps = n_cross[q]
         pair_of = np.repeat(np.arange(len(q)), reps)
         k = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-        row_a = img_start[pa_[q]][pair_of] + k // cb[q][pair_of]
-        row_b = img_start[pb[q]][pair_of] + k % cb[q][pair_of]
+        yield (q, pair_of, img_start[pa_[q]][pair_of] + k // cb[q][pair_of],
+               img_start[pb[q]][pair_of] + k % cb[q][pair_of])
+        start = end
+
+
+def _near_code_pairs(codes: np.ndarray, image_product: np.ndarray, n: int, *, radius: int, max_code_images: int,
+                     backend: str) -> tuple[np.ndarray, dict[str, int]]:
+    """Pair keys of products holding images whose codes are within `radius` bits (the Hamming index over the
+    distinct codes, expanded to their images); codes held by more than `max_code_images` images are left out."""
+    uniq, code_of = np.unique(codes, return_inverse=True)
+    code_images = np.bincount(code_of, minlength=len(uniq))
+    crowded = code_images > max_code_images
+    ci, cj, _ = radius_pairs(uniq, radius, backend=backend)
+    keep = ~crowded[ci] & ~crowded[cj]
+    ci, cj = ci[keep], cj[keep]
+    rows_by_code = np.argsort(code_of, kind="stable")
+    code_start = np.cumsum(code_images) - code_images
+    # Images sharing a code are at distance 0 from each other.
+    sa, sb = _group_pairs(np.where(crowded[code_of], -1 - np.arange(len(code_of)), code_of).astype(np.int64),
+                          image_product, max_clique=max_code_images)
+    near = [_pair_keys(sa, sb, n)]
+    if len(ci):
+        reps = code_images[ci] * code_images[cj]
+        pair_of = np.repeat(np.arange(len(ci)), reps)
+        k = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        ra = rows_by_code[code_start[ci][pair_of] + k // code_images[cj][pair_of]]
+        rb = rows_by_code[code_start[cj][pair_of] + k % code_images[cj][pair_of]]
+        near.append(_pair_keys(image_product[ra], image_product[rb], n))
+    return np.unique(np.concatenate(near)), {"crowded_codes": int(crowded.sum()),
+                                             "crowded_code_images": int(code_images[crowded].sum()),
+                                             "code_pairs": len(ci)}
+
+
+def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_count: np.ndarray,
+                    codes: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For product pairs (pa_, pb): the closest pHash distance over their image rows (only rows where `valid`, when
+    given) and which rows gave it."""
+    p = len(pa_)
+    dist = np.full(p, NO_DISTANCE, np.uint8)
+    ia = np.full(p, -1, np.int64)
+    ib = np.full(p, -1, np.int64)
+    for q, pair_of, row_a, row_b in _cross_rows(pa_, pb, img_start, img_count, step=2_000_000):
         d = np.bitwise_count(codes[row_a] ^ codes[row_b]).astype(np.int16)
         if valid is not None:
             d = np.where(valid[row_a] & valid[row_b], d, NO_DISTANCE)
@@ -154,8 +195,24 @@ def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_
         dist[q] = d[first]
         ia[q] = np.where(found, row_a[first], -1)
         ib[q] = np.where(found, row_b[first], -1)
-        start = end
     return dist, ia, ib
+
+
+def best_cosine(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_count: np.ndarray, vectors: np.ndarray,
+                slot: np.ndarray) -> np.ndarray:
+    """For product pairs (pa_, pb): the highest inner product of unit `vectors` over their image rows (row r's vector
+    is `vectors[slot[r]]`, none when slot[r] < 0), NaN when no image pair has both; in chunks of about 32k vector
+    pairs, so memory stays bounded."""
+    best = np.full(len(pa_), -np.inf, np.float32)
+    step = max(1, (1 << 28) // max(1, 8 * vectors.shape[1]))
+    for q, pair_of, row_a, row_b in _cross_rows(pa_, pb, img_start, img_count, step=step):
+        sa, sb = slot[row_a], slot[row_b]
+        both = (sa >= 0) & (sb >= 0)
+        sim = np.full(len(sa), -np.inf, np.float32)
+        sim[both] = np.einsum("ij,ij->i", vectors[sa[both]], vectors[sb[both]])
+        np.maximum.at(best, q[pair_of], sim)
+    best[~np.isfinite(best)] = np.nan
+    return best
 
 
 def _declared_differs(values: Sequence[str | None] | None, a: np.ndarray,
@@ -174,7 +231,9 @@ def _declared_differs(values: Sequence[str | None] | None, a: np.ndarray,
 def find_duplicates(product_ids: list[str], titles: list[str], top_categories: list[str | None],
                     image_product: np.ndarray, image_ids: list[str], image_codes: np.ndarray, *,
                     params: DedupParams = DedupParams(), colors: Sequence[str | None] | None = None,
-                    brands: Sequence[str | None] | None = None, image_loader: Callable[[int], bytes] | None = None) -> CandidatePairs:
+                    brands: Sequence[str | None] | None = None, image_loader: Callable[[int], bytes] | None = None,
+                    signatures: Signatures | None = None,
+                    embeddings: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> CandidatePairs:
     """Find candidate duplicate product pairs, compute every signal and apply the rule.
 
     Args:
@@ -187,9 +246,15 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         params: thresholds and the rule.
         colors: (N,) declared colour of each product (None: not declared), for the colour veto.
         brands: (N,) declared brand of each product (None: not declared), for the brand veto.
-        image_loader: fn(image row) -> encoded bytes. With it, the border-trimmed pHash (`image_match`) and the
-            foreground colour (colour veto) are computed for the pairs whose verdict depends on them; without it,
-            `image_match` falls back to the plain pHash and only declared colours can veto.
+        image_loader: fn(image row) -> encoded bytes, to compute the signature of rows `signatures` lacks.
+        signatures: (M rows) the crop/border-tolerant pHashes and foreground colour `inspect` stored, used when
+            `params.trim_tolerance` is the one they were computed at (`signature.TRIM_TOLERANCE`).
+            With signatures or a loader, the crop/border-tolerant pHashes (`image_match`) and the foreground colour
+            (colour veto) are used for the pairs whose verdict depends on them (rows with neither stay unknown);
+            with neither, `image_match` falls back to the plain pHash and only declared colours can veto.
+        embeddings: fn(image rows, as given) -> (unit vectors (k, d) float32, found (k,) bool), for a rule naming
+            `embedding_similar`; only the rows of pairs whose verdict depends on it are asked for. Without it that
+            signal is false.
 
     Returns:
         `CandidatePairs` over every pair any generator signal proposed.
@@ -202,6 +267,9 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     image_codes = np.asarray(image_codes, np.uint64)
     if not (len(image_product) == len(image_ids) == len(image_codes)):
         raise ValueError("image_product, image_ids and image_codes must have the same length")
+    if signatures is not None and not (len(signatures.ok) == len(signatures.codes) == len(signatures.color)
+                                       == len(image_ids)):
+        raise ValueError(f"signatures ({len(signatures.ok)} rows) must have one row per image row ({len(image_ids)})")
     if len(image_product) and (image_product.min() < 0 or image_product.max() >= n):
         raise ValueError("image_product holds an index outside the products")
     for name, values in (("colors", colors), ("brands", brands)):
@@ -235,32 +303,30 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     lap("identical_images")
 
     # 2. pHash near duplicates: search the distinct codes, then expand to the products holding them.
-    uniq, code_of = np.unique(image_codes, return_inverse=True)
-    code_images = np.bincount(code_of, minlength=len(uniq))
-    crowded = code_images > params.max_code_images
-    counts["crowded_codes"] = int(crowded.sum())
-    counts["crowded_code_images"] = int(code_images[crowded].sum())
-    ci, cj, _ = radius_pairs(uniq, params.image_radius, backend=params.hamming_backend)
-    keep = ~crowded[ci] & ~crowded[cj]
-    ci, cj = ci[keep], cj[keep]
-    counts["phash_code_pairs"] = len(ci)
-    rows_by_code = np.argsort(code_of, kind="stable")
-    code_start = np.cumsum(code_images) - code_images
-    # Images sharing a code are at distance 0 from each other.
-    sa, sb = _group_pairs(np.where(crowded[code_of], -1 - np.arange(len(code_of)), code_of).astype(np.int64),
-                          image_product, max_clique=params.max_code_images)
-    near = [_pair_keys(sa, sb, n)]
-    if len(ci):
-        reps = code_images[ci] * code_images[cj]
-        pair_of = np.repeat(np.arange(len(ci)), reps)
-        k = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-        ra = rows_by_code[code_start[ci][pair_of] + k // code_images[cj][pair_of]]
-        rb = rows_by_code[code_start[cj][pair_of] + k % code_images[cj][pair_of]]
-        near.append(_pair_keys(image_product[ra], image_product[rb], n))
-    near_keys = np.unique(np.concatenate(near))
+    near_keys, near_counts = _near_code_pairs(image_codes, image_product, n, radius=params.image_radius,
+                                              max_code_images=params.max_code_images,
+                                              backend=params.hamming_backend)
     keys.append(near_keys)
-    counts["image_near_pairs"] = len(near_keys)
+    counts.update({"crowded_codes": near_counts["crowded_codes"],
+                   "crowded_code_images": near_counts["crowded_code_images"],
+                   "phash_code_pairs": near_counts["code_pairs"], "image_near_pairs": len(near_keys)})
     lap("phash_index")
+
+    # 2b. The same search over each stored crop/border-tolerant code, so that a cropped or bordered copy is a
+    # candidate even when its reworded title escapes the title LSH (image_match is then checked as for any pair).
+    if signatures is not None and params.trim_tolerance != TRIM_TOLERANCE:
+        counts["stored_signatures_ignored"] = int(signatures.ok.sum())  # computed at another tolerance
+        signatures = None
+    if signatures is not None and params.signature_candidates and "image_match" in rule.names:
+        ok_rows = np.flatnonzero(signatures.ok[order])
+        sig_keys = [_near_code_pairs(np.ascontiguousarray(signatures.codes[order][ok_rows, col]),
+                                     image_product[ok_rows], n, radius=params.match_radius,
+                                     max_code_images=params.max_code_images, backend=params.hamming_backend)[0]
+                    for col in range(signatures.codes.shape[1])]
+        sig_keys = np.unique(np.concatenate(sig_keys)) if sig_keys else np.empty(0, np.int64)
+        keys.append(sig_keys)
+        counts["signature_near_pairs"] = len(sig_keys)
+        lap("signature_index")
 
     # 3. Title candidates within each top-level category.
     ta, tb = title_candidate_pairs(titles, top_categories, lsh_threshold=params.lsh_threshold,
@@ -296,6 +362,7 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         "image_match": distance <= params.match_radius,  # the trimmed pHash can only add to it, below
         "title_similar": same_category & (sim >= params.title_threshold),
         "same_category": same_category,
+        "embedding_similar": np.zeros(len(a), bool),  # set below, for the pairs whose verdict depends on it
     }
     p = len(a)
     trimmed = np.full(p, NO_DISTANCE, np.uint8)
@@ -307,25 +374,40 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     # Pairs whose verdict hangs on image_match (monotone rule: True vs the plain-pHash value differ) need the trimmed
     # hash; rule-accepted pairs not already vetoed by declared colours need the image colour. Only their images are
     # decoded.
+    checks = image_loader is not None or signatures is not None
+    use_emb = embeddings is not None and "embedding_similar" in names
+    maybe_emb = {"embedding_similar": np.ones(p, bool)} if use_emb else {}  # not known yet: could hold
     need_trim = np.zeros(p, bool)
-    if image_loader is not None and "image_match" in names:
-        need_trim = verdict({**signals, "image_match": np.ones(p, bool)}) & ~verdict(signals)
+    if checks and "image_match" in names:
+        need_trim = verdict({**signals, **maybe_emb, "image_match": np.ones(p, bool)}) & ~verdict(signals)
     _, declared_differs = _declared_differs(colors, a, b)
     _, brand_differs = _declared_differs(brands, a, b)
     need_color = np.zeros(p, bool)
-    if image_loader is not None and params.color_veto:
+    if checks and params.color_veto:
         # Declared colours that agree are still checked: coarse names ("blue") cover clearly different shades.
-        need_color = verdict({**signals, "image_match": signals["image_match"] | need_trim}) & ~declared_differs
+        need_color = verdict({**signals, **maybe_emb, "image_match": signals["image_match"] | need_trim}) \
+            & ~declared_differs
     counts["trimmed_checked_pairs"] = int(need_trim.sum())
     counts["color_checked_pairs"] = int(need_color.sum())
     if need_trim.any() or need_color.any():
         involved = np.unique(np.concatenate([a[need_trim | need_color], b[need_trim | need_color]]))
-        rows = np.concatenate([np.arange(img_start[x], img_start[x] + img_count[x]) for x in involved.tolist()]) \
-            if len(involved) else np.empty(0, np.int64)
-        sig = image_signatures(lambda r: image_loader(int(order[r])), rows.tolist(), len(image_product),
-                               workers=params.workers, tolerance=params.trim_tolerance)
-        counts["images_decoded"] = int(sig.ok.sum())
-        counts["images_undecodable"] = int(len(rows) - sig.ok.sum())
+        per = img_count[involved]  # every image row of the involved products (ragged expansion)
+        rows = np.repeat(img_start[involved], per) + np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+        m = len(image_product)
+        sig = Signatures(codes=signatures.codes[order], color=signatures.color[order], ok=signatures.ok[order]) \
+            if signatures is not None else Signatures.empty(m)
+        missing = rows[~sig.ok[rows]] if len(rows) else rows
+        counts["signatures_stored"] = int(len(rows) - len(missing))
+        if image_loader is not None and len(missing):
+            # Only rows without a stored signature are decoded (inspected before the columns existed).
+            got = image_signatures(lambda r: image_loader(int(order[r])), missing.tolist(), m,
+                                   workers=params.workers, tolerance=params.trim_tolerance)
+            sig.codes[got.ok], sig.color[got.ok], sig.ok[got.ok] = got.codes[got.ok], got.color[got.ok], True
+            counts["images_decoded"] = int(got.ok.sum())
+            counts["images_undecodable"] = int(len(missing) - got.ok.sum())
+        else:
+            counts["images_decoded"] = counts["images_undecodable"] = 0
+        counts["signatures_missing"] = int((~sig.ok[rows]).sum()) if len(rows) else 0  # no signature: unknown
         if need_trim.any():
             q = np.flatnonzero(need_trim)
             for col in range(sig.codes.shape[1]):  # the closest over the crop/border-tolerant codes
@@ -343,6 +425,25 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         color_dist[q] = color_distance(prod_color[a[q]], prod_color[b[q]],
                                        lightness_weight=params.color_lightness_weight)
     lap("image_signatures")
+    emb_sim = np.full(p, np.nan, np.float32)
+    if use_emb:
+        need_emb = verdict({**signals, "embedding_similar": np.ones(p, bool)}) & ~verdict(signals)
+        counts["embedding_checked_pairs"] = int(need_emb.sum())
+        if need_emb.any():
+            involved = np.unique(np.concatenate([a[need_emb], b[need_emb]]))
+            per = img_count[involved]
+            rows = np.repeat(img_start[involved], per) + np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per,
+                                                                                               per)
+            vecs, found = embeddings(order[rows])  # only these rows' vectors are held
+            slot = np.full(len(image_product), -1, np.int64)
+            slot[rows[found]] = np.arange(int(found.sum()))
+            counts["embedding_vectors_found"] = int(found.sum())
+            counts["embedding_vectors_missing"] = int((~found).sum())
+            q = np.flatnonzero(need_emb)
+            emb_sim[q] = best_cosine(a[q], b[q], img_start, img_count, np.asarray(vecs, np.float32)[found], slot)
+            with np.errstate(invalid="ignore"):
+                signals["embedding_similar"] = emb_sim >= params.embedding_threshold
+        lap("embeddings")
     rule_yes = verdict(signals)
     color_veto = np.zeros(p, bool)
     if params.color_veto:
@@ -360,6 +461,7 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     return CandidatePairs(a=a, b=b, identical_image=identical, distance=distance, image_a=back(row_a),
                           image_b=back(row_b), title_similarity=sim, same_category=same_category,
                           trimmed_distance=trimmed, trimmed_a=back(trim_a), trimmed_b=back(trim_b),
-                          color_distance=color_dist, declared_color_differs=declared_differs,
+                          color_distance=color_dist, embedding_similarity=emb_sim,
+                          declared_color_differs=declared_differs,
                           declared_brand_differs=brand_differs, vetoed=veto,
                           accepted=accepted, counts=counts, seconds=seconds)

@@ -18,6 +18,9 @@ SIGNALS: dict[str, str] = {
                    "from the stored images of the pairs whose verdict depends on it)",
     "title_similar": "same top-level category and title similarity >= dedup.title_threshold (found by MinHash LSH)",
     "same_category": "same top-level category (checked on candidates only)",
+    "embedding_similar": "cosine similarity of the closest image pair's embeddings (the feature store of the embed "
+                         "model) >= dedup.embedding_threshold (checked on candidates only, for the pairs whose "
+                         "verdict depends on it)",
 }
 """Registry of the signals a rule may name, with what each means."""
 

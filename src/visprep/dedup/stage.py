@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,9 +12,14 @@ import pyarrow as pa
 from visprep.config import DedupConfig, section_params
 from visprep.dedup.groups import canonical_members, connected_groups
 from visprep.dedup.pairs import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
+from visprep.dedup.rule import parse_rule
+from visprep.dedup.visual import signatures_from_table
+from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
 from visprep.schema import DUPLICATE_EDGES, PRODUCT_GROUPS
 from visprep.workspace import Workspace
+
+SIGNATURE_COLUMNS = CODE_COLUMNS + COLOR_COLUMNS
 
 
 @dataclass
@@ -35,11 +41,12 @@ def params_from_config(cfg: DedupConfig) -> DedupParams:
 
 
 def hashed_images(ws: Workspace) -> pa.Table:
-    """(product_id, image_id, phash, format) of every product image whose newest fetch succeeded and that decoded,
-    a product's images in listing order (its hero image first)."""
+    """(product_id, image_id, phash, format, the signature columns) of every product image whose newest fetch
+    succeeded and that decoded, a product's images in listing order (its hero image first)."""
+    sig = ", ".join(f"any_value(i.{c}) AS {c}" for c in SIGNATURE_COLUMNS)
     return ws.sql(
-        """
-        SELECT pi.product_id, u.image_id, any_value(i.phash) AS phash, any_value(u.format) AS format
+        f"""
+        SELECT pi.product_id, u.image_id, any_value(i.phash) AS phash, any_value(u.format) AS format, {sig}
         FROM pi
         JOIN u ON u.url = pi.url AND u.status = 'ok'
         JOIN i ON i.image_id = u.image_id AND i.status = 'ok' AND i.phash IS NOT NULL
@@ -47,8 +54,24 @@ def hashed_images(ws: Workspace) -> pa.Table:
         ORDER BY pi.product_id, min(pi.position), u.image_id
         """,
         pi=ws.read_table("product_images", ["product_id", "position", "url"]), u=ws.latest_urls(),
-        i=ws.read_table("images", ["image_id", "status", "phash"]),
+        i=ws.read_table("images", ["image_id", "status", "phash", *SIGNATURE_COLUMNS]),
     )
+
+
+def embedding_lookup(ws: Workspace, image_ids: list[str]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """fn(image rows) -> (vectors, found) from the feature store of the `[embed]` model, for `embedding_similar`;
+    FileNotFoundError (naming the model and `visprep embed`) when that store was never written."""
+    from visprep.embed.registry import model_id_of
+    from visprep.embed.stage import features_root
+    from visprep.embed.store import FeatureStore
+
+    cfg = ws.config.embed
+    options = dict(cfg.options)
+    if cfg.threads:
+        options.setdefault("threads", cfg.threads)
+    store = FeatureStore.open_existing(features_root(ws), model_id_of(cfg.model, **options))
+    # The store reads all its vectors for one bulk lookup (N x dim float32): called once, for the needed rows.
+    return lambda rows: store.get([image_ids[r] for r in rows.tolist()])
 
 
 def group_products(product_ids: list[str], pairs: CandidatePairs, image_count: np.ndarray) -> pa.Table:
@@ -106,6 +129,9 @@ def edge_rows(product_ids: list[str], image_ids: list[str], pairs: CandidatePair
         declared = sel[getattr(pairs, f"declared_{attr}_differs")[sel]]
         add(declared, f"declared_{attr}_differs", [None] * len(declared), [None] * len(declared),
             [None] * len(declared), [None] * len(declared))
+    embedded = sel[~np.isnan(pairs.embedding_similarity[sel])]
+    add(embedded, "embedding", [None] * len(embedded), pairs.embedding_similarity[embedded].tolist(),
+        [None] * len(embedded), [None] * len(embedded))
     titled = sel[pairs.same_category[sel]]
     add(titled, "title", [None] * len(titled), pairs.title_similarity[titled].tolist(), [None] * len(titled),
         [None] * len(titled))
@@ -145,13 +171,18 @@ def dedup_stage(ws: Workspace) -> DedupResult:
         image_product = np.asarray([index[img_pid[k]] for k in known], dtype=np.int64)
         codes = imgs.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)[known] if known \
             else np.empty(0, np.uint64)
+        # The signatures inspect stored; images inspected before they existed are decoded here, those rows only.
+        signatures = signatures_from_table(imgs.take(pa.array(known, pa.int64())) if len(known) < len(img_pid)
+                                           else imgs) if cfg.image_checks else None
         res.seconds["read"] = round(time.perf_counter() - t0, 3)
         pairs = find_duplicates(product_ids, products.column("title").to_pylist(),
                                 products.column("top_category").to_pylist(), image_product, image_ids, codes,
                                 params=params_from_config(cfg), colors=products.column("color").to_pylist(),
                                 brands=products.column("brand").to_pylist(),
                                 image_loader=(lambda r: ws.store.get(image_ids[r], image_ext[r]))
-                                if cfg.image_checks else None)
+                                if cfg.image_checks else None, signatures=signatures,
+                                embeddings=embedding_lookup(ws, image_ids)
+                                if "embedding_similar" in parse_rule(cfg.rule).names else None)
         res.seconds.update(pairs.seconds)
         t0 = time.perf_counter()
         groups = group_products(product_ids, pairs, np.bincount(image_product, minlength=len(product_ids)))

@@ -41,6 +41,7 @@ class PairsReport:
     by_kind: dict[str, int] = field(default_factory=dict)
     propensities: Propensities | None = None
     concentration: dict[str, float] = field(default_factory=dict)
+    key_retries: int = 0  # user groups whose list keys were rebuilt after a hash collision
 
 
 def _signal_weight(cfg: EventsConfig) -> str:
@@ -62,7 +63,8 @@ def pair_groups(events: int, group_events: int) -> int:
     return g
 
 
-def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, groups: int | None = None) -> PairsReport:
+def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, groups: int | None = None,
+                _key_mod: int | None = None) -> PairsReport:
     """Compute `interaction_pairs` from event `parts` and write it to `out` atomically (temp file, rename).
 
     Every list-level signal (a result list is one user's, a co-view one user's session) is computed per group of
@@ -76,6 +78,7 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         out: the target Parquet file (`tables/interaction_pairs.parquet`).
         cfg: weights, co-view window, propensity and popularity options.
         groups: user-hash groups; default from the event count and `cfg.pairs_group_events`.
+        _key_mod: test hook: reduce the list keys modulo this, to force hash collisions (see `_load_group`).
     """
     report = PairsReport()
     if groups is None:
@@ -89,10 +92,9 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     con.execute("CREATE OR REPLACE TEMP TABLE expo (query_id VARCHAR, product_id VARCHAR, n BIGINT)")
     con.execute("CREATE OR REPLACE TEMP TABLE pop (product_id VARCHAR, n BIGINT)")
     src = f"read_parquet({sql_list(parts)})" if parts else f"({_EMPTY_EVENTS})"
-    cols = "ts, user_id, session_id, type, query_id, query_image_id, product_id, position"
     for g in range(groups):
         where = f"WHERE hash(user_id) % {groups} = {g}" if groups > 1 else ""
-        con.execute(f"CREATE OR REPLACE TEMP TABLE ev AS SELECT {cols} FROM {src} {where}")
+        report.key_retries += _load_group(con, src, where, key_mod=_key_mod)
         _group_partials(con, window=window, max_rank=cfg.max_rank)
     con.execute("DROP TABLE IF EXISTS ev")
 
@@ -149,31 +151,60 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     return report
 
 
+_EV_COLUMNS = "ts, user_id, session_id, type, query_id, query_image_id, product_id, position"
+#: Salts tried for the list / session keys before giving up (each retry follows a detected hash collision).
+_KEY_SALTS = 4
+
+
+def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -> int:
+    """Materialise one user group's events as temp table `ev`, with integer keys for its result lists and sessions.
+
+    `lk` = hash(user, session, query) names a result list and `sk` = hash(user, session) a session, so the joins
+    below run on one integer and a product id instead of four strings (about a third less work). Keys are checked
+    to be one-to-one with what they name; on a collision the keys are rebuilt with another salt, so the result is
+    always exact (a collision is expected about once in 10^12 keys). The salt is hashed first: appended last it
+    would be combined with an already colliding hash and collide again. Returns the salt used. `key_mod` (tests)
+    reduces the first salt's keys modulo it, forcing collisions.
+    """
+    for salt in range(_KEY_SALTS):
+        mod = f" % {int(key_mod)}" if key_mod and salt == 0 else ""
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE ev AS
+            SELECT {_EV_COLUMNS},
+                   hash({salt}, user_id, session_id, query_id){mod} AS lk,
+                   hash({salt}, user_id, session_id){mod} AS sk
+            FROM {src} {where}""")
+        collisions = con.execute("""
+            SELECT (SELECT count(*) FROM (SELECT lk FROM ev WHERE query_id IS NOT NULL GROUP BY lk
+                    HAVING min(user_id) <> max(user_id) OR min(session_id) <> max(session_id)
+                        OR min(query_id) <> max(query_id)))
+                 + (SELECT count(*) FROM (SELECT sk FROM ev GROUP BY sk
+                    HAVING min(user_id) <> max(user_id) OR min(session_id) <> max(session_id)))""").fetchall()[0][0]
+        if not collisions:
+            return salt
+    raise RuntimeError(f"list keys still collide after {_KEY_SALTS} salts ({collisions} keys): "
+                       "the events of this user group cannot be keyed exactly")
+
+
 def _group_partials(con: Any, *, window: float, max_rank: int) -> None:
     """Add one user group's partial aggregates (temp table `ev`) to `acc`, `hstats`, `expo` and `pop`."""
     con.execute("""
         CREATE OR REPLACE TEMP TABLE imp AS
-        SELECT user_id, session_id, query_id, product_id, min(position) AS position,
+        SELECT lk, product_id, any_value(query_id) AS query_id, min(position) AS position,
                min(query_image_id) AS query_image_id
-        FROM ev WHERE type = 'impression' GROUP BY ALL""")
+        FROM ev WHERE type = 'impression' GROUP BY lk, product_id""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE act AS
-        SELECT e.type AS kind, e.user_id, e.session_id, e.query_id, e.product_id,
+        SELECT e.type AS kind, e.lk, e.query_id, e.product_id,
                coalesce(e.query_image_id, i.query_image_id) AS query_image_id,
                coalesce(e.position, i.position) AS position
-        FROM ev e LEFT JOIN imp i
-          ON i.user_id = e.user_id AND i.session_id = e.session_id AND i.query_id = e.query_id
-         AND i.product_id = e.product_id
+        FROM ev e LEFT JOIN imp i ON i.lk = e.lk AND i.product_id = e.product_id
         WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.query_id IS NOT NULL""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE clicked AS
-        SELECT DISTINCT user_id, session_id, query_id, product_id FROM act WHERE kind = 'click'""")
+    con.execute("CREATE OR REPLACE TEMP TABLE clicked AS SELECT DISTINCT lk, product_id FROM act WHERE kind = 'click'")
     con.execute(f"""
         INSERT INTO hstats
         SELECT i.query_id, i.product_id, i.position, count(*) AS n, count(c.product_id) AS k
-        FROM imp i LEFT JOIN clicked c
-          ON c.user_id = i.user_id AND c.session_id = i.session_id AND c.query_id = i.query_id
-         AND c.product_id = i.product_id
+        FROM imp i LEFT JOIN clicked c ON c.lk = i.lk AND c.product_id = i.product_id
         WHERE i.position <= {int(max_rank)}
         GROUP BY ALL""")
     con.execute("INSERT INTO expo SELECT query_id, product_id, count(*) FROM imp GROUP BY ALL")
@@ -183,23 +214,19 @@ def _group_partials(con: Any, *, window: float, max_rank: int) -> None:
     con.execute(f"""
         INSERT INTO acc
         WITH lists AS (
-            SELECT user_id, session_id, query_id, max(position) AS lowest_click
-            FROM act WHERE kind = 'click' AND position IS NOT NULL GROUP BY ALL),
+            SELECT lk, max(position) AS lowest_click
+            FROM act WHERE kind = 'click' AND position IS NOT NULL GROUP BY lk),
         skipped AS (
-            SELECT i.* FROM imp i JOIN lists l
-              ON l.user_id = i.user_id AND l.session_id = i.session_id AND l.query_id = i.query_id
+            SELECT i.* FROM imp i JOIN lists l ON l.lk = i.lk
             WHERE i.position < l.lowest_click
-              AND NOT EXISTS (SELECT 1 FROM clicked c
-                              WHERE c.user_id = i.user_id AND c.session_id = i.session_id
-                                AND c.query_id = i.query_id AND c.product_id = i.product_id)),
+              AND NOT EXISTS (SELECT 1 FROM clicked c WHERE c.lk = i.lk AND c.product_id = i.product_id)),
         seen AS (
-            SELECT user_id, session_id, product_id, ts, type FROM ev
+            SELECT sk, product_id, ts, type FROM ev
             WHERE type IN ('view', 'click') AND product_id IS NOT NULL),
         coviews AS (
-            SELECT DISTINCT a.product_id AS anchor_id, b.product_id, a.user_id, a.session_id
+            SELECT DISTINCT a.product_id AS anchor_id, b.product_id, a.sk
             FROM seen a JOIN seen b
-              ON a.user_id = b.user_id AND a.session_id = b.session_id
-             AND b.ts > a.ts AND b.ts <= a.ts + to_seconds({window})
+              ON a.sk = b.sk AND b.ts > a.ts AND b.ts <= a.ts + to_seconds({window})
             WHERE a.type = 'view' AND a.product_id <> b.product_id)
         SELECT query_id, 'query', min(query_image_id), product_id, kind, position, count(*)
         FROM act GROUP BY query_id, product_id, kind, position

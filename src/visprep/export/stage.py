@@ -1,4 +1,9 @@
-"""The export stage: preprocessed images with metadata and positives into WebDataset shards, per split."""
+"""The export stage: preprocessed images with metadata and positives into WebDataset shards, per split.
+
+A split's samples are its products' usable images (meta `source` catalog or synthetic), then the user photos the
+user-photo mix paired with its products (`tables/user_pairs`, meta `source` "user"): each is a sample of its own,
+labelled with the product it was matched to, whose positive is that product's catalog photo (kind user_photo), and
+that catalog photo lists the user photo among its positives, as a same_product pair lists both ways."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from visprep.export.shards import ShardSample, write_shards
 from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
 from visprep.images.sniff import extension_for
 from visprep.pairs.stage import usable_images
+from visprep.quality.mix import KIND, export_user_pairs
 from visprep.workspace import Workspace
 
 _META = ("title", "category", "top_category", "brand", "color", "material", "size", "price", "seller")
@@ -55,26 +61,42 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
     fmt = dict(zip(ok.column("image_id").to_pylist(), ok.column("format").to_pylist()))
     pairs = ws.read_table("pairs")
     sp = pairs.filter(pc.equal(pairs.column("kind"), "same_product")).to_pylist()
-    positives: dict[str, list[dict]] = {}
+    # Keyed by (product, image): one photo listed by two products is two samples, each with its own product's pairs.
+    positives: dict[tuple[str, str], list[dict]] = {}
     for r in sp:
-        positives.setdefault(r["anchor_id"], []).append({"image_id": r["positive_id"], "kind": r["kind"],
-                                                         "weight": r["weight"]})
-        positives.setdefault(r["positive_id"], []).append({"image_id": r["anchor_id"], "kind": r["kind"],
-                                                           "weight": r["weight"]})
+        p = r["anchor_product_id"]
+        positives.setdefault((p, r["anchor_id"]), []).append({"image_id": r["positive_id"], "kind": r["kind"],
+                                                              "weight": r["weight"]})
+        positives.setdefault((p, r["positive_id"]), []).append({"image_id": r["anchor_id"], "kind": r["kind"],
+                                                                "weight": r["weight"]})
     rows = imgs.to_pylist()
+    split_of = {r["product_id"]: r["split"] for r in rows}
+    user_rows: dict[str, list[dict]] = {}
+    catalog_keys = {(r["product_id"], r["image_id"]) for r in rows}
+    for r in export_user_pairs(ws, split_of).to_pylist():
+        if (r["anchor_product_id"], r["anchor_id"]) in catalog_keys:
+            continue  # the "user photo" is one of the product's own images (a stale mix): it is already a sample
+        positives.setdefault((r["anchor_product_id"], r["positive_id"]), []).append(
+            {"image_id": r["anchor_id"], "kind": KIND, "weight": r["weight"]})
+        user_rows.setdefault(r["split"], []).append({
+            "product_id": r["anchor_product_id"], "image_id": r["anchor_id"], "split": r["split"], "source": "user",
+            "position": None, "ext": "jpg",  # the queries stage stores the cleaned photos as JPEG
+            "positives": [{"image_id": r["positive_id"], "kind": KIND, "weight": r["weight"]}]})
+    n_user = sum(len(v) for v in user_rows.values())
     splits = cfg.export.splits or sorted({r["split"] for r in rows})
     summary: dict[str, dict] = {}
     with ws.run("export", section_params(cfg, "preprocess", "export")) as run:
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("pairs", "images", "products", "splits")}
+        run.inputs = {t: ws.table_fingerprint(t) for t in ("pairs", "images", "products", "splits", "user_pairs",
+                                                            "queries", "eval_queries")}
         failures: list[str] = []
         if progress:
-            progress(0, len(rows))
+            progress(0, len(rows) + n_user)
         for split in splits:
-            chosen = [r for r in rows if r["split"] == split]
+            chosen = [r for r in rows if r["split"] == split] + user_rows.get(split, [])
 
-            def samples(chosen: list[dict] = chosen) -> Iterator[ShardSample]:
-                items = [(str(ws.store.path(r["image_id"], extension_for(fmt[r["image_id"]]))), profile,
-                          cfg.preprocess.jpeg_quality) for r in chosen]
+            def samples(chosen: list[dict] = chosen, split: str = split) -> Iterator[ShardSample]:
+                items = [(str(ws.store.path(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]]))),
+                          profile, cfg.preprocess.jpeg_quality) for r in chosen]
                 done = 0
                 for batch, outs in map_batches(preprocess_batch, items, batch_size=64, workers=cfg.export.workers):
                     for out in outs:
@@ -88,17 +110,19 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
                                 "source": r["source"], "position": r["position"],
                                 "attributes": json.loads(p["attributes"] or "{}"),
                                 **{k: p[k] for k in _META}}
-                        pos = positives.get(r["image_id"], []) + [{"text": p["title"], "kind": "image_title"}]
+                        own = r["positives"] if r["source"] == "user" else \
+                            positives.get((r["product_id"], r["image_id"]), [])
+                        pos = own + [{"text": p["title"], "kind": "image_title"}]
                         yield ShardSample(key=sample_key(r["product_id"], r["image_id"]), jpg=out, meta=meta,
                                           positives=pos)
                     if progress:
-                        progress(len(batch), len(rows))
+                        progress(len(batch), len(rows) + n_user)
 
             manifest = write_shards(samples(), ws.shards_dir / split, split=split,
                                     max_count=cfg.export.max_count, max_bytes=cfg.export.max_bytes)
             summary[split] = {"samples": manifest.total_samples, "shards": len(manifest.shards),
                               "bytes": manifest.total_bytes}
-        run.counts = {"images_in": len(rows), "failed": len(failures),
+        run.counts = {"images_in": len(rows), "user_photos_in": n_user, "failed": len(failures),
                       **{f"samples_{s}": v["samples"] for s, v in summary.items()},
                       **{f"shards_{s}": v["shards"] for s, v in summary.items()}}
         run.notes.extend(failures[:50])

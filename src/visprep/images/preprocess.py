@@ -69,6 +69,8 @@ PROFILES: dict[str, PreprocessProfile] = {
     # The ImageNet transform scaled to a 128 crop (same 0.875 crop ratio): ~3x fewer FLOPs for CNN embedders, for
     # low-resolution catalogs (the demo's 28-px Fashion-MNIST garments) and CPU-only runs.
     "imagenet-128": PreprocessProfile(size=128, resize_shorter=146),
+    # The same at 64 px (~3x faster again on CPU): still more than twice the demo garments' 28 px.
+    "imagenet-64": PreprocessProfile(size=64, resize_shorter=73),
 }
 
 

@@ -1,20 +1,31 @@
-"""The inspect stage: decode each stored image once and record size, format, EXIF, pHash and blur."""
+"""The inspect stage: decode each stored image once and record size, format, EXIF, pHash, blur and the
+crop/border-tolerant signature; back-fill the signature of images inspected before it existed."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from visprep.config import section_params
 from visprep.engines.local import map_batches
 from visprep.images.decode import ImageDecodeError
 from visprep.images.inspect import inspect_image
+from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
 from visprep.schema import IMAGES
-from visprep.workspace import QuarantineRecord, Workspace
+from visprep.workspace import QuarantineRecord, Workspace, atomic_write_parquet
+
+SIGNATURE_COLUMNS = CODE_COLUMNS + COLOR_COLUMNS
+SIGNATURE_SCHEMA = pa.schema([IMAGES.field("image_id"), *(IMAGES.field(c) for c in SIGNATURE_COLUMNS)])
+"""Rows of the back-fill's staging parts."""
+BACKFILL_DIR = ".images-signatures"
+"""Staging folder (under tables/, hidden: not a table) of back-filled signatures until they are merged."""
 
 
 @dataclass
@@ -27,6 +38,8 @@ class InspectStageResult:
     ok: int = 0
     refused: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    backfilled: int = 0  # signatures computed for images inspected before the signature columns existed
+    backfill_failed: int = 0  # of those, images that no longer read or decode (left null, retried next run)
     run_id: str = ""
 
 
@@ -47,27 +60,47 @@ def inspect_batch(items: Sequence[tuple[str, str, str, int]]) -> list[dict]:
         else:
             row.update(status="ok", reason=None, format=info.format, width=info.width, height=info.height,
                        exif_orientation=info.exif_orientation, phash=info.phash, blur=info.blur,
-                       progressive=info.progressive, mode=info.mode)
+                       progressive=info.progressive, mode=info.mode,
+                       **dict(zip(CODE_COLUMNS, info.signature_codes)), **dict(zip(COLOR_COLUMNS, info.fg_color)))
         rows.append(row)
     return rows
 
 
+def signature_batch(items: Sequence[tuple[str, str, int]]) -> list[dict]:
+    """Signature rows of `(image_id, path, max_pixels)` items that read and decode; the others are left out."""
+    rows = []
+    for image_id, path, max_pixels in items:
+        try:
+            with open(path, "rb") as fh:
+                info = inspect_image(fh.read(), max_pixels=max_pixels)
+        except (ImageDecodeError, OSError):
+            continue
+        rows.append({"image_id": image_id, **dict(zip(CODE_COLUMNS, info.signature_codes)),
+                     **dict(zip(COLOR_COLUMNS, info.fg_color))})
+    return rows
+
+
 def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = None) -> InspectStageResult:
-    """Inspect every stored image not inspected yet; corrupt, truncated and oversized images are quarantined."""
+    """Inspect every stored image not inspected yet, and back-fill the signature of images inspected before it
+    existed; corrupt, truncated and oversized images are quarantined."""
     cfg = ws.config.inspect
     result = InspectStageResult()
     latest = ws.latest_urls()
     ok = latest.filter(pc.equal(latest.column("status"), "ok"))
     stored = dict(zip(ok.column("image_id").to_pylist(), ok.column("format").to_pylist()))
-    done = set(ws.read_table("images", ["image_id"]).column("image_id").to_pylist())
+    images = ws.read_table("images", ["image_id", "status", *SIGNATURE_COLUMNS])
+    done = set(images.column("image_id").to_pylist())
     todo = sorted(i for i in stored if i not in done)
+    staging = ws.tables_dir / BACKFILL_DIR
+    staged = _read_staging(staging)
+    backfill = sorted(set(_missing_signature(images)) & stored.keys() - set(staged.column("image_id").to_pylist()))
     result.stored, result.already = len(stored), len(stored) - len(todo)
     with ws.run("inspect", section_params(ws.config, "inspect")) as run:
-        run.inputs = {"urls": ws.table_fingerprint("urls"), "pending": len(todo)}
+        run.inputs = {"urls": ws.table_fingerprint("urls"), "pending": len(todo), "backfill_pending": len(backfill)}
         result.run_id = run.run_id
         items = [(i, str(ws.store.path(i, extension_for(stored[i]))), stored[i], cfg.max_pixels) for i in todo]
         if progress:
-            progress(0, len(items))
+            progress(0, len(items) + len(backfill))
         for seq, (batch, rows) in enumerate(map_batches(inspect_batch, items, batch_size=cfg.batch_size,
                                                         workers=cfg.workers)):
             for r in rows:
@@ -80,13 +113,56 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
                     result.by_reason[r["status"]] = result.by_reason.get(r["status"], 0) + 1
             ws.write_part("images", pa.Table.from_pylist(rows, schema=IMAGES), f"{run.run_id}-{seq:06d}")
             if progress:
-                progress(len(batch), len(items))
-        if todo:
-            ws.write_table("images", ws.read_table("images"))
+                progress(len(batch), len(items) + len(backfill))
+        # Back-fill: each batch's signatures go to a staging part first (a killed run keeps them and the next one
+        # skips them), and are merged into `images` in one rewrite below, so no reader ever sees an image twice.
+        fill = [(i, str(ws.store.path(i, extension_for(stored[i]))), cfg.max_pixels) for i in backfill]
+        for seq, (batch, rows) in enumerate(map_batches(signature_batch, fill, batch_size=cfg.batch_size,
+                                                        workers=cfg.workers)):
+            atomic_write_parquet(staging / f"part-{run.run_id}-{seq:06d}.parquet",
+                                 pa.Table.from_pylist(rows, schema=SIGNATURE_SCHEMA))
+            result.backfilled += len(rows)
+            result.backfill_failed += len(batch) - len(rows)
+            if progress:
+                progress(len(batch), len(items) + len(backfill))
+        staged = _read_staging(staging)
+        if todo or staged.num_rows:
+            ws.write_table("images", merge_signatures(ws.read_table("images"), staged))
+        shutil.rmtree(staging, ignore_errors=True)  # merged (or empty): a rerun would only rewrite the same values
         quarantined = refresh_inspect_quarantine(ws, run.run_id)
         run.counts = {"images_in": result.stored, "already": result.already, "inspected": result.inspected,
-                      "ok": result.ok, "quarantined": quarantined}
+                      "ok": result.ok, "quarantined": quarantined, "signatures_backfilled": result.backfilled,
+                      "signature_backfill_failed": result.backfill_failed}
     return result
+
+
+def _missing_signature(images: pa.Table) -> list[str]:
+    """Image ids of decodable rows (status ok) with any signature column null."""
+    missing = pc.equal(images.column("status"), "ok")
+    nulls = None
+    for c in SIGNATURE_COLUMNS:
+        nulls = images.column(c).is_null() if nulls is None else pc.or_(nulls, images.column(c).is_null())
+    return images.filter(pc.and_(missing, nulls)).column("image_id").to_pylist() if images.num_rows else []
+
+
+def _read_staging(staging: Path) -> pa.Table:
+    parts = sorted(p for p in staging.glob("part-*.parquet")) if staging.is_dir() else []
+    if not parts:
+        return SIGNATURE_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(p).select(SIGNATURE_SCHEMA.names).cast(SIGNATURE_SCHEMA) for p in parts])
+
+
+def merge_signatures(images: pa.Table, staged: pa.Table) -> pa.Table:
+    """`images` with the signature columns of its rows found in `staged` (image_id + signature columns) filled in;
+    row order and every other column unchanged."""
+    if not staged.num_rows:
+        return images
+    at = pc.index_in(images.column("image_id"), value_set=staged.column("image_id"))
+    found = at.is_valid()
+    for name in SIGNATURE_COLUMNS:
+        filled = pc.if_else(found, pc.take(staged.column(name), at), images.column(name))
+        images = images.set_column(images.schema.get_field_index(name), name, filled.cast(IMAGES.field(name).type))
+    return images
 
 
 def refresh_inspect_quarantine(ws: Workspace, run_id: str) -> int:

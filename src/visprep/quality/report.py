@@ -32,6 +32,9 @@ def quality_status(ws: Workspace, *, examples: int = 20) -> dict[str, Any]:
     if sh:
         m = sh.get("metrics", {})
         out["shift"] = {"run_id": sh["run_id"], **(m.get("shift") or {}), "mix": m.get("mix")}
+    mx = ws.last_run("mix")  # the user-photo mix has its own run record since it became a stage of `run`
+    if mx:
+        out.setdefault("shift", {})["mix"] = (mx.get("metrics") or {}).get("mix")
     if ws.has_table("label_issues"):
         out["label_issues"] = ws.read_table("label_issues", ["product_id"]).num_rows
     return out
@@ -74,8 +77,8 @@ def quality_lines(q: dict[str, Any]) -> list[str]:
         lines.append(f"catalog vs user photos: {sh['verdict']} (domain AUC {sh['domain_auc']}, "
                      f"{sh['n_catalog']}/{sh['n_user']} photos)"
                      + (f": {'; '.join(sh['reasons'])}" if sh["reasons"] else ""))
-        if sh.get("mix"):
-            lines.append(f"  user-photo pairs: {sh['mix']['added']} (fraction {sh['mix']['fraction']})")
+    if sh and sh.get("mix"):
+        lines.append(f"  user-photo pairs: {sh['mix']['added']} (fraction {sh['mix']['fraction']})")
     if "label_issues" in q:
         lines.append(f"label issues flagged: {q['label_issues']}")
     return lines

@@ -266,7 +266,7 @@ class ShiftResult:
     model_id: str = ""
     embedded: int = 0
     failed: int = 0
-    mix: dict[str, Any] = field(default_factory=dict)
+    mix: dict[str, Any] = field(default_factory=dict)  # filled by callers that also run the mix (`visprep shift`)
     run_id: str = ""
 
 
@@ -284,17 +284,37 @@ def _stats(ws: Workspace, ids: list[str], exts: list[str]) -> tuple[np.ndarray, 
     return np.array(rows).reshape(-1, len(FEATURES)), bad
 
 
+# What the shift report reads. The vectors are a function of these images and the embed config (recorded as a
+# parameter), so the feature store itself is not an input: the report embeds the photos it lacks into it.
+INPUTS = ("queries", "images", "product_images", "urls")
+
+
+def shift_applies(ws: Workspace) -> bool:
+    """Whether `visprep run` has a shift to measure: at least `quality.shift_folds` accepted user photos in
+    `tables/queries`, and a feature store of the configured embed model (the embed stage ran)."""
+    from visprep.embed.registry import model_id_of
+    from visprep.embed.stage import features_root
+    from visprep.embed.store import store_dir_name
+
+    if not ws.has_table("queries") or len(user_images(ws)) < ws.config.quality.shift_folds:
+        return False
+    cfg = ws.config.embed
+    try:
+        model_id = model_id_of(cfg.model, **cfg.options)
+    except (ImportError, ValueError, OSError):  # no embedder to compare with: nothing to measure
+        return False
+    return (features_root(ws) / store_dir_name(model_id)).is_dir()
+
+
 def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:
-    """Measure catalog-vs-user-photo shift into `tables/domain_shift` and mix linked user photos into `pairs`
-    (`quality.user_mix_fraction`)."""
+    """Measure catalog-vs-user-photo shift into `tables/domain_shift` (the user-photo mix is `quality.mix`)."""
     from visprep.images.sniff import extension_for
-    from visprep.quality.mix import mix_user_photos
 
     cfg = ws.config.quality
     res = ShiftResult()
     with ws.run("shift", {**section_params(ws.config, "quality", "embed")}) as run:
         res.run_id = run.run_id
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("queries", "images", "product_images", "urls")}
+        run.inputs = {t: ws.table_fingerprint(t) for t in INPUTS}
         rng = np.random.default_rng(cfg.seed)
         cat = catalog_images(ws)
         ext_of = {i: extension_for(f) for i, f in zip(cat.column("image_id").to_pylist(),
@@ -325,8 +345,7 @@ def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:
         for r in rows:
             r.update(n_catalog=report.n_catalog, n_user=report.n_user, run_id=run.run_id)
         ws.write_table("domain_shift", pa.Table.from_pylist(rows, schema=DOMAIN_SHIFT))
-        res.mix = mix_user_photos(ws)
         run.counts = {"catalog_images": report.n_catalog, "user_images": report.n_user, "embedded": res.embedded,
-                      "failed": res.failed, "user_pairs": res.mix.get("added", 0)}
-        run.metrics = {"shift": report.as_dict(), "model_id": res.model_id, "mix": res.mix}
+                      "failed": res.failed}
+        run.metrics = {"shift": report.as_dict(), "model_id": res.model_id}
     return res

@@ -28,14 +28,15 @@ class QualityResult:
 
 
 def default_embeddings(ws: Workspace) -> Path:
-    """The newest model folder of the feature store (`features/<model_id>/`)."""
+    """The Parquet parts of the feature store's newest model folder (`features/<model_id>/parts/`)."""
     root = ws.root / "features"
     models = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                     key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     if not models:
         raise FileNotFoundError(f"no embeddings: pass --embeddings, set quality.embeddings, or run `visprep embed` "
                                 f"(nothing in {root})")
-    return models[-1]
+    # The store keeps its vectors in parts/ beside its index; read_embeddings reads Parquet files, not the index.
+    return models[-1] / "parts" if (models[-1] / "parts").is_dir() else models[-1]
 
 
 def product_vectors(ws: Workspace, ids: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -102,6 +103,12 @@ def quality_stage(ws: Workspace, *, embeddings: str | Path | None = None) -> Qua
             if cfg.policy != "keep":
                 ws.write_table("pairs", pairs)
             res.pairs_affected = touched
+        if ws.has_table("user_pairs"):
+            from visprep.quality.mix import mix_stage
+
+            # The mix applies the policy to its own rows when it builds them: rebuild them under the new flags
+            # (applying the policy on top of the old rows would down-weight a product flagged twice twice).
+            res.pairs_affected += mix_stage(ws)["policy_touched"]
         res.checked, res.flagged = len(use), len(flagged)
         run.counts = {"embedded_products": len(pids), "checked": res.checked, "flagged": res.flagged,
                       "pairs_affected": res.pairs_affected}

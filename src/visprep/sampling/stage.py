@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +12,9 @@ from visprep.config import section_params
 from visprep.sampling.planner import plan_epoch
 from visprep.schema import BATCH_PLAN
 from visprep.workspace import Workspace
+
+if TYPE_CHECKING:
+    from visprep.mining.stage import MiningItems
 
 
 def popularity_weights(ws: Workspace, product_ids: list[str], exponent: float) -> np.ndarray:
@@ -25,6 +29,36 @@ def popularity_weights(ws: Workspace, product_ids: list[str], exponent: float) -
     return np.array([(1.0 + counts[p]) ** exponent for p in product_ids])
 
 
+def with_user_photos(ws: Workspace, items: MiningItems) -> tuple[MiningItems, int]:
+    """`items` plus one item per exportable user photo (`user_pairs`, as export writes them into the shards), in its
+    product's class, group and split: a P x K batch then holds a product's user photos beside its catalog photos."""
+    from dataclasses import fields, replace
+
+    from visprep.quality.mix import export_user_pairs
+
+    if not ws.has_table("user_pairs") or len(items) == 0:
+        return items, 0
+    split_of = dict(zip(items.product_id.tolist(), items.split.tolist()))
+    up = export_user_pairs(ws, split_of)
+    first: dict[str, int] = {}
+    for k, p in enumerate(items.product_id.tolist()):
+        first.setdefault(p, k)
+    seen = set(zip(items.image_id.tolist(), items.product_id.tolist()))
+    photos, src = [], []
+    for a, p in zip(up.column("anchor_id").to_pylist(), up.column("anchor_product_id").to_pylist()):
+        if p in first and (a, p) not in seen:
+            seen.add((a, p))
+            photos.append(a)
+            src.append(first[p])
+    if not photos:
+        return items, 0
+    rows = np.asarray(src, np.int64)
+    extended = {f.name: np.concatenate([getattr(items, f.name), getattr(items, f.name)[rows]])
+                for f in fields(items) if isinstance(getattr(items, f.name), np.ndarray)}
+    extended["image_id"] = np.concatenate([items.image_id, np.array(photos, dtype=object)])
+    return replace(items, **extended), len(photos)
+
+
 def sample_stage(ws: Workspace) -> dict[str, int]:
     """Plan `sampling.epochs` epochs of P x K batches per split; return counts (also in the run record)."""
     from visprep.mining.stage import load_items
@@ -32,8 +66,9 @@ def sample_stage(ws: Workspace) -> dict[str, int]:
     cfg = ws.config.sampling
     counts: dict[str, int] = {}
     with ws.run("sample", section_params(ws.config, "sampling")) as run:
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "splits", "images", "interaction_pairs")}
-        items = load_items(ws)
+        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "splits", "images", "interaction_pairs",
+                                                           "user_pairs")}
+        items, counts["user_photos"] = with_user_photos(ws, load_items(ws))
         tables = []
         for split in cfg.splits:
             rows = np.flatnonzero(items.split == split)

@@ -51,7 +51,8 @@ def check_split_leaks(ws: Workspace) -> SplitLeakReport:
     if crossing:
         rep.leaks.append(f"{len(crossing)} product groups span several splits: {_examples(crossing)}")
 
-    for table, other in (("pairs", "positive_product_id"), ("negatives", "negative_product_id")):
+    for table, other in (("pairs", "positive_product_id"), ("user_pairs", "positive_product_id"),
+                         ("negatives", "negative_product_id")):
         t = ws.read_table(table, ["anchor_product_id", other, "split"])
         rep.checked[table] = t.num_rows
         bad = []

@@ -64,7 +64,8 @@ def _stages() -> dict[str, _Stage]:
 
     stages = [
         _Stage("fetch", lambda ws, bar: fetch_stage(ws, progress=bar), did_work=lambda r: r.attempted > 0),
-        _Stage("inspect", lambda ws, bar: inspect_stage(ws, progress=bar), did_work=lambda r: r.inspected > 0),
+        _Stage("inspect", lambda ws, bar: inspect_stage(ws, progress=bar),
+               did_work=lambda r: r.inspected > 0 or r.backfilled > 0),
         _Stage("synth", lambda ws, bar: synth_stage(ws, progress=bar), did_work=lambda r: r.changed),
         _Stage("embed", lambda ws, bar: embed_stage(ws, progress=bar), did_work=lambda r: r.embedded > 0),
         _Stage("dedup", lambda ws, bar: dedup_stage(ws), table=True),

@@ -6,15 +6,15 @@ every signal and the rule's verdict out. Nothing here reads or writes a workspac
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from visprep.dedup.hamming import radius_pairs
+from visprep.dedup.phases import PhaseClock
 from visprep.dedup.rule import DuplicateRule, parse_rule
-from visprep.dedup.titles import normalize_title, title_candidate_pairs, title_similarity
+from visprep.dedup.titles import normalize_title, title_candidate_keys, title_similarity
 from visprep.dedup.visual import Signatures, color_distance, image_signatures, normalize_color
 from visprep.images.signature import TRIM_TOLERANCE
 
@@ -93,6 +93,7 @@ class CandidatePairs:
     accepted: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: dict[str, int] = field(default_factory=dict)  # per phase (`phases.PhaseClock`)
 
 
 def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
@@ -184,6 +185,25 @@ def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_
     dist = np.full(p, NO_DISTANCE, np.uint8)
     ia = np.full(p, -1, np.int64)
     ib = np.full(p, -1, np.int64)
+    # Most products list one image: a pair of two such has one image pair, taken as it is (no per-pair minimum, whose
+    # sort was most of this function's time with tens of millions of candidates).
+    single = (img_count[pa_] == 1) & (img_count[pb] == 1)
+    if single.any():
+        q = np.flatnonzero(single)
+        ra, rb = img_start[pa_[q]], img_start[pb[q]]
+        d = np.bitwise_count(codes[ra] ^ codes[rb])
+        if valid is not None:
+            d = np.where(valid[ra] & valid[rb], d, np.uint8(NO_DISTANCE))
+        found = d < NO_DISTANCE
+        dist[q] = d
+        ia[q] = np.where(found, ra, -1)
+        ib[q] = np.where(found, rb, -1)
+        if single.all():
+            return dist, ia, ib
+        rest = np.flatnonzero(~single)
+        d_rest, ia_rest, ib_rest = _closest_images(pa_[rest], pb[rest], img_start, img_count, codes, valid)
+        dist[rest], ia[rest], ib[rest] = d_rest, ia_rest, ib_rest
+        return dist, ia, ib
     for q, pair_of, row_a, row_b in _cross_rows(pa_, pb, img_start, img_count, step=2_000_000):
         d = np.bitwise_count(codes[row_a] ^ codes[row_b]).astype(np.int16)
         if valid is not None:
@@ -215,17 +235,57 @@ def best_cosine(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_coun
     return best
 
 
-def _declared_differs(values: Sequence[str | None] | None, a: np.ndarray,
-                      b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For pairs (a, b) of a declared attribute: (both declare it, both declare it and the values differ)."""
+def _string_codes(values: Sequence[str]) -> np.ndarray:
+    """(N,) int64 code of each string (equal strings, equal codes), by Arrow dictionary encoding (no Python sort)."""
+    if len(values) == 0:
+        return np.empty(0, np.int64)
+    import pyarrow as pa
+
+    enc = pa.array(values, pa.string()).dictionary_encode()
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _declared_codes(values: Sequence[str | None] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(code of each normalised value, declared) of a declared attribute, None when not given: compared per pair
+    as integers, so chunks of pairs need no object arrays."""
     if values is None:
+        return None
+    norm = [normalize_color(v) for v in values]
+    return (_string_codes([v if v is not None else "" for v in norm]),
+            np.asarray([v is not None for v in norm], dtype=bool))
+
+
+def _declared_differs(codes: tuple[np.ndarray, np.ndarray] | None, a: np.ndarray,
+                      b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs (a, b) of a declared attribute (`_declared_codes`): (both declare it, both declare it and the
+    values differ)."""
+    if codes is None:
         none = np.zeros(len(a), bool)
         return none, none
-    norm = [normalize_color(v) for v in values]
-    val = np.asarray([v if v is not None else "" for v in norm], dtype=object)
-    has = np.asarray([v is not None for v in norm])
+    val, has = codes
     both = has[a] & has[b]
     return both, both & (val[a] != val[b])
+
+
+def _sorted_contains(sorted_keys: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(len(x),) bool: x[k] is in `sorted_keys` (sorted ascending), by binary search."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(x), bool)
+    pos = np.searchsorted(sorted_keys, x)
+    return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == x
+
+
+def merge_sorted_keys(big: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """Sorted union of `big` (sorted, unique) and `small` (any): the few missing keys are inserted into `big`, so
+    the peak is two copies of `big`, not the concatenate-and-sort's three."""
+    small = np.unique(small)
+    new = small[~_sorted_contains(big, small)]
+    return np.insert(big, np.searchsorted(big, new), new)
+
+
+PAIR_CHUNK = 2_000_000
+"""Candidate pairs scored at a time by `find_duplicates`: every signal and the rule are per pair, so memory is
+bounded by the chunk, not by the (tens of millions of) candidates."""
 
 
 def find_duplicates(product_ids: list[str], titles: list[str], top_categories: list[str | None],
@@ -233,7 +293,8 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
                     params: DedupParams = DedupParams(), colors: Sequence[str | None] | None = None,
                     brands: Sequence[str | None] | None = None, image_loader: Callable[[int], bytes] | None = None,
                     signatures: Signatures | None = None,
-                    embeddings: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> CandidatePairs:
+                    embeddings: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                    keep_all: bool = True, pair_chunk: int = PAIR_CHUNK) -> CandidatePairs:
     """Find candidate duplicate product pairs, compute every signal and apply the rule.
 
     Args:
@@ -255,10 +316,16 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         embeddings: fn(image rows, as given) -> (unit vectors (k, d) float32, found (k,) bool), for a rule naming
             `embedding_similar`; only the rows of pairs whose verdict depends on it are asked for. Without it that
             signal is false.
+        keep_all: return every candidate pair; False returns only the pairs the rule accepted or a veto rejected
+            (what `duplicate_edges` keeps by default), so the result stays small with tens of millions of candidates.
+        pair_chunk: candidate pairs scored at a time (the verdicts do not depend on it; the memory does).
 
     Returns:
-        `CandidatePairs` over every pair any generator signal proposed.
+        `CandidatePairs` over every pair any generator signal proposed (or its accepted and vetoed ones), sorted by
+        (a, b); `counts` are over every candidate either way.
     """
+    if pair_chunk < 1:
+        raise ValueError(f"pair_chunk must be at least 1, got {pair_chunk}")
     n = len(product_ids)
     if not (len(titles) == len(top_categories) == n):
         raise ValueError(f"product_ids ({n}), titles ({len(titles)}) and top_categories ({len(top_categories)}) "
@@ -277,27 +344,22 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
             raise ValueError(f"{name} ({len(values)}) must have one entry per product ({n})")
     rule: DuplicateRule = parse_rule(params.rule)
     counts: dict[str, int] = {"products": n, "image_rows": len(image_ids)}
-    seconds: dict[str, float] = {}
-    clock = [time.perf_counter()]
-
-    def lap(phase: str) -> None:
-        now = time.perf_counter()
-        seconds[phase] = round(now - clock[0], 3)
-        clock[0] = now
+    clock = PhaseClock()
+    lap = clock.lap
 
     # Image rows grouped by product (ragged arrays), so pairs of products can be compared image by image.
     order = np.argsort(image_product, kind="stable")
     image_product = image_product[order]
     image_codes = image_codes[order]
-    image_ids = [image_ids[k] for k in order.tolist()]
     img_count = np.bincount(image_product, minlength=n).astype(np.int64)
     img_start = np.cumsum(img_count) - img_count
 
     keys: list[np.ndarray] = []
-    # 1. Identical images: products listing the same content hash.
-    _, image_key = np.unique(np.asarray(image_ids, dtype=object).astype(str), return_inverse=True)
-    ga, gb = _group_pairs(image_key.astype(np.int64), image_product, max_clique=params.max_code_images)
+    # 1. Identical images: products listing the same content hash (integer codes: no (M,) array of 64-char strings).
+    image_key = _string_codes(list(image_ids))[order]
+    ga, gb = _group_pairs(image_key, image_product, max_clique=params.max_code_images)
     identical_keys = np.unique(_pair_keys(ga, gb, n))
+    del image_key, ga, gb
     keys.append(identical_keys)
     counts["identical_image_pairs"] = len(identical_keys)
     lap("identical_images")
@@ -310,6 +372,7 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     counts.update({"crowded_codes": near_counts["crowded_codes"],
                    "crowded_code_images": near_counts["crowded_code_images"],
                    "phash_code_pairs": near_counts["code_pairs"], "image_near_pairs": len(near_keys)})
+    del near_keys
     lap("phash_index")
 
     # 2b. The same search over each stored crop/border-tolerant code, so that a cropped or bordered copy is a
@@ -319,149 +382,199 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         signatures = None
     if signatures is not None and params.signature_candidates and "image_match" in rule.names:
         ok_rows = np.flatnonzero(signatures.ok[order])
-        sig_keys = [_near_code_pairs(np.ascontiguousarray(signatures.codes[order][ok_rows, col]),
+        sig_keys = [_near_code_pairs(np.ascontiguousarray(signatures.codes[order[ok_rows], col]),
                                      image_product[ok_rows], n, radius=params.match_radius,
                                      max_code_images=params.max_code_images, backend=params.hamming_backend)[0]
                     for col in range(signatures.codes.shape[1])]
         sig_keys = np.unique(np.concatenate(sig_keys)) if sig_keys else np.empty(0, np.int64)
         keys.append(sig_keys)
         counts["signature_near_pairs"] = len(sig_keys)
+        del sig_keys, ok_rows
         lap("signature_index")
 
     # 3. Title candidates within each top-level category.
-    ta, tb = title_candidate_pairs(titles, top_categories, lsh_threshold=params.lsh_threshold,
-                                   num_perm=params.num_perm, counts=counts,
-                                   subblocks=[normalize_color(v) for v in brands]
-                                   if brands is not None and params.brand_veto else None)
-    title_keys = _pair_keys(ta, tb, n)
-    keys.append(title_keys)
+    title_keys = title_candidate_keys(titles, top_categories, lsh_threshold=params.lsh_threshold,
+                                      num_perm=params.num_perm, counts=counts,
+                                      subblocks=[normalize_color(v) for v in brands]
+                                      if brands is not None and params.brand_veto else None)
     counts["title_candidate_pairs"] = len(title_keys)
     lap("title_lsh")
 
-    all_keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
-    a, b = all_keys // n, all_keys % n
-    counts["candidate_pairs"] = len(a)
+    # The title candidates dominate (tens of millions at 1M products when brands are missing): the few others are
+    # inserted into them rather than everything concatenated and sorted.
+    all_keys = merge_sorted_keys(title_keys, np.concatenate(keys))
+    del title_keys, keys
+    p_all = len(all_keys)
+    counts["candidate_pairs"] = p_all
 
-    distance, row_a, row_b = _closest_images(a, b, img_start, img_count, image_codes)
-    lap("closest_images")
-    identical = np.isin(all_keys, identical_keys)
-    cats = np.asarray([c if c is not None else "" for c in top_categories], dtype=object)
-    has_cat = np.asarray([c is not None for c in top_categories])
-    same_category = (cats[a] == cats[b]) & has_cat[a]
-    sim = np.zeros(len(a), np.float32)
-    if same_category.any():
-        idx = np.flatnonzero(same_category)
-        norm = np.asarray([normalize_title(t) for t in titles], dtype=object)  # once per title, not per pair
-        sim[idx] = title_similarity(norm[a[idx]].tolist(), norm[b[idx]].tolist(), scorer=params.title_scorer,
-                                    normalized=True, workers=params.workers)
-    lap("title_score")
-    signals = {
-        "identical_image": identical,
-        "image_near": distance <= params.image_radius,
-        "image_similar": distance <= params.image_similar_radius,
-        "image_match": distance <= params.match_radius,  # the trimmed pHash can only add to it, below
-        "title_similar": same_category & (sim >= params.title_threshold),
-        "same_category": same_category,
-        "embedding_similar": np.zeros(len(a), bool),  # set below, for the pairs whose verdict depends on it
-    }
-    p = len(a)
-    trimmed = np.full(p, NO_DISTANCE, np.uint8)
-    trim_a = np.full(p, -1, np.int64)
-    trim_b = np.full(p, -1, np.int64)
-    color_dist = np.full(p, np.nan, np.float32)
+    # Per-product attributes as integer codes, once; every signal below is then per pair, scored in chunks.
+    cat_code = _string_codes([c if c is not None else "" for c in top_categories])
+    has_cat = np.asarray([c is not None for c in top_categories], dtype=bool)
+    color_codes, brand_codes = _declared_codes(colors), _declared_codes(brands)
+    norm_titles: np.ndarray | None = None  # normalised once per title, on first need
     names = rule.names
     verdict = lambda sig: rule.evaluate({k: v for k, v in sig.items() if k in names})
-    # Pairs whose verdict hangs on image_match (monotone rule: True vs the plain-pHash value differ) need the trimmed
-    # hash; rule-accepted pairs not already vetoed by declared colours need the image colour. Only their images are
-    # decoded.
     checks = image_loader is not None or signatures is not None
     use_emb = embeddings is not None and "embedding_similar" in names
-    maybe_emb = {"embedding_similar": np.ones(p, bool)} if use_emb else {}  # not known yet: could hold
-    need_trim = np.zeros(p, bool)
-    if checks and "image_match" in names:
-        need_trim = verdict({**signals, **maybe_emb, "image_match": np.ones(p, bool)}) & ~verdict(signals)
-    _, declared_differs = _declared_differs(colors, a, b)
-    _, brand_differs = _declared_differs(brands, a, b)
-    need_color = np.zeros(p, bool)
-    if checks and params.color_veto:
-        # Declared colours that agree are still checked: coarse names ("blue") cover clearly different shades.
-        need_color = verdict({**signals, **maybe_emb, "image_match": signals["image_match"] | need_trim}) \
-            & ~declared_differs
-    counts["trimmed_checked_pairs"] = int(need_trim.sum())
-    counts["color_checked_pairs"] = int(need_color.sum())
-    if need_trim.any() or need_color.any():
-        involved = np.unique(np.concatenate([a[need_trim | need_color], b[need_trim | need_color]]))
-        per = img_count[involved]  # every image row of the involved products (ragged expansion)
-        rows = np.repeat(img_start[involved], per) + np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
-        m = len(image_product)
-        sig = Signatures(codes=signatures.codes[order], color=signatures.color[order], ok=signatures.ok[order]) \
-            if signatures is not None else Signatures.empty(m)
-        missing = rows[~sig.ok[rows]] if len(rows) else rows
-        counts["signatures_stored"] = int(len(rows) - len(missing))
-        if image_loader is not None and len(missing):
-            # Only rows without a stored signature are decoded (inspected before the columns existed).
-            got = image_signatures(lambda r: image_loader(int(order[r])), missing.tolist(), m,
-                                   workers=params.workers, tolerance=params.trim_tolerance)
-            sig.codes[got.ok], sig.color[got.ok], sig.ok[got.ok] = got.codes[got.ok], got.color[got.ok], True
-            counts["images_decoded"] = int(got.ok.sum())
-            counts["images_undecodable"] = int(len(missing) - got.ok.sum())
-        else:
-            counts["images_decoded"] = counts["images_undecodable"] = 0
-        counts["signatures_missing"] = int((~sig.ok[rows]).sum()) if len(rows) else 0  # no signature: unknown
-        if need_trim.any():
-            q = np.flatnonzero(need_trim)
-            for col in range(sig.codes.shape[1]):  # the closest over the crop/border-tolerant codes
-                dq, ra, rb = _closest_images(a[q], b[q], img_start, img_count,
-                                             np.ascontiguousarray(sig.codes[:, col]), valid=sig.ok)
-                better = dq < trimmed[q]
-                trimmed[q[better]], trim_a[q[better]], trim_b[q[better]] = dq[better], ra[better], rb[better]
-            signals["image_match"] = signals["image_match"] | (trimmed <= params.match_radius)
-        # A product's colour is its first image that decoded (its hero image, by position).
-        okr = np.flatnonzero(sig.ok)
-        first = okr[np.r_[True, image_product[okr][1:] != image_product[okr][:-1]]] if len(okr) else okr
-        prod_color = np.full((n, 3), np.nan, np.float32)
-        prod_color[image_product[first]] = sig.color[first]
-        q = np.flatnonzero(need_color)
-        color_dist[q] = color_distance(prod_color[a[q]], prod_color[b[q]],
-                                       lightness_weight=params.color_lightness_weight)
-    lap("image_signatures")
-    emb_sim = np.full(p, np.nan, np.float32)
-    if use_emb:
-        need_emb = verdict({**signals, "embedding_similar": np.ones(p, bool)}) & ~verdict(signals)
-        counts["embedding_checked_pairs"] = int(need_emb.sum())
-        if need_emb.any():
-            involved = np.unique(np.concatenate([a[need_emb], b[need_emb]]))
-            per = img_count[involved]
-            rows = np.repeat(img_start[involved], per) + np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per,
-                                                                                               per)
-            vecs, found = embeddings(order[rows])  # only these rows' vectors are held
-            slot = np.full(len(image_product), -1, np.int64)
-            slot[rows[found]] = np.arange(int(found.sum()))
-            counts["embedding_vectors_found"] = int(found.sum())
-            counts["embedding_vectors_missing"] = int((~found).sum())
-            q = np.flatnonzero(need_emb)
-            emb_sim[q] = best_cosine(a[q], b[q], img_start, img_count, np.asarray(vecs, np.float32)[found], slot)
+    m = len(image_product)
+    sig = Signatures(codes=signatures.codes[order], color=signatures.color[order], ok=signatures.ok[order]) \
+        if signatures is not None else Signatures.empty(m)
+    stored_ok = sig.ok.copy()
+    # Rows whose signature is needed, rows a decode was tried on, rows whose embedding was asked for / found: the
+    # counts are over the whole run, and a row is decoded once however many chunks its product is in.
+    needed = np.zeros(m, bool)
+    tried = np.zeros(m, bool)
+    emb_asked = np.zeros(m, bool)
+    emb_got = np.zeros(m, bool)
+    sums = {k: 0 for k in ("trimmed_checked_pairs", "color_checked_pairs", "embedding_checked_pairs",
+                           "images_decoded", "images_undecodable", "color_vetoed_pairs", "brand_vetoed_pairs",
+                           "accepted_pairs")}
+    any_sig = any_emb = False
+
+    def rows_of(products: np.ndarray) -> np.ndarray:
+        per = img_count[products]  # every image row of the products (ragged expansion)
+        return np.repeat(img_start[products], per) + np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+
+    def score(chunk_keys: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal norm_titles, any_sig, any_emb
+        a, b = chunk_keys // n, chunk_keys % n
+        p = len(a)
+        distance, row_a, row_b = _closest_images(a, b, img_start, img_count, image_codes)
+        lap("closest_images")
+        identical = _sorted_contains(identical_keys, chunk_keys)
+        same_category = (cat_code[a] == cat_code[b]) & has_cat[a]
+        sim = np.zeros(p, np.float32)
+        if same_category.any():
+            if norm_titles is None:
+                norm_titles = np.asarray([normalize_title(t) for t in titles], dtype=object)
+            idx = np.flatnonzero(same_category)
+            sim[idx] = title_similarity(norm_titles[a[idx]].tolist(), norm_titles[b[idx]].tolist(),
+                                        scorer=params.title_scorer, normalized=True, workers=params.workers)
+        lap("title_score")
+        signals = {
+            "identical_image": identical,
+            "image_near": distance <= params.image_radius,
+            "image_similar": distance <= params.image_similar_radius,
+            "image_match": distance <= params.match_radius,  # the trimmed pHash can only add to it, below
+            "title_similar": same_category & (sim >= params.title_threshold),
+            "same_category": same_category,
+            "embedding_similar": np.zeros(p, bool),  # set below, for the pairs whose verdict depends on it
+        }
+        trimmed = np.full(p, NO_DISTANCE, np.uint8)
+        trim_a = np.full(p, -1, np.int64)
+        trim_b = np.full(p, -1, np.int64)
+        color_dist = np.full(p, np.nan, np.float32)
+        # Pairs whose verdict hangs on image_match (monotone rule: True vs the plain-pHash value differ) need the
+        # trimmed hash; rule-accepted pairs not already vetoed by declared colours need the image colour. Only their
+        # images are decoded.
+        maybe_emb = {"embedding_similar": np.ones(p, bool)} if use_emb else {}  # not known yet: could hold
+        need_trim = np.zeros(p, bool)
+        if checks and "image_match" in names:
+            need_trim = verdict({**signals, **maybe_emb, "image_match": np.ones(p, bool)}) & ~verdict(signals)
+        _, declared_differs = _declared_differs(color_codes, a, b)
+        _, brand_differs = _declared_differs(brand_codes, a, b)
+        need_color = np.zeros(p, bool)
+        if checks and params.color_veto:
+            # Declared colours that agree are still checked: coarse names ("blue") cover clearly different shades.
+            need_color = verdict({**signals, **maybe_emb, "image_match": signals["image_match"] | need_trim}) \
+                & ~declared_differs
+        sums["trimmed_checked_pairs"] += int(need_trim.sum())
+        sums["color_checked_pairs"] += int(need_color.sum())
+        if need_trim.any() or need_color.any():
+            any_sig = True
+            rows = rows_of(np.unique(np.concatenate([a[need_trim | need_color], b[need_trim | need_color]])))
+            needed[rows] = True
+            missing = rows[~sig.ok[rows] & ~tried[rows]] if len(rows) else rows
+            if image_loader is not None and len(missing):
+                # Only rows without a stored signature are decoded (inspected before the columns existed).
+                tried[missing] = True
+                got = image_signatures(lambda r: image_loader(int(order[r])), missing.tolist(), m,
+                                       workers=params.workers, tolerance=params.trim_tolerance)
+                sig.codes[got.ok], sig.color[got.ok], sig.ok[got.ok] = got.codes[got.ok], got.color[got.ok], True
+                sums["images_decoded"] += int(got.ok.sum())
+                sums["images_undecodable"] += int(len(missing) - got.ok.sum())
+                del got
+            if need_trim.any():
+                q = np.flatnonzero(need_trim)
+                for col in range(sig.codes.shape[1]):  # the closest over the crop/border-tolerant codes
+                    dq, ra, rb = _closest_images(a[q], b[q], img_start, img_count,
+                                                 np.ascontiguousarray(sig.codes[:, col]), valid=sig.ok)
+                    better = dq < trimmed[q]
+                    trimmed[q[better]], trim_a[q[better]], trim_b[q[better]] = dq[better], ra[better], rb[better]
+                signals["image_match"] = signals["image_match"] | (trimmed <= params.match_radius)
+            # A product's colour is its first image that decoded (its hero image, by position); every row of the
+            # products in this chunk's checked pairs has been tried by now, as in one pass.
+            q = np.flatnonzero(need_color)
+            if len(q):
+                okr = np.flatnonzero(sig.ok)
+                first = okr[np.r_[True, image_product[okr][1:] != image_product[okr][:-1]]] if len(okr) else okr
+                prod_color = np.full((n, 3), np.nan, np.float32)
+                prod_color[image_product[first]] = sig.color[first]
+                color_dist[q] = color_distance(prod_color[a[q]], prod_color[b[q]],
+                                               lightness_weight=params.color_lightness_weight)
+                del prod_color, okr, first
+        lap("image_signatures")
+        emb_sim = np.full(p, np.nan, np.float32)
+        if use_emb:
+            need_emb = verdict({**signals, "embedding_similar": np.ones(p, bool)}) & ~verdict(signals)
+            sums["embedding_checked_pairs"] += int(need_emb.sum())
+            if need_emb.any():
+                any_emb = True
+                rows = rows_of(np.unique(np.concatenate([a[need_emb], b[need_emb]])))
+                vecs, found = embeddings(order[rows])  # only these rows' vectors are held
+                found = np.asarray(found, bool)
+                emb_asked[rows] = True
+                emb_got[rows[found]] = True
+                slot = np.full(m, -1, np.int64)
+                slot[rows[found]] = np.arange(int(found.sum()))
+                q = np.flatnonzero(need_emb)
+                emb_sim[q] = best_cosine(a[q], b[q], img_start, img_count, np.asarray(vecs, np.float32)[found], slot)
+                del vecs, slot
+                with np.errstate(invalid="ignore"):
+                    signals["embedding_similar"] = emb_sim >= params.embedding_threshold
+            lap("embeddings")
+        rule_yes = verdict(signals)
+        color_veto = np.zeros(p, bool)
+        if params.color_veto:
             with np.errstate(invalid="ignore"):
-                signals["embedding_similar"] = emb_sim >= params.embedding_threshold
-        lap("embeddings")
-    rule_yes = verdict(signals)
-    color_veto = np.zeros(p, bool)
-    if params.color_veto:
-        with np.errstate(invalid="ignore"):
-            color_veto = rule_yes & (declared_differs | (color_dist > params.color_max_distance))
-    brand_veto = rule_yes & brand_differs if params.brand_veto else np.zeros(p, bool)
-    veto = color_veto | brand_veto
-    accepted = rule_yes & ~veto
-    counts["color_vetoed_pairs"] = int(color_veto.sum())
-    counts["brand_vetoed_pairs"] = int(brand_veto.sum())
-    counts["accepted_pairs"] = int(accepted.sum())
-    lap("rule")
+                color_veto = rule_yes & (declared_differs | (color_dist > params.color_max_distance))
+        brand_veto = rule_yes & brand_differs if params.brand_veto else np.zeros(p, bool)
+        veto = color_veto | brand_veto
+        accepted = rule_yes & ~veto
+        sums["color_vetoed_pairs"] += int(color_veto.sum())
+        sums["brand_vetoed_pairs"] += int(brand_veto.sum())
+        sums["accepted_pairs"] += int(accepted.sum())
+        out = {"a": a, "b": b, "identical_image": identical, "distance": distance, "image_a": row_a, "image_b": row_b,
+               "title_similarity": sim, "same_category": same_category, "trimmed_distance": trimmed,
+               "trimmed_a": trim_a, "trimmed_b": trim_b, "color_distance": color_dist,
+               "embedding_similarity": emb_sim, "declared_color_differs": declared_differs,
+               "declared_brand_differs": brand_differs, "vetoed": veto, "accepted": accepted}
+        if not keep_all:  # only what `duplicate_edges` keeps by default
+            sel = np.flatnonzero(accepted | veto)
+            out = {k: v[sel] for k, v in out.items()}
+        lap("rule")
+        return out
+
+    parts = [score(all_keys[lo : lo + pair_chunk]) for lo in range(0, max(p_all, 1), pair_chunk)]
+    del all_keys
+    res = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]} if len(parts) > 1 else parts[0]
+    del parts
+    counts["trimmed_checked_pairs"] = sums["trimmed_checked_pairs"]
+    counts["color_checked_pairs"] = sums["color_checked_pairs"]
+    if any_sig:
+        counts["signatures_stored"] = int((needed & stored_ok).sum())
+        counts["images_decoded"] = sums["images_decoded"]
+        counts["images_undecodable"] = sums["images_undecodable"]
+        counts["signatures_missing"] = int((needed & ~sig.ok).sum())  # no signature: unknown
+    if use_emb:
+        counts["embedding_checked_pairs"] = sums["embedding_checked_pairs"]
+        if any_emb:
+            counts["embedding_vectors_found"] = int(emb_got.sum())
+            counts["embedding_vectors_missing"] = int((emb_asked & ~emb_got).sum())
+    for k in ("color_vetoed_pairs", "brand_vetoed_pairs", "accepted_pairs"):
+        counts[k] = sums[k]
     # Row indices refer to the product-sorted rows; map them back to the caller's rows.
     back = lambda r: np.where(r >= 0, order[np.maximum(r, 0)], -1)
-    return CandidatePairs(a=a, b=b, identical_image=identical, distance=distance, image_a=back(row_a),
-                          image_b=back(row_b), title_similarity=sim, same_category=same_category,
-                          trimmed_distance=trimmed, trimmed_a=back(trim_a), trimmed_b=back(trim_b),
-                          color_distance=color_dist, embedding_similarity=emb_sim,
-                          declared_color_differs=declared_differs,
-                          declared_brand_differs=brand_differs, vetoed=veto,
-                          accepted=accepted, counts=counts, seconds=seconds)
+    for k in ("image_a", "image_b", "trimmed_a", "trimmed_b"):
+        res[k] = back(res[k])
+    return CandidatePairs(**res, counts=counts, seconds=clock.seconds, peak_rss_mib=clock.peak_rss_mib)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ import pyarrow as pa
 from visprep.config import DedupConfig, section_params
 from visprep.dedup.groups import canonical_members, connected_groups
 from visprep.dedup.pairs import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
+from visprep.dedup.phases import PhaseClock
 from visprep.dedup.rule import parse_rule
 from visprep.dedup.visual import signatures_from_table
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
@@ -32,6 +32,7 @@ class DedupResult:
     accepted_pairs: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
+    peak_rss_mib: dict[str, int] = field(default_factory=dict)  # peak RSS per phase (`phases.PhaseClock`)
     run_id: str = ""
 
 
@@ -156,7 +157,7 @@ def dedup_stage(ws: Workspace) -> DedupResult:
     with ws.run("dedup", section_params(ws.config, "dedup")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images")}
         res.run_id = run.run_id
-        t0 = time.perf_counter()
+        clock = PhaseClock()
         products = ws.read_table("products", ["product_id", "title", "top_category", "color", "brand"])
         product_ids = products.column("product_id").to_pylist()
         index = {p: k for k, p in enumerate(product_ids)}
@@ -174,24 +175,27 @@ def dedup_stage(ws: Workspace) -> DedupResult:
         # The signatures inspect stored; images inspected before they existed are decoded here, those rows only.
         signatures = signatures_from_table(imgs.take(pa.array(known, pa.int64())) if len(known) < len(img_pid)
                                            else imgs) if cfg.image_checks else None
-        res.seconds["read"] = round(time.perf_counter() - t0, 3)
-        pairs = find_duplicates(product_ids, products.column("title").to_pylist(),
-                                products.column("top_category").to_pylist(), image_product, image_ids, codes,
-                                params=params_from_config(cfg), colors=products.column("color").to_pylist(),
-                                brands=products.column("brand").to_pylist(),
+        columns = {c: products.column(c).to_pylist() for c in ("title", "top_category", "color", "brand")}
+        # The Arrow tables and lookups are not needed any more: at 1M products they are hundreds of MiB.
+        del products, index, imgs, img_pid, fmts, known
+        clock.lap("read")
+        pairs = find_duplicates(product_ids, columns.pop("title"), columns.pop("top_category"), image_product,
+                                image_ids, codes, params=params_from_config(cfg), colors=columns.pop("color"),
+                                brands=columns.pop("brand"),
                                 image_loader=(lambda r: ws.store.get(image_ids[r], image_ext[r]))
                                 if cfg.image_checks else None, signatures=signatures,
                                 embeddings=embedding_lookup(ws, image_ids)
-                                if "embedding_similar" in parse_rule(cfg.rule).names else None)
-        res.seconds.update(pairs.seconds)
-        t0 = time.perf_counter()
+                                if "embedding_similar" in parse_rule(cfg.rule).names else None,
+                                keep_all=cfg.keep_rejected_edges)  # else only the pairs the edges keep
+        after = PhaseClock()
         groups = group_products(product_ids, pairs, np.bincount(image_product, minlength=len(product_ids)))
-        res.seconds["groups"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
+        after.lap("groups")
         ws.write_table("product_groups", groups)
         ws.write_table("duplicate_edges", edge_rows(product_ids, image_ids, pairs, run_id=run.run_id,
                                                     keep_rejected=cfg.keep_rejected_edges))
-        res.seconds["write"] = round(time.perf_counter() - t0, 3)
+        after.lap("write")
+        res.seconds = {**clock.seconds, **pairs.seconds, **after.seconds}
+        res.peak_rss_mib = {**clock.peak_rss_mib, **pairs.peak_rss_mib, **after.peak_rss_mib}
         sizes = groups.column("group_size").to_numpy()
         res.products = len(product_ids)
         res.groups = len(set(groups.column("group_id").to_pylist()))

@@ -129,6 +129,26 @@ def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *
                           num_perm: int = 64, seed: int = 1, max_bucket: int = 500,
                           subblocks: Sequence[str | None] | None = None,
                           counts: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) of `title_candidate_keys` (same arguments), as two int64 index arrays, each pair once, sorted."""
+    keys = title_candidate_keys(titles, blocks, lsh_threshold=lsh_threshold, num_perm=num_perm, seed=seed,
+                                max_bucket=max_bucket, subblocks=subblocks, counts=counts)
+    n = len(titles)
+    return keys // n, keys % n
+
+
+def _union_sorted(acc: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Sorted union of `acc` (sorted, unique) and `new` (any): the keys not yet in `acc` inserted into it."""
+    new = np.unique(new)
+    if len(acc):
+        pos = np.searchsorted(acc, new)
+        new = new[acc[np.minimum(pos, len(acc) - 1)] != new]
+    return np.insert(acc, np.searchsorted(acc, new), new)
+
+
+def title_candidate_keys(titles: Sequence[str], blocks: Sequence[str | None], *, lsh_threshold: float = 0.5,
+                         num_perm: int = 64, seed: int = 1, max_bucket: int = 500,
+                         subblocks: Sequence[str | None] | None = None,
+                         counts: dict[str, int] | None = None) -> np.ndarray:
     """Pairs (i < j) of titles in the same block whose estimated word-set Jaccard is about `lsh_threshold` or more.
 
     MinHash LSH with datasketch's banding parameters for the threshold (`datasketch.lsh._optimal_param`, as its
@@ -148,7 +168,7 @@ def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *
         counts: when given, gets "title_capped_buckets".
 
     Returns:
-        (i, j): int64 index arrays, i < j, each pair once, sorted.
+        Sorted unique int64 pair keys i * len(titles) + j, i < j.
     """
     if len(titles) != len(blocks):
         raise ValueError(f"titles ({len(titles)}) and blocks ({len(blocks)}) must have the same length")
@@ -163,9 +183,9 @@ def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *
     sig, has = title_signatures(titles, num_perm=num_perm, seed=seed)
     live = np.flatnonzero(has & (block_id >= 0))
     if len(live) < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.empty(0, np.int64)
     bands, rows = _optimal_param(lsh_threshold, num_perm, 0.5, 0.5)
-    sig = sig[live].astype(np.uint64)
+    sig = sig[live]  # uint32: widened one column at a time in band_key (the (N, num_perm) uint64 copy was 512 MiB at 1M)
     sub_id = np.full(n, -1, np.int64)
     if subblocks is not None:
         if len(subblocks) != n:
@@ -174,7 +194,9 @@ def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *
         sub_id = np.asarray([-1 if v is None else names.setdefault(v, len(names)) for v in subblocks], np.int64)
     open_ = sub_id[live] < 0  # no subblock: compared with the whole block
     mixed = subblocks is not None and open_.any() and not open_.all()
-    found: list[np.ndarray] = []
+    # The bands' pairs are merged into one sorted set band by band: most pairs come up in several bands, and holding
+    # every band's pairs until the end was the stage's peak with tens of millions of candidates.
+    found = np.empty(0, np.int64)
     capped = 0
 
     def band_key(band: int, group: np.ndarray) -> np.ndarray:
@@ -182,7 +204,7 @@ def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *
         # with the group, so titles of different groups never meet.
         key = group.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         for c in range(band * rows, (band + 1) * rows):
-            key = (key ^ sig[:, c]) * np.uint64(0xBF58476D1CE4E5B9)
+            key = (key ^ sig[:, c].astype(np.uint64)) * np.uint64(0xBF58476D1CE4E5B9)
             key ^= key >> np.uint64(31)
         return key
 
@@ -198,11 +220,12 @@ def title_candidate_pairs(titles: Sequence[str], blocks: Sequence[str | None], *
             same = block_live[oi] == block_live[oj]
             i, j = np.concatenate([i, oi[same]]), np.concatenate([j, oj[same]])
         lo, hi = np.minimum(live[i], live[j]), np.maximum(live[i], live[j])
-        found.append(lo * n + hi)
+        del i, j
+        found = _union_sorted(found, lo * n + hi)
+        del lo, hi
     if counts is not None:
         counts["title_capped_buckets"] = capped
-    keys = np.unique(np.concatenate(found))
-    return keys // n, keys % n
+    return found
 
 
 def title_similarity(a: Sequence[str], b: Sequence[str], *, scorer: str = "token_set_ratio",

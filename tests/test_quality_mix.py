@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import numpy as np
 import pyarrow as pa
 import pytest
-from photo_fixtures import IN_DEMO, OPENCV, ThumbEmbedder
+from photo_fixtures import IN_DEMO, OPENCV, ThumbEmbedder, write_user_photos
 from typer.testing import CliRunner
 
 from visprep.cli import app
@@ -17,13 +15,11 @@ from visprep.demo.sources import write_demo_sources
 from visprep.embed.registry import register_embedder, unregister_embedder
 from visprep.export.loader import webdataset_pipeline
 from visprep.export.stage import resolve_profile
-from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.images.preprocess import encode_jpeg, preprocess_uint8
 from visprep.pipeline import run_pipeline
 from visprep.quality.mix import export_user_pairs, mix_stage, mix_user_photos
-from visprep.quality.shift import simulate_upload
 from visprep.quality.stage import quality_stage
-from visprep.schema import INTERACTION_PAIRS, PAIRS, QUERIES
+from visprep.schema import INTERACTION_PAIRS, PAIRS
 from visprep.workspace import Workspace
 
 N_TRAIN_LINKS = 12
@@ -53,20 +49,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory):
     ws.config_path.write_text(_config(0.5))
     first = run_pipeline(ws, sources.catalog_files)
     # User photos: cleaned uploads in the image store and tables/queries, as the queries stage leaves them.
-    rng = np.random.default_rng(0)
-    queries = []
-    for p in photos:
-        raw = p.read_bytes()
-        try:
-            rgb = decode_rgb(raw)
-        except ImageDecodeError:
-            continue
-        image_id = ws.store.put(simulate_upload(rgb, rng), "jpg")
-        queries.append({"source": str(p), "input_sha256": hashlib.sha256(raw).hexdigest(), "image_id": image_id,
-                        "status": "accepted", "width": 0, "height": 0})
-        if len(queries) == N_TRAIN_LINKS + 4:
-            break
-    ws.write_table("queries", pa.Table.from_pylist(queries, schema=QUERIES))
+    queries = write_user_photos(ws, photos, limit=N_TRAIN_LINKS + 4)
     splits = {r["product_id"]: r["split"] for r in ws.read_table("splits").to_pylist()}
     train = sorted(p for p, s in splits.items() if s == "train")
     evals = sorted(p for p, s in splits.items() if s == "eval")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,14 +11,13 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from photo_fixtures import IN_DEMO, OPENCV, ThumbEmbedder
+from photo_fixtures import IN_DEMO, OPENCV, ThumbEmbedder, write_user_photos
 from typer.testing import CliRunner
 
 from visprep.cli import app
 from visprep.config import QualityConfig
 from visprep.demo.sources import write_demo_sources
 from visprep.embed.registry import register_embedder, unregister_embedder
-from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.quality.mix import mix_user_photos
 from visprep.quality.shift import (
     FEATURES,
@@ -27,10 +25,9 @@ from visprep.quality.shift import (
     image_stats,
     psi,
     shift_report,
-    simulate_upload,
     vectors_for,
 )
-from visprep.schema import INTERACTION_PAIRS, QUERIES
+from visprep.schema import INTERACTION_PAIRS
 from visprep.workspace import Workspace
 
 
@@ -49,18 +46,7 @@ def shift_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     for args in (["catalog", *map(str, sources.catalog_files)], ["fetch"], ["inspect"], ["split"], ["pairs"]):
         result = runner.invoke(app, [*args, "-w", str(ws.root)])
         assert result.exit_code == 0, (args, result.output)
-    rng = np.random.default_rng(0)
-    rows = []
-    for p in photos:
-        raw = p.read_bytes()
-        try:
-            rgb = decode_rgb(raw)
-        except ImageDecodeError:  # a sample file the decoder refuses is not a user photo
-            continue
-        image_id = ws.store.put(simulate_upload(rgb, rng), "jpg")
-        rows.append({"source": str(p), "input_sha256": hashlib.sha256(raw).hexdigest(), "image_id": image_id,
-                     "status": "accepted", "width": 0, "height": 0})
-    ws.write_table("queries", pa.Table.from_pylist(rows, schema=QUERIES))
+    write_user_photos(ws, photos)
     yield ws
     unregister_embedder("thumb16")
 

@@ -160,7 +160,8 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
     """Materialise one user group's events as temp table `ev`, with integer keys for its result lists and sessions.
 
     `lk` = hash(user, session, query) names a result list and `sk` = hash(user, session) a session, so the joins
-    below run on one integer and a product id instead of four strings (about a third less work). Keys are checked
+    below run on one integer and a product id instead of four strings (the joins cost about a third less; the check
+    below gives part of that back). Keys are checked
     to be one-to-one with what they name; on a collision the keys are rebuilt with another salt, so the result is
     always exact (a collision is expected about once in 10^12 keys). The salt is hashed first: appended last it
     would be combined with an already colliding hash and collide again. Returns the salt used. `key_mod` (tests)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from visprep.cli import app
+from visprep.events.checkpoint import part_bucket
 from visprep.events.simulate import SimConfig, simulate
 from visprep.events.stage import ingest_event_files
 from visprep.workspace import Workspace, WorkspaceLocked
@@ -193,27 +195,97 @@ def test_conflicting_duplicates_are_quarantined_naming_fields(tmp_path: Path) ->
            sorted((e["event_id"], e["user_id"], e["product_id"]) for e in ev.values())
 
 
+def _parquet(path: Path, records: list[dict], types: dict[str, pa.DataType] | None = None) -> Path:
+    """Write event records as a Parquet file, every field as text unless `types` says otherwise."""
+    fields = ["event_id", "ts", "user_id", "session_id", "type", "query_id", "query_image_id", "product_id",
+              "position"]
+    types = types or {}
+    cols = {}
+    for f in fields:
+        t = types.get(f, pa.string())
+        vals = [r.get(f) for r in records]
+        cols[f] = pa.array([None if v is None else (str(v) if t == pa.string() else v) for v in vals], t)
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+def test_parquet_records_take_the_same_path_as_json_lines(tmp_path: Path) -> None:
+    """Parquet files are streamed (only possible duplicates and refused records are staged); JSON lines are
+    staged whole. The same records in both formats give the same events, counts and refused records, across two
+    files whose ids overlap (duplicates and conflicts against the committed index)."""
+    first = [
+        _ev("e1", "search", query_id="q1"),
+        _ev("e2", "impression", query_id="q1", product_id="p1", position=1),
+        _ev("e3", "click", query_id="q1", product_id="p1", position=1),
+        _ev("e4", "hover", product_id="p1"),  # unknown type
+        _ev("e5", "view", product_id="p1", user_id=None),  # missing user
+        _ev("e6", "view", product_id="p1", ts="yesterday"),
+        _ev("e7", "view", product_id="p1", ts="1709287200"),  # epoch seconds read as ms: 1970
+        _ev("e8", "impression", query_id="q1", product_id="p2", position=0),
+        _ev("e9", "impression", query_id="q1", product_id="p2"),  # no position
+        _ev("", "view", product_id="p1"),  # empty id
+        _ev(" e2 ", "impression", query_id="q1", product_id="p1", position=1),  # padded: the same as e2
+        _ev("e10", "view", product_id="p3", ts="2024-03-02T00:00:01Z"),
+        _ev("e10", "view", product_id="p4", ts="2024-03-02T00:00:01Z"),  # conflicting
+        _ev("e11", "view", product_id="p5"),
+    ]
+    second = [
+        _ev("e11", "view", product_id="p5"),  # committed, identical
+        _ev("e3", "click", query_id="q1", product_id="p1", position=2),  # committed, conflicting
+        _ev("e12", "view", product_id="p6"),
+        _ev("e12", "view", product_id="p6"),
+        _ev("e13", "purchase", query_id="q1", product_id="p1"),
+    ]
+    got = {}
+    for fmt in ("jsonl", "parquet"):
+        ws = Workspace(tmp_path / fmt)
+        counts = []
+        for k, rows in enumerate((first, second)):
+            rows = [{f: v for f, v in r.items() if v is not None} for r in rows]
+            path = tmp_path / f"{fmt}{k}.{fmt}"
+            _jsonl(path, rows) if fmt == "jsonl" else _parquet(path, rows, {"position": pa.int32()})
+            r = ingest_event_files(ws, [path])
+            counts.append((r.records, r.events_new, r.duplicates, r.quarantined, r.by_reason))
+        events = [{k: v for k, v in e.items() if k != "source"} for e in ws.read_table("events").sort_by("event_id")
+                  .to_pylist()]
+        quarantine = sorted((Path(q["source"]).suffix, q["line"], q["reason"], q["field"], q["record_id"], q["value"])
+                            for q in ws.read_table("quarantine").to_pylist())
+        got[fmt] = (counts, events, [q[1:] for q in quarantine], _tables(ws)[1])
+    assert got["parquet"] == got["jsonl"]
+    counts, events, quarantine, _ = got["parquet"]
+    assert counts[0] == (14, 5, 1, 8, {"unknown_type": 1, "missing_field": 3, "bad_timestamp": 2,
+                                       "bad_position": 1, "conflicting_duplicate": 1})
+    assert counts[1] == (5, 2, 2, 1, {"conflicting_duplicate": 1})
+    assert [e["event_id"] for e in events] == ["e1", "e10", "e11", "e12", "e13", "e2", "e3"]
+    assert (5, "missing_field", "user_id", "e5", None) in quarantine
+    assert (2, "conflicting_duplicate", "position", "e3", "position=2 vs 1") in quarantine
+
+
 _VARIANTS = {"product_id": ["p1", "p2"], "user_id": ["u1", "u2"], "ts": ["2024-03-01T10:00:00Z", 1709290800000]}
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1), st.integers(0, 1), st.integers(0, 1),
                           st.integers(0, 2)), min_size=1, max_size=25))
-def test_dedup_and_conflicts_match_a_brute_force_oracle(tmp_path: Path, recs: list[tuple[int, ...]]) -> None:
-    """Random ids and versions over up to three files: the vectorised dedup equals a record-by-record oracle."""
-    root = tmp_path / f"h{abs(hash(tuple(recs)))}"
+def test_dedup_and_conflicts_match_a_brute_force_oracle(tmp_path: Path, fmt: str,
+                                                        recs: list[tuple[int, ...]]) -> None:
+    """Random ids and versions over up to three files: the vectorised dedup equals a record-by-record oracle
+    (JSON lines are staged whole; Parquet files are streamed, with only possibly repeated ids staged)."""
+    root = tmp_path / f"{fmt}{abs(hash(tuple(recs)))}"
     root.mkdir()
     files: list[list[dict]] = [[], [], []]
     for i, pv, uv, tv, f in recs:
         files[f].append(_ev(f"e{i}", "view", product_id=_VARIANTS["product_id"][pv],
                             user_id=_VARIANTS["user_id"][uv], ts=_VARIANTS["ts"][tv]))
-    paths = [_jsonl(root / f"f{k}.jsonl", rows) for k, rows in enumerate(files) if rows]
+    paths = [_jsonl(root / f"f{k}.jsonl", rows) if fmt == "jsonl" else _parquet(root / f"f{k}.parquet", rows)
+             for k, rows in enumerate(files) if rows]
     # Oracle: files in order, lines in order; the first version of an id is kept, identical repeats are dropped,
     # differing ones are refused naming the differing fields.
     kept: dict[str, dict] = {}
     want_q = []
     for p in paths:
-        for line, row in enumerate(json.loads(x) for x in p.read_text().splitlines()):
+        for line, row in enumerate(files[int(p.stem[1:])]):
             ref = kept.get(row["event_id"])
             ts = row["ts"] if isinstance(row["ts"], int) else 1709287200000
             norm = (row["user_id"], row["product_id"], ts)
@@ -285,19 +357,29 @@ def test_small_parts_are_compacted_and_a_kill_during_compaction_loses_nothing(
     _same_pairs(p_ref, p_ws)
 
 
-def test_staging_a_file_in_id_hash_groups_gives_the_same_tables(tmp_path: Path, sim_files: tuple[Path, Path]) -> None:
-    a, _ = sim_files
+def test_a_file_cut_into_user_buckets_gives_the_same_tables(tmp_path: Path) -> None:
+    ev, _ = simulate(SimConfig(searches=1500, duplicate_rate=0.02, seed=3))
+    a = tmp_path / "all.parquet"
+    pq.write_table(ev, a)
     whole = Workspace(tmp_path / "whole")
     r1 = ingest_event_files(whole, [a])
     grouped = Workspace(tmp_path / "grouped")
     grouped.root.mkdir()
-    grouped.config_path.write_text("[events]\ngroup_rows = 1000\n")
+    grouped.config_path.write_text("[events]\npairs_group_events = 1000\n")
     r2 = ingest_event_files(grouped, [a])
-    assert pq.ParquetFile(a).metadata.num_rows > 8 * 1000  # 16 groups
-    assert (r1.events_new, r1.duplicates, r1.quarantined) == (r2.events_new, r2.duplicates, r2.quarantined)
+    assert 16 * 1000 < pq.ParquetFile(a).metadata.num_rows <= 32 * 1000  # 32 user buckets
+    assert r1.duplicates > 0 and (r1.events_new, r1.duplicates, r1.quarantined) == (r2.events_new, r2.duplicates, r2.quarantined)
     ev1, p1 = _tables(whole)
     ev2, p2 = _tables(grouped)
     assert ev1 == ev2
     _same_pairs(p1, p2)
-    # A part per (day, group) was written, then the small ones were merged into one per day.
-    assert r2.compacted > 0 and grouped.part_count("events") == whole.part_count("events")
+    assert sum(r2.pairs.values()) > 0 and r2.pairs == r1.pairs
+    # A part per (day, user bucket): each holds only the users its name declares, which is what lets each
+    # group of the pairs build read only its own parts.
+    parts = sorted(grouped.table_path("events").glob("part-*.parquet"))
+    assert {part_bucket(p.name)[1] for p in parts} == {32} and len(parts) > whole.part_count("events")
+    con = duckdb.connect()
+    for p in parts:
+        g, of = part_bucket(p.name)
+        assert con.execute(f"SELECT count(*) FROM read_parquet('{p}') WHERE hash(user_id) % {of} <> {g}"
+                           ).fetchall()[0][0] == 0

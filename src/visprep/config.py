@@ -140,9 +140,6 @@ class EventsConfig(_Section):
     # 4M: at 10M events, 4 groups cost 25 % more CPU than one and peak at 1.4 GB; 8 groups of 2M cost 45 % more.
     pairs_group_events: int = Field(4_000_000, ge=1000, description="The pairs build runs in user-hash groups "
                                                                    "of about this many events (bounds memory).")
-    group_rows: int = Field(4_000_000, ge=1000, description="A Parquet file with more records is staged and "
-                                                            "deduplicated in event-id hash groups of about this "
-                                                            "many (bounds memory; each group re-reads the file).")
 
 # --- labels / evaluation config (issue 4) ---
 

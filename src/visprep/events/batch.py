@@ -1,5 +1,5 @@
-"""One ingest batch, all in DuckDB: stage and validate records, deduplicate by event id (within the batch and
-against the committed id index), quarantine refused records and conflicting duplicates, write day parts, commit.
+"""One ingest batch: validate records in DuckDB, deduplicate by event id (within the batch and against the
+committed id index), quarantine refused records and conflicting duplicates, write day / user-bucket parts, commit.
 
 Duplicates: the first version of an event id (the committed one, else the earliest in the batch) is the event.
 Later records with the same content are duplicates (counted, dropped); later records with different content are
@@ -9,25 +9,39 @@ content fields (`checkpoint.content_hash_sql`), so the committed side costs one 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from visprep.events.checkpoint import BatchCommit, EventLog
-from visprep.events.duck import scalar, sql_list, to_arrow
-from visprep.events.normalize import CONTENT_FIELDS, STAGED_DDL, detail, stage_json_lines, stage_parquet
+from visprep.events.checkpoint import BatchCommit, EventLog, part_name
+from visprep.events.duck import scalar, sql_list, sql_str, to_arrow
+from visprep.events.normalize import (
+    CONTENT_FIELDS,
+    STAGED_COLUMNS,
+    STAGED_DDL,
+    detail,
+    parquet_source,
+    product_check,
+    stage_json_lines,
+    stream_select,
+)
 from visprep.schema import EVENTS
 from visprep.workspace import QuarantineRecord, RunRecord, Workspace, conform
 
-#: The `events` table's columns, in order, from the batch's candidate rows.
-_EVENT_COLUMNS = ("s.event_id, s.ts, CAST(s.ts AS DATE) AS day, s.user_id, s.session_id, s.type, s.query_id, "
-                  "s.query_image_id, s.product_id, s.position, s.source, s.line")
+#: The columns of a streamed batch that event parts are made of (`dayn` becomes `day`).
+_PART_INPUT = ("event_id", "ts", "dayn", "user_id", "session_id", "type", "query_id", "query_image_id", "product_id",
+               "position", "source", "line")
+#: Id hashes held in memory at once when finding repeated ids (8 bytes each; more are done in hash ranges).
+_HASHES_IN_MEMORY = 1 << 25
 _STREAM_ROWS = 1 << 20  # rows per Arrow batch streamed out of DuckDB (bounds Python-side memory, ~150 MB)
 #: Columns dictionary-encoded in the Parquet parts: only the few-valued ones. Dictionary-encoding ids (thousands of
 #: distinct values) made the whole write about twice as slow for files ~12 % smaller (zstd already finds the
@@ -62,6 +76,7 @@ class BatchWriter:
     def begin(self) -> None:
         """Start a batch: an empty staging table and no output yet."""
         self.con.execute(STAGED_DDL)
+        self._buckets = 1
         self._out = BatchCounts(refused=[])
         self._parts: list[str] = []
         self._ids: list[str] = []
@@ -73,17 +88,64 @@ class BatchWriter:
         stage_json_lines(self.con, lines, source=source, has_known=self.has_known)
         self._pending = True
 
-    def add_parquet(self, path: Path, *, group: tuple[int, int] = (0, 1)) -> None:
-        """Stage a Parquet file, or the event-id hash group `group = (g, of)` of it (read by DuckDB)."""
-        stage_parquet(self.con, path, has_known=self.has_known, group=group)
+    def add_parquet(self, path: Path, batch: str, *, buckets: int = 1) -> None:
+        """Ingest a Parquet file in two streaming passes over it, with no staging copy of its records.
+
+        Pass 1 finds the candidate id hashes: those occurring more than once among the file's ids and the
+        committed id index. Pass 2 streams every record (validated in DuckDB) into Python: a valid record whose id
+        hash is not a candidate is new and unique, so it goes straight to the day / user-bucket parts; the rest
+        (invalid records, and every version of a possibly repeated id: about the duplicate rate) go through a stash
+        file into `staged`, where `end_group` settles them exactly. Memory is DuckDB's (its aggregate spills) plus
+        one streamed batch; the file is read twice whatever its size.
+        """
+        con = self.con
+        src, kinds, id_sql = parquet_source(path)
+        con.register("cand", repeated_hashes(con, path, id_sql, self.log))
+        sel = stream_select(src, kinds, product_check=product_check(self.has_known), candidates="cand",
+                            buckets=buckets)
+        parts = PartWriter(self.log, batch, self._group, buckets)
+        stash = self.log.dir / f".stash-{batch}-{os.getpid()}.parquet"
+        stash_writer: pq.ParquetWriter | None = None
+        source = str(path)
+        records = 0
+        try:
+            for rb in con.sql(sel).to_arrow_reader(_STREAM_ROWS):
+                records += rb.num_rows
+                t = pa.Table.from_batches([rb])
+                rest = parts.add(t, source=source)
+                if rest is not None and rest.num_rows:
+                    rest = rest.append_column("source", pa.repeat(pa.scalar(source), rest.num_rows))
+                    rest = rest.select(list(STAGED_COLUMNS))
+                    stash_writer = stash_writer or pq.ParquetWriter(stash, rest.schema)
+                    stash_writer.write_table(rest)
+            if stash_writer is not None:
+                stash_writer.close()
+                stash_writer = None
+                con.execute(f"INSERT INTO staged SELECT {', '.join(STAGED_COLUMNS)} "
+                            f"FROM read_parquet({sql_str(str(stash))})")
+            names, new, id_name = parts.close()
+        finally:
+            parts.abort()
+            if stash_writer is not None:
+                stash_writer.close()
+            stash.unlink(missing_ok=True)
+            con.unregister("cand")
+        fast = records - int(scalar(con, "SELECT count(*) FROM staged"))
+        self._parts += names
+        self._ids += [id_name] if id_name else []
+        self._out.records += fast
+        self._out.new += new
+        assert new == fast, (new, fast)
+        self._group += 1
+        self._buckets = buckets
         self._pending = True
 
     def end_group(self, batch: str) -> None:
-        """Deduplicate what is staged and write its parts (not committed yet); stage the next group afresh.
+        """Settle what is staged exactly (refused records, every version of a repeated id, ids already committed)
+        and write its parts (not committed yet); stage the next group afresh.
 
-        A batch may be staged in several groups, each holding the records of a disjoint set of event ids (see
-        `normalize.stage_parquet`): the dedup of one group never needs another's rows, so memory is bounded by
-        the group, not the batch.
+        JSON lines and Kafka polls are staged whole; of a Parquet file only the records `add_parquet` could not
+        write straight away are (about the duplicate rate).
         """
         con, out = self.con, self._out
         records = int(scalar(con, "SELECT count(*) FROM staged"))
@@ -108,11 +170,20 @@ class BatchWriter:
         # Plain hash joins against the small `dups` / `old` tables (a correlated NOT EXISTS with an inequality
         # was several times slower).
         not_old = "LEFT JOIN old o ON o.event_id = s.event_id" if ids else ""
+        buckets = self._buckets
         fresh = con.sql(f"""
-            SELECT {_EVENT_COLUMNS}, s.c
+            SELECT s.event_id, s.ts, CAST(epoch_ms(s.ts) // 86400000 AS INTEGER) AS dayn, s.user_id, s.session_id,
+                   s.type, s.query_id, s.query_image_id, s.product_id, s.position, s.source, s.line, s.c,
+                   CAST(hash(s.user_id) % {int(buckets)} AS INTEGER) AS ub
             FROM staged s LEFT JOIN dups d ON d.event_id = s.event_id {not_old}
             WHERE s.problem IS NULL AND (d.seq0 IS NULL OR d.seq0 = s.seq) {'AND o.event_id IS NULL' if ids else ''}""")
-        parts, new, id_name = self._write(fresh, batch, self._group)
+        writer = PartWriter(self.log, batch, self._group, buckets)
+        try:
+            for rb in fresh.to_arrow_reader(_STREAM_ROWS):
+                writer.add(pa.Table.from_batches([rb]))
+            parts, new, id_name = writer.close()
+        finally:
+            writer.abort()
         for t in ("dups", "old"):
             con.execute(f"DROP TABLE IF EXISTS {t}")
         con.execute(STAGED_DDL)
@@ -141,55 +212,6 @@ class BatchWriter:
         self.log.commit(BatchCommit(batch=batch, parts=self._parts, ids=self._ids, events=out.new,
                                     duplicates=out.duplicates, quarantined=len(refused), file=file, kafka=kafka))
         return out
-
-    def _write(self, fresh: Any, batch: str, group: int) -> tuple[list[str], int, str | None]:
-        """Stream `fresh` out of DuckDB as Arrow batches into one Parquet part per UTC day and the id-index file.
-
-        pyarrow's writer encodes columns in parallel (about 3x DuckDB's COPY here); batches bound the memory.
-        Files get temporary names and are renamed into place once complete (the commit comes later).
-        """
-        self.log.dir.mkdir(parents=True, exist_ok=True)
-        self.log.ids_dir.mkdir(parents=True, exist_ok=True)
-        writers: dict[Any, tuple[pq.ParquetWriter, Path, str]] = {}
-        ids_name = f"{batch}-{group:05d}.parquet"
-        ids_tmp = self.log.ids_dir / f".{ids_name}.{os.getpid()}.tmp"
-        ids_writer: pq.ParquetWriter | None = None
-        n = 0
-        try:
-            for rb in fresh.to_arrow_reader(_STREAM_ROWS):
-                if rb.num_rows == 0:
-                    continue
-                n += rb.num_rows
-                t = pa.Table.from_batches([rb])
-                ids = t.select(["event_id", "c"])
-                ids_writer = ids_writer or pq.ParquetWriter(ids_tmp, ids.schema, compression="zstd", use_dictionary=False)
-                ids_writer.write_table(ids)
-                events = conform(t, EVENTS)
-                day = events.column("day")
-                lo, hi = pc.min_max(day).values()
-                days = [lo] if lo == hi else pc.unique(day).to_pylist()
-                for d in days:
-                    part = events if lo == hi else events.filter(pc.equal(day, pa.scalar(d, pa.date32())))
-                    key = d.as_py() if isinstance(d, pa.Scalar) else d
-                    if key not in writers:
-                        name = f"part-{key:%Y-%m-%d}-{batch}-{group:05d}.parquet"
-                        tmp = self.log.dir / f".{name}.{os.getpid()}.tmp"
-                        writers[key] = (pq.ParquetWriter(tmp, EVENTS, compression="zstd", use_dictionary=_DICT_COLUMNS),
-                                        tmp, name)
-                    writers[key][0].write_table(part)
-        finally:
-            for w, _, _ in writers.values():
-                w.close()
-            if ids_writer is not None:
-                ids_writer.close()
-        names = []
-        for _, tmp, name in sorted(writers.values(), key=lambda x: x[2]):
-            os.replace(tmp, self.log.dir / name)
-            names.append(name)
-        if ids_writer is None:
-            return names, n, None
-        os.replace(ids_tmp, self.log.ids_dir / ids_name)
-        return names, n, ids_name
 
     def _conflicts(self) -> list[QuarantineRecord]:
         """Quarantine records of this batch whose content differs from their id's first version."""
@@ -239,6 +261,28 @@ class BatchWriter:
         return out
 
 
+def repeated_hashes(con: Any, path: Path, id_sql: str, log: EventLog) -> pa.Table:
+    """The 64-bit hashes (column `h`) occurring more than once among a Parquet file's event ids and the committed
+    id index: every id that may be a duplicate has one (plus, rarely, distinct ids whose hashes collide).
+
+    Sorting the hashes in numpy costs about a third of DuckDB's grouped count here. Memory stays bounded: with more
+    than `_HASHES_IN_MEMORY` ids the work is done in hash ranges, each re-reading the ids.
+    """
+    ids = log.id_files()
+    total = pq.ParquetFile(path).metadata.num_rows + sum(pq.ParquetFile(f).metadata.num_rows for f in ids)
+    ranges = max(1, -(-total // _HASHES_IN_MEMORY))
+    committed = f" UNION ALL SELECT hash(event_id) FROM read_parquet({sql_list(ids)})" if ids else ""
+    found = []
+    for r in range(ranges):
+        where = f" WHERE h % {ranges} = {r}" if ranges > 1 else ""
+        h = con.sql(f"""SELECT h FROM (
+                            SELECT hash(i) AS h FROM (SELECT {id_sql} AS i FROM read_parquet({sql_str(str(path))}))
+                            WHERE i IS NOT NULL{committed}){where}""").fetchnumpy()["h"]
+        h = np.sort(np.asarray(h, dtype=np.uint64))
+        found.append(np.unique(h[1:][h[1:] == h[:-1]]))
+    return pa.table({"h": pa.array(np.concatenate(found), pa.uint64())})
+
+
 def _refused(con: Any) -> list[QuarantineRecord]:
     rows = to_arrow(con.sql("""
         SELECT source, line, event_id, split_part(problem, '|', 1) AS reason,
@@ -250,3 +294,128 @@ def _refused(con: Any) -> list[QuarantineRecord]:
                              record_id=None if r["field"] == "event_id" else r["event_id"],
                              field=r["field"], value=r["value"]) for r in rows]
 
+
+
+class PartWriter:
+    """Writes new events as Parquet parts, one per (UTC day, user bucket), plus the batch's id-index file.
+
+    `add` takes Arrow tables with the `events` columns (`dayn`, days since 1970, instead of `day`), the content
+    hash `c` and the user bucket `ub`; rows whose `ub` is null (and, on the fast path, rows with `ok` false or
+    `cand` true) are not events yet and are handed back. Parts are written by a small thread pool (pyarrow's
+    writer releases the GIL; one write at a time per file). Files get temporary names, renamed into place by
+    `close` (the commit comes later); `abort` removes whatever `close` did not finish.
+    """
+
+    def __init__(self, log: EventLog, batch: str, seg: int, buckets: int) -> None:
+        self.log, self.batch, self.seg, self.buckets = log, batch, seg, buckets
+        log.dir.mkdir(parents=True, exist_ok=True)
+        log.ids_dir.mkdir(parents=True, exist_ok=True)
+        self.writers: dict[int, tuple[pq.ParquetWriter, Path, str]] = {}
+        self.pending: dict[int, Future[None]] = {}
+        self.ids_name = f"{batch}-{seg:05d}.parquet"
+        self.ids_tmp = log.ids_dir / f".{self.ids_name}.{os.getpid()}.tmp"
+        self.ids_writer: pq.ParquetWriter | None = None
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.rows = 0
+        self.closed = False
+
+    def add(self, t: pa.Table, *, source: str | None = None) -> pa.Table | None:
+        """Write the new events of `t` (with `source` as their source when given); return the other rows."""
+        ok = t.column("ub").is_valid()
+        if "ok" in t.column_names:
+            ok = pc.and_(pc.and_(ok, t.column("ok")), pc.invert(t.column("cand")))
+        key = pc.add(pc.multiply(pc.cast(t.column("dayn"), pa.int64()), self.buckets),
+                     pc.cast(t.column("ub"), pa.int64()))
+        k = pc.if_else(ok, key, -1).to_numpy(zero_copy_only=False)
+        if not len(k):
+            return None
+        lo, hi = int(k.min()), int(k.max())
+        if lo == hi:  # one day and bucket (a time-ordered log): no copy
+            if lo < 0:
+                return t
+            self._part(lo, t, None, source)
+            self._ids(t)
+            return None
+        rest = None
+        # One gather per (day, bucket), in the writer threads: gathering each key's rows in order is cheaper than
+        # one sort of the batch, and runs beside the next batch's DuckDB work.
+        events = t.select([c for c in _PART_INPUT if c in t.column_names])  # gather only what parts keep
+        for v in np.unique(k).tolist():
+            idx = np.flatnonzero(k == v)
+            if v < 0:
+                rest = t.take(idx)
+            else:
+                self._part(v, events, idx, source)
+        ids = t.select(["event_id", "c"])
+        self._ids(ids if rest is None else ids.filter(ok))
+        return rest
+
+    def _part(self, key: int, t: pa.Table, idx: np.ndarray | None, source: str | None) -> None:
+        if key not in self.writers:
+            dayn, ub = divmod(key, self.buckets)
+            name = part_name(_day(dayn), self.batch, self.seg, (ub, self.buckets))
+            tmp = self.log.dir / f".{name}.{os.getpid()}.tmp"
+            self.writers[key] = (pq.ParquetWriter(tmp, EVENTS, compression="zstd", use_dictionary=_DICT_COLUMNS),
+                                 tmp, name)
+        self.rows += t.num_rows if idx is None else len(idx)
+        writer = self.writers[key][0]
+
+        def write() -> None:
+            part = t if idx is None else t.take(idx)
+            day = part.column("dayn").cast(pa.int32()).cast(pa.date32())
+            src = pa.repeat(pa.scalar(source), part.num_rows) if source is not None else part.column("source")
+            rest = part.drop_columns(["source"]) if "source" in part.column_names else part
+            writer.write_table(conform(rest.append_column("day", day).append_column("source", src), EVENTS))
+        self._submit(key, write)
+
+    def _ids(self, t: pa.Table) -> None:
+        ids = t.select(["event_id", "c"])  # copies nothing
+        if self.ids_writer is None:
+            self.ids_writer = pq.ParquetWriter(self.ids_tmp, ids.schema, compression="zstd", use_dictionary=False)
+        writer = self.ids_writer
+        self._submit(-1, lambda: writer.write_table(ids))
+
+    def _submit(self, key: int, job: Callable[[], None]) -> None:
+        prev = self.pending.get(key)
+        if prev is not None:
+            prev.result()  # one write at a time per file, in order
+        self.pending[key] = self.pool.submit(job)
+
+    def close(self) -> tuple[list[str], int, str | None]:
+        """Finish every file and rename it into place: (part names, rows written, id-index file name or None)."""
+        for f in self.pending.values():
+            f.result()
+        self.pool.shutdown()
+        for w, _, _ in self.writers.values():
+            w.close()
+        if self.ids_writer is not None:
+            self.ids_writer.close()
+        names = []
+        for _, tmp, name in sorted(self.writers.values(), key=lambda x: x[2]):
+            os.replace(tmp, self.log.dir / name)
+            names.append(name)
+        id_name = None
+        if self.ids_writer is not None:
+            os.replace(self.ids_tmp, self.log.ids_dir / self.ids_name)
+            id_name = self.ids_name
+        self.closed = True
+        return names, self.rows, id_name
+
+    def abort(self) -> None:
+        """Remove the temporary files of a writer that did not close (an error on the way)."""
+        if self.closed:
+            return
+        self.closed = True
+        for f in self.pending.values():
+            f.exception()
+        self.pool.shutdown()
+        for w, tmp, _ in self.writers.values():
+            w.close()
+            tmp.unlink(missing_ok=True)
+        if self.ids_writer is not None:
+            self.ids_writer.close()
+            self.ids_tmp.unlink(missing_ok=True)
+
+
+def _day(dayn: int) -> dt.date:
+    return dt.date(1970, 1, 1) + dt.timedelta(days=dayn)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ class EventLog:
         """Rebuild the id index from the event parts when it is missing or was hashed by another DuckDB build
         (DuckDB's `hash()` is not promised stable across versions); return whether it was rebuilt."""
         canary = content_hash_canary(con)
+        # Parts named for a user bucket were bucketed with `hash(user_id)` of the DuckDB build that wrote them.
+        self.state.setdefault("bucket_canary", canary)
         if self.state.get("hash_canary") == canary and (self.state["ids"] or not self.state["parts"]):
             return False
         old = self.id_files()
@@ -157,18 +160,19 @@ class EventLog:
         before the swap leaves the merged file unlisted (deleted by `recover`), after it the old ones. The
         generation does not move: the table's content is unchanged, so `interaction_pairs` stays current.
         """
-        by_day: dict[str, list[str]] = defaultdict(list)
+        # Small parts merge per (day, user bucket), so a merged part keeps the bucket its inputs declared.
+        by_day: dict[tuple[str, tuple[int, int]], list[str]] = defaultdict(list)
         for name in self.state["parts"]:
             if _rows(self.dir / name) < small_rows:
-                by_day[name[5:15]].append(name)
+                by_day[(name[5:15], part_bucket(name))].append(name)
         small_ids = [n for n in self.state["ids"] if _rows(self.ids_dir / n) < small_rows]
         plan = {day: names for day, names in by_day.items() if len(names) > 1}
         if not plan and len(small_ids) < 2:
             return 0
         m = int(self.state.get("merges", 0)) + 1
         added, removed = [], []
-        for day, names in sorted(plan.items()):
-            out = f"part-{day}-m{m:09d}-00000.parquet"
+        for (day, bucket), names in sorted(plan.items()):
+            out = part_name(dt.date.fromisoformat(day), f"m{m:09d}", 0, bucket)
             _merge([self.dir / n for n in names], self.dir / out)
             added.append(out)
             removed += names
@@ -192,6 +196,15 @@ class EventLog:
         for n in small_ids if new_ids else []:
             (self.ids_dir / n).unlink(missing_ok=True)
         return len(removed) - len(added) + (len(small_ids) - 1 if new_ids else 0)
+
+    def buckets_trusted(self, con: Any) -> bool:
+        """Tell whether the user buckets in part names hold under this DuckDB build's `hash()` (a log whose
+        canary moved is read whole by the pairs build, which is slower but exact)."""
+        return self.state.get("bucket_canary", content_hash_canary(con)) == content_hash_canary(con)
+
+    def events_committed(self) -> int:
+        """How many events the committed batches hold."""
+        return sum(int(b["events"]) for b in self.state["batches"].values())
 
     def mark_pairs(self) -> None:
         """Record that `interaction_pairs` was rebuilt from the current generation."""
@@ -239,6 +252,26 @@ def content_hash_canary(con: Any) -> int:
     """The content hash of a fixed record: it changes when DuckDB's `hash()` does."""
     return int(scalar(con, "SELECT hash(TIMESTAMPTZ '2024-01-01 00:00:00+00', 'u', 's', 'click', 'q', NULL::VARCHAR, "
                        "'p', 3::INTEGER)"))
+
+
+_BUCKET = re.compile(r"-b(\d+)of(\d+)\.parquet$")
+
+
+def part_name(day: dt.date, batch: str, seg: int, bucket: tuple[int, int] = (0, 1)) -> str:
+    """The file name of an event part: `part-<day>-<batch>-<seg>[-b<g>of<G>].parquet`.
+
+    A part written for user bucket (g, G) holds only events whose `hash(user_id) % G == g`, so the pairs build
+    reads only the parts of the users it works on (`part_bucket`); G = 1 (no suffix) holds any users.
+    """
+    g, of = bucket
+    suffix = f"-b{g:02d}of{of:02d}" if of > 1 else ""
+    return f"part-{day:%Y-%m-%d}-{batch}-{seg:05d}{suffix}.parquet"
+
+
+def part_bucket(name: str) -> tuple[int, int]:
+    """The user bucket (g, G) a part file's name declares; (0, 1) when it holds any users."""
+    m = _BUCKET.search(name)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 1)
 
 
 def day_of(value: dt.date) -> str:

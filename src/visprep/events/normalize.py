@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visprep.events.checkpoint import content_hash_sql
-from visprep.events.duck import scalar, sql_str
+from visprep.events.duck import sql_str
 from visprep.events.readers import EVENT_FIELDS
 
 EVENT_TYPES = ("search", "impression", "click", "add_to_cart", "purchase", "view")
@@ -32,6 +32,10 @@ CONTENT_FIELDS = ("ts", "user_id", "session_id", "type", "query_id", "query_imag
 _TS_MIN, _TS_MAX = "2000-01-01", "2100-01-01"
 
 _JSON_SCHEMA = json.dumps({f: "VARCHAR" for f in EVENT_FIELDS})
+
+#: The columns of the temp table `staged`, in order.
+STAGED_COLUMNS = ("seq", "source", "line", "event_id", "ts", "user_id", "session_id", "type", "query_id",
+                  "query_image_id", "product_id", "position", "problem", "value", "c")
 
 STAGED_DDL = """
 CREATE OR REPLACE TEMP TABLE staged (
@@ -65,8 +69,9 @@ def _text(col: str, kind: str) -> str:
            f"ELSE nullif({col}, '') END"
 
 
-def _validated_select(src: str, kinds: dict[str, str], *, source: str, product_check: str) -> str:
-    """SELECT of `staged`'s columns from relation `src` (columns line, seq, parse_error, raw and EVENT_FIELDS)."""
+def _parts(kinds: dict[str, str], *, product_check: str) -> dict[str, str]:
+    """SQL pieces shared by the staging and streaming selects: the normalised columns of a source relation, the
+    first problem of a record (`reason|field`) and whether it has none (`ok`)."""
     ts_kind, pos_kind = kinds["ts"], kinds["position"]
     if ts_kind == "timestamp":
         ts_expr = "CAST(ts AS TIMESTAMPTZ)"
@@ -80,20 +85,24 @@ def _validated_select(src: str, kinds: dict[str, str], *, source: str, product_c
     pos_expr = "CAST(position AS DOUBLE)" if pos_kind in ("int", "float") else "TRY_CAST(pos_s AS DOUBLE)"
     texts = ", ".join(f"{_text(f, kinds[f])} AS {f}" for f in EVENT_FIELDS
                       if f not in ("ts", "position", "type"))
-    return f"""
-        WITH c AS (
-            SELECT seq, line, parse_error, raw, {texts},
-                   lower({_text('type', kinds['type'])}) AS type,
-                   {_text('ts', ts_kind)} AS ts_s, {_text('position', pos_kind)} AS pos_s,
-                   {ts_expr} AS ts_p, {pos_expr} AS pos_d
-            FROM {src}),
-        v AS (
-            SELECT *,
-                   CASE
+    # A typed ts / position is only turned into text for the rare refused record that shows it.
+    ts_raw = "ts" if ts_kind != "text" else "ts_s"
+    pos_raw = "position" if pos_kind != "text" else "pos_s"
+    columns = (f"{texts}, lower({_text('type', kinds['type'])}) AS type, "
+               + (f"{_text('ts', ts_kind)} AS ts_s, " if ts_kind == "text" else "ts AS ts_raw, ")
+               + (f"{_text('position', pos_kind)} AS pos_s, " if pos_kind == "text" else "position AS pos_raw, ")
+               + f"{ts_expr} AS ts_p, {pos_expr} AS pos_d")
+    ts_s = "ts_s" if ts_kind == "text" else "CAST(ts_raw AS VARCHAR)"
+    pos_s = "pos_s" if pos_kind == "text" else "CAST(pos_raw AS VARCHAR)"
+    ts_null = "ts_s IS NULL" if ts_kind == "text" else "ts_raw IS NULL"
+    pos_null = "pos_s IS NULL" if pos_kind == "text" else "pos_raw IS NULL"
+    del ts_raw, pos_raw
+    bad_pos = "(pos_d IS NULL OR pos_d < 1 OR pos_d > 2147483647 OR pos_d <> floor(pos_d))"
+    problem = f"""CASE
                      WHEN parse_error IS NOT NULL THEN 'malformed_json|'
                      WHEN event_id IS NULL THEN 'missing_field|event_id'
                      WHEN type IS NULL THEN 'missing_field|type'
-                     WHEN ts_s IS NULL THEN 'missing_field|ts'
+                     WHEN {ts_null} THEN 'missing_field|ts'
                      WHEN user_id IS NULL THEN 'missing_field|user_id'
                      WHEN session_id IS NULL THEN 'missing_field|session_id'
                      WHEN type NOT IN {_in(EVENT_TYPES)} THEN 'unknown_type|type'
@@ -101,23 +110,73 @@ def _validated_select(src: str, kinds: dict[str, str], *, source: str, product_c
                        THEN 'bad_timestamp|ts'
                      WHEN type IN {_in(PRODUCT_TYPES)} AND product_id IS NULL THEN 'missing_field|product_id'
                      WHEN type IN {_in(QUERY_TYPES)} AND query_id IS NULL THEN 'missing_field|query_id'
-                     WHEN type = 'impression' AND pos_s IS NULL THEN 'missing_field|position'
-                     WHEN pos_s IS NOT NULL AND (pos_d IS NULL OR pos_d < 1 OR pos_d > 2147483647
-                                                 OR pos_d <> floor(pos_d)) THEN 'bad_position|position'
+                     WHEN type = 'impression' AND {pos_null} THEN 'missing_field|position'
+                     WHEN NOT {pos_null} AND {bad_pos} THEN 'bad_position|position'
                      WHEN {product_check} THEN 'unknown_product|product_id'
-                   END AS problem
-            FROM c)
+                   END"""
+    # The same rules as one conjunction: cheap to evaluate on every record (the CASE above runs only where it
+    # is false). Kept in step with `problem` by tests that compare the two on every kind of bad record.
+    ok = f"""coalesce(parse_error IS NULL AND event_id IS NOT NULL AND type IS NOT NULL AND NOT {ts_null}
+                 AND user_id IS NOT NULL AND session_id IS NOT NULL AND type IN {_in(EVENT_TYPES)}
+                 AND ts_p IS NOT NULL AND ts_p >= TIMESTAMPTZ '{_TS_MIN}' AND ts_p < TIMESTAMPTZ '{_TS_MAX}'
+                 AND (type NOT IN {_in(PRODUCT_TYPES)} OR product_id IS NOT NULL)
+                 AND (type NOT IN {_in(QUERY_TYPES)} OR query_id IS NOT NULL)
+                 AND (type <> 'impression' OR NOT {pos_null})
+                 AND ({pos_null} OR NOT {bad_pos})
+                 AND NOT {product_check}, false)"""
+    value = f"""CASE split_part(problem, '|', 2)
+                 WHEN '' THEN left(raw, 200) WHEN 'type' THEN type WHEN 'ts' THEN {ts_s}
+                 WHEN 'position' THEN {pos_s} WHEN 'product_id' THEN product_id END"""
+    return {"columns": columns, "problem": problem, "ok": ok, "value": value}
+
+
+def _validated_select(src: str, kinds: dict[str, str], *, source: str, product_check: str) -> str:
+    """SELECT of `staged`'s columns from relation `src` (columns line, seq, parse_error, raw and EVENT_FIELDS)."""
+    p = _parts(kinds, product_check=product_check)
+    return f"""
+        WITH c AS (SELECT seq, line, parse_error, raw, {p['columns']} FROM {src}),
+        v AS (SELECT *, {p['problem']} AS problem FROM c)
         SELECT *, CASE WHEN problem IS NULL THEN {content_hash_sql()} END AS c FROM (
         SELECT seq, {sql_str(source)} AS source, line, event_id,
                CASE WHEN problem IS NULL THEN ts_p END AS ts, user_id, session_id, type, query_id, query_image_id,
                product_id, CASE WHEN problem IS NULL THEN CAST(pos_d AS INTEGER) END AS position, problem,
-               CASE split_part(problem, '|', 2)
-                 WHEN '' THEN left(raw, 200) WHEN 'type' THEN type WHEN 'ts' THEN ts_s
-                 WHEN 'position' THEN pos_s WHEN 'product_id' THEN product_id END AS value
+               {p['value']} AS value
         FROM v)"""
 
 
-def _product_check(has_known: bool) -> str:
+def stream_select(src: str, kinds: dict[str, str], *, product_check: str, candidates: str, buckets: int) -> str:
+    """SELECT that streams a source relation's records for the fast ingest path (`BatchWriter.add_parquet`).
+
+    Columns: staged's (`seq, line, event_id, ts, user_id, ..., problem, value, c`, without `source`) plus `ok`
+    (valid), `cand` (the id's hash is in table `candidates`: the id may repeat, so the record takes the exact
+    path), `dayn` (UTC day, days since 1970) and `ub` (user bucket, hash(user_id) % buckets). `problem` and `value`
+    are computed only for invalid records.
+    """
+    p = _parts(kinds, product_check=product_check)
+    return f"""
+        WITH c AS (SELECT seq, line, parse_error, raw, {p['columns']} FROM {src}),
+        v AS (SELECT *, {p['ok']} AS ok FROM c),
+        w AS (SELECT seq, line, event_id, CASE WHEN ok THEN ts_p END AS ts, user_id, session_id, type, query_id,
+                     query_image_id, product_id, CASE WHEN ok THEN CAST(pos_d AS INTEGER) END AS position,
+                     CASE WHEN NOT ok THEN {p['problem']} END AS problem, raw, ts_p, ok, {_raw_columns(kinds)}
+              FROM v)
+        SELECT seq, line, event_id, ts, user_id, session_id, type, query_id, query_image_id, product_id, position,
+               problem, CASE WHEN NOT ok THEN {p['value']} END AS value,
+               CASE WHEN ok THEN {content_hash_sql()} END AS c,
+               ok, hash(event_id) IN (SELECT h FROM {candidates}) AS cand,
+               CASE WHEN ok THEN CAST(epoch_ms(ts) // 86400000 AS INTEGER) END AS dayn,
+               CASE WHEN ok THEN CAST(hash(user_id) % {int(buckets)} AS INTEGER) END AS ub
+        FROM w"""
+
+
+def _raw_columns(kinds: dict[str, str]) -> str:
+    """The raw ts / position columns `_parts` keeps for the `value` of a refused record."""
+    return ", ".join(["ts_s" if kinds["ts"] == "text" else "ts_raw",
+                      "pos_s" if kinds["position"] == "text" else "pos_raw"])
+
+
+def product_check(has_known: bool) -> str:
+    """SQL condition that a record names a product the products table lacks (`_known`, when registered)."""
     # `_known` is registered by the batch writer when unknown products are refused.
     if not has_known:
         return "false"
@@ -140,18 +199,17 @@ def stage_json_lines(con: Any, lines: pa.Table, *, source: str, has_known: bool 
                         FROM _lines)))"""
         kinds = {f: "text" for f in EVENT_FIELDS}
         con.execute("INSERT INTO staged " + _validated_select(parsed, kinds, source=source,
-                                                              product_check=_product_check(has_known)))
+                                                              product_check=product_check(has_known)))
     finally:
         con.unregister("_lines")
 
 
-def stage_parquet(con: Any, path: Path, *, has_known: bool = False, group: tuple[int, int] = (0, 1)) -> int:
-    """Read, validate and append a Parquet event file (or one id-hash group of it) to `staged` inside DuckDB;
-    return the rows added.
+def parquet_source(path: Path) -> tuple[str, dict[str, str], str]:
+    """The relation over a Parquet event file that the validating selects read, its column kinds, and the SQL of
+    its normalised event id.
 
     Typed columns (integer epoch-ms or timestamp `ts`, integer `position`) are used directly; missing columns are
-    nulls; `line` is the 1-based row number. `group = (g, of)` keeps the records whose normalised event id hashes
-    to g modulo `of`: every version of an id lands in the same group, so groups deduplicate independently.
+    nulls; `line` and `seq` are the 1-based row number.
     """
     schema = pq.read_schema(path)
     kinds, cols = {}, []
@@ -161,17 +219,9 @@ def stage_parquet(con: Any, path: Path, *, has_known: bool = False, group: tuple
         cols.append(f'"{f}" AS {f}' if t is not None else f"NULL::VARCHAR AS {f}")
     src = (f"(SELECT file_row_number + 1 AS seq, file_row_number + 1 AS line, NULL::VARCHAR AS parse_error, "
            f"NULL::VARCHAR AS raw, {', '.join(cols)} "
-           f"FROM read_parquet({sql_str(str(path))}, file_row_number = true)")
-    g, of = group
-    if of > 1 and "event_id" in schema.names:
-        src += f" WHERE hash({_text('event_id', kinds['event_id'])}) % {int(of)} = {int(g)}"
-    elif of > 1:  # no ids at all: every record is refused, once, in group 0
-        src += f" WHERE {int(g)} = 0"
-    src += ")"
-    before = scalar(con, "SELECT count(*) FROM staged")
-    con.execute("INSERT INTO staged " + _validated_select(src, kinds, source=str(path),
-                                                          product_check=_product_check(has_known)))
-    return int(scalar(con, "SELECT count(*) FROM staged") - before)
+           f"FROM read_parquet({sql_str(str(path))}, file_row_number = true))")
+    id_sql = _text('"event_id"', kinds["event_id"]) if "event_id" in schema.names else "NULL::VARCHAR"
+    return src, kinds, id_sql
 
 
 _DETAIL = {

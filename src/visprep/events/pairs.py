@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from visprep.config import EventsConfig
+from visprep.events.checkpoint import part_bucket
 from visprep.events.debias import Propensities, concentration, estimate_propensities
 from visprep.events.duck import sql_list, sql_str
 
@@ -63,8 +64,18 @@ def pair_groups(events: int, group_events: int) -> int:
     return g
 
 
+def group_parts(parts: list[Path], g: int, groups: int, *, trust_buckets: bool) -> list[Path]:
+    """The parts that may hold events of user group g of `groups` (by the user bucket in their names)."""
+    out = []
+    for p in parts:
+        bg, bn = part_bucket(p.name) if trust_buckets else (0, 1)
+        if bn == 1 or (bn >= groups and bg % groups == g) or (bn < groups and g % bn == bg):
+            out.append(p)
+    return out
+
+
 def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, groups: int | None = None,
-                _key_mod: int | None = None) -> PairsReport:
+                trust_buckets: bool = True, _key_mod: int | None = None) -> PairsReport:
     """Compute `interaction_pairs` from event `parts` and write it to `out` atomically (temp file, rename).
 
     Every list-level signal (a result list is one user's, a co-view one user's session) is computed per group of
@@ -78,6 +89,7 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         out: the target Parquet file (`tables/interaction_pairs.parquet`).
         cfg: weights, co-view window, propensity and popularity options.
         groups: user-hash groups; default from the event count and `cfg.pairs_group_events`.
+        trust_buckets: read for each group only the parts whose names declare its users (`EventLog.buckets_trusted`).
         _key_mod: test hook: reduce the list keys modulo this, to force hash collisions (see `_load_group`).
     """
     report = PairsReport()
@@ -87,16 +99,19 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     window = float(cfg.coview_window_s)
     con.execute("""CREATE OR REPLACE TEMP TABLE acc (anchor_id VARCHAR, anchor_type VARCHAR, anchor_image_id VARCHAR,
                        product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT)""")
+    # Per (query, product, rank): result lists showing it (n), clicking it (k), skipping it above a click (s).
     con.execute("CREATE OR REPLACE TEMP TABLE hstats (query_id VARCHAR, product_id VARCHAR, position INTEGER, "
-                "n BIGINT, k BIGINT)")
-    con.execute("CREATE OR REPLACE TEMP TABLE expo (query_id VARCHAR, product_id VARCHAR, n BIGINT)")
+                "n BIGINT, k BIGINT, s BIGINT, query_image_id VARCHAR)")
     con.execute("CREATE OR REPLACE TEMP TABLE pop (product_id VARCHAR, n BIGINT)")
-    src = f"read_parquet({sql_list(parts)})" if parts else f"({_EMPTY_EVENTS})"
     for g in range(groups):
+        mine = group_parts(parts, g, groups, trust_buckets=trust_buckets)
+        src = f"read_parquet({sql_list(mine)})" if mine else f"({_EMPTY_EVENTS})"
         where = f"WHERE hash(user_id) % {groups} = {g}" if groups > 1 else ""
         report.key_retries += _load_group(con, src, where, key_mod=_key_mod)
-        _group_partials(con, window=window, max_rank=cfg.max_rank)
+        _group_partials(con, window=window)
     con.execute("DROP TABLE IF EXISTS ev")
+    con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position, s
+                   FROM hstats WHERE s > 0""")
 
     props = estimate_propensities(con, cfg=cfg)
     report.propensities = props
@@ -112,7 +127,7 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     out.parent.mkdir(parents=True, exist_ok=True)
     con.execute(f"""
         COPY (
-        WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM expo GROUP BY ALL),
+        WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM hstats GROUP BY ALL),
         all_pairs AS (
             SELECT a.anchor_id, a.anchor_type, min(a.anchor_image_id) AS anchor_image_id, a.product_id, a.kind,
                    sum(a.cnt) AS cnt,
@@ -146,7 +161,7 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         report.by_kind[kind] = int(n)
     report.rows = sum(report.by_kind.values())
     report.concentration = concentration(con, str(out))
-    for t in ("acc", "hstats", "expo", "pop", "prop"):
+    for t in ("acc", "hstats", "pop", "prop"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return report
 
@@ -160,12 +175,12 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
     """Materialise one user group's events as temp table `ev`, with integer keys for its result lists and sessions.
 
     `lk` = hash(user, session, query) names a result list and `sk` = hash(user, session) a session, so the joins
-    below run on one integer and a product id instead of four strings (the joins cost about a third less; the check
-    below gives part of that back). Keys are checked
-    to be one-to-one with what they name; on a collision the keys are rebuilt with another salt, so the result is
-    always exact (a collision is expected about once in 10^12 keys). The salt is hashed first: appended last it
-    would be combined with an already colliding hash and collide again. Returns the salt used. `key_mod` (tests)
-    reduces the first salt's keys modulo it, forcing collisions.
+    below run on one integer and a product id instead of four strings. Keys are checked to be one-to-one with what
+    they name, through a second, independently salted hash of the same fields (`lk2`, `sk2`: comparing integers
+    costs a fraction of comparing the strings); on a collision the keys are rebuilt with another salt, so a wrong
+    join needs two 64-bit collisions at once. The salt is hashed first: appended last it would be combined with
+    an already colliding hash and collide again. Returns the salt used. `key_mod` (tests) reduces the first
+    salt's keys modulo it, forcing collisions.
     """
     for salt in range(_KEY_SALTS):
         mod = f" % {int(key_mod)}" if key_mod and salt == 0 else ""
@@ -175,20 +190,22 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
                    hash({salt}, user_id, session_id, query_id){mod} AS lk,
                    hash({salt}, user_id, session_id){mod} AS sk
             FROM {src} {where}""")
-        collisions = con.execute("""
+        check = 1000 + salt
+        collisions = con.execute(f"""
             SELECT (SELECT count(*) FROM (SELECT lk FROM ev WHERE query_id IS NOT NULL GROUP BY lk
-                    HAVING min(user_id) <> max(user_id) OR min(session_id) <> max(session_id)
-                        OR min(query_id) <> max(query_id)))
+                    HAVING min(hash({check}, user_id, session_id, query_id))
+                        <> max(hash({check}, user_id, session_id, query_id))))
                  + (SELECT count(*) FROM (SELECT sk FROM ev GROUP BY sk
-                    HAVING min(user_id) <> max(user_id) OR min(session_id) <> max(session_id)))""").fetchall()[0][0]
+                    HAVING min(hash({check}, user_id, session_id)) <> max(hash({check}, user_id, session_id))))
+            """).fetchall()[0][0]
         if not collisions:
             return salt
     raise RuntimeError(f"list keys still collide after {_KEY_SALTS} salts ({collisions} keys): "
                        "the events of this user group cannot be keyed exactly")
 
 
-def _group_partials(con: Any, *, window: float, max_rank: int) -> None:
-    """Add one user group's partial aggregates (temp table `ev`) to `acc`, `hstats`, `expo` and `pop`."""
+def _group_partials(con: Any, *, window: float) -> None:
+    """Add one user group's partial aggregates (temp table `ev`) to `acc`, `hstats` and `pop`."""
     con.execute("""
         CREATE OR REPLACE TEMP TABLE imp AS
         SELECT lk, product_id, any_value(query_id) AS query_id, min(position) AS position,
@@ -201,27 +218,25 @@ def _group_partials(con: Any, *, window: float, max_rank: int) -> None:
                coalesce(e.position, i.position) AS position
         FROM ev e LEFT JOIN imp i ON i.lk = e.lk AND i.product_id = e.product_id
         WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.query_id IS NOT NULL""")
-    con.execute("CREATE OR REPLACE TEMP TABLE clicked AS SELECT DISTINCT lk, product_id FROM act WHERE kind = 'click'")
-    con.execute(f"""
+    # One pass over the impressions gives the harvesting counts, the exposures and the skip-above negatives:
+    # a product shown above the lowest click of its list and never clicked in it.
+    con.execute("""
         INSERT INTO hstats
-        SELECT i.query_id, i.product_id, i.position, count(*) AS n, count(c.product_id) AS k
+        WITH clicked AS (SELECT DISTINCT lk, product_id FROM act WHERE kind = 'click'),
+        lists AS (SELECT lk, max(position) AS lowest_click FROM act
+                  WHERE kind = 'click' AND position IS NOT NULL GROUP BY lk)
+        SELECT i.query_id, i.product_id, i.position, count(*) AS n, count(c.lk) AS k,
+               count(*) FILTER (WHERE l.lowest_click > i.position AND c.lk IS NULL) AS s,
+               min(i.query_image_id) FILTER (WHERE l.lowest_click > i.position AND c.lk IS NULL) AS query_image_id
         FROM imp i LEFT JOIN clicked c ON c.lk = i.lk AND c.product_id = i.product_id
-        WHERE i.position <= {int(max_rank)}
-        GROUP BY ALL""")
-    con.execute("INSERT INTO expo SELECT query_id, product_id, count(*) FROM imp GROUP BY ALL")
+                   LEFT JOIN lists l ON l.lk = i.lk
+        GROUP BY i.query_id, i.product_id, i.position""")
     con.execute("""INSERT INTO pop SELECT product_id, count(*) FROM ev
                    WHERE type IN ('click', 'add_to_cart', 'purchase', 'view') AND product_id IS NOT NULL
                    GROUP BY 1""")
     con.execute(f"""
         INSERT INTO acc
-        WITH lists AS (
-            SELECT lk, max(position) AS lowest_click
-            FROM act WHERE kind = 'click' AND position IS NOT NULL GROUP BY lk),
-        skipped AS (
-            SELECT i.* FROM imp i JOIN lists l ON l.lk = i.lk
-            WHERE i.position < l.lowest_click
-              AND NOT EXISTS (SELECT 1 FROM clicked c WHERE c.lk = i.lk AND c.product_id = i.product_id)),
-        seen AS (
+        WITH seen AS (
             SELECT sk, product_id, ts, type FROM ev
             WHERE type IN ('view', 'click') AND product_id IS NOT NULL),
         coviews AS (
@@ -232,10 +247,7 @@ def _group_partials(con: Any, *, window: float, max_rank: int) -> None:
         SELECT query_id, 'query', min(query_image_id), product_id, kind, position, count(*)
         FROM act GROUP BY query_id, product_id, kind, position
         UNION ALL
-        SELECT query_id, 'query', min(query_image_id), product_id, 'skip_above', position, count(*)
-        FROM skipped GROUP BY query_id, product_id, position
-        UNION ALL
         SELECT anchor_id, 'product', NULL, product_id, 'coview', NULL, count(*)
         FROM coviews GROUP BY anchor_id, product_id""")
-    for t in ("imp", "act", "clicked"):
+    for t in ("imp", "act"):
         con.execute(f"DROP TABLE IF EXISTS {t}")

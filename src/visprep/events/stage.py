@@ -26,7 +26,7 @@ from visprep.config import section_params
 from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
 from visprep.events.duck import connect
-from visprep.events.pairs import PairsReport, build_pairs
+from visprep.events.pairs import PairsReport, build_pairs, pair_groups
 from visprep.events.readers import detect_format, iter_json_lines
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
@@ -78,14 +78,6 @@ def _crasher(point: str | None) -> Callable[[str], None] | None:
     return crash
 
 
-def _groups(rows: int, group_rows: int) -> int:
-    """How many event-id hash groups a file of `rows` records is staged in (a power of two, at most 64)."""
-    g = 1
-    while rows > g * group_rows and g < 64:
-        g *= 2
-    return g
-
-
 @contextmanager
 def _session(ws: Workspace, params: dict[str, Any]) -> Iterator[tuple[EventLog, Any, RunRecord, EventsResult]]:
     """Hold the workspace's events lock, recover the log, open DuckDB and a run record."""
@@ -133,10 +125,10 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
                 for lines in iter_json_lines(path):
                     writer.add_json_lines(lines, source=str(path))
             else:
-                groups = _groups(pq.ParquetFile(path).metadata.num_rows, ws.config.events.group_rows)
-                for g in range(groups):
-                    writer.add_parquet(path, group=(g, groups))
-                    writer.end_group("f" + fp["sha256"][:16])
+                # Parts are cut into the user buckets the pairs build will work in once this file is in.
+                rows = pq.ParquetFile(path).metadata.num_rows
+                buckets = pair_groups(log.events_committed() + rows, ws.config.events.pairs_group_events)
+                writer.add_parquet(path, "f" + fp["sha256"][:16], buckets=buckets)
             result.add(writer.finish("f" + fp["sha256"][:16], file=fp, crash=crash))
             if crash:
                 crash("after_checkpoint")
@@ -202,7 +194,8 @@ def build_interaction_pairs(ws: Workspace) -> PairsReport:
         con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
                       threads=cfg.threads or None)
         try:
-            report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=cfg)
+            report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=cfg,
+                                 trust_buckets=log.buckets_trusted(con))
             log.mark_pairs()
             return report
         finally:
@@ -212,7 +205,8 @@ def build_interaction_pairs(ws: Workspace) -> PairsReport:
 def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord, result: EventsResult) -> None:
     if log.pairs_current():
         return
-    report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=ws.config.events)
+    report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=ws.config.events,
+                         trust_buckets=log.buckets_trusted(con))
     log.mark_pairs()
     result.pairs_rebuilt = True
     result.pairs = report.by_kind

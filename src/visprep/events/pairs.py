@@ -97,18 +97,10 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         groups = pair_groups(n, cfg.pairs_group_events)
     window = float(cfg.coview_window_s)
-    con.execute("""CREATE OR REPLACE TEMP TABLE acc (anchor_id VARCHAR, anchor_type VARCHAR, anchor_image_id VARCHAR,
-                       product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT)""")
-    # Per (query, product, rank): result lists showing it (n), clicking it (k), skipping it above a click (s).
-    con.execute("CREATE OR REPLACE TEMP TABLE hstats (query_id VARCHAR, product_id VARCHAR, position INTEGER, "
-                "n BIGINT, k BIGINT, s BIGINT, query_image_id VARCHAR)")
-    con.execute("CREATE OR REPLACE TEMP TABLE pop (product_id VARCHAR, n BIGINT)")
+    _partial_tables(con)
     for g in range(groups):
-        mine = group_parts(parts, g, groups, trust_buckets=trust_buckets)
-        src = f"read_parquet({sql_list(mine)})" if mine else f"({_EMPTY_EVENTS})"
-        where = f"WHERE hash(user_id) % {groups} = {g}" if groups > 1 else ""
-        report.key_retries += _load_group(con, src, where, key_mod=_key_mod)
-        _group_partials(con, window=window)
+        report.key_retries += _group(con, parts, g, groups, window=window, trust_buckets=trust_buckets,
+                                     key_mod=_key_mod)
     con.execute("DROP TABLE IF EXISTS ev")
     con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position, s
                    FROM hstats WHERE s > 0""")
@@ -166,6 +158,27 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     return report
 
 
+def _partial_tables(con: Any) -> None:
+    con.execute("""CREATE OR REPLACE TEMP TABLE acc (anchor_id VARCHAR, anchor_type VARCHAR, anchor_image_id VARCHAR,
+                       product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT)""")
+    # Per (query, product, rank): result lists showing it (n), clicking it (k), skipping it above a click (s).
+    con.execute("CREATE OR REPLACE TEMP TABLE hstats (query_id VARCHAR, product_id VARCHAR, position INTEGER, "
+                "n BIGINT, k BIGINT, s BIGINT, query_image_id VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE pop (product_id VARCHAR, n BIGINT)")
+
+
+def _group(con: Any, parts: list[Path], g: int, groups: int, *, window: float, trust_buckets: bool,
+           key_mod: int | None) -> int:
+    """Add user group g's partial aggregates to `con`'s partial tables; return its key salt (0 = no collision)."""
+    mine = group_parts(parts, g, groups, trust_buckets=trust_buckets)
+    src = f"read_parquet({sql_list(mine)})" if mine else f"({_EMPTY_EVENTS})"
+    exact = trust_buckets and all(part_bucket(p.name) == (g, groups) for p in mine)
+    where = f"WHERE hash(user_id) % {groups} = {g}" if groups > 1 and not exact else ""
+    salt = _load_group(con, src, where, key_mod=key_mod)
+    _group_partials(con, window=window)
+    return salt
+
+
 _EV_COLUMNS = "ts, user_id, session_id, type, query_id, query_image_id, product_id, position"
 #: Salts tried for the list / session keys before giving up (each retry follows a detected hash collision).
 _KEY_SALTS = 4
@@ -206,11 +219,12 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
 
 def _group_partials(con: Any, *, window: float) -> None:
     """Add one user group's partial aggregates (temp table `ev`) to `acc`, `hstats` and `pop`."""
+    # A list key names one query (checked by `_load_group`), so grouping by the query too changes nothing and
+    # costs less than carrying it as an aggregate.
     con.execute("""
         CREATE OR REPLACE TEMP TABLE imp AS
-        SELECT lk, product_id, any_value(query_id) AS query_id, min(position) AS position,
-               min(query_image_id) AS query_image_id
-        FROM ev WHERE type = 'impression' GROUP BY lk, product_id""")
+        SELECT lk, product_id, query_id, min(position) AS position, min(query_image_id) AS query_image_id
+        FROM ev WHERE type = 'impression' GROUP BY lk, product_id, query_id""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE act AS
         SELECT e.type AS kind, e.lk, e.query_id, e.product_id,

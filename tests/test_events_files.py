@@ -265,14 +265,15 @@ _VARIANTS = {"product_id": ["p1", "p2"], "user_id": ["u1", "u2"], "ts": ["2024-0
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1), st.integers(0, 1), st.integers(0, 1),
-                          st.integers(0, 2)), min_size=1, max_size=25))
-def test_dedup_and_conflicts_match_a_brute_force_oracle(tmp_path: Path, fmt: str,
-                                                        recs: list[tuple[int, ...]]) -> None:
+                          st.integers(0, 2)), min_size=1, max_size=25), st.booleans())
+def test_dedup_and_conflicts_match_a_brute_force_oracle(tmp_path: Path, fmt: str, recs: list[tuple[int, ...]],
+                                                        one_run: bool) -> None:
     """Random ids and versions over up to three files: the vectorised dedup equals a record-by-record oracle
-    (JSON lines are staged whole; Parquet files are streamed, with only possibly repeated ids staged)."""
-    root = tmp_path / f"{fmt}{abs(hash(tuple(recs)))}"
+    (JSON lines are staged whole; Parquet files are streamed, with only possibly repeated ids staged), whether the
+    files come one per run (each run loads the committed id hashes) or all in one run (the run extends them)."""
+    root = tmp_path / f"{fmt}{one_run}{abs(hash(tuple(recs)))}"
     root.mkdir()
     files: list[list[dict]] = [[], [], []]
     for i, pv, uv, tv, f in recs:
@@ -296,8 +297,8 @@ def test_dedup_and_conflicts_match_a_brute_force_oracle(tmp_path: Path, fmt: str
                 order = ["ts", "user_id", "product_id"]
                 want_q.append((p.name, line + 1, ",".join(sorted(fields, key=order.index))))
     ws = Workspace(root / "ws")
-    for p in paths:  # one file per run: the committed side of the dedup is exercised too
-        ingest_event_files(ws, [p], rebuild_pairs=False)
+    for run in [paths] if one_run else [[p] for p in paths]:  # the committed side of the dedup is exercised too
+        ingest_event_files(ws, run, rebuild_pairs=False)
     ev = ws.read_table("events")
     got_ev = {e["event_id"]: (e["user_id"], e["product_id"], int(e["ts"].timestamp() * 1000))
               for e in ev.to_pylist()}

@@ -34,6 +34,7 @@ from visprep.events.normalize import (
     stage_json_lines,
     stream_select,
 )
+from visprep.events.pairs import pair_groups
 from visprep.schema import EVENTS
 from visprep.workspace import QuarantineRecord, RunRecord, Workspace, conform
 
@@ -76,7 +77,7 @@ class BatchWriter:
     def begin(self) -> None:
         """Start a batch: an empty staging table and no output yet."""
         self.con.execute(STAGED_DDL)
-        self._buckets = 1
+        self._buckets = 0  # user buckets of this batch's parts; 0 = not decided yet
         self._out = BatchCounts(refused=[])
         self._parts: list[str] = []
         self._ids: list[str] = []
@@ -88,7 +89,12 @@ class BatchWriter:
         stage_json_lines(self.con, lines, source=source, has_known=self.has_known)
         self._pending = True
 
-    def add_parquet(self, path: Path, batch: str, *, buckets: int = 1) -> None:
+    def buckets_for(self, rows: int) -> int:
+        """How many user buckets a batch of `rows` records cuts its parts into: the number of groups the pairs
+        build will use once it is committed (`pairs.pair_groups`), so each group reads only its own parts."""
+        return pair_groups(self.log.events_committed() + rows, self.ws.config.events.pairs_group_events)
+
+    def add_parquet(self, path: Path, batch: str) -> None:
         """Ingest a Parquet file in two streaming passes over it, with no staging copy of its records.
 
         Pass 1 finds the candidate id hashes: those occurring more than once among the file's ids and the
@@ -99,6 +105,7 @@ class BatchWriter:
         one streamed batch; the file is read twice whatever its size.
         """
         con = self.con
+        buckets = self._buckets = self.buckets_for(pq.ParquetFile(path).metadata.num_rows)
         src, kinds, id_sql = parquet_source(path)
         con.register("cand", repeated_hashes(con, path, id_sql, self.log))
         sel = stream_select(src, kinds, product_check=product_check(self.has_known), candidates="cand",
@@ -137,7 +144,6 @@ class BatchWriter:
         self._out.new += new
         assert new == fast, (new, fast)
         self._group += 1
-        self._buckets = buckets
         self._pending = True
 
     def end_group(self, batch: str) -> None:
@@ -170,7 +176,7 @@ class BatchWriter:
         # Plain hash joins against the small `dups` / `old` tables (a correlated NOT EXISTS with an inequality
         # was several times slower).
         not_old = "LEFT JOIN old o ON o.event_id = s.event_id" if ids else ""
-        buckets = self._buckets
+        buckets = self._buckets or self.buckets_for(records)
         fresh = con.sql(f"""
             SELECT s.event_id, s.ts, CAST(epoch_ms(s.ts) // 86400000 AS INTEGER) AS dayn, s.user_id, s.session_id,
                    s.type, s.query_id, s.query_image_id, s.product_id, s.position, s.source, s.line, s.c,

@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from visprep.config import section_params
 from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
 from visprep.events.duck import connect
-from visprep.events.pairs import PairsReport, build_pairs, pair_groups
+from visprep.events.pairs import PairsReport, build_pairs
 from visprep.events.readers import detect_format, iter_json_lines
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
@@ -125,10 +123,7 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
                 for lines in iter_json_lines(path):
                     writer.add_json_lines(lines, source=str(path))
             else:
-                # Parts are cut into the user buckets the pairs build will work in once this file is in.
-                rows = pq.ParquetFile(path).metadata.num_rows
-                buckets = pair_groups(log.events_committed() + rows, ws.config.events.pairs_group_events)
-                writer.add_parquet(path, "f" + fp["sha256"][:16], buckets=buckets)
+                writer.add_parquet(path, "f" + fp["sha256"][:16])
             result.add(writer.finish("f" + fp["sha256"][:16], file=fp, crash=crash))
             if crash:
                 crash("after_checkpoint")

@@ -31,6 +31,7 @@ CONTENT_FIELDS = ("ts", "user_id", "session_id", "type", "query_id", "query_imag
 # Timestamps outside this range are refused: an epoch in seconds read as milliseconds lands in 1970.
 _TS_MIN, _TS_MAX = "2000-01-01", "2100-01-01"
 
+_PARSE_BATCH_ROWS = 16_384
 _JSON_SCHEMA = json.dumps({f: "VARCHAR" for f in EVENT_FIELDS})
 
 #: The columns of the temp table `staged`, in order.
@@ -187,6 +188,8 @@ def stage_json_lines(con: Any, lines: pa.Table, *, source: str, has_known: bool 
     """Parse a `(line, text[, seq])` chunk of JSON lines in DuckDB, validate it and append it to `staged`."""
     if "seq" not in lines.column_names:
         lines = lines.append_column("seq", lines.column("line"))
+    # DuckDB scans an Arrow table one record batch per thread: a 32 MB chunk in one batch parses on one core.
+    lines = pa.Table.from_batches(lines.to_batches(max_chunksize=_PARSE_BATCH_ROWS), lines.schema)
     con.register("_lines", lines)
     try:
         parsed = f"""(

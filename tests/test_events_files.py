@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from visprep.cli import app
-from visprep.events.checkpoint import part_bucket
+from visprep.events.checkpoint import EventLog, part_bucket
+from visprep.events.pairs import pair_groups
 from visprep.events.simulate import SimConfig, simulate
 from visprep.events.stage import ingest_event_files
 from visprep.workspace import Workspace, WorkspaceLocked
@@ -370,7 +371,7 @@ def test_a_file_cut_into_user_buckets_gives_the_same_tables(tmp_path: Path, fmt:
     r1 = ingest_event_files(whole, [a])
     grouped = Workspace(tmp_path / "grouped")
     grouped.root.mkdir()
-    grouped.config_path.write_text("[events]\npairs_group_events = 1000\n")
+    grouped.config_path.write_text("[events]\npairs_group_events = 1000\ncompact_rows = 1000\n")
     r2 = ingest_event_files(grouped, [a])
     assert 16 * 1000 < ev.num_rows <= 32 * 1000  # 32 user buckets
     assert r1.duplicates > 0
@@ -389,3 +390,38 @@ def test_a_file_cut_into_user_buckets_gives_the_same_tables(tmp_path: Path, fmt:
         g, of = part_bucket(p.name)
         assert con.execute(f"SELECT count(*) FROM read_parquet('{p}') WHERE hash(user_id) % {of} <> {g}"
                            ).fetchall()[0][0] == 0
+
+
+def test_compaction_cuts_small_parts_into_user_buckets_and_survives_a_kill(tmp_path: Path) -> None:
+    """Small batches (Kafka polls, small files) are not cut by user; compaction merges their parts into one part
+    per day and user bucket, so the pairs build reads only its groups' parts on such a log too."""
+    ev, _ = simulate(SimConfig(searches=1000, duplicate_rate=0.02, seed=5))
+    pieces = []
+    for k in range(8):
+        p = tmp_path / f"piece{k}.parquet"
+        pq.write_table(ev.slice(k * 1000, 1200), p)  # overlapping: duplicates across batches
+        pieces.append(p)
+    ref = Workspace(tmp_path / "ref")
+    ingest_event_files(ref, pieces)
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    ws.config_path.write_text("[events]\npairs_group_events = 1000\ncompact_rows = 5000\n")
+    code = ("import sys; from visprep.workspace import Workspace; from visprep.events.stage import "
+            "ingest_event_files as f; f(Workspace(sys.argv[1]), sys.argv[2:], _crash_at='compact_after_output')")
+    proc = subprocess.run([sys.executable, "-c", code, str(ws.root), *map(str, pieces)], check=False,
+                          capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    r = ingest_event_files(ws, pieces)
+    assert r.files_already == 8 and r.recovered_parts > 0 and r.compacted > 0
+    parts = sorted(ws.table_path("events").glob("part-*.parquet"))
+    groups = pair_groups(EventLog(ws).events_committed(), 1000)
+    assert groups >= 8 and {part_bucket(p.name)[1] for p in parts} == {groups}
+    con = duckdb.connect()
+    for p in parts:
+        g, of = part_bucket(p.name)
+        assert con.execute(f"SELECT count(*) FROM read_parquet('{p}') WHERE hash(user_id) % {of} <> {g}"
+                           ).fetchall()[0][0] == 0
+    ev_ref, p_ref = _tables(ref)
+    ev_ws, p_ws = _tables(ws)
+    assert ev_ws == ev_ref
+    _same_pairs(p_ref, p_ws)

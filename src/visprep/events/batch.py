@@ -91,8 +91,15 @@ class BatchWriter:
 
     def buckets_for(self, rows: int) -> int:
         """How many user buckets a batch of `rows` records cuts its parts into: the number of groups the pairs
-        build will use once it is committed (`pairs.pair_groups`), so each group reads only its own parts."""
-        return pair_groups(self.log.events_committed() + rows, self.ws.config.events.pairs_group_events)
+        build will use once it is committed (`pairs.pair_groups`), so each group reads only its own parts.
+
+        A small batch (under `compact_rows`, e.g. a Kafka poll) is not cut: a file per day and bucket of a
+        10k-event poll cost more to write than its groups save, and compaction merges its parts anyway.
+        """
+        cfg = self.ws.config.events
+        if rows < cfg.compact_rows:
+            return 1
+        return pair_groups(self.log.events_committed() + rows, cfg.pairs_group_events)
 
     def add_parquet(self, path: Path, batch: str) -> None:
         """Ingest a Parquet file in two streaming passes over it, with no staging copy of its records.

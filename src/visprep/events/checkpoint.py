@@ -152,9 +152,13 @@ class EventLog:
                 s["kafka"].setdefault(topic, {}).update({str(p): int(o) for p, o in offsets.items()})
         self._save()
 
-    def compact(self, con: Any, *, small_rows: int, crash: Any = None) -> int:
+    def compact(self, con: Any, *, small_rows: int, buckets: int = 1, crash: Any = None) -> int:
         """Merge the small parts of each day (fewer than `small_rows` rows) into one, and the small id files into
-        one; return how many files were merged away.
+        one; return how many small files were merged.
+
+        Small parts of one user bucket merge into one part of that bucket. Small parts that hold every user
+        (Kafka polls and small files are not cut, see `BatchWriter.buckets_for`) are merged into one part per
+        user bucket when `buckets` > 1, so the pairs build of a log fed by Kafka reads only its groups' parts too.
 
         Output first, then one atomic checkpoint rewrite that swaps the file lists, then the old files go: a kill
         before the swap leaves the merged file unlisted (deleted by `recover`), after it the old ones. The
@@ -172,9 +176,14 @@ class EventLog:
         m = int(self.state.get("merges", 0)) + 1
         added, removed = [], []
         for (day, bucket), names in sorted(plan.items()):
-            out = part_name(dt.date.fromisoformat(day), f"m{m:09d}", 0, bucket)
-            _merge([self.dir / n for n in names], self.dir / out)
-            added.append(out)
+            date = dt.date.fromisoformat(day)
+            if bucket == (0, 1) and buckets > 1:
+                outs = {g: self.dir / part_name(date, f"m{m:09d}", 0, (g, buckets)) for g in range(buckets)}
+                added += [p.name for p in _merge_bucketed(con, [self.dir / n for n in names], outs)]
+            else:
+                out = part_name(date, f"m{m:09d}", 0, bucket)
+                _merge([self.dir / n for n in names], self.dir / out)
+                added.append(out)
             removed += names
         new_ids: list[str] = []
         if len(small_ids) > 1:
@@ -195,7 +204,7 @@ class EventLog:
             (self.dir / n).unlink(missing_ok=True)
         for n in small_ids if new_ids else []:
             (self.ids_dir / n).unlink(missing_ok=True)
-        return len(removed) - len(added) + (len(small_ids) - 1 if new_ids else 0)
+        return len(removed) + (len(small_ids) if new_ids else 0)
 
     def buckets_trusted(self, con: Any) -> bool:
         """Tell whether the user buckets in part names hold under this DuckDB build's `hash()` (a log whose
@@ -235,6 +244,46 @@ def _merge(files: list[Path], out: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _merge_bucketed(con: Any, files: list[Path], outs: dict[int, Path]) -> list[Path]:
+    """Concatenate event parts into one file per user bucket (`hash(user_id) % len(outs)`), atomically, one input
+    in memory at a time; return the files written (buckets without events get none)."""
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    buckets = len(outs)
+    schema = pq.read_schema(files[0])
+    writers: dict[int, tuple[pq.ParquetWriter, Path]] = {}
+    try:
+        for f in files:
+            t = pq.read_table(f, schema=schema)
+            users = pc.unique(t.column("user_id"))
+            con.register("_users", pa.table({"u": users}))
+            try:  # one bucket per distinct user, mapped back by value: the rows' order never depends on DuckDB
+                ub = con.sql(f"SELECT u, hash(u) % {buckets} AS b FROM _users").to_arrow_table()
+            finally:
+                con.unregister("_users")
+            where = pc.index_in(t.column("user_id"), value_set=ub.column("u")).to_numpy()
+            k = ub.column("b").to_numpy().astype(np.int64)[where]
+            for g in np.unique(k).tolist():
+                if g not in writers:
+                    tmp = outs[g].with_name(f".{outs[g].name}.{os.getpid()}.tmp")
+                    writers[g] = (pq.ParquetWriter(tmp, schema, compression="zstd"), tmp)
+                writers[g][0].write_table(t.take(np.flatnonzero(k == g)))
+        for w, _ in writers.values():
+            w.close()
+        for g, (_, tmp) in writers.items():
+            os.replace(tmp, outs[g])
+    except BaseException:
+        for w, tmp in writers.values():
+            w.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    return [outs[g] for g in sorted(writers)]
 
 
 def _rows(path: Path) -> int:

@@ -24,7 +24,7 @@ from visprep.config import section_params
 from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
 from visprep.events.duck import connect
-from visprep.events.pairs import PairsReport, build_pairs
+from visprep.events.pairs import PairsReport, build_pairs, pair_groups
 from visprep.events.readers import detect_format, iter_json_lines
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
@@ -74,6 +74,11 @@ def _crasher(point: str | None) -> Callable[[str], None] | None:
         if here == point:
             os.kill(os.getpid(), signal.SIGKILL)
     return crash
+
+
+def _buckets(ws: Workspace, log: EventLog) -> int:
+    """The user buckets compaction cuts merged parts into: the pairs build's groups for the committed log."""
+    return pair_groups(log.events_committed(), ws.config.events.pairs_group_events)
 
 
 @contextmanager
@@ -131,7 +136,8 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
             if progress:
                 progress(1, len(paths))
         # Many small files leave many small day parts: merge them (content unchanged, pairs stay current).
-        result.compacted += log.compact(con, small_rows=ws.config.events.compact_rows, crash=crash)
+        result.compacted += log.compact(con, small_rows=ws.config.events.compact_rows, buckets=_buckets(ws, log),
+                                        crash=crash)
         if rebuild_pairs:
             _maybe_rebuild_pairs(ws, log, con, run, result)
         _record(run, result)
@@ -170,9 +176,10 @@ def ingest_kafka(ws: Workspace, *, bootstrap: str, topic: str, group: str = "vis
                     crash("after_checkpoint")
                 source.commit(batch)  # informational: the workspace offsets are the truth
                 if n % cfg.compact_every == 0:
-                    result.compacted += log.compact(con, small_rows=cfg.compact_rows, crash=crash)
+                    result.compacted += log.compact(con, small_rows=cfg.compact_rows, buckets=_buckets(ws, log),
+                                                    crash=crash)
             result.caught_up = source.caught_up
-        result.compacted += log.compact(con, small_rows=cfg.compact_rows)
+        result.compacted += log.compact(con, small_rows=cfg.compact_rows, buckets=_buckets(ws, log))
         run.inputs["kafka"]["end_offsets"] = log.kafka_offsets(topic)
         if rebuild_pairs:
             _maybe_rebuild_pairs(ws, log, con, run, result)

@@ -328,7 +328,7 @@ class PartWriter:
         self.ids_name = f"{batch}-{seg:05d}.parquet"
         self.ids_tmp = log.ids_dir / f".{self.ids_name}.{os.getpid()}.tmp"
         self.ids_writer: pq.ParquetWriter | None = None
-        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
         self.rows = 0
         self.closed = False
 

@@ -32,3 +32,26 @@ def test_json_lines_match_a_line_by_line_oracle(tmp_path: Path, pieces: list[byt
     got = [(ln, text) for t in iter_json_lines(path, block_bytes=block)
            for ln, text in zip(t.column("line").to_pylist(), t.column("text").to_pylist())]
     assert got == _oracle(data)
+
+
+def test_prefetch_keeps_order_raises_where_the_reader_failed_and_stops_early() -> None:
+    import pyarrow as pa
+    import pytest
+
+    from visprep.events.readers import prefetch
+
+    tables = [pa.table({"x": [i]}) for i in range(20)]
+    assert [t.column("x")[0].as_py() for t in prefetch(iter(tables), depth=3)] == list(range(20))
+
+    def broken():
+        yield tables[0]
+        raise OSError("disk gone")
+
+    it = prefetch(broken())
+    assert next(it) is tables[0]
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+
+    it = prefetch(iter(tables))  # the consumer stops after one chunk: the reader thread must not hang
+    next(it)
+    it.close()

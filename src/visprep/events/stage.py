@@ -25,7 +25,7 @@ from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
 from visprep.events.duck import connect
 from visprep.events.pairs import PairsReport, build_pairs, pair_groups
-from visprep.events.readers import detect_format, iter_json_lines
+from visprep.events.readers import detect_format, iter_json_lines, prefetch
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
 #: Named crash points for kill-and-resume tests (`_crash_at=`): the process kills itself with SIGKILL there.
@@ -125,7 +125,7 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
                 continue
             writer.begin()
             if detect_format(path) == "jsonl":
-                for lines in iter_json_lines(path):
+                for lines in prefetch(iter_json_lines(path)):
                     writer.add_json_lines(lines, source=str(path))
             else:
                 writer.add_parquet(path, "f" + fp["sha256"][:16])

@@ -95,7 +95,7 @@ def prefetch(chunks: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
                 if stop.is_set():
                     return
             q.put(("end", None))
-        except Exception as exc:  # handed to the consumer, raised there
+        except Exception as exc:  # noqa: BLE001 - any failure is handed to the consumer and raised there
             q.put(("error", exc))
 
     t = threading.Thread(target=produce, name="visprep-read-ahead", daemon=True)

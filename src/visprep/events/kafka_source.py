@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 
@@ -74,7 +74,7 @@ class KafkaBatches:
             "heartbeat.interval.ms": max(100, min(1000, session_timeout_ms // 3)), "socket.timeout.ms": 10000,
         })
 
-    def __enter__(self) -> KafkaBatches:
+    def __enter__(self) -> Self:
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         return self
 

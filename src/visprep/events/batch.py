@@ -30,11 +30,13 @@ from visprep.events.normalize import (
     STAGED_DDL,
     detail,
     parquet_source,
+    parse_json_lines,
     product_check,
     stage_json_lines,
     stream_select,
 )
 from visprep.events.pairs import pair_groups
+from visprep.events.readers import iter_json_lines, prefetch
 from visprep.schema import EVENTS
 from visprep.workspace import QuarantineRecord, RunRecord, Workspace, conform
 
@@ -101,7 +103,30 @@ class BatchWriter:
             return 1
         return pair_groups(self.log.events_committed() + rows, cfg.pairs_group_events)
 
-    def add_parquet(self, path: Path, batch: str) -> None:
+    def add_json_file(self, path: Path, batch: str) -> None:
+        """Ingest a JSON-lines file through the streaming path: its lines are parsed by DuckDB chunk by chunk into
+        a temporary Parquet file of text fields (the next chunk cut by a thread meanwhile), which `add_parquet`
+        then streams like any Parquet file. Memory is bounded by a chunk, whatever the file's size; a staged
+        table of every record (what Kafka polls still use) reached 2 GB of RSS at 10M events."""
+        tmp = self.log.dir / f".parsed-{batch}-{os.getpid()}.parquet"
+        self.log.dir.mkdir(parents=True, exist_ok=True)
+        writer: pq.ParquetWriter | None = None
+        try:
+            for lines in prefetch(iter_json_lines(path)):
+                t = parse_json_lines(self.con, lines)
+                writer = writer or pq.ParquetWriter(tmp, t.schema, compression="lz4")
+                writer.write_table(t)
+            if writer is None:
+                return  # no lines at all: nothing to stage
+            writer.close()
+            writer = None
+            self.add_parquet(tmp, batch, source=str(path), parsed=True)
+        finally:
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
+
+    def add_parquet(self, path: Path, batch: str, *, source: str | None = None, parsed: bool = False) -> None:
         """Ingest a Parquet file in two streaming passes over it, with no staging copy of its records.
 
         Pass 1 finds the candidate id hashes: those occurring more than once among the file's ids and the
@@ -113,14 +138,14 @@ class BatchWriter:
         """
         con = self.con
         buckets = self._buckets = self.buckets_for(pq.ParquetFile(path).metadata.num_rows)
-        src, kinds, id_sql = parquet_source(path)
+        src, kinds, id_sql = parquet_source(path, parsed=parsed)
         con.register("cand", repeated_hashes(con, path, id_sql, self.log))
         sel = stream_select(src, kinds, product_check=product_check(self.has_known), candidates="cand",
                             buckets=buckets)
         parts = PartWriter(self.log, batch, self._group, buckets)
         stash = self.log.dir / f".stash-{batch}-{os.getpid()}.parquet"
         stash_writer: pq.ParquetWriter | None = None
-        source = str(path)
+        source = source or str(path)
         records = 0
         try:
             for rb in con.sql(sel).to_arrow_reader(_STREAM_ROWS):
@@ -157,8 +182,8 @@ class BatchWriter:
         """Settle what is staged exactly (refused records, every version of a repeated id, ids already committed)
         and write its parts (not committed yet); stage the next group afresh.
 
-        JSON lines and Kafka polls are staged whole; of a Parquet file only the records `add_parquet` could not
-        write straight away are (about the duplicate rate).
+        Kafka polls are staged whole; of a file (Parquet, or JSON lines parsed into Parquet) only the records
+        `add_parquet` could not write straight away are (about the duplicate rate).
         """
         con, out = self.con, self._out
         records = int(scalar(con, "SELECT count(*) FROM staged"))

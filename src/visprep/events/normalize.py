@@ -184,36 +184,59 @@ def product_check(has_known: bool) -> str:
     return "(product_id IS NOT NULL AND product_id NOT IN (SELECT product_id FROM _known))"
 
 
-def stage_json_lines(con: Any, lines: pa.Table, *, source: str, has_known: bool = False) -> None:
-    """Parse a `(line, text[, seq])` chunk of JSON lines in DuckDB, validate it and append it to `staged`."""
+def _register_lines(con: Any, lines: pa.Table) -> None:
     if "seq" not in lines.column_names:
         lines = lines.append_column("seq", lines.column("line"))
     # DuckDB scans an Arrow table one record batch per thread: a 32 MB chunk in one batch parses on one core.
-    lines = pa.Table.from_batches(lines.to_batches(max_chunksize=_PARSE_BATCH_ROWS), lines.schema)
-    con.register("_lines", lines)
+    con.register("_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=_PARSE_BATCH_ROWS), lines.schema))
+
+
+#: The parsed form of the registered `_lines` chunk: one row per line, every event field as text.
+_PARSED_LINES = f"""(
+    SELECT seq, line, CASE WHEN ok THEN NULL ELSE 'malformed_json' END AS parse_error, text AS raw,
+           {', '.join(f'r.{f} AS {f}' for f in EVENT_FIELDS)}
+    FROM (SELECT seq, line, text, ok,
+                 CASE WHEN ok THEN json_transform(text, '{_JSON_SCHEMA}') END AS r
+          FROM (SELECT seq, line, text,
+                       CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END AS ok
+                FROM _lines)))"""
+
+
+def stage_json_lines(con: Any, lines: pa.Table, *, source: str, has_known: bool = False) -> None:
+    """Parse a `(line, text[, seq])` chunk of JSON lines in DuckDB, validate it and append it to `staged`."""
+    _register_lines(con, lines)
     try:
-        parsed = f"""(
-            SELECT seq, line, CASE WHEN ok THEN NULL ELSE 'malformed_json' END AS parse_error, text AS raw,
-                   {', '.join(f'r.{f} AS {f}' for f in EVENT_FIELDS)}
-            FROM (SELECT seq, line, text, ok,
-                         CASE WHEN ok THEN json_transform(text, '{_JSON_SCHEMA}') END AS r
-                  FROM (SELECT seq, line, text,
-                               CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END AS ok
-                        FROM _lines)))"""
         kinds = {f: "text" for f in EVENT_FIELDS}
-        con.execute("INSERT INTO staged " + _validated_select(parsed, kinds, source=source,
+        con.execute("INSERT INTO staged " + _validated_select(_PARSED_LINES, kinds, source=source,
                                                               product_check=product_check(has_known)))
     finally:
         con.unregister("_lines")
 
 
-def parquet_source(path: Path) -> tuple[str, dict[str, str], str]:
+def parse_json_lines(con: Any, lines: pa.Table) -> pa.Table:
+    """Parse a `(line, text[, seq])` chunk of JSON lines in DuckDB into `PARSED_COLUMNS` (fields as text; the raw
+    line kept only where it is not a JSON object), for `parquet_source(..., parsed=True)`."""
+    _register_lines(con, lines)
+    try:
+        fields = ", ".join(EVENT_FIELDS)
+        return con.sql(f"SELECT seq, line, parse_error, CASE WHEN parse_error IS NOT NULL THEN raw END AS raw, "
+                       f"{fields} FROM {_PARSED_LINES}").to_arrow_table()
+    finally:
+        con.unregister("_lines")
+
+
+def parquet_source(path: Path, *, parsed: bool = False) -> tuple[str, dict[str, str], str]:
     """The relation over a Parquet event file that the validating selects read, its column kinds, and the SQL of
     its normalised event id.
 
     Typed columns (integer epoch-ms or timestamp `ts`, integer `position`) are used directly; missing columns are
-    nulls; `line` and `seq` are the 1-based row number.
+    nulls; `line` and `seq` are the 1-based row number. `parsed`: the file holds parsed JSON lines
+    (`parse_json_lines`), which carry their own seq, line, parse_error and raw columns.
     """
+    if parsed:
+        kinds = {f: "text" for f in EVENT_FIELDS}
+        src = f"(SELECT seq, line, parse_error, raw, {', '.join(EVENT_FIELDS)} FROM read_parquet({sql_str(str(path))}))"
+        return src, kinds, _text("event_id", "text")
     schema = pq.read_schema(path)
     kinds, cols = {}, []
     for f in EVENT_FIELDS:

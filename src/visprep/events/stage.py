@@ -1,7 +1,7 @@
 """The events stage: sources -> validated, deduplicated `events` (committed per batch) -> `interaction_pairs`.
 
-Exactly-once: a batch (one file, or one poll of Kafka messages) is staged and deduplicated in DuckDB
-(`visprep.events.batch`), writes its event parts, id-index file and quarantine part, then commits by one atomic
+Exactly-once: a batch (one file, or one poll of Kafka messages) is validated and deduplicated in DuckDB (files
+streamed, Kafka polls staged; `visprep.events.batch`), writes its event parts, id-index file and quarantine part, then commits by one atomic
 rewrite of `tables/events.parquet/_checkpoint.json` that lists the live files and carries the file checkpoint
 (path + sha256) or the Kafka offsets. Files no commit lists are deleted on the next start (`EventLog.recover`).
 Duplicate event ids are dropped against the committed id index, so they count once across batches and runs.
@@ -25,7 +25,7 @@ from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
 from visprep.events.duck import connect
 from visprep.events.pairs import PairsReport, build_pairs, pair_groups
-from visprep.events.readers import detect_format, iter_json_lines, prefetch
+from visprep.events.readers import detect_format
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
 #: Named crash points for kill-and-resume tests (`_crash_at=`): the process kills itself with SIGKILL there.
@@ -125,8 +125,7 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
                 continue
             writer.begin()
             if detect_format(path) == "jsonl":
-                for lines in prefetch(iter_json_lines(path)):
-                    writer.add_json_lines(lines, source=str(path))
+                writer.add_json_file(path, "f" + fp["sha256"][:16])
             else:
                 writer.add_parquet(path, "f" + fp["sha256"][:16])
             result.add(writer.finish("f" + fp["sha256"][:16], file=fp, crash=crash))

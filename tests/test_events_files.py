@@ -431,3 +431,23 @@ def test_compaction_cuts_small_parts_into_user_buckets_and_survives_a_kill(tmp_p
     ev_ws, p_ws = _tables(ws)
     assert ev_ws == ev_ref
     _same_pairs(p_ref, p_ws)
+
+
+def test_repeated_ids_found_in_hash_ranges_give_the_same_tables(tmp_path: Path, sim_files: tuple[Path, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file with more ids than `_HASHES_IN_MEMORY` is searched for repeats in hash ranges (bounded memory): same
+    events, duplicates and refused records as in one range, against the committed index too."""
+    import visprep.events.batch as batch
+
+    a, b = sim_files
+    ref = Workspace(tmp_path / "ref")
+    r_ref = [ingest_event_files(ref, [f], rebuild_pairs=False) for f in (a, b)]
+    monkeypatch.setattr(batch, "_HASHES_IN_MEMORY", 1000)
+    ws = Workspace(tmp_path / "ws")
+    r_ws = [ingest_event_files(ws, [f], rebuild_pairs=False) for f in (a, b)]
+    assert pq.ParquetFile(a).metadata.num_rows > 5 * 1000
+    assert [(r.events_new, r.duplicates, r.quarantined) for r in r_ws] == \
+           [(r.events_new, r.duplicates, r.quarantined) for r in r_ref]
+    assert r_ref[1].duplicates > 0  # b repeats ids committed from a
+    assert ws.read_table("events").sort_by("event_id").to_pylist() == \
+           ref.read_table("events").sort_by("event_id").to_pylist()

@@ -80,6 +80,7 @@ class BatchWriter:
         """Start a batch: an empty staging table and no output yet."""
         self.con.execute(STAGED_DDL)
         self._buckets = 0  # user buckets of this batch's parts; 0 = not decided yet
+        self._committed_hits: pa.Table | None = None  # committed (event_id, c) a streamed file can meet
         self._out = BatchCounts(refused=[])
         self._parts: list[str] = []
         self._ids: list[str] = []
@@ -139,7 +140,8 @@ class BatchWriter:
         con = self.con
         buckets = self._buckets = self.buckets_for(pq.ParquetFile(path).metadata.num_rows)
         src, kinds, id_sql = parquet_source(path, parsed=parsed)
-        con.register("cand", repeated_hashes(con, path, id_sql, self.log))
+        cand, self._committed_hits = repeated_hashes(con, path, id_sql, self.log)
+        con.register("cand", cand)
         sel = stream_select(src, kinds, product_check=product_check(self.has_known), candidates="cand",
                             buckets=buckets)
         parts = PartWriter(self.log, batch, self._group, buckets)
@@ -198,10 +200,16 @@ class BatchWriter:
                        WHERE problem IS NULL AND hash(event_id) IN (SELECT h FROM hh)
                        GROUP BY event_id HAVING count(*) > 1""")
         ids = self.log.id_files()
+        hits = self._committed_hits
         if ids:
+            if hits is not None:  # `add_parquet` already found the committed rows this batch can meet
+                con.register("_hits", hits)
+            src = "_hits" if hits is not None else f"read_parquet({sql_list(ids)})"
             con.execute(f"""CREATE OR REPLACE TEMP TABLE old AS
-                            SELECT i.event_id, i.c FROM read_parquet({sql_list(ids)}) i
+                            SELECT i.event_id, i.c FROM {src} i
                             WHERE i.event_id IN (SELECT event_id FROM staged WHERE problem IS NULL)""")
+            if hits is not None:
+                con.unregister("_hits")
         else:
             con.execute("CREATE OR REPLACE TEMP TABLE old (event_id VARCHAR, c UBIGINT)")
         refused += self._conflicts()
@@ -299,26 +307,37 @@ class BatchWriter:
         return out
 
 
-def repeated_hashes(con: Any, path: Path, id_sql: str, log: EventLog) -> pa.Table:
-    """The 64-bit hashes (column `h`) occurring more than once among a Parquet file's event ids and the committed
-    id index: every id that may be a duplicate has one (plus, rarely, distinct ids whose hashes collide).
+def repeated_hashes(con: Any, path: Path, id_sql: str, log: EventLog) -> tuple[pa.Table, pa.Table | None]:
+    """The 64-bit hashes (column `h`) that a Parquet file's event ids repeat, within the file or against the
+    committed id index: every id that may be a duplicate has one (plus, rarely, distinct ids whose hashes collide);
+    and the committed (event_id, c) rows whose id hash occurs in the file (None when nothing is committed), which
+    is all `end_group` needs of the index, so the index is scanned once per batch.
 
-    Sorting the hashes in numpy costs about a third of DuckDB's grouped count here. Memory stays bounded: with more
-    than `_HASHES_IN_MEMORY` ids the work is done in hash ranges, each re-reading the ids.
+    Within the file: sorting its hashes in numpy costs about a third of DuckDB's grouped count. Against the log: a
+    semi-join that streams the committed ids past the file's hashes, so a small file onto a large log costs a scan
+    of the index, not a sort of it. Memory stays bounded: a file of more than `_HASHES_IN_MEMORY` ids is done in
+    hash ranges, each re-reading the ids.
     """
     ids = log.id_files()
-    total = pq.ParquetFile(path).metadata.num_rows + sum(pq.ParquetFile(f).metadata.num_rows for f in ids)
-    ranges = max(1, -(-total // _HASHES_IN_MEMORY))
-    committed = f" UNION ALL SELECT hash(event_id) FROM read_parquet({sql_list(ids)})" if ids else ""
-    found = []
+    ranges = max(1, -(-pq.ParquetFile(path).metadata.num_rows // _HASHES_IN_MEMORY))
+    found, hits = [], []
     for r in range(ranges):
-        where = f" WHERE h % {ranges} = {r}" if ranges > 1 else ""
+        where = f" AND h % {ranges} = {r}" if ranges > 1 else ""
         h = con.sql(f"""SELECT h FROM (
                             SELECT hash(i) AS h FROM (SELECT {id_sql} AS i FROM read_parquet({sql_str(str(path))}))
-                            WHERE i IS NOT NULL{committed}){where}""").fetchnumpy()["h"]
+                            WHERE i IS NOT NULL) WHERE true{where}""").fetchnumpy()["h"]
         h = np.sort(np.asarray(h, dtype=np.uint64))
         found.append(np.unique(h[1:][h[1:] == h[:-1]]))
-    return pa.table({"h": pa.array(np.concatenate(found), pa.uint64())})
+        if ids:
+            # Joined on the id strings inside DuckDB: hashing every committed id per batch cost more than the join.
+            rng = f" WHERE hash(i) % {ranges} = {r}" if ranges > 1 else ""
+            hit = con.sql(f"""SELECT event_id, c, hash(event_id) AS h FROM read_parquet({sql_list(ids)})
+                              WHERE event_id IN (SELECT i FROM (SELECT {id_sql} AS i
+                                                 FROM read_parquet({sql_str(str(path))})){rng})""").to_arrow_table()
+            hits.append(hit.select(["event_id", "c"]))
+            found.append(np.asarray(hit.column("h").to_numpy(), dtype=np.uint64))
+    cand = pa.table({"h": pa.array(np.unique(np.concatenate(found)), pa.uint64())})
+    return cand, (pa.concat_tables(hits) if ids else None)
 
 
 def _refused(con: Any) -> list[QuarantineRecord]:

@@ -437,7 +437,7 @@ def test_repeated_ids_found_in_hash_ranges_give_the_same_tables(tmp_path: Path, 
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A file with more ids than `_HASHES_IN_MEMORY` is searched for repeats in hash ranges (bounded memory): same
     events, duplicates and refused records as in one range, against the committed index too."""
-    import visprep.events.batch as batch
+    from visprep.events import batch
 
     a, b = sim_files
     ref = Workspace(tmp_path / "ref")

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from visprep.events.checkpoint import BatchCommit, EventLog, part_name
+from visprep.events.checkpoint import BatchCommit, EventLog, day_number_sql, part_name, user_bucket_sql
 from visprep.events.duck import scalar, sql_list, sql_str, to_arrow
 from visprep.events.normalize import (
     CONTENT_FIELDS,
@@ -99,10 +99,11 @@ class BatchWriter:
         A small batch (under `compact_rows`, e.g. a Kafka poll) is not cut: a file per day and bucket of a
         10k-event poll cost more to write than its groups save, and compaction merges its parts anyway.
         """
-        cfg = self.ws.config.events
-        if rows < cfg.compact_rows:
-            return 1
-        return pair_groups(self.log.events_committed() + rows, cfg.pairs_group_events)
+        return 1 if rows < self.ws.config.events.compact_rows else self.groups_after(rows)
+
+    def groups_after(self, rows: int) -> int:
+        """How many user groups the pairs build uses once `rows` more events are committed (`pairs.pair_groups`)."""
+        return pair_groups(self.log.events_committed() + rows, self.ws.config.events.pairs_group_events)
 
     def add_json_file(self, path: Path, batch: str) -> None:
         """Ingest a JSON-lines file through the streaming path: its lines are parsed by DuckDB chunk by chunk into
@@ -218,9 +219,9 @@ class BatchWriter:
         not_old = "LEFT JOIN old o ON o.event_id = s.event_id" if ids else ""
         buckets = self._buckets or self.buckets_for(records)
         fresh = con.sql(f"""
-            SELECT s.event_id, s.ts, CAST(epoch_ms(s.ts) // 86400000 AS INTEGER) AS dayn, s.user_id, s.session_id,
+            SELECT s.event_id, s.ts, {day_number_sql('s.ts')} AS dayn, s.user_id, s.session_id,
                    s.type, s.query_id, s.query_image_id, s.product_id, s.position, s.source, s.line, s.c,
-                   CAST(hash(s.user_id) % {int(buckets)} AS INTEGER) AS ub
+                   CAST({user_bucket_sql('s.user_id', buckets)} AS INTEGER) AS ub
             FROM staged s LEFT JOIN dups d ON d.event_id = s.event_id {not_old}
             WHERE s.problem IS NULL AND (d.seq0 IS NULL OR d.seq0 = s.seq) {'AND o.event_id IS NULL' if ids else ''}""")
         writer = PartWriter(self.log, batch, self._group, buckets)

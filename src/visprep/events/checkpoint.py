@@ -209,7 +209,8 @@ class EventLog:
     def buckets_trusted(self, con: Any) -> bool:
         """Tell whether the user buckets in part names hold under this DuckDB build's `hash()` (a log whose
         canary moved is read whole by the pairs build, which is slower but exact)."""
-        return self.state.get("bucket_canary", content_hash_canary(con)) == content_hash_canary(con)
+        canary = content_hash_canary(con)
+        return self.state.get("bucket_canary", canary) == canary
 
     def events_committed(self) -> int:
         """How many events the committed batches hold."""
@@ -264,7 +265,7 @@ def _merge_bucketed(con: Any, files: list[Path], outs: dict[int, Path]) -> list[
             users = pc.unique(t.column("user_id"))
             con.register("_users", pa.table({"u": users}))
             try:  # one bucket per distinct user, mapped back by value: the rows' order never depends on DuckDB
-                ub = con.sql(f"SELECT u, hash(u) % {buckets} AS b FROM _users").to_arrow_table()
+                ub = con.sql(f"SELECT u, {user_bucket_sql('u', buckets)} AS b FROM _users").to_arrow_table()
             finally:
                 con.unregister("_users")
             where = pc.index_in(t.column("user_id"), value_set=ub.column("u")).to_numpy()
@@ -304,6 +305,17 @@ def content_hash_canary(con: Any) -> int:
 
 
 _BUCKET = re.compile(r"-b(\d+)of(\d+)\.parquet$")
+
+
+def user_bucket_sql(column: str, buckets: int) -> str:
+    """DuckDB expression of the user bucket of `column` among `buckets`: the one definition that part names, the
+    streamed ingest, compaction and the pairs groups share."""
+    return f"hash({column}) % {int(buckets)}"
+
+
+def day_number_sql(ts: str) -> str:
+    """DuckDB expression of the UTC day of timestamp `ts`, as days since 1970 (cheaper than a TIMESTAMPTZ cast)."""
+    return f"CAST(epoch_ms({ts}) // 86400000 AS INTEGER)"
 
 
 def part_name(day: dt.date, batch: str, seg: int, bucket: tuple[int, int] = (0, 1)) -> str:

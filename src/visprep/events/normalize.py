@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visprep.events.checkpoint import content_hash_sql
+from visprep.events.checkpoint import content_hash_sql, day_number_sql, user_bucket_sql
 from visprep.events.duck import sql_str
 from visprep.events.readers import EVENT_FIELDS
 
@@ -165,8 +165,8 @@ def stream_select(src: str, kinds: dict[str, str], *, product_check: str, candid
                problem, CASE WHEN NOT ok THEN {p['value']} END AS value,
                CASE WHEN ok THEN {content_hash_sql()} END AS c,
                ok, hash(event_id) IN (SELECT h FROM {candidates}) AS cand,
-               CASE WHEN ok THEN CAST(epoch_ms(ts) // 86400000 AS INTEGER) END AS dayn,
-               CASE WHEN ok THEN CAST(hash(user_id) % {int(buckets)} AS INTEGER) END AS ub
+               CASE WHEN ok THEN {day_number_sql('ts')} END AS dayn,
+               CASE WHEN ok THEN CAST({user_bucket_sql('user_id', buckets)} AS INTEGER) END AS ub
         FROM w"""
 
 

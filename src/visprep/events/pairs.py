@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from visprep.config import EventsConfig
-from visprep.events.checkpoint import part_bucket
+from visprep.events.checkpoint import part_bucket, user_bucket_sql
 from visprep.events.debias import Propensities, concentration, estimate_propensities
 from visprep.events.duck import sql_list, sql_str
 
@@ -173,7 +173,7 @@ def _group(con: Any, parts: list[Path], g: int, groups: int, *, window: float, t
     mine = group_parts(parts, g, groups, trust_buckets=trust_buckets)
     src = f"read_parquet({sql_list(mine)})" if mine else f"({_EMPTY_EVENTS})"
     exact = trust_buckets and all(part_bucket(p.name) == (g, groups) for p in mine)
-    where = f"WHERE hash(user_id) % {groups} = {g}" if groups > 1 and not exact else ""
+    where = f"WHERE {user_bucket_sql('user_id', groups)} = {g}" if groups > 1 and not exact else ""
     salt = _load_group(con, src, where, key_mod=key_mod)
     _group_partials(con, window=window)
     return salt

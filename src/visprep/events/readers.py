@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 #: Fields of an event record, as the producer sends them (all read as text, then validated).
 EVENT_FIELDS = ("event_id", "ts", "user_id", "session_id", "type", "query_id", "query_image_id", "product_id",
@@ -115,23 +114,6 @@ def prefetch(chunks: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
                 q.get_nowait()
             except queue.Empty:
                 t.join(timeout=0.05)
-
-
-def iter_parquet_rows(path: Path, *, batch_rows: int) -> Iterator[pa.Table]:
-    """Yield tables of `path`'s event columns (missing ones as nulls) with a 1-based `line` (row number)."""
-    pf = pq.ParquetFile(path)
-    present = [f for f in EVENT_FIELDS if f in pf.schema_arrow.names]
-    first = 1
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
-        t = pa.Table.from_batches([batch])
-        cols = {"line": pa.array(range(first, first + t.num_rows), pa.int64())}
-        for f in EVENT_FIELDS:
-            col = t.column(f) if f in present else pa.nulls(t.num_rows, pa.string())
-            if pa.types.is_timestamp(col.type) and col.type.tz is None:
-                col = col.cast(pa.timestamp(col.type.unit, tz="UTC"))  # naive times are UTC
-            cols[f] = col
-        first += t.num_rows
-        yield pa.table(cols)
 
 
 def detect_format(path: Path) -> str:

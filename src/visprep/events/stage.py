@@ -1,12 +1,13 @@
 """The events stage: sources -> validated, deduplicated `events` (committed per batch) -> `interaction_pairs`.
 
 Exactly-once: a batch (one file, or one poll of Kafka messages) is validated and deduplicated in DuckDB (files
-streamed, Kafka polls staged; `visprep.events.batch`), writes its event parts, id-index file and quarantine part, then commits by one atomic
-rewrite of `tables/events.parquet/_checkpoint.json` that lists the live files and carries the file checkpoint
-(path + sha256) or the Kafka offsets. Files no commit lists are deleted on the next start (`EventLog.recover`).
-Duplicate event ids are dropped against the committed id index, so they count once across batches and runs.
-Kafka's small parts are compacted (same commit protocol). `interaction_pairs` is recomputed from the whole events
-table whenever the log moved on, so incremental runs give exactly the table a single run over all the input would.
+streamed, Kafka polls staged; `visprep.events.batch`), writes its event parts, id-index file and quarantine part,
+then commits by one atomic rewrite of `tables/events.parquet/_checkpoint.json` that lists the live files and
+carries the file checkpoint (path + sha256) or the Kafka offsets. Files no commit lists are deleted on the next
+start (`EventLog.recover`). Duplicate event ids are dropped against the committed id index, so they count once
+across batches and runs. Kafka's small parts are compacted (same commit protocol). `interaction_pairs` is
+recomputed from the whole events table whenever the log moved on, so incremental runs give exactly the table a
+single run over all the input would.
 One writer at a time: every entry point holds the workspace lock `events`.
 """
 
@@ -24,7 +25,7 @@ from visprep.config import section_params
 from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
 from visprep.events.duck import connect
-from visprep.events.pairs import PairsReport, build_pairs, pair_groups
+from visprep.events.pairs import PairsReport, build_pairs
 from visprep.events.readers import detect_format
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
@@ -76,11 +77,6 @@ def _crasher(point: str | None) -> Callable[[str], None] | None:
     return crash
 
 
-def _buckets(ws: Workspace, log: EventLog) -> int:
-    """The user buckets compaction cuts merged parts into: the pairs build's groups for the committed log."""
-    return pair_groups(log.events_committed(), ws.config.events.pairs_group_events)
-
-
 @contextmanager
 def _session(ws: Workspace, params: dict[str, Any]) -> Iterator[tuple[EventLog, Any, RunRecord, EventsResult]]:
     """Hold the workspace's events lock, recover the log, open DuckDB and a run record."""
@@ -124,18 +120,19 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
                 result.files_already += 1
                 continue
             writer.begin()
+            batch = "f" + fp["sha256"][:16]
             if detect_format(path) == "jsonl":
-                writer.add_json_file(path, "f" + fp["sha256"][:16])
+                writer.add_json_file(path, batch)
             else:
-                writer.add_parquet(path, "f" + fp["sha256"][:16])
-            result.add(writer.finish("f" + fp["sha256"][:16], file=fp, crash=crash))
+                writer.add_parquet(path, batch)
+            result.add(writer.finish(batch, file=fp, crash=crash))
             if crash:
                 crash("after_checkpoint")
             result.files_read += 1
             if progress:
                 progress(1, len(paths))
         # Many small files leave many small day parts: merge them (content unchanged, pairs stay current).
-        result.compacted += log.compact(con, small_rows=ws.config.events.compact_rows, buckets=_buckets(ws, log),
+        result.compacted += log.compact(con, small_rows=ws.config.events.compact_rows, buckets=writer.groups_after(0),
                                         crash=crash)
         if rebuild_pairs:
             _maybe_rebuild_pairs(ws, log, con, run, result)
@@ -175,10 +172,10 @@ def ingest_kafka(ws: Workspace, *, bootstrap: str, topic: str, group: str = "vis
                     crash("after_checkpoint")
                 source.commit(batch)  # informational: the workspace offsets are the truth
                 if n % cfg.compact_every == 0:
-                    result.compacted += log.compact(con, small_rows=cfg.compact_rows, buckets=_buckets(ws, log),
+                    result.compacted += log.compact(con, small_rows=cfg.compact_rows, buckets=writer.groups_after(0),
                                                     crash=crash)
             result.caught_up = source.caught_up
-        result.compacted += log.compact(con, small_rows=cfg.compact_rows, buckets=_buckets(ws, log))
+        result.compacted += log.compact(con, small_rows=cfg.compact_rows, buckets=writer.groups_after(0))
         run.inputs["kafka"]["end_offsets"] = log.kafka_offsets(topic)
         if rebuild_pairs:
             _maybe_rebuild_pairs(ws, log, con, run, result)

@@ -179,7 +179,7 @@ def _group(con: Any, parts: list[Path], g: int, groups: int, *, window: float, t
     return salt
 
 
-_EV_COLUMNS = "ts, user_id, session_id, type, query_id, query_image_id, product_id, position"
+_EV_COLUMNS = "ts, type, query_id, query_image_id, product_id, position"
 #: Salts tried for the list / session keys before giving up (each retry follows a detected hash collision).
 _KEY_SALTS = 4
 
@@ -188,28 +188,29 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
     """Materialise one user group's events as temp table `ev`, with integer keys for its result lists and sessions.
 
     `lk` = hash(user, session, query) names a result list and `sk` = hash(user, session) a session, so the joins
-    below run on one integer and a product id instead of four strings. Keys are checked to be one-to-one with what
-    they name, through a second, independently salted hash of the same fields (`lk2`, `sk2`: comparing integers
-    costs a fraction of comparing the strings); on a collision the keys are rebuilt with another salt, so a wrong
-    join needs two 64-bit collisions at once. The salt is hashed first: appended last it would be combined with
-    an already colliding hash and collide again. Returns the salt used. `key_mod` (tests) reduces the first
-    salt's keys modulo it, forcing collisions.
+    below run on one integer and a product id instead of four strings, and the user and session strings are not
+    kept at all. Keys are checked to be one-to-one with what they name through a second, independently salted
+    hash of the same fields (`lk2`, `sk2`, computed in the same read: comparing integers costs a fraction of
+    comparing the strings); on a collision the keys are rebuilt with another salt, so a wrong join needs two
+    64-bit collisions at once. The salt is hashed first: appended last it would be combined with an already
+    colliding hash and collide again. Returns the salt used. `key_mod` (tests) reduces the first salt's keys
+    modulo it, forcing collisions.
     """
     for salt in range(_KEY_SALTS):
         mod = f" % {int(key_mod)}" if key_mod and salt == 0 else ""
+        check = 1000 + salt
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE ev AS
             SELECT {_EV_COLUMNS},
                    hash({salt}, user_id, session_id, query_id){mod} AS lk,
-                   hash({salt}, user_id, session_id){mod} AS sk
+                   hash({salt}, user_id, session_id){mod} AS sk,
+                   hash({check}, user_id, session_id, query_id) AS lk2,
+                   hash({check}, user_id, session_id) AS sk2
             FROM {src} {where}""")
-        check = 1000 + salt
-        collisions = con.execute(f"""
+        collisions = con.execute("""
             SELECT (SELECT count(*) FROM (SELECT lk FROM ev WHERE query_id IS NOT NULL GROUP BY lk
-                    HAVING min(hash({check}, user_id, session_id, query_id))
-                        <> max(hash({check}, user_id, session_id, query_id))))
-                 + (SELECT count(*) FROM (SELECT sk FROM ev GROUP BY sk
-                    HAVING min(hash({check}, user_id, session_id)) <> max(hash({check}, user_id, session_id))))
+                                          HAVING min(lk2) <> max(lk2)))
+                 + (SELECT count(*) FROM (SELECT sk FROM ev GROUP BY sk HAVING min(sk2) <> max(sk2)))
             """).fetchall()[0][0]
         if not collisions:
             return salt

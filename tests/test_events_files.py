@@ -451,3 +451,61 @@ def test_repeated_ids_found_in_hash_ranges_give_the_same_tables(tmp_path: Path, 
     assert r_ref[1].duplicates > 0  # b repeats ids committed from a
     assert ws.read_table("events").sort_by("event_id").to_pylist() == \
            ref.read_table("events").sort_by("event_id").to_pylist()
+
+
+def _checkpoint(ws: Workspace) -> tuple[Path, dict]:
+    path = ws.table_path("events") / "_checkpoint.json"
+    return path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("why", ["older_layout", "other_duckdb_hash"])
+def test_an_old_or_foreign_id_index_is_rebuilt_and_dedup_stays_exact(tmp_path: Path, why: str) -> None:
+    """An id index written before it had the id hash `h`, or hashed by another DuckDB build, is rebuilt from the
+    event parts on open; replays and conflicting versions of committed ids are then still found."""
+    a = _jsonl(tmp_path / "a.jsonl", [_ev(f"e{i}", "view", product_id=f"p{i}") for i in range(6)])
+    b = _parquet(tmp_path / "b.parquet", [
+        _ev("e1", "view", product_id="p1"),  # replay
+        _ev("e2", "view", product_id="p7"),  # conflicting version
+        _ev("e8", "view", product_id="p8"),  # new
+    ])
+    ref = Workspace(tmp_path / "ref")
+    want = [ingest_event_files(ref, [f]) for f in (a, b)]
+    ws = Workspace(tmp_path / "ws")
+    ingest_event_files(ws, [a])
+    path, state = _checkpoint(ws)
+    if why == "older_layout":  # the index as version 1 wrote it: (event_id, c), no layout version
+        for f in EventLog(ws).id_files():
+            pq.write_table(pq.read_table(f).select(["event_id", "c"]), f)
+        state.pop("id_index_version")
+    else:
+        state["hash_canary"] = 12345
+    path.write_text(json.dumps(state))
+    got = ingest_event_files(ws, [b])
+    assert (got.events_new, got.duplicates, got.quarantined) == \
+           (want[1].events_new, want[1].duplicates, want[1].quarantined) == (1, 1, 1)
+    assert ws.read_table("events").sort_by("event_id").to_pylist() == \
+           ref.read_table("events").sort_by("event_id").to_pylist()
+    assert _checkpoint(ws)[1]["id_index_version"] == 2
+    for f in EventLog(ws).id_files():
+        assert pq.read_schema(f).names == ["event_id", "c", "h"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_new_id_whose_hash_a_committed_id_shares_is_still_new(tmp_path: Path, fmt: str) -> None:
+    """Committed ids are looked up by their 64-bit hash; an id whose hash collides with a committed id of other
+    content is settled on the id strings, so the new event is kept (the collision is planted in the index)."""
+    ws = Workspace(tmp_path / "ws")
+    ingest_event_files(ws, [_jsonl(tmp_path / "a.jsonl", [_ev("e1", "view", product_id="p1")])])
+    h9 = duckdb.sql("SELECT hash('e9')").fetchall()[0][0]
+    log = EventLog(ws)
+    fake = log.ids_dir / "planted.parquet"
+    pq.write_table(pa.table({"event_id": ["not-e9"], "c": pa.array([123], pa.uint64()),
+                             "h": pa.array([h9], pa.uint64())}), fake)
+    path, state = _checkpoint(ws)
+    state["ids"] = sorted(state["ids"] + [fake.name])
+    path.write_text(json.dumps(state))
+    recs = [_ev("e9", "view", product_id="p9"), _ev("e1", "view", product_id="p1")]
+    b = _jsonl(tmp_path / "b.jsonl", recs) if fmt == "jsonl" else _parquet(tmp_path / "b.parquet", recs)
+    r = ingest_event_files(ws, [b])
+    assert (r.events_new, r.duplicates, r.quarantined) == (1, 1, 0)
+    assert sorted(e["event_id"] for e in ws.read_table("events").to_pylist()) == ["e1", "e9"]

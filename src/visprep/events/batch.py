@@ -4,7 +4,9 @@ committed id index), quarantine refused records and conflicting duplicates, writ
 Duplicates: the first version of an event id (the committed one, else the earliest in the batch) is the event.
 Later records with the same content are duplicates (counted, dropped); later records with different content are
 `conflicting_duplicate`s, quarantined with the fields that differ. Content is compared by a 64-bit hash of the
-content fields (`checkpoint.content_hash_sql`), so the committed side costs one id column and one hash column.
+content fields (`checkpoint.content_hash_sql`). Committed ids are looked up by their 64-bit hash in the id index
+(`checkpoint.id_hits`: two fixed-width columns, no id strings); a replay is recognised by equal id and content
+hashes, and only an id hash committed with other content is settled on the id strings (`BatchWriter._old`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from visprep.events.checkpoint import BatchCommit, EventLog, day_number_sql, part_name, user_bucket_sql
+from visprep.events.checkpoint import (
+    BatchCommit,
+    EventLog,
+    day_number_sql,
+    id_hits,
+    part_name,
+    user_bucket_sql,
+)
 from visprep.events.duck import scalar, sql_list, sql_str, to_arrow
 from visprep.events.normalize import (
     CONTENT_FIELDS,
@@ -84,7 +93,7 @@ class BatchWriter:
         """Start a batch: an empty staging table and no output yet."""
         self.con.execute(STAGED_DDL)
         self._buckets = 0  # user buckets of this batch's parts; 0 = not decided yet
-        self._committed_hits: pa.Table | None = None  # committed (event_id, c) a streamed file can meet
+        self._committed_hits: pa.Table | None = None  # committed (h, c) index rows a streamed file can meet
         self._out = BatchCounts(refused=[])
         self._parts: list[str] = []
         self._ids: list[str] = []
@@ -205,16 +214,12 @@ class BatchWriter:
                        WHERE problem IS NULL AND hash(event_id) IN (SELECT h FROM hh)
                        GROUP BY event_id HAVING count(*) > 1""")
         ids = self.log.id_files()
-        hits = self._committed_hits
         if ids:
-            if hits is not None:  # `add_parquet` already found the committed rows this batch can meet
-                con.register("_hits", hits)
-            src = "_hits" if hits is not None else f"read_parquet({sql_list(ids)})"
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE old AS
-                            SELECT i.event_id, i.c FROM {src} i
-                            WHERE i.event_id IN (SELECT event_id FROM staged WHERE problem IS NULL)""")
-            if hits is not None:
-                con.unregister("_hits")
+            # `add_parquet` already found the committed rows this batch can meet; else look its ids up.
+            hits = self._committed_hits
+            if hits is None:
+                hits = id_hits(con, ids, "(SELECT hash(event_id) AS h FROM staged WHERE problem IS NULL)")
+            self._old(hits, ids)
         else:
             con.execute("CREATE OR REPLACE TEMP TABLE old (event_id VARCHAR, c UBIGINT)")
         refused += self._conflicts()
@@ -225,7 +230,7 @@ class BatchWriter:
         fresh = con.sql(f"""
             SELECT s.event_id, s.ts, {day_number_sql('s.ts')} AS dayn, s.user_id, s.session_id,
                    s.type, s.query_id, s.query_image_id, s.product_id, s.position, s.source, s.line, s.c,
-                   CAST({user_bucket_sql('s.user_id', buckets)} AS INTEGER) AS ub
+                   hash(s.event_id) AS h, CAST({user_bucket_sql('s.user_id', buckets)} AS INTEGER) AS ub
             FROM staged s LEFT JOIN dups d ON d.event_id = s.event_id {not_old}
             WHERE s.problem IS NULL AND (d.seq0 IS NULL OR d.seq0 = s.seq) {'AND o.event_id IS NULL' if ids else ''}""")
         writer = PartWriter(self.log, batch, self._group, buckets)
@@ -263,6 +268,34 @@ class BatchWriter:
         self.log.commit(BatchCommit(batch=batch, parts=self._parts, ids=self._ids, events=out.new,
                                     duplicates=out.duplicates, quarantined=len(refused), file=file, kafka=kafka))
         return out
+
+    def _old(self, hits: pa.Table, ids: list[Path]) -> None:
+        """Temp table `old`: the committed (event_id, c) of every valid staged id that is committed, from `hits`,
+        the index's (h, c) rows whose id hash occurs among the staged ids (`checkpoint.id_hits`).
+
+        A staged record whose id hash and content hash both equal a committed row's is a replay of it: wrongly
+        so only if two different ids collide in 64 bits and their events also have equal content hashes. The
+        rare staged id whose hash is committed with another content hash (a conflicting version, or a hash
+        collision between different ids) is settled on the id strings, read from the index for those hashes
+        only.
+        """
+        con = self.con
+        con.register("_hits", hits)
+        try:
+            con.execute("""CREATE OR REPLACE TEMP TABLE old AS
+                           SELECT DISTINCT s.event_id, s.c FROM staged s JOIN _hits x
+                             ON x.h = hash(s.event_id) AND x.c = s.c
+                           WHERE s.problem IS NULL""")
+            con.execute("""CREATE OR REPLACE TEMP TABLE unsure AS
+                           SELECT DISTINCT x.h FROM staged s JOIN _hits x ON x.h = hash(s.event_id)
+                           WHERE s.problem IS NULL AND s.event_id NOT IN (SELECT event_id FROM old)""")
+        finally:
+            con.unregister("_hits")
+        if scalar(con, "SELECT count(*) FROM unsure"):
+            con.execute(f"""INSERT INTO old SELECT i.event_id, i.c FROM read_parquet({sql_list(ids)}) i
+                            WHERE i.h IN (SELECT h FROM unsure)
+                              AND i.event_id IN (SELECT event_id FROM staged WHERE problem IS NULL)""")
+        con.execute("DROP TABLE unsure")
 
     def _conflicts(self) -> list[QuarantineRecord]:
         """Quarantine records of this batch whose content differs from their id's first version."""
@@ -315,13 +348,13 @@ class BatchWriter:
 def repeated_hashes(con: Any, path: Path, id_sql: str, log: EventLog) -> tuple[pa.Table, pa.Table | None]:
     """The 64-bit hashes (column `h`) that a Parquet file's event ids repeat, within the file or against the
     committed id index: every id that may be a duplicate has one (plus, rarely, distinct ids whose hashes collide);
-    and the committed (event_id, c) rows whose id hash occurs in the file (None when nothing is committed), which
-    is all `end_group` needs of the index, so the index is scanned once per batch.
+    and the committed (h, c) rows whose id hash occurs in the file (None when nothing is committed), which is all
+    `end_group` needs of the index, so the index is read once per batch.
 
-    Within the file: sorting its hashes in numpy costs about a third of DuckDB's grouped count. Against the log: a
-    semi-join that streams the committed ids past the file's hashes, so a small file onto a large log costs a scan
-    of the index, not a sort of it. Memory stays bounded: a file of more than `_HASHES_IN_MEMORY` ids is done in
-    hash ranges, each re-reading the ids.
+    Within the file: sorting its hashes in numpy costs about a third of DuckDB's grouped count. Against the log:
+    the same hashes probe the index's hash column (`checkpoint.id_hits`), so a small file onto a large log reads
+    16 bytes per committed event and no id strings. Memory stays bounded: a file of more than
+    `_HASHES_IN_MEMORY` ids is done in hash ranges, each re-reading the ids.
     """
     ids = log.id_files()
     ranges = max(1, -(-pq.ParquetFile(path).metadata.num_rows // _HASHES_IN_MEMORY))
@@ -334,12 +367,12 @@ def repeated_hashes(con: Any, path: Path, id_sql: str, log: EventLog) -> tuple[p
         h = np.sort(np.asarray(h, dtype=np.uint64))
         found.append(np.unique(h[1:][h[1:] == h[:-1]]))
         if ids:
-            # Joined on the id strings inside DuckDB: hashing every committed id per batch cost more than the join.
-            rng = f" WHERE hash(i) % {ranges} = {r}" if ranges > 1 else ""
-            hit = con.sql(f"""SELECT event_id, c, hash(event_id) AS h FROM read_parquet({sql_list(ids)})
-                              WHERE event_id IN (SELECT i FROM (SELECT {id_sql} AS i
-                                                 FROM read_parquet({sql_str(str(path))})){rng})""").to_arrow_table()
-            hits.append(hit.select(["event_id", "c"]))
+            con.register("_probe", pa.table({"h": pa.array(h, pa.uint64())}))
+            try:
+                hit = id_hits(con, ids, "_probe")
+            finally:
+                con.unregister("_probe")
+            hits.append(hit)
             found.append(np.asarray(hit.column("h").to_numpy(), dtype=np.uint64))
     cand = pa.table({"h": pa.array(np.unique(np.concatenate(found)), pa.uint64())})
     return cand, (pa.concat_tables(hits) if ids else None)
@@ -362,8 +395,8 @@ class PartWriter:
     """Writes new events as Parquet parts, one per (UTC day, user bucket), plus the batch's id-index file.
 
     `add` takes Arrow tables with the `events` columns (`dayn`, days since 1970, instead of `day`), the content
-    hash `c` and the user bucket `ub`; rows whose `ub` is null (and, on the fast path, rows with `ok` false or
-    `cand` true) are not events yet and are handed back. Parts are written by a small thread pool (pyarrow's
+    hash `c`, the id hash `h` (both for the id index) and the user bucket `ub`; rows whose `ub` is null (and, on
+    the fast path, rows with `ok` false or `cand` true) are not events yet and are handed back. Parts are written by a small thread pool (pyarrow's
     writer releases the GIL; one write at a time per file). Files get temporary names, renamed into place by
     `close` (the commit comes later); `abort` removes whatever `close` did not finish.
     """
@@ -408,7 +441,7 @@ class PartWriter:
                 rest = t.take(idx)
             else:
                 self._part(v, events, idx, source)
-        ids = t.select(["event_id", "c"])
+        ids = t.select(["event_id", "c", "h"])
         self._ids(ids if rest is None else ids.filter(ok))
         return rest
 
@@ -432,7 +465,7 @@ class PartWriter:
         self._submit(key, write)
 
     def _ids(self, t: pa.Table) -> None:
-        ids = t.select(["event_id", "c"])  # copies nothing
+        ids = t.select(["event_id", "c", "h"])  # copies nothing
         if self.ids_writer is None:
             self.ids_writer = pq.ParquetWriter(self.ids_tmp, ids.schema, compression="zstd", use_dictionary=False,
                                               write_statistics=False)

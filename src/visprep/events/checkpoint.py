@@ -3,7 +3,8 @@
 Layout (beside the output it describes):
 
     tables/events.parquet/part-<YYYY-MM-DD>-<batch>-<n>.parquet   event parts, one or more per (day, batch)
-    tables/events.parquet/_ids/<batch>.parquet                      event-id index: (event_id, c = content hash)
+    tables/events.parquet/_ids/<batch>.parquet                      event-id index: (event_id, c = content hash,
+                                                                    h = hash(event_id))
     tables/events.parquet/_checkpoint.json                          the commit log (atomic rewrite)
     tables/quarantine.parquet/part-events-<batch>.parquet           refused records of a batch
 
@@ -25,13 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visprep.events.duck import copy_to, scalar, sql_list
+from visprep.events.duck import copy_to, scalar, sql_list, to_arrow
 from visprep.workspace import Workspace, atomic_write_bytes, utcnow
 
 CHECKPOINT_NAME = "_checkpoint.json"
 IDS_DIR = "_ids"
+#: Layout of the id-index files: 2 added the id hash `h`. A log whose index is older is re-indexed on open.
+ID_INDEX_VERSION = 2
 
 
 @dataclass
@@ -114,23 +118,28 @@ class EventLog:
         return n
 
     def check_id_index(self, con: Any) -> bool:
-        """Rebuild the id index from the event parts when it is missing or was hashed by another DuckDB build
-        (DuckDB's `hash()` is not promised stable across versions); return whether it was rebuilt."""
+        """Rebuild the id index from the event parts when it is missing, was hashed by another DuckDB build
+        (DuckDB's `hash()` is not promised stable across versions) or has an older layout; return whether it
+        was rebuilt."""
         canary = content_hash_canary(con)
         # Parts named for a user bucket were bucketed with `hash(user_id)` of the DuckDB build that wrote them.
         self.state.setdefault("bucket_canary", canary)
-        if self.state.get("hash_canary") == canary and (self.state["ids"] or not self.state["parts"]):
+        version = self.state.get("id_index_version") or (1 if self.state["ids"] else ID_INDEX_VERSION)
+        if (self.state.get("hash_canary") == canary and version == ID_INDEX_VERSION
+                and (self.state["ids"] or not self.state["parts"])):
+            self.state["id_index_version"] = version
             return False
         old = self.id_files()
         name = f"r{self.generation:010d}-{int(self.state.get('merges', 0)) + 1}.parquet"
         if self.state["parts"]:
-            copy_to(con, f"SELECT event_id, {content_hash_sql()} AS c "
+            copy_to(con, f"SELECT event_id, {content_hash_sql()} AS c, hash(event_id) AS h "
                          f"FROM read_parquet({sql_list(self.part_files())})", self.ids_dir / name)
             self.state["ids"] = [name]
         else:
             self.state["ids"] = []
         self.state["merges"] = int(self.state.get("merges", 0)) + 1
         self.state["hash_canary"] = canary
+        self.state["id_index_version"] = ID_INDEX_VERSION
         self._save()
         for p in old:
             if p.name not in self.state["ids"]:
@@ -285,6 +294,16 @@ def _merge_bucketed(con: Any, files: list[Path], outs: dict[int, Path]) -> list[
             tmp.unlink(missing_ok=True)
         raise
     return [outs[g] for g in sorted(writers)]
+
+
+def id_hits(con: Any, ids: list[Path], hashes: str) -> pa.Table:
+    """The (h, c) rows of the id-index files `ids` whose id hash `h` is in `hashes` (a SQL relation with a UBIGINT
+    column `h`): the content hash of every committed id that has one of those hashes.
+
+    Only the two fixed-width columns are read, not the id strings: a small batch onto a large log costs 16 bytes
+    per committed event (`BatchWriter._old` settles the rare hash-equal, content-different rows on the strings).
+    """
+    return to_arrow(con.sql(f"SELECT h, c FROM read_parquet({sql_list(ids)}) WHERE h IN (SELECT h FROM {hashes})"))
 
 
 def _rows(path: Path) -> int:

@@ -149,8 +149,8 @@ def stream_select(src: str, kinds: dict[str, str], *, product_check: str, candid
     """SELECT that streams a source relation's records for the fast ingest path (`BatchWriter.add_parquet`).
 
     Columns: staged's (`seq, line, event_id, ts, user_id, ..., problem, value, c`, without `source`) plus `ok`
-    (valid), `cand` (the id's hash is in table `candidates`: the id may repeat, so the record takes the exact
-    path), `dayn` (UTC day, days since 1970) and `ub` (user bucket, hash(user_id) % buckets). `problem` and `value`
+    (valid), `h` (the id's hash, for the id index), `cand` (`h` is in table `candidates`: the id may repeat, so
+    the record takes the exact path), `dayn` (UTC day, days since 1970) and `ub` (user bucket, hash(user_id) % buckets). `problem` and `value`
     are computed only for invalid records.
     """
     p = _parts(kinds, product_check=product_check)
@@ -159,12 +159,13 @@ def stream_select(src: str, kinds: dict[str, str], *, product_check: str, candid
         v AS (SELECT *, {p['ok']} AS ok FROM c),
         w AS (SELECT seq, line, event_id, CASE WHEN ok THEN ts_p END AS ts, user_id, session_id, type, query_id,
                      query_image_id, product_id, CASE WHEN ok THEN CAST(pos_d AS INTEGER) END AS position,
-                     CASE WHEN NOT ok THEN {p['problem']} END AS problem, raw, ts_p, ok, {_raw_columns(kinds)}
+                     CASE WHEN NOT ok THEN {p['problem']} END AS problem, raw, ts_p, ok, {_raw_columns(kinds)},
+                     hash(event_id) AS h
               FROM v)
         SELECT seq, line, event_id, ts, user_id, session_id, type, query_id, query_image_id, product_id, position,
                problem, CASE WHEN NOT ok THEN {p['value']} END AS value,
                CASE WHEN ok THEN {content_hash_sql()} END AS c,
-               ok, hash(event_id) IN (SELECT h FROM {candidates}) AS cand,
+               ok, h, h IN (SELECT x.h FROM {candidates} x) AS cand,
                CASE WHEN ok THEN {day_number_sql('ts')} END AS dayn,
                CASE WHEN ok THEN CAST({user_bucket_sql('user_id', buckets)} AS INTEGER) END AS ub
         FROM w"""

@@ -184,17 +184,23 @@ _EV_COLUMNS = "ts, type, query_id, query_image_id, product_id, position"
 _KEY_SALTS = 4
 
 
+def _other(col: str) -> str:
+    """`col` with a unit separator appended: a different string for every value, so its hash is independent."""
+    return f"({col} || chr(31))"
+
+
 def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -> int:
     """Materialise one user group's events as temp table `ev`, with integer keys for its result lists and sessions.
 
     `lk` = hash(user, session, query) names a result list and `sk` = hash(user, session) a session, so the joins
     below run on one integer and a product id instead of four strings, and the user and session strings are not
-    kept at all. Keys are checked to be one-to-one with what they name through a second, independently salted
-    hash of the same fields (`lk2`, `sk2`, computed in the same read: comparing integers costs a fraction of
-    comparing the strings); on a collision the keys are rebuilt with another salt, so a wrong join needs two
-    64-bit collisions at once. The salt is hashed first: appended last it would be combined with an already
-    colliding hash and collide again. Returns the salt used. `key_mod` (tests) reduces the first salt's keys
-    modulo it, forcing collisions.
+    kept at all. Keys are checked to be one-to-one with what they name through a second hash (`lk2`, `sk2`,
+    computed in the same read: comparing integers costs a fraction of comparing the strings) of *other inputs*:
+    each field with a separator appended. A hash of several fields combines the fields' own hashes, so a check
+    over the same fields would collide again whenever two user (or session, or query) ids collide; over changed
+    strings it needs a second, independent 64-bit collision. On a collision the keys are rebuilt with another
+    salt. The salt is hashed first: appended last it would be combined with an already colliding hash and collide
+    again. Returns the salt used. `key_mod` (tests) reduces the first salt's keys modulo it, forcing collisions.
     """
     for salt in range(_KEY_SALTS):
         mod = f" % {int(key_mod)}" if key_mod and salt == 0 else ""
@@ -204,8 +210,8 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
             SELECT {_EV_COLUMNS},
                    hash({salt}, user_id, session_id, query_id){mod} AS lk,
                    hash({salt}, user_id, session_id){mod} AS sk,
-                   hash({check}, user_id, session_id, query_id) AS lk2,
-                   hash({check}, user_id, session_id) AS sk2
+                   hash({check}, {_other('user_id')}, {_other('session_id')}, {_other('query_id')}) AS lk2,
+                   hash({check}, {_other('user_id')}, {_other('session_id')}) AS sk2
             FROM {src} {where}""")
         collisions = con.execute("""
             SELECT (SELECT count(*) FROM (SELECT lk FROM ev WHERE query_id IS NOT NULL GROUP BY lk

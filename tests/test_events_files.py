@@ -509,3 +509,30 @@ def test_a_new_id_whose_hash_a_committed_id_shares_is_still_new(tmp_path: Path, 
     r = ingest_event_files(ws, [b])
     assert (r.events_new, r.duplicates, r.quarantined) == (1, 1, 0)
     assert sorted(e["event_id"] for e in ws.read_table("events").to_pylist()) == ["e1", "e9"]
+
+
+def test_the_checkpoint_keeps_recent_batches_only_and_loses_no_quarantine_part(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint is rewritten per commit, so it keeps the record of the recent batches only; totals and the
+    batches owning a quarantine part stay exact, so recovery keeps every committed quarantine part. A checkpoint
+    of the older form (every batch recorded) is read too."""
+    from visprep.events import checkpoint
+
+    monkeypatch.setattr(checkpoint, "BATCH_HISTORY", 2)
+    ws = Workspace(tmp_path / "ws")
+    files = [_jsonl(tmp_path / f"f{i}.jsonl", [_ev(f"e{i}", "view", product_id="p1"), _ev(f"x{i}", "nope")])
+             for i in range(5)]
+    for f in files:
+        ingest_event_files(ws, [f], rebuild_pairs=False)
+    path, state = _checkpoint(ws)
+    assert len(state["batches"]) == 2 and state["events"] == 5 and len(state["quarantined_batches"]) == 5
+    ingest_event_files(ws, [_jsonl(tmp_path / "g.jsonl", [_ev("e9", "view", product_id="p1")])])  # recovers
+    assert ws.read_table("quarantine").num_rows == 5
+    assert EventLog(ws).events_committed() == ws.read_table("events").num_rows == 6
+    # The older form: no totals, every batch recorded.
+    old = dict(state, batches={f"b{i}": {"parts": [], "events": 2, "quarantined": i % 2} for i in range(4)})
+    for k in ("events", "quarantined_batches"):
+        old.pop(k)
+    path.write_text(json.dumps(old))
+    log = EventLog(ws)
+    assert log.events_committed() == 8 and log.state["quarantined_batches"] == ["b1", "b3"]

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ROOT, WORK, load_average, machine  # noqa: E402
 
 # Order of the sections in docs/benchmarks.md.
-BENCHES = ("bench_preprocess", "bench_inspect", "bench_fetch", "bench_events", "bench_embed", "bench_mining",
-           "bench_dedup", "bench_quality", "bench_queries")
+BENCHES = ("bench_preprocess", "bench_inspect", "bench_fetch", "bench_events", "bench_events_kafka", "bench_embed",
+           "bench_mining", "bench_dedup", "bench_quality", "bench_queries")
 DOC = ROOT / "docs" / "benchmarks.md"
 STORE = ROOT / "docs" / "bench-results"
 

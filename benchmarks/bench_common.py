@@ -111,6 +111,19 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def run_phase(cmd: list[str], name: str) -> dict:
+    """Run one measurement phase in its own process (so its peak RSS is its own) with `src` on the path; return
+    the JSON object its last stdout line holds."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    if proc.returncode != 0:
+        raise RuntimeError(f"phase {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def fmt_met(met: bool | None) -> str:
     """Format a target verdict for a table cell."""
     return "—" if met is None else ("**met**" if met else "**missed**")

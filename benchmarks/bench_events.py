@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -144,12 +143,9 @@ def _phase(name: str, data: Path, work: Path) -> dict:
 
 
 def _run_phase(phase: str, data: Path, work: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--data", str(data), "--work", str(work)],
-                          capture_output=True, text=True, check=False,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
-    if proc.returncode != 0:
-        raise RuntimeError(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from bench_common import run_phase
+
+    return run_phase([__file__, "--phase", phase, "--data", str(data), "--work", str(work)], phase)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -114,14 +113,10 @@ def _phase(name: str, bootstrap: str, work: Path, n: int, log_file: str | None) 
 
 
 def _run_phase(name: str, bootstrap: str, work: Path, n: int, log_file: str | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--phase", name, "--bootstrap", bootstrap, "--work", str(work), "--n", str(n)]
-    if log_file:
-        cmd += ["--log-file", log_file]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
-    if proc.returncode != 0:
-        raise RuntimeError(f"phase {name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from bench_common import run_phase
+
+    cmd = [__file__, "--phase", name, "--bootstrap", bootstrap, "--work", str(work), "--n", str(n)]
+    return run_phase(cmd + (["--log-file", log_file] if log_file else []), name)
 
 
 def main() -> None:
@@ -193,10 +188,9 @@ def section(result: dict) -> list[str]:
               f"{result.get('cpus', '?')} cores. Baseline: a bare confluent-kafka consumer reading every message "
               "in polls of `kafka_batch` (the transport only). Per poll, the stage is timed between its first and last "
               "commit (the group join before and the caught-up check and compaction after are per run: shown "
-              "apart). Stage: `ingest_kafka` until caught up (validation, "
-              "dedup, day parts, id index, one exactly-once commit per poll, compaction), into an empty workspace "
-              "and into one already holding 3M other events; the pairs build is timed apart. Each phase in its "
-              "own process."), "",
+              "apart). Stage: `ingest_kafka` until caught up (validation, dedup, day parts, id index, one "
+              "exactly-once commit per poll, compaction), into an empty workspace and into one already holding 3M "
+              "other events; the pairs build is timed apart. Each phase in its own process."), "",
              ("| events | phase | s (first commit after / tail) | k events/s | polls | ms per poll | per poll, stage / "
               "bare consumer | pairs s | peak RSS MB |"),
              "|---|---|---|---|---|---|---|---|---|"]

@@ -396,8 +396,8 @@ class PartWriter:
 
     `add` takes Arrow tables with the `events` columns (`dayn`, days since 1970, instead of `day`), the content
     hash `c`, the id hash `h` (both for the id index) and the user bucket `ub`; rows whose `ub` is null (and, on
-    the fast path, rows with `ok` false or `cand` true) are not events yet and are handed back. Parts are written by a small thread pool (pyarrow's
-    writer releases the GIL; one write at a time per file). Files get temporary names, renamed into place by
+    the fast path, rows with `ok` false or `cand` true) are not events yet and are handed back. Parts are written
+    by a small thread pool (pyarrow's writer releases the GIL; one write at a time per file). Files get temporary names, renamed into place by
     `close` (the commit comes later); `abort` removes whatever `close` did not finish.
     """
 

@@ -64,7 +64,7 @@ class EventLog:
         self.path = self.dir / CHECKPOINT_NAME
         self.state: dict[str, Any] = {"generation": 0, "pairs_generation": 0, "batches": {}, "files": {},
                                       "kafka": {}, "parts": [], "ids": [], "merges": 0, "hash_canary": None,
-                                      "events": 0, "quarantined_batches": []}
+                                      "events": 0, "quarantined_batches": [], "id_index_version": ID_INDEX_VERSION}
         if self.path.exists():
             saved = json.loads(self.path.read_text())
             self.state.update(saved)
@@ -72,6 +72,8 @@ class EventLog:
                 self.state["parts"] = sorted(p for b in self.state["batches"].values() for p in b["parts"])
                 self.state["ids"] = []
                 self.state["hash_canary"] = None
+            if "id_index_version" not in saved:  # an index written before it had a layout version
+                self.state["id_index_version"] = 1 if self.state["ids"] else ID_INDEX_VERSION
             if "quarantined_batches" not in saved:  # a log that kept every batch's record
                 batches = self.state["batches"].values()
                 self.state["events"] = sum(int(b["events"]) for b in batches)
@@ -133,10 +135,8 @@ class EventLog:
         canary = content_hash_canary(con)
         # Parts named for a user bucket were bucketed with `hash(user_id)` of the DuckDB build that wrote them.
         self.state.setdefault("bucket_canary", canary)
-        version = self.state.get("id_index_version") or (1 if self.state["ids"] else ID_INDEX_VERSION)
-        if (self.state.get("hash_canary") == canary and version == ID_INDEX_VERSION
+        if (self.state.get("hash_canary") == canary and self.state["id_index_version"] == ID_INDEX_VERSION
                 and (self.state["ids"] or not self.state["parts"])):
-            self.state["id_index_version"] = version
             return False
         old = self.id_files()
         name = f"r{self.generation:010d}-{int(self.state.get('merges', 0)) + 1}.parquet"

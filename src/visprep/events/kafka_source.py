@@ -127,12 +127,9 @@ class KafkaBatches:
                     nxt[p] = max(nxt.get(p, 0), o + 1)
                 yield KafkaBatch(self.topic, parts, offs, [m.value() for m in good], nxt)
                 self.next.update(nxt)
-                # A short poll usually ends the backlog: ask the watermarks now instead of waiting `poll_s` for
-                # an empty poll (about a second per run).
-                if len(good) < self.batch_size and self._is_caught_up():
-                    self.caught_up = True
-                    return
-            elif self._is_caught_up():
+            # An empty poll, or a short one: a short poll usually ends the backlog, and asking the watermarks now
+            # saves waiting `poll_s` for an empty poll (about a second per run).
+            if len(good) < self.batch_size and self._is_caught_up():
                 self.caught_up = True
                 return
             elapsed = time.monotonic() - t0

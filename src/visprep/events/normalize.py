@@ -150,8 +150,8 @@ def stream_select(src: str, kinds: dict[str, str], *, product_check: str, candid
 
     Columns: staged's (`seq, line, event_id, ts, user_id, ..., problem, value, c`, without `source`) plus `ok`
     (valid), `h` (the id's hash, for the id index), `cand` (`h` is in table `candidates`: the id may repeat, so
-    the record takes the exact path), `dayn` (UTC day, days since 1970) and `ub` (user bucket, hash(user_id) % buckets). `problem` and `value`
-    are computed only for invalid records.
+    the record takes the exact path), `dayn` (UTC day, days since 1970) and `ub` (user bucket,
+    hash(user_id) % buckets). `problem` and `value` are computed only for invalid records.
     """
     p = _parts(kinds, product_check=product_check)
     return f"""

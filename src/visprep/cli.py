@@ -193,10 +193,11 @@ def demo(workspace: WorkspaceOpt = Path("."),
     if evaluate:
         from visprep.evaluate.demo import run_demo_evaluation
 
-        console.print("judging demo queries and evaluating (the first run compiles ranx's numba code) ...")
+        console.print("judging demo queries, then training a projection head on the frozen EfficientNet-Lite0 "
+                      "features with visprep's batches and evaluating it against the frozen backbone (the first "
+                      "run compiles ranx's numba code) ...")
         d = run_demo_evaluation(ws, seed=0)
-        console.print(f"[bold]{d.note}[/bold]")
-        print_evaluation(ws, d.fine)
+        print_experiment(d.experiment)
         console.print(f"demo total {time.perf_counter() - t0:.1f} s")
 
 
@@ -547,6 +548,52 @@ def mix(workspace: WorkspaceOpt = Path(".")) -> None:
         _print_mix(mix_stage(_open(workspace)))
     except ValueError as exc:
         _fail(exc)
+
+
+# --- experiment command (issue 14) ---
+
+
+@app.command()
+def experiment(workspace: WorkspaceOpt = Path("."),
+               variants: Annotated[Optional[str], typer.Option(
+                   help="Comma-separated variants (default [experiment] variants); frozen, in_batch and each "
+                        "variant's control are always added.")] = None,
+               seeds: Annotated[Optional[int], typer.Option(help="Seeds per variant.")] = None,
+               steps: Annotated[Optional[int], typer.Option(help="Optimiser steps per model.")] = None) -> None:
+    """Train a small head per data-preparation variant on frozen features; evaluate each on the eval judgments."""
+    from visprep.experiment.stage import experiment_stage
+    from visprep.split.check import SplitLeakError
+
+    ws = _open(workspace)
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    try:
+        with _progress() as bar:
+            r = experiment_stage(ws, variants=names, seeds=seeds, steps=steps, progress=bar("models"))
+    except (FileNotFoundError, ValueError, SplitLeakError) as exc:
+        _fail(exc)
+    print_experiment(r)
+
+
+def print_experiment(r: Any) -> None:
+    """Print an `ExperimentResult`: one row per variant and metric, differences against frozen and the control."""
+    from visprep.experiment.stage import verdict
+
+    t = Table(title=f"experiment {r.run_id} (95% bootstrap CI over queries; seeds averaged per query)")
+    for col in ("variant", "metric", "value", "CI", "vs frozen", "control", "vs control", "p", "verdict"):
+        t.add_column(col, no_wrap=True)
+    for row in r.rows:
+        if row["status"] != "ok":
+            continue
+        d = row["diff_vs_control"]
+        t.add_row(row["variant"], row["metric"], f"{row['value']:.4f}", f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]",
+                  "" if row["diff_vs_frozen"] is None else f"{row['diff_vs_frozen']:+.4f}", row["control"] or "",
+                  "" if d is None else f"{d:+.4f} [{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}]",
+                  "" if row["p_vs_control"] is None else f"{row['p_vs_control']:.3f}", verdict(row))
+    console.print(t)
+    for row in r.rows:
+        if row["status"] == "skipped":
+            console.print(f"skipped {row['variant']}: {row['reason']}")
+    console.print(f"report: {r.out_dir / 'results.md'} and chart.png; took {r.seconds:.1f} s")
 
 
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:

@@ -339,6 +339,55 @@ class AugmentConfig(_Section):
     image_size: int = Field(224, ge=8, description="Output side of the random resized crop, pixels.")
 
 
+class TrainingConfig(_Section):
+    """Training batches (spec "Training batches"): the batch plan joined with images or features, mined negatives,
+    weights, sources and augmentation, as a trainer consumes them (`visprep.training`)."""
+
+    split: str = Field("train", description="Split the batches are drawn from (never the eval split for training).")
+    payload: Literal["pixels", "features"] = Field("pixels", description="pixels: shard JPEGs decoded (random "
+                                                   "access through the sample index); features: feature-store "
+                                                   "vectors of `features_model` instead.")
+    features_model: str | None = Field(None, description="Model id of the feature store for payload features; "
+                                                         "default the embed config's model.")
+    layout: Literal["uint8", "float"] = Field("uint8", description="Images as uint8 (N, H, W, 3), or float32 "
+                                              "(N, 3, H, W) normalised with the preprocess profile's mean/std.")
+    negatives_per_anchor: int = Field(2, ge=0, description="Mined negatives returned per anchor (m); never one "
+                                                           "sharing the anchor's product or group.")
+    negative_kinds: list[Literal["ann", "brand", "skip_above", "random"]] = Field(
+        default_factory=lambda: ["ann", "brand", "skip_above", "random"],
+        description="Kinds of the `negatives` table drawn from.")
+    event_positives_per_anchor: int = Field(0, ge=0, description="Products linked to the anchor's product by "
+                                            "events (click/cart/purchase/co-view pairs of interaction_pairs) "
+                                            "returned per anchor as extra positives, with raw and debiased weights.")
+    augment: Literal["none", "policy"] = Field("none", description="policy: apply the [augment] policy (kornia) "
+                                                "to each batch, seeded by (seed, epoch, batch).")
+    seed: int = Field(0, description="Seed of the negative and event-positive draws and of augmentation.")
+
+
+class ExperimentConfig(_Section):
+    """`visprep experiment`: one small head per preparation variant on frozen features, evaluated with CIs."""
+
+    variants: list[str] = Field(
+        default_factory=lambda: ["frozen", "random", "in_batch", "ann_hard", "ann_hard+guard", "+dedup",
+                                 "+events", "+debias", "+user_photos"],
+        description="Variants trained (visprep.experiment.variants.VARIANTS lists them with their recipes).")
+    seeds: int = Field(3, ge=1, description="Seeds per variant (same seeds for every variant).")
+    steps: int = Field(400, ge=1, description="Optimiser steps per model.")
+    hidden: int = Field(512, ge=8, description="Hidden width of the projection head.")
+    dim: int = Field(256, ge=8, description="Output dimension of the head (L2-normalised).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay to 0 over the steps).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    temperature: float = Field(0.1, gt=0, description="Temperature of the multi-positive InfoNCE loss.")
+    negatives_per_anchor: int = Field(4, ge=0, description="Mined hard negatives per anchor in the variants that "
+                                                           "use them.")
+    event_positives_per_anchor: int = Field(2, ge=1, description="Event-linked products per anchor in +events.")
+    event_loss_weight: float = Field(0.5, ge=0, description="Weight of the event-positive term against the "
+                                                            "catalog term.")
+    threads: int = Field(0, ge=0, description="torch threads while training; 0 leaves torch's default.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of queries for the CIs.")
+    seed: int = Field(0, description="Base seed; seed s of a variant is seed + s.")
+
+
 class SyntheticConfig(_Section):
     """Synthetic views of catalog products (spec Source 4)."""
 
@@ -536,6 +585,9 @@ class VisprepConfig(_Section):
     # --- dedup / quality config (issue 6) ---
     dedup: DedupConfig = DedupConfig()
     quality: QualityConfig = QualityConfig()
+    # --- training batches / experiment config (issue 14) ---
+    training: TrainingConfig = TrainingConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")
     def _export_splits_known(self) -> "VisprepConfig":
@@ -574,7 +626,7 @@ def render_config(config: VisprepConfig) -> str:
     lines = ["# visprep workspace configuration: every option with its default.", ""]
     for section_name, section_field in VisprepConfig.model_fields.items():
         section = getattr(config, section_name)
-        lines.append(f"# {type(section).__doc__}")
+        lines.extend(f"# {line.strip()}" for line in (type(section).__doc__ or "").strip().splitlines())
         lines.append(f"[{section_name}]")
         for name, field in type(section).model_fields.items():
             value = getattr(section, name)

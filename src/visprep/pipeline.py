@@ -102,6 +102,7 @@ def is_up_to_date(ws: Workspace, stage: str) -> bool:
     appearance counts as a change), and every config section it recorded must be unchanged. The split declares
     optional inputs that may appear later (groups, judgments), so its current inputs come from `split_inputs`.
     """
+    from visprep.export.stage import shards_indexed
     from visprep.schema import TABLES
     from visprep.split.stage import split_inputs
 
@@ -109,7 +110,7 @@ def is_up_to_date(ws: Workspace, stage: str) -> bool:
     if not spec.table:
         raise ValueError(f"stage {stage!r} is incremental (always run, does only missing work); it has no freshness")
     last = ws.last_run(stage)
-    if last is None or (stage == "export" and not ws.shards_dir.exists()):
+    if last is None or (stage == "export" and not shards_indexed(ws)):
         return False
     recorded_inputs, recorded_params = last.get("inputs") or {}, last.get("params") or {}
     if stage == "split":

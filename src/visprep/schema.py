@@ -386,6 +386,33 @@ DOMAIN_SHIFT = pa.schema(
     ]
 )
 
+# issue 14 (experiment): one row per (experiment run, variant, metric)
+EXPERIMENT_RESULTS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped
+        pa.field("reason", pa.string()),  # why a variant was skipped
+        pa.field("control", pa.string()),  # the variant this one isolates its choice against
+        pa.field("seeds", pa.int32()),
+        pa.field("steps", pa.int32()),
+        pa.field("metric", pa.string()),  # ndcg@10 | recall@1 | recall@10 | map (null on a skipped row)
+        pa.field("value", pa.float64()),  # mean over queries of the per-query mean over seeds
+        pa.field("ci_low", pa.float64()),  # bootstrap over queries
+        pa.field("ci_high", pa.float64()),
+        pa.field("diff_vs_frozen", pa.float64()),
+        pa.field("p_vs_frozen", pa.float64()),  # paired sign-flip randomisation test over queries
+        pa.field("diff_vs_in_batch", pa.float64()),
+        pa.field("p_vs_in_batch", pa.float64()),
+        pa.field("diff_vs_control", pa.float64()),
+        pa.field("diff_ci_low", pa.float64()),  # bootstrap CI of the paired difference against the control
+        pa.field("diff_ci_high", pa.float64()),
+        pa.field("p_vs_control", pa.float64()),
+        pa.field("queries", pa.int64()),
+        pa.field("seconds", pa.float64()),  # training and evaluation time of the variant, all seeds
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "products": PRODUCTS,
     "product_images": PRODUCT_IMAGES,
@@ -418,6 +445,7 @@ TABLES: dict[str, pa.Schema] = {
     "popularity": POPULARITY,  # issue 6 (quality)
     "domain_shift": DOMAIN_SHIFT,  # issue 6 (quality)
     "user_pairs": PAIRS,  # issue 6 (quality): the user-photo mix's rows (kind user_photo), read beside pairs
+    "experiment_results": EXPERIMENT_RESULTS,  # issue 14 (experiment)
 }
 
 

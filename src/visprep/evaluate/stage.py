@@ -66,6 +66,76 @@ def _part_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", model)[:64] or "model"
 
 
+@dataclass
+class QueryScores:
+    """Per-query metric values of one set of embeddings, with what was (not) scored."""
+
+    scores: dict[str, dict[str, float]]  # metric -> {query_id: value}
+    category: dict[str, str]  # query_id -> its category
+    queries: int = 0
+    queries_without_embedding: int = 0
+    catalog_products: int = 0
+    catalog_images: int = 0
+    catalog_images_without_embedding: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def load_qrels(ws: Workspace) -> dict[str, dict[str, int]]:
+    """query_id -> {product_id: consensus grade} of `eval_qrels`; raises ValueError when there are none."""
+    q_table = ws.read_table("eval_qrels", ["query_id", "product_id", "grade"])
+    if q_table.num_rows == 0:
+        raise ValueError(f"{ws.root}: no eval_qrels; import rater files with `visprep labels` first")
+    qrels: dict[str, dict[str, int]] = {}
+    for q, p, g in zip(*(q_table.column(c).to_pylist() for c in ("query_id", "product_id", "grade"))):
+        qrels.setdefault(q, {})[p] = int(g)
+    return qrels
+
+
+def score_embeddings(ws: Workspace, qrels: dict[str, dict[str, int]], ids: list[str], vectors: np.ndarray, *,
+                     ks: list[int] | None = None, catalog: pa.Table | None = None) -> QueryScores:
+    """Rank the catalog's products for every judged query that has a vector, and score each query.
+
+    Args:
+        qrels: from `load_qrels`.
+        ids, vectors: (image id, vector) of catalog images and query images, in any order.
+        ks: cut-offs (default `evaluate.ks`).
+        catalog: (product_id, image_id) rows searched (default `catalog_images(ws)`).
+    """
+    cfg = ws.config.evaluate
+    row_of = {iid: i for i, iid in enumerate(ids)}
+    cat = catalog if catalog is not None else catalog_images(ws)
+    cat_pid, cat_iid = cat.column("product_id").to_pylist(), cat.column("image_id").to_pylist()
+    keep = [i for i, iid in enumerate(cat_iid) if iid in row_of]
+    out = QueryScores(scores={}, category={}, catalog_images=len(keep),
+                      catalog_images_without_embedding=len(cat_iid) - len(keep))
+    cat_pid = [cat_pid[i] for i in keep]
+    cat_iid = [cat_iid[i] for i in keep]
+    out.catalog_products = len(set(cat_pid))
+    catalog_vecs = vectors[[row_of[i] for i in cat_iid]]
+    queries = sorted(q for q in qrels if q in row_of)
+    out.queries = len(queries)
+    out.queries_without_embedding = len(qrels) - len(queries)
+    qvec = vectors[[row_of[q] for q in queries]] if queries else np.zeros((0, vectors.shape[1]), np.float32)
+    if cfg.similarity == "cosine":
+        catalog_vecs, qvec = normalize_rows(catalog_vecs), normalize_rows(qvec)
+    # A query photo that is itself a catalog image would find itself: it is left out of that query's index.
+    rows_of_image: dict[str, list[int]] = {}
+    for i, iid in enumerate(cat_iid):
+        rows_of_image.setdefault(iid, []).append(i)
+    exclude = [np.asarray(rows_of_image.get(q, []), dtype=np.int64) for q in queries]
+    n_self = sum(1 for e in exclude if len(e))
+    if n_self:
+        out.notes.append(f"{n_self} query images are also catalog images; each was left out of its own search")
+    ranking = {q: ps for q, (ps, _) in zip(queries, rank_products(
+        qvec, catalog_vecs, cat_pid, depth=cfg.depth, block_size=cfg.block_size, exclude=exclude))}
+    out.scores = per_query_metrics({q: qrels[q] for q in queries}, ranking, ks=ks or cfg.ks,
+                                   threshold=cfg.relevance_threshold, gain=cfg.ndcg_gain)
+    top = ws.read_table("products", ["product_id", "top_category"])
+    out.category = query_categories(qrels, dict(zip(*(top.column(c).to_pylist()
+                                                      for c in ("product_id", "top_category")))))
+    return out
+
+
 def evaluate_stage(ws: Workspace, *, model: str, embeddings: str | Path | None = None,
                    baseline: str | None = None) -> EvaluateResult:
     """Evaluate `model`'s embeddings (from `embeddings`, else `features/<model>/`) on the eval qrels.
@@ -76,53 +146,21 @@ def evaluate_stage(ws: Workspace, *, model: str, embeddings: str | Path | None =
     cfg = ws.config.evaluate
     src = Path(embeddings) if embeddings is not None else features_path(ws.root, model)
     res = EvaluateResult(model=model, baseline=baseline)
-    q_table = ws.read_table("eval_qrels", ["query_id", "product_id", "grade"])
-    if q_table.num_rows == 0:
-        raise ValueError(f"{ws.root}: no eval_qrels; import rater files with `visprep labels` first")
+    qrels = load_qrels(ws)
     with ws.run("evaluate", {**section_params(ws.config, "evaluate"), "model": model, "embeddings": str(src),
                              "baseline": baseline}) as run:
         run.inputs = {"eval_qrels": ws.table_fingerprint("eval_qrels")}
         res.run_id = run.run_id
-        qrels: dict[str, dict[str, int]] = {}
-        for q, p, g in zip(*(q_table.column(c).to_pylist() for c in ("query_id", "product_id", "grade"))):
-            qrels.setdefault(q, {})[p] = int(g)
         for counts in judged_counts(qrels).values():
             for g, n in counts.items():
                 res.judged_by_grade[g] = res.judged_by_grade.get(g, 0) + n
-
         ids, vectors = read_embeddings(src)
-        row_of = {iid: i for i, iid in enumerate(ids)}
-        cat = catalog_images(ws)
-        cat_pid, cat_iid = cat.column("product_id").to_pylist(), cat.column("image_id").to_pylist()
-        keep = [i for i, iid in enumerate(cat_iid) if iid in row_of]
-        res.catalog_images = len(keep)
-        res.catalog_images_without_embedding = len(cat_iid) - len(keep)
-        cat_pid = [cat_pid[i] for i in keep]
-        cat_iid = [cat_iid[i] for i in keep]
-        res.catalog_products = len(set(cat_pid))
-        catalog = vectors[[row_of[i] for i in cat_iid]]
-        queries = sorted(q for q in qrels if q in row_of)
-        res.queries = len(queries)
-        res.queries_without_embedding = len(qrels) - len(queries)
-        qvec = vectors[[row_of[q] for q in queries]] if queries else np.zeros((0, vectors.shape[1]), np.float32)
-        if cfg.similarity == "cosine":
-            catalog, qvec = normalize_rows(catalog), normalize_rows(qvec)
-        # A query photo that is itself a catalog image would find itself: it is left out of that query's index.
-        rows_of_image: dict[str, list[int]] = {}
-        for i, iid in enumerate(cat_iid):
-            rows_of_image.setdefault(iid, []).append(i)
-        exclude = [np.asarray(rows_of_image.get(q, []), dtype=np.int64) for q in queries]
-        n_self = sum(1 for e in exclude if len(e))
-        if n_self:
-            res.notes.append(f"{n_self} query images are also catalog images; each was left out of its own search")
-        ranking = {q: ps for q, (ps, _) in zip(queries, rank_products(
-            qvec, catalog, cat_pid, depth=cfg.depth, block_size=cfg.block_size, exclude=exclude))}
-
-        scores = per_query_metrics({q: qrels[q] for q in queries}, ranking, ks=cfg.ks,
-                                   threshold=cfg.relevance_threshold, gain=cfg.ndcg_gain)
-        top = ws.read_table("products", ["product_id", "top_category"])
-        category = query_categories(qrels, dict(zip(*(top.column(c).to_pylist()
-                                                       for c in ("product_id", "top_category")))))
+        scored = score_embeddings(ws, qrels, ids, vectors)
+        for name in ("queries", "queries_without_embedding", "catalog_products", "catalog_images",
+                     "catalog_images_without_embedding"):
+            setattr(res, name, getattr(scored, name))
+        res.notes.extend(scored.notes)
+        scores, category = scored.scores, scored.category
         rng = np.random.default_rng(cfg.seed)
         per_query_rows, metric_rows = [], []
         for m in metric_names(cfg.ks):

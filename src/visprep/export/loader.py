@@ -172,22 +172,8 @@ class ShardDataset(_IterableDataset):  # type: ignore[misc,valid-type]
         """Set the epoch that varies the shuffles; call before each epoch (before creating the iterator)."""
         self.epoch = epoch
 
-    def _reader_id(self) -> tuple[int, int]:
-        rank, world_size = self._rank, self._world_size
-        if rank is None:
-            rank, world_size = 0, 1
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                rank, world_size = dist.get_rank(), dist.get_world_size()
-        from torch.utils.data import get_worker_info
-
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * num_workers + worker, world_size * num_workers  # type: ignore[operator]
-
     def __iter__(self) -> Iterator[dict]:
-        reader, readers = self._reader_id()
+        reader, readers = reader_id(self._rank, self._world_size)
         shards = list(self.shards)
         if self.shuffle:
             random.Random(f"{self.seed}/{self.epoch}").shuffle(shards)
@@ -202,6 +188,24 @@ class ShardDataset(_IterableDataset):  # type: ignore[misc,valid-type]
             for key, members in iter_tar_samples(self.out_dir / name):
                 if self._skip is None or not self._skip(name, key):
                     yield name, key, members
+
+
+def reader_id(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(this reader, readers): reader = rank * num_workers + DataLoader worker, over world_size * num_workers.
+
+    Rank and world size come from `torch.distributed` when it is initialised, unless given explicitly.
+    """
+    if rank is None:
+        rank, world_size = 0, 1
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * num_workers + worker, world_size * num_workers  # type: ignore[operator]
 
 
 def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -56,6 +56,8 @@ class ShardManifest:
         max_count: Per-shard sample bound the writer used.
         max_bytes: Per-shard byte bound the writer used.
         format_version: Version of this manifest layout (`FORMAT_VERSION`).
+        sample_index: File name of the sample index (`visprep.export.sample_index`) beside the shards, once
+            complete; None for manifests written before it existed (readers by offset then ask for a re-export).
     """
 
     split: str
@@ -66,6 +68,7 @@ class ShardManifest:
     max_count: int
     max_bytes: int
     format_version: int = FORMAT_VERSION
+    sample_index: str | None = None
 
     def shard_paths(self, out_dir: Path | str) -> list[Path]:
         """Return the shard files under `out_dir`, in index order."""
@@ -101,6 +104,7 @@ class ShardManifest:
             "total_samples": self.total_samples,
             "total_bytes": self.total_bytes,
             "shards": [asdict(record) for record in self.shards],
+            **({"sample_index": self.sample_index} if self.sample_index else {}),
         }
 
     @classmethod
@@ -128,6 +132,7 @@ class ShardManifest:
                 max_count=int(doc["max_count"]),
                 max_bytes=int(doc["max_bytes"]),
                 format_version=version,
+                sample_index=str(doc["sample_index"]) if doc.get("sample_index") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{source}: malformed manifest: {exc}") from exc

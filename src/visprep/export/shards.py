@@ -5,6 +5,8 @@ Layout of `out_dir` for split `train`::
     train-000000.tar   members <key>.jpg, <key>.json, <key>.positives.json per sample, in input order
     train-000001.tar
     manifest.json      ShardManifest: a done record per shard (count, bytes, sha256, first/last key)
+    index.parquet      the sample index: per sample its shard and the byte offset and length of each member, so a
+                       reader can fetch samples in any order (P x K batches) with one positioned read each
 
 Why this exists next to webdataset's own `ShardWriter`: that writer accepts duplicate keys silently (webdataset
 #205), stamps the current time into tar headers, and has no done records, so a killed run leaves a half-written tar
@@ -38,6 +40,7 @@ from visprep.export.manifest import (
     read_manifest,
     write_manifest,
 )
+from visprep.export.sample_index import SAMPLE_INDEX_NAME, SampleIndexWriter
 from visprep.images.sniff import sniff_format
 from visprep.workspace import file_lock
 
@@ -121,15 +124,27 @@ def encode_sample(sample: ShardSample) -> bytes:
     Raises:
         ValueError: If meta or positives are not JSON-serialisable (NaN and infinity included); names the key.
     """
+    return encode_sample_layout(sample)[0]
+
+
+def encode_sample_layout(sample: ShardSample) -> tuple[bytes, list[tuple[int, int]]]:
+    """Return `encode_sample`'s bytes and, per member of `MEMBER_SUFFIXES`, (offset of its data in them, length).
+
+    Raises:
+        ValueError: as `encode_sample`.
+    """
     try:
         meta = _canonical_json(sample.meta)
         positives = _canonical_json(sample.positives)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"sample {sample.key!r}: metadata is not JSON-serialisable: {exc}") from exc
-    return b"".join(
-        tarformat.member_bytes(f"{sample.key}.{suffix}", data)
-        for suffix, data in zip(MEMBER_SUFFIXES, (sample.jpg, meta, positives), strict=True)
-    )
+    parts, layout, at = [], [], 0
+    for suffix, data in zip(MEMBER_SUFFIXES, (sample.jpg, meta, positives), strict=True):
+        member, data_offset = tarformat.member_layout(f"{sample.key}.{suffix}", data)
+        parts.append(member)
+        layout.append((at + data_offset, len(data)))
+        at += len(member)
+    return b"".join(parts), layout
 
 
 def write_shards(
@@ -205,6 +220,7 @@ class _ShardRun:
         self.shard: _OpenShard | None = None
         self.next_index = 0
         self.total = 0
+        self.index = SampleIndexWriter(out_dir)
 
     def consume(self, samples: Iterable[ShardSample]) -> None:
         for sample in samples:
@@ -213,7 +229,7 @@ class _ShardRun:
             if sample.key in self.seen:
                 raise ValueError(f"duplicate sample key {sample.key!r} in split {self.split!r}")
             self.seen.add(sample.key)
-            blob = encode_sample(sample)
+            blob, layout = encode_sample_layout(sample)
             if self.shard is not None and (
                 self.shard.count >= self.max_count
                 or tarformat.archive_size(self.shard.payload + len(blob)) > self.max_bytes
@@ -221,7 +237,9 @@ class _ShardRun:
                 self._close_shard()
             if self.shard is None:
                 self.shard = self._open_shard()
+            start = self.shard.payload
             self.shard.add(sample.key, blob)
+            self.index.add(sample, self.shard.index, start, layout)
             self.total += 1
 
     def _open_shard(self) -> _OpenShard:
@@ -235,6 +253,7 @@ class _ShardRun:
     def _close_shard(self) -> None:
         assert self.shard is not None
         record = self.shard.commit()
+        self.index.flush_shard()
         self.shard = None
         self.records[record.index] = record
         write_manifest(self.out_dir, self._manifest(complete=False))
@@ -249,12 +268,14 @@ class _ShardRun:
             complete=complete,
             max_count=self.max_count,
             max_bytes=self.max_bytes,
+            sample_index=SAMPLE_INDEX_NAME if complete else None,
         )
 
     def abort(self) -> None:
         if self.shard is not None:
             self.shard.abort()
             self.shard = None
+        self.index.abort()
 
     def finish(self) -> ShardManifest:
         if self.shard is not None:
@@ -262,6 +283,7 @@ class _ShardRun:
         n_shards = self.next_index
         for index in [i for i in self.records if i >= n_shards]:
             del self.records[index]
+        self.index.commit()  # before the complete manifest, which is what names it
         manifest = self._manifest(complete=True)
         write_manifest(self.out_dir, manifest)
         # Shards past the end of this run belong to an earlier, longer input; the manifest no longer lists them.
@@ -392,6 +414,7 @@ def _remove_temp_files(out_dir: Path, split: str) -> None:
     for path in out_dir.glob(f"{split}-*.tar.tmp"):
         path.unlink(missing_ok=True)
     (out_dir / (MANIFEST_NAME + ".tmp")).unlink(missing_ok=True)
+    (out_dir / (SAMPLE_INDEX_NAME + ".tmp")).unlink(missing_ok=True)
 
 
 def _check_manifest_split(out_dir: Path, split: str) -> ShardManifest | None:

@@ -50,6 +50,21 @@ def preprocess_batch(items: Sequence[tuple[str, PreprocessProfile, int]]) -> lis
     return out
 
 
+def shards_indexed(ws: Workspace) -> bool:
+    """Whether every split folder under `shards/` holds a complete manifest with a sample index (shards written
+    before the index existed are rewritten by the next run)."""
+    from visprep.export.manifest import read_manifest
+
+    if not ws.shards_dir.exists():
+        return False
+    try:
+        manifests = [read_manifest(d) for d in ws.shards_dir.iterdir() if (d / "manifest.json").exists()]
+    except (OSError, ValueError):
+        return False
+    return all(m.complete and m.sample_index and (ws.shards_dir / m.split / m.sample_index).exists()
+               for m in manifests)
+
+
 def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
     """Write `shards/<split>/` with a manifest for every split; return per-split counts."""
     cfg = ws.config

@@ -20,6 +20,11 @@ FIXED_MODE = 0o444
 
 def member_bytes(name: str, data: bytes) -> bytes:
     """Return header + data + padding of one regular-file member with fixed mtime, mode, owner and group."""
+    return member_layout(name, data)[0]
+
+
+def member_layout(name: str, data: bytes) -> tuple[bytes, int]:
+    """Return (header + data + padding, offset of the data in those bytes) of one member, as `member_bytes`."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = FIXED_MTIME
@@ -29,7 +34,7 @@ def member_bytes(name: str, data: bytes) -> bytes:
     info.type = tarfile.REGTYPE
     header = info.tobuf(TAR_FORMAT, "utf-8", "surrogateescape")
     padding = (-len(data)) % BLOCK
-    return header + data + b"\0" * padding
+    return header + data + b"\0" * padding, len(header)
 
 
 def archive_tail(payload_size: int) -> bytes:

@@ -92,8 +92,9 @@ def load_items(ws: Workspace) -> MiningItems:
         positive_pairs=sorted(pairs))
 
 
-def _rows_table(items: MiningItems, rows: np.ndarray, a: np.ndarray, n: np.ndarray, kind: str,
-                rank: np.ndarray, score: np.ndarray | None = None) -> pa.Table:
+def negatives_table(items: MiningItems, rows: np.ndarray, a: np.ndarray, n: np.ndarray, kind: str,
+                    rank: np.ndarray, score: np.ndarray | None = None) -> pa.Table:
+    """`negatives` rows of pool-local (anchor, negative) index pairs `a`, `n` of pool `rows` of `items`."""
     ga, gn = rows[a], rows[n]
     return pa.table({
         "anchor_id": pa.array(items.image_id[ga].tolist(), pa.string()),
@@ -138,14 +139,14 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
             for rows in pools:
                 a, n, r, c = mine_random_negatives(items.group[rows], positives.subset(rows),
                                                    k=cfg.random_per_anchor, rng=rng)
-                tables["random"].append(_rows_table(items, rows, a, n, "random", r))
+                tables["random"].append(negatives_table(items, rows, a, n, "random", r))
                 add("random", c)
         if "brand" in cfg.kinds:
             level = items.category if cfg.brand_level == "category" else items.top_category
             for rows in pools:
                 a, n, r, c = mine_brand_negatives(level[rows], items.brand[rows], items.group[rows],
                                                   positives.subset(rows), k=cfg.brand_per_anchor, rng=rng)
-                tables["brand"].append(_rows_table(items, rows, a, n, "brand", r))
+                tables["brand"].append(negatives_table(items, rows, a, n, "brand", r))
                 add("brand", c)
         if "skip_above" in cfg.kinds:
             if ws.has_table("interaction_pairs"):
@@ -159,7 +160,7 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
                                                               group=items.group[rows],
                                                               positives=positives.subset(rows),
                                                               k=cfg.skip_above_per_anchor)
-                    tables["skip_above"].append(_rows_table(items, rows, a, n, "skip_above", r, w))
+                    tables["skip_above"].append(negatives_table(items, rows, a, n, "skip_above", r, w))
                     add("skip_above", c)
             else:
                 counts["skip_above.skipped_no_interaction_pairs"] = 1
@@ -265,7 +266,7 @@ def _mine_ann(ws: Workspace, items: MiningItems, positives: PositiveSets, pools:
             k=cfg.ann_per_anchor, skip_top=cfg.skip_top, guard=guard, overfetch_margin=cfg.overfetch_margin,
             search=cfg.search, query_batch=cfg.query_batch, index_options=options, seed=cfg.seed)
         state.save(path)
-        out.append(_rows_table(items, rows, res.anchor, res.negative, "ann", res.rank, res.score))
+        out.append(negatives_table(items, rows, res.anchor, res.negative, "ann", res.rank, res.score))
         counts = {k: v for k, v in res.counts.items() if k != "kept"}
         counts["kept"] = len(res.anchor)  # reused anchors' rows included
         for name, v in decision.counts.items():

@@ -14,6 +14,7 @@ from visprep.schema import BATCH_PLAN
 from visprep.workspace import Workspace
 
 if TYPE_CHECKING:
+    from visprep.config import SamplingConfig
     from visprep.mining.stage import MiningItems
 
 
@@ -59,49 +60,68 @@ def with_user_photos(ws: Workspace, items: MiningItems) -> tuple[MiningItems, in
     return replace(items, **extended), len(photos)
 
 
-def sample_stage(ws: Workspace) -> dict[str, int]:
-    """Plan `sampling.epochs` epochs of P x K batches per split; return counts (also in the run record)."""
+def split_rows(ws: Workspace, items: MiningItems, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows of `items` in `split`, their popularity weights, their top-category codes): what the planner reads."""
+    rows = np.flatnonzero(items.split == split)
+    weight = popularity_weights(ws, items.product_id[rows].tolist(), ws.config.sampling.popularity_exponent)
+    top = np.array([str(t) for t in items.top_category[rows]])
+    cat_code = np.unique(top, return_inverse=True)[1] if len(rows) else np.zeros(0, np.int64)
+    return rows, weight, cat_code
+
+
+def plan_table(items: MiningItems, split: str, epoch: int, planned: tuple[np.ndarray, np.ndarray, np.ndarray],
+               cfg: SamplingConfig) -> pa.Table:
+    """The `batch_plan` rows of one split and epoch (`planned` from `split_rows`): epoch e is drawn with seed + e,
+    so any epoch can be planned again, identically, without the others."""
+    rows, weight, cat_code = planned
+    plan = plan_epoch(items.product[rows], items.group[rows], cat_code, p=cfg.p, k=cfg.k,
+                      temperature=cfg.temperature, weight=weight, rng=np.random.default_rng(cfg.seed + epoch))
+    b, c, s = np.indices(plan.item.shape)
+    local = plan.item.reshape(-1)
+    g = rows[local]
+    return pa.table({
+        "split": pa.array([split] * len(g), pa.string()),
+        "epoch": pa.array(np.full(len(g), epoch), pa.int32()),
+        "batch": pa.array(b.reshape(-1), pa.int32()),
+        "class_index": pa.array(c.reshape(-1), pa.int16()),
+        "slot": pa.array(s.reshape(-1), pa.int16()),
+        "image_id": pa.array(items.image_id[g].tolist(), pa.string()),
+        "product_id": pa.array(items.product_id[g].tolist(), pa.string()),
+        "group_id": pa.array(items.group_id[g].tolist(), pa.string()),
+        "top_category": pa.array(items.top_category[g].tolist(), pa.string()),
+        "repeat": pa.array(plan.repeat.reshape(-1), pa.bool_()),
+        "weight": pa.array(weight[local], pa.float32()),
+    }, schema=BATCH_PLAN)
+
+
+def sampling_items(ws: Workspace) -> tuple[MiningItems, int]:
+    """The items the planner draws from (usable images plus exportable user photos) and the user-photo count."""
     from visprep.mining.stage import load_items
 
+    return with_user_photos(ws, load_items(ws))
+
+
+def sample_stage(ws: Workspace) -> dict[str, int]:
+    """Plan `sampling.epochs` epochs of P x K batches per split; return counts (also in the run record)."""
     cfg = ws.config.sampling
     counts: dict[str, int] = {}
     with ws.run("sample", section_params(ws.config, "sampling")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "splits", "images", "interaction_pairs",
                                                            "user_pairs")}
-        items, counts["user_photos"] = with_user_photos(ws, load_items(ws))
+        items, counts["user_photos"] = sampling_items(ws)
         tables = []
         for split in cfg.splits:
-            rows = np.flatnonzero(items.split == split)
-            if len(rows) == 0:
+            planned = split_rows(ws, items, split)
+            if len(planned[0]) == 0:
                 run.notes.append(f"split {split!r}: no usable images")
                 continue
-            pid = items.product_id[rows].tolist()
-            weight = popularity_weights(ws, pid, cfg.popularity_exponent)
-            top = np.array([str(t) for t in items.top_category[rows]])
-            cat_code = np.unique(top, return_inverse=True)[1]
             for epoch in range(cfg.epochs):
-                plan = plan_epoch(items.product[rows], items.group[rows], cat_code, p=cfg.p, k=cfg.k,
-                                  temperature=cfg.temperature, weight=weight,
-                                  rng=np.random.default_rng(cfg.seed + epoch))
-                b, c, s = np.indices(plan.item.shape)
-                local = plan.item.reshape(-1)
-                g = rows[local]
-                tables.append(pa.table({
-                    "split": pa.array([split] * len(g), pa.string()),
-                    "epoch": pa.array(np.full(len(g), epoch), pa.int32()),
-                    "batch": pa.array(b.reshape(-1), pa.int32()),
-                    "class_index": pa.array(c.reshape(-1), pa.int16()),
-                    "slot": pa.array(s.reshape(-1), pa.int16()),
-                    "image_id": pa.array(items.image_id[g].tolist(), pa.string()),
-                    "product_id": pa.array(items.product_id[g].tolist(), pa.string()),
-                    "group_id": pa.array(items.group_id[g].tolist(), pa.string()),
-                    "top_category": pa.array(items.top_category[g].tolist(), pa.string()),
-                    "repeat": pa.array(plan.repeat.reshape(-1), pa.bool_()),
-                    "weight": pa.array(weight[local], pa.float32()),
-                }, schema=BATCH_PLAN))
-                counts[f"{split}.epoch{epoch}.batches"] = plan.num_batches
-                counts[f"{split}.epoch{epoch}.repeats"] = int(plan.repeat.sum())
-            counts[f"{split}.items"] = len(rows)
+                table = plan_table(items, split, epoch, planned, cfg)
+                tables.append(table)
+                counts[f"{split}.epoch{epoch}.batches"] = int(table.num_rows // (cfg.p * cfg.k))
+                counts[f"{split}.epoch{epoch}.repeats"] = int(np.sum(table.column("repeat").to_numpy(
+                    zero_copy_only=False)))
+            counts[f"{split}.items"] = len(planned[0])
         ws.write_table("batch_plan", pa.concat_tables(tables) if tables else BATCH_PLAN.empty_table())
         run.counts = counts
     return counts

@@ -66,8 +66,15 @@ def check_split_leaks(ws: Workspace) -> SplitLeakReport:
     if ws.has_table("eval_qrels"):
         q = ws.read_table("eval_qrels", ["query_id", "product_id", "grade"])
         min_grade = ws.config.labels.pin_min_grade
-        judged = sorted({p for p, g in zip(q.column("product_id").to_pylist(), q.column("grade").to_pylist())
-                         if g >= min_grade and split_of.get(p) != eval_split})
+        relevant = {p for p, g in zip(q.column("product_id").to_pylist(), q.column("grade").to_pylist())
+                    if g >= min_grade}
+        judged = sorted(p for p in relevant if p in split_of and split_of[p] != eval_split)
+        # A judged product that left the catalog (e.g. a synthetic colour variant whose source moved to eval)
+        # cannot reach training: not a leak, but its judgments can no longer be matched.
+        gone = sorted(p for p in relevant if p not in split_of)
+        if gone:
+            rep.warnings.append(f"{len(gone)} products judged >= {min_grade} are no longer in the catalog: "
+                                f"{_examples(gone)}")
         rep.checked["eval_products"] = len({p for p, g in zip(q.column("product_id").to_pylist(),
                                                               q.column("grade").to_pylist()) if g >= min_grade})
         if judged:

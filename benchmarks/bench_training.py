@@ -1,0 +1,163 @@
+"""Training batches: images/s delivered in P x K plan order (random access by offset) on all cores, against
+(a) bare simplejpeg decoding of the same 224-px shard JPEGs already in memory (the floor) and (b) a plain
+webdataset sequential loop over the same shards.
+
+    PYTHONPATH=src python benchmarks/bench_training.py [--quick]
+
+The data: a demo workspace (bundled Fashion-MNIST garments rendered as product photos, plus the OpenCV samples)
+run through catalog, fetch, inspect, split, pairs, sample and export at the default imagenet-224 profile (no embed,
+no synthetic views: they do not change what the reader does). All three readers decode every JPEG to an RGB array
+with simplejpeg on 2 processes (DataLoader workers, or a process pool for the floor); visprep also reads each member
+by offset, assembles the P x K batch dict and its metadata. Rates are medians of interleaved repeats. Also: the
+rate with the `full` augmentation policy (kornia, 224 px) on the batches.
+Targets (issue 14): visprep >= 0.7x the floor and >= 1x the sequential webdataset loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import fmt_met, interleaved_medians, load_average, write_result  # noqa: E402
+
+TITLE = "Training batches: P x K plan order vs the decode floor and a sequential webdataset loop"
+FLOOR_TARGET, WDS_TARGET = 0.7, 1.0
+WORKERS = 2
+
+
+def _decode_chunk(blobs: list[bytes]) -> int:
+    import simplejpeg
+
+    for b in blobs:
+        simplejpeg.decode_jpeg(b, colorspace="RGB")
+    return len(blobs)
+
+
+def build(root: Path, products: int) -> Path:
+    """A demo workspace with 224-px train shards and a batch plan; returns its folder."""
+    from visprep.demo.sources import write_demo_sources
+    from visprep.pipeline import run_pipeline
+    from visprep.workspace import Workspace
+
+    ws = Workspace(root / "ws")
+    ws.root.mkdir(parents=True)
+    ws.config_path.write_text('[pipeline]\nstages = ["fetch", "inspect", "split", "pairs", "sample", "export"]\n'
+                              "[export]\nmax_count = 500\n[split]\nfractions = { train = 1.0 }\n")
+    src = write_demo_sources(root / "src", n_products=products, seed=0)
+    run_pipeline(ws, src.catalog_files)
+    return ws.root
+
+
+def measure(root: Path, repeats: int) -> dict:
+    import simplejpeg  # noqa: F401 - fail early when missing
+    import torch
+    import webdataset as wds
+    from torch.utils.data import DataLoader
+
+    from visprep.export.manifest import read_manifest
+    from visprep.training import TrainingBatches, TrainingSource
+    from visprep.workspace import Workspace
+
+    torch.set_num_threads(1)
+    ws = Workspace(root)
+    src = TrainingSource.from_workspace(ws, negatives_per_anchor=0)
+    aug = TrainingSource.from_workspace(ws, negatives_per_anchor=0, augment=True)
+    n_batches = src.num_batches(0)
+    per_batch = src.sampling.p * src.sampling.k
+    delivered = n_batches * per_batch
+    plan = src.epoch_plan(0)
+    rows = src.payload.rows(plan.column("product_id").to_numpy(zero_copy_only=False),
+                            plan.column("image_id").to_numpy(zero_copy_only=False))
+    in_memory = [src.payload.index.read(int(r)) for r in rows]  # the plan's JPEGs, in plan order
+    split_dir = ws.shards_dir / "train"
+    urls = [str(p) for p in read_manifest(split_dir).shard_paths(split_dir)]
+    n_shard_samples = read_manifest(split_dir).total_samples
+    chunks = [in_memory[i : i + 64] for i in range(0, len(in_memory), 64)]
+    pool = ProcessPoolExecutor(WORKERS)
+    list(pool.map(_decode_chunk, chunks[:WORKERS]))  # warm the workers
+
+    def floor() -> float:
+        t = time.perf_counter()
+        n = sum(pool.map(_decode_chunk, chunks))
+        return n / (time.perf_counter() - t)
+
+    def decode_wds(sample: dict) -> dict:
+        import simplejpeg
+
+        return {"image": simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB"), "json": sample["json"]}
+
+    def webdataset_loop() -> float:
+        ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node,
+                            workersplitter=wds.split_by_worker).map(decode_wds)
+        t = time.perf_counter()
+        n = sum(1 for _ in DataLoader(ds, batch_size=None, num_workers=WORKERS))
+        return n / (time.perf_counter() - t)
+
+    def visprep(source: TrainingSource) -> float:
+        t = time.perf_counter()
+        n = 0
+        for b in DataLoader(TrainingBatches(source), batch_size=None, num_workers=WORKERS,
+                            persistent_workers=False):
+            n += len(b["image_id"])
+        return n / (time.perf_counter() - t)
+
+    rates = interleaved_medians({"floor": floor, "webdataset": webdataset_loop,
+                                 "visprep": lambda: visprep(src)}, repeats)
+    augmented = interleaved_medians({"visprep_full_augment": lambda: visprep(aug)}, max(1, repeats // 2))
+    pool.shutdown()
+    v = rates["visprep"]["median"]
+    return {"images_in_plan": delivered, "batches": n_batches, "p_x_k": per_batch, "shard_samples": n_shard_samples,
+            "shards": len(urls), "workers": WORKERS, "rates": rates, "augmented": augmented,
+            "vs_floor": v / rates["floor"]["median"], "vs_webdataset": v / rates["webdataset"]["median"],
+            "augment_policy": ws.config.augment.policy}
+
+
+def section(result: dict) -> list[str]:
+    """Markdown lines of this benchmark's section in docs/benchmarks.md."""
+    r = result["rates"]
+    a = result["augmented"]["visprep_full_augment"]
+    return [f"`{result['command']}` — {result['images_in_plan']:,} images in plan order ({result['batches']} P x K "
+            f"batches of {result['p_x_k']}; {result['shard_samples']:,} shard samples in {result['shards']} shards), "
+            f"224 px, {result['workers']} processes each; medians of {len(r['floor']['values'])} interleaved runs.", "",
+            "| reader | images/s | ratio |", "|---|---:|---:|",
+            f"| floor: simplejpeg decode of the same JPEGs in memory, process pool | {r['floor']['median']:.0f} | 1.00 |",
+            f"| webdataset sequential loop (DataLoader) | {r['webdataset']['median']:.0f} | "
+            f"{r['webdataset']['median'] / r['floor']['median']:.2f} |",
+            f"| **visprep `TrainingBatches`, plan order, by offset** | {r['visprep']['median']:.0f} | "
+            f"{result['vs_floor']:.2f} |",
+            f"| visprep with the `{result['augment_policy']}` augmentation policy (kornia) | {a['median']:.0f} | "
+            f"{a['median'] / r['floor']['median']:.2f} |", "",
+            f"Targets: ≥ {FLOOR_TARGET}× the floor: {fmt_met(result['vs_floor'] >= FLOOR_TARGET)} "
+            f"({result['vs_floor']:.2f}×); ≥ {WDS_TARGET}× the webdataset loop: "
+            f"{fmt_met(result['vs_webdataset'] >= WDS_TARGET)} ({result['vs_webdataset']:.2f}×)."]
+
+
+def main() -> None:
+    """Build the workspace, measure, write the result."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--products", type=int, default=None)
+    args = parser.parse_args()
+    products = args.products or (300 if args.quick else 1200)
+    repeats = 3 if args.quick else 5
+    load_start = load_average()
+    with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
+        t = time.perf_counter()
+        root = build(Path(tmp), products)
+        build_s = time.perf_counter() - t
+        result = measure(root, repeats)
+    result.update({"command": f"python benchmarks/bench_training.py{' --quick' if args.quick else ''}",
+                   "products": products, "build_s": round(build_s, 1), "load_start": load_start,
+                   "load_end": load_average(), "cpus": os.cpu_count()})
+    write_result("bench_training", result)
+    print(section(result))
+
+
+if __name__ == "__main__":
+    main()

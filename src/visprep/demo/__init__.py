@@ -59,6 +59,37 @@ def load_fashion_mnist_subset() -> FashionMnistSubset:
         return FashionMnistSubset(images=npz["images"], labels=npz["labels"], indices=npz["indices"])
 
 
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's `dataset-fashion-mnist` package puts the 70,000 images (idx files, gzipped)."""
+
+
+def load_fashion_mnist_idx(folder: Path = DEBIAN_FASHION_MNIST, *, part: str = "train",
+                           limit: int | None = None) -> FashionMnistSubset:
+    """Load Fashion-MNIST from its idx files (`<part>-images-idx3-ubyte.gz`, `<part>-labels-idx1-ubyte.gz`), the
+    first `limit` images; for benchmarks at a larger scale than the bundled subset.
+
+    Raises:
+        FileNotFoundError: the files are missing (install Debian's `dataset-fashion-mnist`).
+        ValueError: a file is not an idx file of the expected kind.
+    """
+    import gzip
+
+    paths = {k: Path(folder) / f"{'t10k' if part == 'test' else part}-{k}-idx{d}-ubyte.gz"
+             for k, d in (("images", 3), ("labels", 1))}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: apt-get install dataset-fashion-mnist")
+    raw = {k: gzip.decompress(p.read_bytes()) for k, p in paths.items()}
+    if int.from_bytes(raw["images"][:4], "big") != 2051 or int.from_bytes(raw["labels"][:4], "big") != 2049:
+        raise ValueError(f"{paths['images']} / {paths['labels']}: not Fashion-MNIST idx files (bad magic number)")
+    n = int.from_bytes(raw["images"][4:8], "big")
+    rows, cols = int.from_bytes(raw["images"][8:12], "big"), int.from_bytes(raw["images"][12:16], "big")
+    take = n if limit is None else min(limit, n)
+    images = np.frombuffer(raw["images"], np.uint8, take * rows * cols, 16).reshape(take, rows, cols)
+    labels = np.frombuffer(raw["labels"], np.uint8, take, 8)
+    return FashionMnistSubset(images=images.copy(), labels=labels.copy(), indices=np.arange(take, dtype=np.int64))
+
+
 def opencv_sample_path(name: str) -> Path:
     """Path of one bundled OpenCV sample photo (one of `OPENCV_SAMPLES`)."""
     if name not in OPENCV_SAMPLES:
@@ -88,6 +119,7 @@ __all__ = [
     "FashionMnistSubset",
     "data_dir",
     "demo_config",
+    "load_fashion_mnist_idx",
     "load_fashion_mnist_subset",
     "opencv_sample_path",
     "write_demo_sources",

@@ -570,7 +570,8 @@ def _spoil(bad: dict[str, _Product], feeds: list[list[dict[str, Any]]], dest: Pa
     return [truncated, html]
 
 
-def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> DemoSources:
+def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0,
+                       subset: FashionMnistSubset | None = None) -> DemoSources:
     """Write the demo catalog (three catalog files and an image directory) into ``dest``.
 
     Deterministic: the same ``seed`` gives identical images, and identical catalog files for the same ``dest``
@@ -579,8 +580,11 @@ def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> 
 
     Args:
         dest: output directory.
-        n_products: number of good products (SKUs), including the two OpenCV-photo products, in [20, 4000].
+        n_products: number of good products (SKUs), including the two OpenCV-photo products, in [20, 4000] with
+            the bundled subset; up to about 1.9 per garment image with a larger `subset`.
         seed: RNG seed.
+        subset: garment images to build from (default the bundled subset; benchmarks pass Debian's full
+            Fashion-MNIST, `visprep.demo.load_fashion_mnist_idx`).
 
     Returns:
         `DemoSources` describing what was written and what an ingest should keep and quarantine.
@@ -590,8 +594,9 @@ def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> 
     """
     if isinstance(n_products, bool) or not isinstance(n_products, int):
         raise ValueError(f"n_products must be an int, got {n_products!r}")
-    if not _MIN_PRODUCTS <= n_products <= _MAX_PRODUCTS:
-        raise ValueError(f"n_products must be in [{_MIN_PRODUCTS}, {_MAX_PRODUCTS}], got {n_products}")
+    most = _MAX_PRODUCTS if subset is None else max(_MAX_PRODUCTS, int(len(subset) * 1.9))
+    if not _MIN_PRODUCTS <= n_products <= most:
+        raise ValueError(f"n_products must be in [{_MIN_PRODUCTS}, {most}], got {n_products}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     dest = Path(dest)
@@ -601,7 +606,7 @@ def write_demo_sources(dest: Path, *, n_products: int = 2400, seed: int = 0) -> 
     image_dir.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
 
-    subset = load_fashion_mnist_subset()
+    subset = subset if subset is not None else load_fashion_mnist_subset()
     rng = np.random.default_rng(seed)
     n_regular = n_products - len(_OPENCV_PRODUCTS) - _N_SHARED_PATH - _N_SHARED_COPY
     # One extra product per bad-row reason, spoiled after rendering (plan order keeps them at the end).

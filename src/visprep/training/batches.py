@@ -24,7 +24,7 @@ same whichever worker or rank makes it, and resuming at batch b (`start_batch=b`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,54 @@ class PixelPayload:
         """(n,) payload rows of (product, image) samples; -1 where the shards have none."""
         return self.index.rows_of(product_ids.tolist(), image_ids.tolist())
 
-    def load(self, rows: np.ndarray) -> np.ndarray:
-        """(n, H, W, 3) uint8 RGB of payload rows."""
+    def load(self, rows: np.ndarray, allocate: Allocator | None = None) -> np.ndarray:
+        """(n, H, W, 3) uint8 RGB of payload rows, decoded straight into one array from `allocate` (default
+        `np.empty`): no per-image arrays to stack (shards of one split share the profile's size)."""
         import simplejpeg
 
-        return np.stack([simplejpeg.decode_jpeg(self.index.read(int(r)), colorspace="RGB") for r in rows])
+        blobs = [self.index.read(int(r)) for r in rows]
+        h, w, _, _ = simplejpeg.decode_jpeg_header(blobs[0])
+        out = (allocate or _empty)((len(blobs), h, w, 3), np.uint8)
+        for i, blob in enumerate(blobs):
+            try:
+                simplejpeg.decode_jpeg(blob, colorspace="RGB", buffer=out[i])
+            except ValueError as exc:  # another size than the first image's (or bytes that do not decode)
+                image = simplejpeg.decode_jpeg(blob, colorspace="RGB")
+                if image.shape != out.shape[1:]:
+                    raise ValueError(f"sample {self.index.keys[int(rows[i])]!r} is {image.shape[1]}x"
+                                     f"{image.shape[0]}, the batch's first is {w}x{h}: the split's shards mix "
+                                     "preprocess sizes; rerun `visprep export --force`") from exc
+                out[i] = image
+        return out
+
+
+Allocator = Callable[[tuple[int, ...], Any], np.ndarray]
+"""(shape, dtype) -> a new writable array: where batch arrays are made (shared memory in DataLoader workers)."""
+
+
+def _empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.empty(shape, dtype)
+
+
+class SharedAllocator:
+    """Makes batch arrays inside torch shared-memory tensors, so a DataLoader worker hands them to the trainer
+    without the copy into shared memory it would otherwise make; `as_tensors` finds the tensor of each array."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[int, Any] = {}
+
+    def __call__(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        import torch
+
+        t = torch.from_numpy(np.empty(0, dtype)).new_empty(shape).share_memory_()
+        arr = t.numpy()
+        self._tensors[arr.__array_interface__["data"][0]] = t
+        return arr
+
+    def take(self, arr: np.ndarray) -> Any:
+        """The shared tensor `arr` was made in (and forget it), or None."""
+        t = self._tensors.pop(arr.__array_interface__["data"][0], None)
+        return t if t is not None and tuple(t.shape) == arr.shape else None
 
 
 class FeaturePayload:
@@ -135,6 +178,7 @@ class TrainingSource:
     profile: PreprocessProfile | None = None
     layout: str = "uint8"
     counts: dict[str, int] = field(default_factory=dict)
+    allocate: Allocator | None = None
 
     @classmethod
     def from_workspace(cls, ws: Workspace, *, split: str | None = None, payload: str | Payload | None = None,
@@ -369,7 +413,9 @@ class TrainingSource:
             return np.zeros((0, *self._empty_shape()), self._dtype())
         if len(np.flatnonzero(rows < 0)):
             raise ValueError(f"batch {b}: {int((rows < 0).sum())} images are not in the shards; rerun export")
-        images = self.payload.load(rows)
+        # Only the anchors' array is handed over as is; negatives are copied into their (N, m) grid.
+        direct = stream == 0 and self.augment is None and self.layout == "uint8"
+        images = self.payload.load(rows, self.allocate if direct else None)
         if self.augment is not None:
             return self._augmented(images, epoch, b, stream)
         return normalize(images, self.profile) if self.layout == "float" else images
@@ -433,22 +479,30 @@ class TrainingBatches(_IterableDataset):  # type: ignore[misc,valid-type]
         return reader_id(self._rank, self._world_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        from torch.utils.data import get_worker_info
+
         reader, readers = self._reader()
-        for batch in self.source.iter_batches(self.epoch, start_batch=self.start_batch, reader=reader,
-                                              readers=readers):
-            yield as_tensors(batch)
+        source, shared = self.source, None
+        if get_worker_info() is not None:  # a worker: images go straight into shared memory
+            shared = SharedAllocator()
+            source = source.with_options(allocate=shared)
+        for batch in source.iter_batches(self.epoch, start_batch=self.start_batch, reader=reader,
+                                         readers=readers):
+            yield as_tensors(batch, shared)
 
 
-def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch with its numeric numpy arrays as torch tensors (object arrays of ids stay numpy)."""
+def as_tensors(batch: dict[str, Any], shared: SharedAllocator | None = None) -> dict[str, Any]:
+    """The batch with its numeric numpy arrays as torch tensors (object arrays of ids stay numpy); arrays made by
+    `shared` become their shared-memory tensors."""
     import torch
 
     out: dict[str, Any] = {}
     for k, v in batch.items():
         if isinstance(v, dict):
-            out[k] = as_tensors(v)
+            out[k] = as_tensors(v, shared)
         elif isinstance(v, np.ndarray) and v.dtype != object:
-            out[k] = torch.from_numpy(np.ascontiguousarray(v))
+            t = shared.take(v) if shared is not None else None
+            out[k] = t if t is not None else torch.from_numpy(np.ascontiguousarray(v))
         else:
             out[k] = v
     return out

@@ -26,6 +26,7 @@ Then `visprep experiment` (all variants, `--seeds` seeds, `--steps` steps) and t
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import shutil
@@ -37,15 +38,15 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import WORK, load_average, write_result  # noqa: E402
+from bench_common import WORK, load_average, write_result
 
 TITLE = "Experiment: what each preparation choice does to retrieval (full variant set, Fashion-MNIST products)"
 
 
-def degrade(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
+def degrade(rgb: np.ndarray, rng: np.random.Generator, *, blur: tuple[float, float] = (0.6, 1.6)) -> bytes:
     """A user-photo-like JPEG of `rgb`: blur, sensor noise, exposure change, strong JPEG compression."""
     img = rgb.astype(np.float32)
-    sigma = float(rng.uniform(0.6, 1.6))
+    sigma = float(rng.uniform(*blur))
     img = cv2.GaussianBlur(img, (0, 0), sigma)
     img = img * float(rng.uniform(0.6, 1.05)) + float(rng.uniform(-20, 10))
     img = img + rng.normal(0, float(rng.uniform(3, 9)), img.shape)
@@ -73,23 +74,29 @@ def build(root: Path, products: int, n_queries: int, n_user_photos: int, n_sessi
     from visprep.config import render_config
     from visprep.demo import demo_config, load_fashion_mnist_idx
     from visprep.demo.sources import write_demo_sources
-    from visprep.events.stage import ingest_event_files
-    from visprep.labels.demo import _hero_images, build_demo_judgments
-    from visprep.labels.stage import labels_stage
     from visprep.pipeline import run_pipeline
-    from visprep.queries.stage import queries_stage
     from visprep.workspace import Workspace
 
-    t = {}
+    t: dict = json.loads((root / "phases.json").read_text()) if (root / "phases.json").exists() else {}
+
+    def done(phase: str) -> None:
+        (root / "phases.json").write_text(json.dumps({**t, phase: True}))
+        t[phase] = True
+
     ws = Workspace(root / "ws")
+    if t.get("pipeline"):
+        return _behaviour(ws, root, t, done, n_queries, n_user_photos, n_sessions)
+    if ws.root.exists():
+        shutil.rmtree(ws.root)
     ws.root.mkdir(parents=True)
     ws.config_path.write_text(render_config(demo_config()) + "\n")
     text = ws.config_path.read_text()
-    text = text.replace("user_mix_fraction = 0.0", "user_mix_fraction = 0.2").replace('nsfw = "nudenet"',
-                                                                                        'nsfw = "none"')
+    text = text.replace("user_mix_fraction = 0.0", "user_mix_fraction = 0.2").replace(
+        'nsfw = "nudenet"', 'nsfw = "none"')
     ws.config_path.write_text(text)
     ws = Workspace(ws.root)
     assert ws.config.quality.user_mix_fraction == 0.2 and ws.config.queries.nsfw == "none"
+    assert ws.config.split.fractions == {"train": 0.8, "eval": 0.2}  # the demo's
     t0 = time.perf_counter()
     subset = load_fashion_mnist_idx(limit=int(products / 1.8) + 200)
     src = write_demo_sources(root / "src", n_products=products, seed=0, subset=subset)
@@ -97,6 +104,17 @@ def build(root: Path, products: int, n_queries: int, n_user_photos: int, n_sessi
     t0 = time.perf_counter()
     run_pipeline(ws, src.catalog_files)
     t["pipeline_s"] = time.perf_counter() - t0
+    done("pipeline")
+    return _behaviour(ws, root, t, done, n_queries, n_user_photos, n_sessions)
+
+
+def _behaviour(ws, root: Path, t: dict, done, n_queries: int, n_user_photos: int, n_sessions: int) -> dict:
+    """The judgments, the user photos and the events, on a workspace the pipeline has run on."""
+    from visprep.events.stage import ingest_event_files
+    from visprep.labels.demo import _hero_images, build_demo_judgments
+    from visprep.labels.stage import labels_stage
+    from visprep.pipeline import run_pipeline
+    from visprep.queries.stage import queries_stage
 
     # Eval: new, degraded photos of eval products, judged by simulated raters.
     t0 = time.perf_counter()
@@ -108,6 +126,9 @@ def build(root: Path, products: int, n_queries: int, n_user_photos: int, n_sessi
     labels_stage(ws, [labels_csv])
     run_pipeline(ws)  # the split pins judged products to eval
     t["labels_s"] = time.perf_counter() - t0
+    photo_dir = root / "user_photos"
+    if photo_dir.exists():
+        shutil.rmtree(photo_dir)
 
     # User photos of training products and the behaviour log.
     t0 = time.perf_counter()
@@ -138,23 +159,26 @@ def build(root: Path, products: int, n_queries: int, n_user_photos: int, n_sessi
     photo_dir.mkdir()
     photo_of: dict[str, str] = {}
     for pid in rng.choice([p for p in train if p in heroes], size=min(n_user_photos, len(train)), replace=False):
-        data = degrade(new_view(ws, *heroes[str(pid)], rng), rng)
+        data = degrade(new_view(ws, *heroes[str(pid)], rng), rng, blur=(0.3, 1.0))  # most pass the blur gate
         path = photo_dir / f"{pid}.jpg"
         path.write_bytes(data)
         photo_of[str(pid)] = hashlib.sha256(data).hexdigest()
     qres = queries_stage(ws, sorted(str(p) for p in photo_dir.glob("*.jpg")))
     events, n = [], 0
-    base_ts = 1_780_000_000
+    base_ts = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 
     def event(**kw: object) -> None:
         nonlocal n
         n += 1
-        events.append({"event_id": f"e{n}", "ts": base_ts + n, **kw})
+        ts = (base_ts + datetime.timedelta(seconds=n)).isoformat().replace("+00:00", "Z")
+        events.append({"event_id": f"e{n}", "ts": ts, **kw})
 
     for s in range(n_sessions):  # "similar items" browsing
         a = train[int(rng.integers(len(train)))]
         similar = [x for x in family.get(fam_of[a] or "", []) if x != a] or \
             [x for x in category[cat_of[a]] if x != a]
+        if not similar:  # a category of one product (the OpenCV photos): nothing is similar to it
+            continue
         b = similar[int(rng.integers(len(similar)))] if rng.random() < 0.4 else popular()
         if b == a:
             continue
@@ -205,11 +229,11 @@ def section(result: dict) -> list[str]:
             lines.append(f"| {v} | skipped: {reason} | | | | | | | |")
             continue
 
-        def cell(m: str) -> str:
+        def cell(m: str, v: str = v) -> str:
             r = by[(v, m)]
             return f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
 
-        def diff(m: str) -> str:
+        def diff(m: str, v: str = v) -> str:
             r = by[(v, m)]
             if r["diff_vs_control"] is None:
                 return ""
@@ -230,16 +254,17 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--reuse", action="store_true", help="reuse benchmarks/.work/bench_experiment if built")
+    parser.add_argument("--reuse", action="store_true", help="reuse benchmarks/.work/bench_experiment: what it "
+                        "built, or the phases a killed build finished")
     args = parser.parse_args()
     products = args.products or (2500 if args.quick else 10_000)
     root = WORK / "bench_experiment"
     load_start = load_average()
     built = root / "build.json"
     if not (args.reuse and built.exists()):
-        if root.exists():
+        if root.exists() and not args.reuse:
             shutil.rmtree(root)
-        root.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
         info = build(root, products, n_queries=150 if args.quick else 500, n_user_photos=300 if args.quick else 1500,
                      n_sessions=8000 if args.quick else 40_000)
         built.write_text(json.dumps(info))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import fmt_met, interleaved_medians, load_average, write_result  # noqa: E402
+from bench_common import fmt_met, interleaved_medians, load_average, write_result
 
 TITLE = "Training batches: P x K plan order vs the decode floor and a sequential webdataset loop"
 FLOOR_TARGET, WDS_TARGET = 0.7, 1.0
@@ -57,7 +57,7 @@ def build(root: Path, products: int) -> Path:
 
 def measure(root: Path, repeats: int) -> dict:
     import numpy as np
-    import simplejpeg  # noqa: F401 - fail early when missing
+    import simplejpeg
     import torch
     import webdataset as wds
     from torch.utils.data import DataLoader
@@ -90,7 +90,6 @@ def measure(root: Path, repeats: int) -> dict:
         return n / (time.perf_counter() - t)
 
     def decode_wds(sample: dict) -> dict:
-        import simplejpeg
 
         return {"image": simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB"), "json": sample["json"]}
 
@@ -158,11 +157,11 @@ def measure(root: Path, repeats: int) -> dict:
 class _IndexOnly:
     """Wraps `TrainingBatches`: assembles every batch in the worker, sends back only its index."""
 
-    def __new__(cls, source):  # noqa: ANN001, ANN204 - a torch IterableDataset made on the fly
+    def __new__(cls, source):
         from visprep.training import TrainingBatches
 
         class IndexOnly(TrainingBatches):
-            def __iter__(self):  # noqa: ANN204
+            def __iter__(self):
                 reader, readers = self._reader()
                 for b in self.source.iter_batches(self.epoch, reader=reader, readers=readers):
                     yield b["batch"]

@@ -278,8 +278,10 @@ class MiningConfig(_Section):
 class SamplingConfig(_Section):
     """P x K batch plan: P product classes x K images, stratified by top-level category, no group twice per batch."""
 
-    p: int = Field(16, ge=2, description="Classes (products) per batch.")
-    k: int = Field(4, ge=1, description="Images per class.")
+    p: int = Field(32, ge=2, description="Classes (products) per batch.")
+    k: int = Field(2, ge=1, description="Images per class. Keep it at or below most products' count of photos: a "
+                                        "class is topped up with copies of its own photos, which teach nothing "
+                                        "(docs/sampling.md: 'Choosing K').")
     epochs: int = Field(1, ge=1, description="Epochs planned.")
     temperature: float = Field(2.0, ge=1.0, description="Category over-sampling: category c's share of classes is "
                                                         "proportional to n_c^(1/T); 1 = natural, larger = flatter.")

@@ -277,7 +277,8 @@ def experiment_stage(ws: Workspace, *, variants: list[str] | None = None, seeds:
                                             dim=cfg.dim, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                             temperature=cfg.temperature, seed=cfg.seed + s,
                                             event_weight=cfg.event_loss_weight if recipe.events else 0.0,
-                                            event_weights=recipe.events or "raw")
+                                            event_weights=recipe.events or "raw",
+                                            random_negatives=cfg.negatives_per_anchor)
                     per_seed.append(evaluate(head))
                     losses.append(float(np.mean(loss[-20:])))
                     done += 1

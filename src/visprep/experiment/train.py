@@ -53,13 +53,14 @@ def pair_batches(source: TrainingSource, *, size: int, negatives: int, seed: int
 
 def train_head(source: TrainingSource, *, structure: str, steps: int, hidden: int, dim: int, lr: float,
                weight_decay: float, temperature: float, seed: int, event_weight: float = 0.0,
-               event_weights: str = "raw") -> tuple[Any, list[float]]:
+               event_weights: str = "raw", random_negatives: int = 4) -> tuple[Any, list[float]]:
     """Train a projection head; return it (eval mode) and the loss of every step.
 
     Args:
         source: features payload; its negatives / event options decide what the batches hold.
         structure: "pk" (plan batches, multi-positive InfoNCE with in-batch negatives) or "pairs" (random pairs).
         event_weights: which weights the event term uses: "raw" or "debiased".
+        random_negatives: random negatives per anchor of the "pairs" structure.
     """
     import torch
 
@@ -73,7 +74,10 @@ def train_head(source: TrainingSource, *, structure: str, steps: int, hidden: in
     losses: list[float] = []
     n = source.sampling.p * source.sampling.k
     if structure == "pairs":
-        batches: Iterator[dict[str, Any]] = pair_batches(source, size=n, negatives=n - 1, seed=seed)
+        # The same budget of anchor and positive embeddings per step as a P x K batch (n), and as many random
+        # negatives per anchor as the variants with mined negatives add (at least one).
+        batches: Iterator[dict[str, Any]] = pair_batches(source, size=n // 2, negatives=max(1, random_negatives),
+                                                         seed=seed)
     elif structure == "pk":
         batches = pk_batches(source.with_options(seed=seed))
     else:

@@ -45,7 +45,8 @@ class Recipe:
 
 VARIANTS: dict[str, Recipe] = {r.name: r for r in (
     Recipe("frozen", "no training: the backbone's features as they are", train=False, control=None),
-    Recipe("random", "same-product positive pairs, random negatives only (no P x K structure)", structure="pairs"),
+    Recipe("random", "random same-product pairs (P x K / 2 per step), each with `negatives_per_anchor` random "
+           "negatives only: no P x K structure, no in-batch negatives", structure="pairs"),
     Recipe("in_batch", "P x K batches of the plan, in-batch negatives"),
     Recipe("ann_hard", "in_batch + mined ANN hard negatives, false-negative guard off", ann="noguard",
            control="in_batch"),

@@ -12,6 +12,7 @@ The index is written under a temporary name and renamed before the complete mani
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,7 +197,5 @@ class ShardIndex:
         self._fds = {}
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter shutdown os may already be gone
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass

@@ -94,6 +94,13 @@ def plan_table(items: MiningItems, split: str, epoch: int, planned: tuple[np.nda
     }, schema=BATCH_PLAN)
 
 
+def same_image_slots(plan: pa.Table, k: int) -> int:
+    """Slots of a plan that repeat an image already in their class's cell (a product with fewer photos than K):
+    such a slot is the anchor itself to a contrastive loss, no positive and no negative."""
+    images = plan.column("image_id").to_numpy(zero_copy_only=False).reshape(-1, k)
+    return int(sum(k - len(set(cell)) for cell in images.tolist()))
+
+
 def sampling_items(ws: Workspace) -> tuple[MiningItems, int]:
     """The items the planner draws from (usable images plus exportable user photos) and the user-photo count."""
     from visprep.mining.stage import load_items
@@ -121,6 +128,7 @@ def sample_stage(ws: Workspace) -> dict[str, int]:
                 counts[f"{split}.epoch{epoch}.batches"] = int(table.num_rows // (cfg.p * cfg.k))
                 counts[f"{split}.epoch{epoch}.repeats"] = int(np.sum(table.column("repeat").to_numpy(
                     zero_copy_only=False)))
+                counts[f"{split}.epoch{epoch}.same_image_slots"] = same_image_slots(table, cfg.k)
             counts[f"{split}.items"] = len(planned[0])
         ws.write_table("batch_plan", pa.concat_tables(tables) if tables else BATCH_PLAN.empty_table())
         run.counts = counts

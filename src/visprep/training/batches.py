@@ -25,7 +25,7 @@ same whichever worker or rank makes it, and resuming at batch b (`start_batch=b`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,7 @@ class TrainingSource:
         augment: a `KorniaPolicy`, or None.
         profile: the preprocess profile (float layout).
         layout: "uint8" or "float" (pixels only).
+        allocate: where the anchors' image array is made (`SharedAllocator` in DataLoader workers).
     """
 
     split: str
@@ -177,7 +178,6 @@ class TrainingSource:
     augment: Any = None
     profile: PreprocessProfile | None = None
     layout: str = "uint8"
-    counts: dict[str, int] = field(default_factory=dict)
     allocate: Allocator | None = None
 
     @classmethod

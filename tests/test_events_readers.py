@@ -38,7 +38,7 @@ def test_prefetch_keeps_order_raises_where_the_reader_failed_and_stops_early() -
     import pyarrow as pa
     import pytest
 
-    from visprep.events.readers import prefetch
+    from visprep.engines.local import prefetch
 
     tables = [pa.table({"x": [i]}) for i in range(20)]
     assert [t.column("x")[0].as_py() for t in prefetch(iter(tables), depth=3)] == list(range(20))

@@ -204,3 +204,28 @@ def test_refuses_the_eval_split_and_a_missing_payload(ws: Workspace, tmp_path) -
     empty = FeaturePayload([], np.zeros((0, 4), np.float32), "none")
     with pytest.raises(ValueError, match="not in the features payload.*visprep embed"):
         TrainingSource.from_workspace(ws, payload=empty, negatives_per_anchor=0)
+
+
+def test_a_stale_plan_is_refused(ws: Workspace) -> None:
+    text = ws.config_path.read_text()
+    ws.config_path.write_text(text.replace("p = 6\nk = 3", "p = 9\nk = 2"))
+    try:
+        with pytest.raises(ValueError, match="stale.*visprep run"):
+            TrainingSource.from_workspace(Workspace(ws.root))
+    finally:
+        ws.config_path.write_text(text)
+    assert TrainingSource.from_workspace(Workspace(ws.root), negatives_per_anchor=0).num_batches(0) > 0
+
+
+def test_threaded_reader_gives_the_same_batches(ws: Workspace) -> None:
+    src = TrainingSource.from_workspace(ws, negatives_per_anchor=2)
+    plain = _all_batches(src)
+    threaded = list(src.iter_batches(0, threads=2, prefetch=3))
+    assert [b["batch"] for b in threaded] == [b["batch"] for b in plain]
+    for x, y in zip(plain, threaded):
+        np.testing.assert_array_equal(x["images"], y["images"])
+        np.testing.assert_array_equal(x["negatives"]["images"], y["negatives"]["images"])
+    resumed = list(src.iter_batches(0, start_batch=2, threads=2))
+    np.testing.assert_array_equal(resumed[0]["images"], plain[2]["images"])
+    loader = torch.utils.data.DataLoader(TrainingBatches(src, threads=2), batch_size=None, num_workers=0)
+    assert [int(b["batch"]) for b in loader] == [b["batch"] for b in plain]

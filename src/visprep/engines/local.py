@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,3 +64,46 @@ def map_batches(fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_siz
         while pending:
             b, fut = pending.popleft()
             yield b, fut.result()
+
+
+def prefetch(chunks: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Yield `chunks` while a thread makes the next `depth` of them ahead: work that releases the GIL (file reads,
+    DuckDB parsing, JPEG decoding) overlaps with the consumer. Errors surface where they happened."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for c in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(("chunk", c), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except Exception as exc:  # noqa: BLE001 - any failure is handed to the consumer and raised there
+            q.put(("error", exc))
+
+    t = threading.Thread(target=produce, name="visprep-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(timeout=0.05)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from visprep.engines.local import prefetch
 from visprep.events.checkpoint import (
     BatchCommit,
     EventLog,
@@ -45,7 +46,7 @@ from visprep.events.normalize import (
     stream_select,
 )
 from visprep.events.pairs import pair_groups
-from visprep.events.readers import iter_json_lines, prefetch
+from visprep.events.readers import iter_json_lines
 from visprep.schema import EVENTS
 from visprep.workspace import QuarantineRecord, RunRecord, Workspace, conform
 

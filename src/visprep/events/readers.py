@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,49 +70,6 @@ def iter_json_lines(path: Path, *, block_bytes: int = _BLOCK_BYTES) -> Iterator[
             yield table
     if rest.strip():
         yield _lines_table(rest, next_line)[0]
-
-
-def prefetch(chunks: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
-    """Yield `chunks` while a thread reads the next `depth` of them ahead: cutting lines (numpy, file reads)
-    and parsing them (DuckDB) both release the GIL, so the two overlap. Errors surface where they happened."""
-    import queue
-    import threading
-
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for c in chunks:
-                while not stop.is_set():
-                    try:
-                        q.put(("chunk", c), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(("end", None))
-        except Exception as exc:  # noqa: BLE001 - any failure is handed to the consumer and raised there
-            q.put(("error", exc))
-
-    t = threading.Thread(target=produce, name="visprep-read-ahead", daemon=True)
-    t.start()
-    try:
-        while True:
-            kind, item = q.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(timeout=0.05)
 
 
 def detect_format(path: Path) -> str:

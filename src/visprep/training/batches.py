@@ -25,6 +25,7 @@ same whichever worker or rank makes it, and resuming at batch b (`start_batch=b`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,25 +54,47 @@ class PixelPayload:
         """(n,) payload rows of (product, image) samples; -1 where the shards have none."""
         return self.index.rows_of(product_ids.tolist(), image_ids.tolist())
 
-    def load(self, rows: np.ndarray, allocate: Allocator | None = None) -> np.ndarray:
+    def load(self, rows: np.ndarray, allocate: Allocator | None = None,
+             pool: DecodeThreads | None = None) -> np.ndarray:
         """(n, H, W, 3) uint8 RGB of payload rows, decoded straight into one array from `allocate` (default
-        `np.empty`): no per-image arrays to stack (shards of one split share the profile's size)."""
+        `np.empty`): no per-image arrays to stack (shards of one split share the profile's size). With `pool`, its
+        threads decode slices of the batch side by side (simplejpeg releases the GIL)."""
         import simplejpeg
 
         blobs = [self.index.read(int(r)) for r in rows]
         h, w, _, _ = simplejpeg.decode_jpeg_header(blobs[0])
         out = (allocate or _empty)((len(blobs), h, w, 3), np.uint8)
-        for i, blob in enumerate(blobs):
-            try:
-                simplejpeg.decode_jpeg(blob, colorspace="RGB", buffer=out[i])
-            except ValueError as exc:  # another size than the first image's (or bytes that do not decode)
-                image = simplejpeg.decode_jpeg(blob, colorspace="RGB")
-                if image.shape != out.shape[1:]:
-                    raise ValueError(f"sample {self.index.keys[int(rows[i])]!r} is {image.shape[1]}x"
-                                     f"{image.shape[0]}, the batch's first is {w}x{h}: the split's shards mix "
-                                     "preprocess sizes; rerun `visprep export --force`") from exc
-                out[i] = image
+
+        def decode(span: range) -> None:
+            for i in span:
+                try:
+                    simplejpeg.decode_jpeg(blobs[i], colorspace="RGB", buffer=out[i])
+                except ValueError as exc:  # another size than the first image's (or bytes that do not decode)
+                    image = simplejpeg.decode_jpeg(blobs[i], colorspace="RGB")
+                    if image.shape != out.shape[1:]:
+                        raise ValueError(f"sample {self.index.keys[int(rows[i])]!r} is {image.shape[1]}x"
+                                         f"{image.shape[0]}, the batch's first is {w}x{h}: the split's shards mix "
+                                         "preprocess sizes; rerun `visprep export --force`") from exc
+                    out[i] = image
+
+        if pool is None:
+            decode(range(len(blobs)))
+        else:
+            pool.run_slices(decode, len(blobs))
         return out
+
+
+@dataclass(frozen=True)
+class DecodeThreads:
+    """A thread pool and its size: a batch is cut into `size` slices decoded side by side."""
+
+    executor: ThreadPoolExecutor
+    size: int
+
+    def run_slices(self, fn: Callable[[range], None], n: int) -> None:
+        """Call `fn` on `size` consecutive slices of range(n) in the pool; re-raise the first error."""
+        step = -(-n // self.size)
+        list(self.executor.map(fn, [range(s, min(s + step, n)) for s in range(0, n, step)]))
 
 
 Allocator = Callable[[tuple[int, ...], Any], np.ndarray]
@@ -152,13 +175,14 @@ class TrainingSource:
         negatives: mined negatives by (anchor product, anchor image); None: no negatives returned.
         events: event-linked products by product; None: no event positives returned.
         payload: the images or vectors.
-        first_image: product -> its images in the split (event positives show one of them).
+        images_of: product -> its images in the split (an event positive shows one of them, drawn).
         negatives_per_anchor, event_positives_per_anchor: m and e.
         seed: seed of the draws and of augmentation.
         augment: a `KorniaPolicy`, or None.
         profile: the preprocess profile (float layout).
         layout: "uint8" or "float" (pixels only).
         allocate: where the anchors' image array is made (`SharedAllocator` in DataLoader workers).
+        pool: decoding threads (`iter_batches(threads=...)`).
     """
 
     split: str
@@ -179,6 +203,7 @@ class TrainingSource:
     profile: PreprocessProfile | None = None
     layout: str = "uint8"
     allocate: Allocator | None = None
+    pool: DecodeThreads | None = None
 
     @classmethod
     def from_workspace(cls, ws: Workspace, *, split: str | None = None, payload: str | Payload | None = None,
@@ -198,8 +223,8 @@ class TrainingSource:
                 given the stored plan does not apply and is never used).
 
         Raises:
-            ValueError: the split is the evaluation split, has no items, or the plan's images are missing from
-                the payload (names the first one and the fix).
+            ValueError: the split is the evaluation split, has no items, the stored plan is stale, or the plan's
+                images are missing from the payload (names the first one and the fix).
         """
         from visprep.export.stage import resolve_profile
         from visprep.mining.stage import ann_model_id, product_group_map
@@ -218,6 +243,11 @@ class TrainingSource:
             raise ValueError(f"split {split!r} has no usable images; run `visprep run` first")
         stored: dict[int, pa.Table] = {}
         if use_stored_plan and own_items and ws.has_table("batch_plan"):
+            from visprep.pipeline import is_up_to_date
+
+            if not is_up_to_date(ws, "sample"):
+                raise ValueError(f"{ws.table_path('batch_plan')} is stale: the sampling config or a table it was "
+                                 "planned from changed since; run `visprep run` (or `visprep sample`) first")
             plan = ws.read_table("batch_plan")
             plan = plan.filter(pc.equal(plan.column("split"), split))
             for e in pc.unique(plan.column("epoch")).to_pylist():
@@ -300,12 +330,24 @@ class TrainingSource:
         """Batches in `epoch`."""
         return self.epoch_plan(epoch).num_rows // (self.sampling.p * self.sampling.k)
 
-    def iter_batches(self, epoch: int, *, start_batch: int = 0, reader: int = 0,
-                     readers: int = 1) -> Iterator[dict[str, Any]]:
+    def iter_batches(self, epoch: int, *, start_batch: int = 0, reader: int = 0, readers: int = 1,
+                     threads: int = 0, prefetch: int = 2) -> Iterator[dict[str, Any]]:
         """Yield the batches `start_batch`, ... of `epoch` that fall to `reader` of `readers` (batch b goes to
-        reader b mod readers), as numpy dicts (module docstring)."""
+        reader b mod readers), as numpy dicts (module docstring).
+
+        Args:
+            threads: > 0: decode with that many threads in this process, `prefetch` batches ahead of the consumer
+                (no worker processes, so no hand-off of the pixels through shared memory: docs/training.md).
+        """
         if not 0 <= reader < readers:
             raise ValueError(f"reader {reader} outside [0, {readers})")
+        if threads > 0:
+            from visprep.engines.local import prefetch as read_ahead
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="visprep-decode") as executor:
+                yield from read_ahead(self.with_options(pool=DecodeThreads(executor, threads)).iter_batches(
+                    epoch, start_batch=start_batch, reader=reader, readers=readers), depth=max(1, prefetch))
+            return
         plan = self.epoch_plan(epoch)
         n = self.sampling.p * self.sampling.k
         cols = {c: plan.column(c).to_numpy(zero_copy_only=False) for c in
@@ -415,7 +457,7 @@ class TrainingSource:
             raise ValueError(f"batch {b}: {int((rows < 0).sum())} images are not in the shards; rerun export")
         # Only the anchors' array is handed over as is; negatives are copied into their (N, m) grid.
         direct = stream == 0 and self.augment is None and self.layout == "uint8"
-        images = self.payload.load(rows, self.allocate if direct else None)
+        images = self.payload.load(rows, self.allocate if direct else None, self.pool)
         if self.augment is not None:
             return self._augmented(images, epoch, b, stream)
         return normalize(images, self.profile) if self.layout == "float" else images
@@ -450,10 +492,12 @@ class TrainingBatches(_IterableDataset):  # type: ignore[misc,valid-type]
         epoch: the epoch (`set_epoch` changes it).
         start_batch: resume: the first batch not yet consumed (exact: batches are pure functions of their index).
         rank, world_size: override `torch.distributed`'s.
+        threads: decode with this many threads inside each reader (use with `num_workers=0` to keep the pixels
+            in the training process: docs/training.md, "Speed").
     """
 
     def __init__(self, source: TrainingSource, *, epoch: int = 0, start_batch: int = 0, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, threads: int = 0) -> None:
         if _IterableDataset is object:
             raise ImportError("TrainingBatches needs torch: pip install 'visprep[torch]'")
         super().__init__()
@@ -465,6 +509,7 @@ class TrainingBatches(_IterableDataset):  # type: ignore[misc,valid-type]
         self.epoch = epoch
         self.start_batch = start_batch
         self._rank, self._world_size = rank, world_size
+        self.threads = threads
 
     def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
         """Read `epoch` next (from `start_batch`)."""
@@ -487,7 +532,7 @@ class TrainingBatches(_IterableDataset):  # type: ignore[misc,valid-type]
             shared = SharedAllocator()
             source = source.with_options(allocate=shared)
         for batch in source.iter_batches(self.epoch, start_batch=self.start_batch, reader=reader,
-                                         readers=readers):
+                                         readers=readers, threads=self.threads):
             yield as_tensors(batch, shared)
 
 

@@ -1,6 +1,6 @@
 """`visprep experiment` with the full variant set on a larger real set: does visprep's data make a better model?
 
-    PYTHONPATH=src python benchmarks/bench_experiment.py [--quick] [--products N] [--reuse]
+    PYTHONPATH=src python benchmarks/bench_experiment.py [--quick] [--products N] [--fresh]
 
 The set: Debian's `dataset-fashion-mnist` train photos (real Zalando product images; `apt-get install
 dataset-fashion-mnist`) rendered as catalog products by the demo's source writer (colour-variant families, 1-3
@@ -254,15 +254,15 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--reuse", action="store_true", help="reuse benchmarks/.work/bench_experiment: what it "
-                        "built, or the phases a killed build finished")
+    parser.add_argument("--fresh", action="store_true", help="rebuild benchmarks/.work/bench_experiment (by "
+                        "default a finished build is reused and a killed one resumes after its last finished phase)")
     args = parser.parse_args()
     products = args.products or (2500 if args.quick else 10_000)
     root = WORK / "bench_experiment"
     load_start = load_average()
     built = root / "build.json"
-    if not (args.reuse and built.exists()):
-        if root.exists() and not args.reuse:
+    if args.fresh or not built.exists():
+        if root.exists() and args.fresh:
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
         info = build(root, products, n_queries=150 if args.quick else 500, n_user_photos=300 if args.quick else 1500,

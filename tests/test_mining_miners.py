@@ -201,3 +201,51 @@ def test_auto_search_calibrates_ivf_probes_to_the_recall_target() -> None:
         _, got = index.search(vecs[rows], 11)
         half = [len(set(t.tolist()) & set(g[g != r][:10].tolist())) / 10 for r, t, g in zip(rows, truth, got)]
         assert np.mean(half) < AUTO_RECALL_TARGET + 0.01
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), n_groups=st.integers(1, 25))
+def test_positive_contains_matches_brute_force(seed: int, n: int, n_groups: int) -> None:
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, n_groups, n)
+    pairs = [(int(a), int(b)) for a, b in rng.integers(0, n, (int(rng.integers(0, 3 * n)), 2))]
+    product = np.arange(n)  # one image per product, so pairs link groups directly
+    pos = build_positive_sets(group, product, pairs)
+    rows = rng.integers(0, n, int(rng.integers(1, 20)))
+    cand = rng.integers(-1, n_groups + 2, (len(rows), int(rng.integers(1, 12))))
+    want = np.array([[c >= 0 and c in set(pos.of(int(r)).tolist()) for c in line] for r, line in zip(rows, cand)])
+    np.testing.assert_array_equal(pos.contains(rows, cand), want)
+
+
+def test_a_hub_of_positives_is_mined_in_bounded_blocks_with_the_same_result(monkeypatch) -> None:
+    """A popular product co-viewed with most others: its anchors must skip over thousands of positive images. The
+    search blocks are cut by need and bounded (the whole block once fetched the hub's count for every anchor)."""
+    import visprep.mining.ann as ann
+
+    rng = np.random.default_rng(3)
+    n = 600
+    vecs = l2_normalize(rng.normal(size=(n, 16)).astype(np.float32))
+    group = np.arange(n) // 2
+    product = group.copy()
+    hub = [(0, int(p)) for p in range(1, 250)]  # product 0 is a positive of 249 others
+    pos = build_positive_sets(group, product, hub)
+    s_pos = positive_scores(vecs, group=group, positives=pos)
+
+    def mine() -> tuple[np.ndarray, ...]:
+        r = mine_ann_negatives(vecs, group=group, positives=pos, s_pos=s_pos, k=3, band_max=10, search="exact",
+                               seed=7, keep_band=True)
+        return r.anchor, r.negative, r.score, r.rank, r.band, r.radius
+
+    whole = mine()
+    blocks = ann.search_blocks(np.add.reduceat(np.bincount(group)[pos.groups], pos.indptr[:-1]), n=n, band_max=10,
+                               margin=8, query_batch=4096, max_cells=2000)
+    assert sorted(np.concatenate(blocks).tolist()) == list(range(n)) and len(blocks) > 2
+    monkeypatch.setattr(ann, "MAX_BLOCK_CELLS", 2000)
+    cut = []
+    real = ann.search_blocks
+    monkeypatch.setattr(ann, "search_blocks", lambda *a, **kw: cut.append(real(*a, **kw)) or cut[-1])
+    small = mine()
+    assert len(cut[0]) == len(blocks)
+    for a, b in zip(whole, small):
+        np.testing.assert_array_equal(a, b)
+    assert not np.isin(whole[1][whole[0] < 2], np.arange(2, 500)).any()  # the hub's anchors never get its positives

@@ -575,25 +575,31 @@ def experiment(workspace: WorkspaceOpt = Path("."),
 
 
 def print_experiment(r: Any) -> None:
-    """Print an `ExperimentResult`: one row per variant and metric, differences against frozen and the control."""
-    from visprep.experiment.stage import verdict
+    """Print an `ExperimentResult`: one row per variant (metric means), its control and the nDCG@10 verdict."""
+    from visprep.experiment.stage import METRICS, verdict
 
-    t = Table(title=f"experiment {r.run_id} (95% bootstrap CI over queries; seeds averaged per query)")
-    for col in ("variant", "metric", "value", "CI", "vs frozen", "control", "vs control", "p", "verdict"):
-        t.add_column(col, no_wrap=True)
-    for row in r.rows:
-        if row["status"] != "ok":
+    by = {(row["variant"], row["metric"]): row for row in r.rows if row["status"] == "ok"}
+    t = Table(title=f"experiment {r.run_id}: mean over queries (seeds averaged); difference against the control "
+                    "with its 95% bootstrap CI")
+    t.add_column("variant", no_wrap=True)
+    for m in METRICS:
+        t.add_column(m, justify="right")
+    for col in ("control", "nDCG@10 vs control", "verdict"):
+        t.add_column(col)
+    for variant in dict.fromkeys(row["variant"] for row in r.rows):
+        if (variant, METRICS[0]) not in by:
             continue
-        d = row["diff_vs_control"]
-        t.add_row(row["variant"], row["metric"], f"{row['value']:.4f}", f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]",
-                  "" if row["diff_vs_frozen"] is None else f"{row['diff_vs_frozen']:+.4f}", row["control"] or "",
-                  "" if d is None else f"{d:+.4f} [{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}]",
-                  "" if row["p_vs_control"] is None else f"{row['p_vs_control']:.3f}", verdict(row))
+        head = by[(variant, METRICS[0])]
+        d = head["diff_vs_control"]
+        t.add_row(variant, *(f"{by[(variant, m)]['value']:.3f}" for m in METRICS), head["control"] or "",
+                  "" if d is None else f"{d:+.3f} [{head['diff_ci_low']:+.3f}, {head['diff_ci_high']:+.3f}]",
+                  verdict(head))
     console.print(t)
     for row in r.rows:
         if row["status"] == "skipped":
             console.print(f"skipped {row['variant']}: {row['reason']}")
-    console.print(f"report: {r.out_dir / 'results.md'} and chart.png; took {r.seconds:.1f} s")
+    console.print(f"every metric with CIs and p values: {r.out_dir / 'results.md'} (and chart.png); took "
+                  f"{r.seconds:.1f} s")
 
 
 def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:

@@ -219,9 +219,10 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
     group_size = np.bincount(group)
     # Images among an anchor's positives (its own group, self included, plus paired groups).
     pos_images = np.add.reduceat(group_size[positives.groups], positives.indptr[:-1])
-    out_a, out_n, out_s, out_r = [], [], [], []
-    for start in range(0, len(anchors), query_batch):
-        rows = anchors[start : start + query_batch]
+    out_a, out_n, out_s, out_r, out_p = [], [], [], [], []
+    for pos in search_blocks(pos_images[anchors], n=n, band_max=band_max, margin=overfetch_margin,
+                             query_batch=query_batch):
+        rows = anchors[pos]
         fetch = int(min(n, band_max + pos_images[rows].max() + overfetch_margin))
         sims, ids = index.search(vectors[rows], fetch)
         valid = ids >= 0
@@ -240,9 +241,9 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
         counts["anchors_without_positive_score"] += int(np.isnan(s_pos[rows]).sum())
         if keep_band:
             r_band, c_band = np.nonzero(nonpos & (rank <= band_max))
-            band[start + r_band, rank[r_band, c_band] - 1] = ids[r_band, c_band]
+            band[pos[r_band], rank[r_band, c_band] - 1] = ids[r_band, c_band]
             r_last, c_last = np.nonzero(nonpos & (rank == band_max))
-            radius[start + r_last] = sims[r_last, c_last]
+            radius[pos[r_last]] = sims[r_last, c_last]
         # Sample k survivors per anchor uniformly: a pseudo-random key per (anchor, candidate), survivors first.
         pk = pair_keys(seed, item_keys[rows][:, None], item_keys[np.where(valid, ids, 0)])
         order = np.lexsort((pk, ~keep), axis=1)[:, :k]
@@ -256,9 +257,33 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
         out_n.append(ids[r_idx, cols])
         out_s.append(sims[r_idx, cols].astype(np.float32))
         out_r.append(rank[r_idx, cols].astype(np.int32))
+        out_p.append(pos[r_idx])
     counts["kept"] = int(sum(len(a) for a in out_a))
-    return AnnNegatives(np.concatenate(out_a), np.concatenate(out_n), np.concatenate(out_s), np.concatenate(out_r),
-                        counts, radius, band)
+    # Back to the anchors' order (blocks were cut by need); each anchor's rows keep their draw order.
+    back = np.argsort(np.concatenate(out_p), kind="stable")
+    return AnnNegatives(*(np.concatenate(x)[back] for x in (out_a, out_n, out_s, out_r)), counts, radius, band)
+
+
+MAX_BLOCK_CELLS = 1 << 24
+"""Largest (anchors x fetched candidates) search block: bounds the memory of one block (~200 MB of ids, scores
+and masks) even when some anchors have thousands of positive images to skip over."""
+
+
+def search_blocks(need: np.ndarray, *, n: int, band_max: int, margin: int, query_batch: int,
+                  max_cells: int | None = None) -> list[np.ndarray]:
+    """Cut anchors into search blocks: positions into `need` (each anchor's positive images), grouped by need so
+    that one anchor with many positives does not make its whole block fetch as many candidates, each block at
+    most `query_batch` anchors and `max_cells` (anchors x candidates) large (at least one anchor)."""
+    max_cells = max_cells or MAX_BLOCK_CELLS
+    order = np.argsort(need, kind="stable")
+    blocks, i = [], 0
+    while i < len(order):
+        size = min(query_batch, len(order) - i)
+        while size > 1 and size * min(n, band_max + int(need[order[i + size - 1]]) + margin) > max_cells:
+            size = max(1, size // 2)
+        blocks.append(np.sort(order[i : i + size]))
+        i += size
+    return blocks
 
 
 def positive_scores(vectors: np.ndarray, *, group: np.ndarray, positives: PositiveSets, how: str = "mean",

@@ -85,9 +85,24 @@ class PositiveSets:
         return out
 
     def contains(self, rows: np.ndarray, candidate_groups: np.ndarray) -> np.ndarray:
-        """(len(rows), C) bool: is candidate_groups[r, c] a positive group of anchor rows[r]."""
-        pad = self.padded(rows)
-        return (candidate_groups[:, :, None] == pad[:, None, :]).any(axis=2)
+        """(len(rows), C) bool: is candidate_groups[r, c] a positive group of anchor rows[r] (negative codes: no).
+
+        Looks each (row, group) key up among the rows' sorted positive keys: memory O(len(rows) x C) whatever the
+        set sizes (a product co-viewed with a thousand others has a set of a thousand groups).
+        """
+        rows = np.asarray(rows, np.int64)
+        candidate_groups = np.asarray(candidate_groups, np.int64)
+        lens = self.indptr[rows + 1] - self.indptr[rows]
+        total = int(lens.sum())
+        take = np.repeat(self.indptr[rows], lens) + (np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens))
+        width = int(max(self.groups.max(initial=0), candidate_groups.max(initial=0))) + 1
+        # Rows ascend and each row's groups are sorted, so the keys are sorted.
+        keys = np.repeat(np.arange(len(rows), dtype=np.int64), lens) * width + self.groups[take]
+        wanted = np.arange(len(rows), dtype=np.int64)[:, None] * width + candidate_groups
+        if not len(keys):
+            return np.zeros(candidate_groups.shape, bool)
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        return (keys[at] == wanted) & (candidate_groups >= 0)
 
 
 def build_positive_sets(group: np.ndarray, product: np.ndarray,

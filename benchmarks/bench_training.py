@@ -71,7 +71,7 @@ def measure(root: Path, repeats: int) -> dict:
     src = TrainingSource.from_workspace(ws, negatives_per_anchor=0)
     aug = TrainingSource.from_workspace(ws, negatives_per_anchor=0, augment=True)
     n_batches = src.num_batches(0)
-    per_batch = src.sampling.p * src.sampling.k
+    per_batch = src.batch_size()
     delivered = n_batches * per_batch
     plan = src.epoch_plan(0)
     rows = src.payload.rows(plan.column("product_id").to_numpy(zero_copy_only=False),

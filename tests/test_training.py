@@ -229,3 +229,18 @@ def test_threaded_reader_gives_the_same_batches(ws: Workspace) -> None:
     np.testing.assert_array_equal(resumed[0]["images"], plain[2]["images"])
     loader = torch.utils.data.DataLoader(TrainingBatches(src, threads=2), batch_size=None, num_workers=0)
     assert [int(b["batch"]) for b in loader] == [b["batch"] for b in plain]
+
+
+def test_a_split_with_fewer_groups_than_p_gets_smaller_whole_batches(tmp_path) -> None:
+    small = Workspace(tmp_path / "ws")
+    small.root.mkdir()
+    small.config_path.write_text(CONFIG.replace("p = 6\nk = 3", "p = 500\nk = 2"))
+    src = write_demo_sources(tmp_path / "src", n_products=30, seed=1)
+    run_pipeline(small, src.catalog_files)
+    run = small.last_run("sample")
+    p = run["counts"]["train.p"]
+    assert 2 <= p < 500 and any("fewer than sampling.p" in n for n in run["notes"])
+    source = TrainingSource.from_workspace(small, negatives_per_anchor=1)
+    assert source.batch_size() == p * 2
+    for b in source.iter_batches(0):
+        assert len(b["image_id"]) == p * 2 and len(set(b["labels"].tolist())) == p

@@ -72,7 +72,7 @@ def train_head(source: TrainingSource, *, structure: str, steps: int, hidden: in
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     norm = torch.nn.functional.normalize
     losses: list[float] = []
-    n = source.sampling.p * source.sampling.k
+    n = source.batch_size()
     if structure == "pairs":
         # The same budget of anchor and positive embeddings per step as a P x K batch (n), and as many random
         # negatives per anchor as the variants with mined negatives add (at least one).

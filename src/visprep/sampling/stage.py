@@ -69,12 +69,18 @@ def split_rows(ws: Workspace, items: MiningItems, split: str) -> tuple[np.ndarra
     return rows, weight, cat_code
 
 
+def classes_per_batch(items: MiningItems, rows: np.ndarray, cfg: SamplingConfig) -> int:
+    """P for a split: `sampling.p`, or the split's number of product groups when it has fewer (a small catalog
+    still gets whole batches; the sample stage notes it). At least 2."""
+    return max(2, min(cfg.p, len(np.unique(items.group[rows]))))
+
+
 def plan_table(items: MiningItems, split: str, epoch: int, planned: tuple[np.ndarray, np.ndarray, np.ndarray],
                cfg: SamplingConfig) -> pa.Table:
     """The `batch_plan` rows of one split and epoch (`planned` from `split_rows`): epoch e is drawn with seed + e,
     so any epoch can be planned again, identically, without the others."""
     rows, weight, cat_code = planned
-    plan = plan_epoch(items.product[rows], items.group[rows], cat_code, p=cfg.p, k=cfg.k,
+    plan = plan_epoch(items.product[rows], items.group[rows], cat_code, p=classes_per_batch(items, rows, cfg), k=cfg.k,
                       temperature=cfg.temperature, weight=weight, rng=np.random.default_rng(cfg.seed + epoch))
     b, c, s = np.indices(plan.item.shape)
     local = plan.item.reshape(-1)
@@ -122,10 +128,15 @@ def sample_stage(ws: Workspace) -> dict[str, int]:
             if len(planned[0]) == 0:
                 run.notes.append(f"split {split!r}: no usable images")
                 continue
+            p = classes_per_batch(items, planned[0], cfg)
+            if p < cfg.p:
+                run.notes.append(f"split {split!r} has {p} product groups, fewer than sampling.p = {cfg.p}: its "
+                                 f"batches hold {p} classes")
+            counts[f"{split}.p"] = p
             for epoch in range(cfg.epochs):
                 table = plan_table(items, split, epoch, planned, cfg)
                 tables.append(table)
-                counts[f"{split}.epoch{epoch}.batches"] = int(table.num_rows // (cfg.p * cfg.k))
+                counts[f"{split}.epoch{epoch}.batches"] = int(table.num_rows // (p * cfg.k))
                 counts[f"{split}.epoch{epoch}.repeats"] = int(np.sum(table.column("repeat").to_numpy(
                     zero_copy_only=False)))
                 counts[f"{split}.epoch{epoch}.same_image_slots"] = same_image_slots(table, cfg.k)

@@ -326,9 +326,15 @@ class TrainingSource:
             return self.stored[epoch]
         return plan_table(self.items, self.split, epoch, self.planned, self.sampling)
 
+    def batch_size(self, epoch: int = 0) -> int:
+        """Slots per batch, P x K (P is fewer than `sampling.p` on a split with fewer product groups)."""
+        plan = self.epoch_plan(epoch)
+        p = int(pc.max(plan.column("class_index")).as_py() or 0) + 1 if plan.num_rows else self.sampling.p
+        return p * self.sampling.k
+
     def num_batches(self, epoch: int) -> int:
         """Batches in `epoch`."""
-        return self.epoch_plan(epoch).num_rows // (self.sampling.p * self.sampling.k)
+        return self.epoch_plan(epoch).num_rows // self.batch_size(epoch)
 
     def iter_batches(self, epoch: int, *, start_batch: int = 0, reader: int = 0, readers: int = 1,
                      threads: int = 0, prefetch: int = 2) -> Iterator[dict[str, Any]]:
@@ -349,7 +355,7 @@ class TrainingSource:
                     epoch, start_batch=start_batch, reader=reader, readers=readers), depth=max(1, prefetch))
             return
         plan = self.epoch_plan(epoch)
-        n = self.sampling.p * self.sampling.k
+        n = self.batch_size(epoch)
         cols = {c: plan.column(c).to_numpy(zero_copy_only=False) for c in
                 ("batch", "class_index", "image_id", "product_id", "group_id", "weight", "repeat")}
         if plan.num_rows % n or (plan.num_rows and cols["batch"][-1] != plan.num_rows // n - 1):

@@ -326,15 +326,16 @@ class TrainingSource:
             return self.stored[epoch]
         return plan_table(self.items, self.split, epoch, self.planned, self.sampling)
 
-    def batch_size(self, epoch: int = 0) -> int:
-        """Slots per batch, P x K (P is fewer than `sampling.p` on a split with fewer product groups)."""
-        plan = self.epoch_plan(epoch)
-        p = int(pc.max(plan.column("class_index")).as_py() or 0) + 1 if plan.num_rows else self.sampling.p
-        return p * self.sampling.k
+    def batch_size(self) -> int:
+        """Slots per batch, P x K, with the planner's own P (fewer than `sampling.p` on a split with fewer product
+        groups); a stored plan has it too, since a plan planned under other settings is refused as stale."""
+        from visprep.sampling.stage import classes_per_batch
+
+        return classes_per_batch(self.items, self.planned[0], self.sampling) * self.sampling.k
 
     def num_batches(self, epoch: int) -> int:
         """Batches in `epoch`."""
-        return self.epoch_plan(epoch).num_rows // self.batch_size(epoch)
+        return self.epoch_plan(epoch).num_rows // self.batch_size()
 
     def iter_batches(self, epoch: int, *, start_batch: int = 0, reader: int = 0, readers: int = 1,
                      threads: int = 0, prefetch: int = 2) -> Iterator[dict[str, Any]]:
@@ -355,7 +356,7 @@ class TrainingSource:
                     epoch, start_batch=start_batch, reader=reader, readers=readers), depth=max(1, prefetch))
             return
         plan = self.epoch_plan(epoch)
-        n = self.batch_size(epoch)
+        n = self.batch_size()
         cols = {c: plan.column(c).to_numpy(zero_copy_only=False) for c in
                 ("batch", "class_index", "image_id", "product_id", "group_id", "weight", "repeat")}
         if plan.num_rows % n or (plan.num_rows and cols["batch"][-1] != plan.num_rows // n - 1):

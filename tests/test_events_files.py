@@ -22,6 +22,7 @@ from visprep.events.checkpoint import EventLog, part_bucket
 from visprep.events.pairs import pair_groups
 from visprep.events.simulate import SimConfig, simulate
 from visprep.events.stage import ingest_event_files
+from visprep.cli import EXIT_BUSY
 from visprep.workspace import Workspace, WorkspaceLocked
 
 
@@ -327,19 +328,19 @@ def test_second_writer_gets_a_clear_error_and_a_killed_holder_leaves_a_stale_loc
     f = _jsonl(tmp_path / "a.jsonl", [_ev("e1", "view", product_id="p1")])
     ws = Workspace(tmp_path / "ws")
     code = ("import sys, time; from visprep.workspace import Workspace\n"
-            "with Workspace(sys.argv[1]).lock('events'):\n    print('locked', flush=True); time.sleep(120)")
+            "with Workspace(sys.argv[1]).writer('events'):\n    print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(ws.root)], stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
         with pytest.raises(WorkspaceLocked, match=f'busy.*"pid": {holder.pid}'):
             ingest_event_files(ws, [f])
         out = CliRunner().invoke(app, ["events", "-w", str(ws.root), "--from", str(f)])
-        assert out.exit_code == 1 and "busy" in out.output
+        assert out.exit_code == EXIT_BUSY and "busy" in out.output
         assert not ws.has_table("events")
     finally:
         holder.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
         holder.wait()
-    assert (ws.root / "locks" / "events.lock").exists()
+    assert ws.lock_path.exists()
     assert ingest_event_files(ws, [f]).events_new == 1  # the stale lock is taken over
 
 

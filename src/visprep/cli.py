@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect as pyinspect  # `inspect` is also a command below
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,13 +19,44 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from visprep.config import VisprepConfig, render_config
-from visprep.workspace import Workspace
+from visprep.workspace import Workspace, WorkspaceLocked
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prepare training and evaluation data for visual-search embedding models.")
 console = Console()
 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.", file_okay=False)]
+
+
+WaitOpt = Annotated[bool, typer.Option("--wait", help="If another visprep command is writing this workspace, wait "
+                                                      "for it to finish instead of stopping.")]
+EXIT_BUSY = 75  # EX_TEMPFAIL: the workspace is busy; try again later (or pass --wait)
+
+
+def writes(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a command take the workspace's writer lock at its start and add `--wait`; a busy workspace exits 75."""
+    sig = pyinspect.signature(fn, eval_str=True)
+    wait_param = pyinspect.Parameter("wait", pyinspect.Parameter.KEYWORD_ONLY, default=False, annotation=WaitOpt)
+    name = fn.__name__.replace("_", "-")
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        wait = kwargs.pop("wait", False)
+        ws = Workspace(kwargs.get("workspace", Path(".")))
+        with ExitStack() as stack:
+            holder = ws.holder() if wait else None
+            if holder:
+                console.print(f"waiting for the visprep writer of {ws.root} to finish: {json.dumps(holder)}")
+            try:
+                stack.enter_context(ws.writer(name, wait_s=math.inf if wait else None))
+            except WorkspaceLocked as exc:
+                console.print(f"[red]error:[/red] {exc}")
+                raise typer.Exit(EXIT_BUSY) from exc
+            return fn(*args, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=[*sig.parameters.values(), wait_param])  # type: ignore[attr-defined]
+    command.__annotations__ = {**fn.__annotations__, "wait": WaitOpt}
+    return command
 
 
 @contextmanager
@@ -59,6 +93,7 @@ def _fail(exc: Exception) -> None:
 
 
 @app.command()
+@writes
 def init(workspace: WorkspaceOpt = Path("."), force: Annotated[bool, typer.Option(help="Overwrite.")] = False) -> None:
     """Write `visprep.toml` with every default, commented."""
     ws = Workspace(workspace)
@@ -71,6 +106,7 @@ def init(workspace: WorkspaceOpt = Path("."), force: Annotated[bool, typer.Optio
 
 
 @app.command()
+@writes
 def catalog(files: Annotated[list[Path], typer.Argument(help="Catalog files: CSV, JSONL or Parquet.")],
             workspace: WorkspaceOpt = Path(".")) -> None:
     """Ingest product catalog files; bad rows go to the quarantine table."""
@@ -88,6 +124,7 @@ def catalog(files: Annotated[list[Path], typer.Argument(help="Catalog files: CSV
 
 
 @app.command()
+@writes
 def fetch(workspace: WorkspaceOpt = Path("."),
           limit: Annotated[Optional[int], typer.Option(help="Fetch at most this many URLs.")] = None) -> None:
     """Fetch every image not yet in the store (resumable)."""
@@ -100,6 +137,7 @@ def fetch(workspace: WorkspaceOpt = Path("."),
 
 
 @app.command()
+@writes
 def inspect(workspace: WorkspaceOpt = Path(".")) -> None:
     """Decode each stored image once: size, format, EXIF orientation, pHash, blur, near-duplicate signature."""
     from visprep.images.stage import inspect_stage
@@ -113,6 +151,7 @@ def inspect(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def split(workspace: WorkspaceOpt = Path(".")) -> None:
     """Assign products to splits by a hash of their group."""
     from visprep.split.stage import split_stage
@@ -121,6 +160,7 @@ def split(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def pairs(workspace: WorkspaceOpt = Path(".")) -> None:
     """Build training pairs (same product, image-title) and other-category negatives."""
     from visprep.pairs.stage import pairs_stage
@@ -134,6 +174,7 @@ def pairs(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def export(workspace: WorkspaceOpt = Path(".")) -> None:
     """Write WebDataset shards and a manifest per split."""
     from visprep.export.stage import export_stage
@@ -145,6 +186,7 @@ def export(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def run(files: Annotated[Optional[list[Path]], typer.Argument(help="Catalog files to ingest first.")] = None,
         workspace: WorkspaceOpt = Path("."),
         force: Annotated[bool, typer.Option(help="Rerun table stages even when up to date.")] = False) -> None:
@@ -159,6 +201,7 @@ def run(files: Annotated[Optional[list[Path]], typer.Argument(help="Catalog file
 
 
 @app.command()
+@writes
 def demo(workspace: WorkspaceOpt = Path("."),
          products: Annotated[int, typer.Option(help="Fashion-MNIST products in the demo catalog.")] = 2400,
          fresh: Annotated[bool, typer.Option(help="Delete the workspace first.")] = False,
@@ -205,6 +248,7 @@ def demo(workspace: WorkspaceOpt = Path("."),
 
 
 @app.command()
+@writes
 def events(workspace: WorkspaceOpt = Path("."),
            from_files: Annotated[Optional[list[Path]], typer.Option(
                "--from", help="Event files (JSON lines or Parquet); repeat for several.")] = None,
@@ -241,6 +285,7 @@ def events(workspace: WorkspaceOpt = Path("."),
 
 
 @app.command()
+@writes
 def labels(files: Annotated[list[Path], typer.Argument(help="Rater files: CSV, JSONL or Parquet.")],
            workspace: WorkspaceOpt = Path("."),
            export: Annotated[Optional[Path], typer.Option(help="Also write TREC qrels + Parquet here.")] = None) -> None:
@@ -326,6 +371,7 @@ def print_evaluation(ws: Workspace, r: Any, *, by_category: bool = False) -> Non
 
 
 @app.command()
+@writes
 def embed(workspace: WorkspaceOpt = Path("."),
           model: Annotated[Optional[str], typer.Option(help="Registered embedder name (default: [embed] model).")]
           = None) -> None:
@@ -347,6 +393,7 @@ def embed(workspace: WorkspaceOpt = Path("."),
 
 
 @app.command()
+@writes
 def mine(workspace: WorkspaceOpt = Path(".")) -> None:
     """Mine negatives (random, brand, skip-above, ANN hard negatives behind the false-negative guard)."""
     from visprep.mining.stage import mine_stage
@@ -360,6 +407,7 @@ def mine(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def sample(workspace: WorkspaceOpt = Path(".")) -> None:
     """Plan P x K batches (table batch_plan), stratified by category, no product group twice per batch."""
     from visprep.sampling.stage import sample_stage
@@ -375,6 +423,7 @@ def sample(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def queries(files: Annotated[list[str], typer.Argument(help="Photo paths or URLs, or CSV/JSONL files listing them "
                                                             "(column source, url, path or image).")],
             workspace: WorkspaceOpt = Path(".")) -> None:
@@ -392,6 +441,7 @@ def queries(files: Annotated[list[str], typer.Argument(help="Photo paths or URLs
 
 
 @app.command("queries-calibrate-blur")
+@writes
 def queries_calibrate_blur(
         sharp: Annotated[list[Path], typer.Option("--sharp", help="Sharp example photos or folders of them.")],
         blurred: Annotated[list[Path], typer.Option("--blurred", help="Too-blurred example photos or folders.")],
@@ -416,6 +466,7 @@ def queries_calibrate_blur(
 
 
 @app.command("augment-preview")
+@writes
 def augment_preview(image: Annotated[Path, typer.Argument(help="An image file to augment.")],
                     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
                         "augment-preview.png"),
@@ -444,6 +495,7 @@ def augment_preview(image: Annotated[Path, typer.Argument(help="An image file to
 
 
 @app.command()
+@writes
 def synth(workspace: WorkspaceOpt = Path(".")) -> None:
     """Make synthetic views of train-split products (background, framing; colour variants as new products)."""
     from visprep.images.stage import inspect_stage
@@ -465,6 +517,7 @@ def synth(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def dedup(workspace: WorkspaceOpt = Path(".")) -> None:
     """Group near-duplicate products (content hash, crop/border-tolerant pHash, title similarity, dedup.rule,
     colour and brand vetoes)."""
@@ -479,6 +532,7 @@ def dedup(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def quality(workspace: WorkspaceOpt = Path("."),
             embeddings: Annotated[Optional[Path], typer.Option(help="(id, vector) Parquet; default: quality."
                                                                      "embeddings, else the feature store.")] = None
@@ -495,6 +549,7 @@ def quality(workspace: WorkspaceOpt = Path("."),
 
 
 @app.command()
+@writes
 def popularity(workspace: WorkspaceOpt = Path(".")) -> None:
     """Per-product exposure, re-sampling weights and logQ (tables/popularity); concentration before/after."""
     from visprep.quality.popularity import popularity_stage
@@ -509,6 +564,7 @@ def popularity(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def shift(workspace: WorkspaceOpt = Path(".")) -> None:
     """Catalog vs user-photo shift (domain-classifier AUC, feature drift, verdict); mix linked user photos into
     tables/user_pairs."""
@@ -539,6 +595,7 @@ def _print_mix(m: dict[str, Any]) -> None:
 
 
 @app.command()
+@writes
 def mix(workspace: WorkspaceOpt = Path(".")) -> None:
     """Mix user photos linked to products by visual-search interactions into tables/user_pairs
     (quality.user_mix_fraction; 0 empties it)."""
@@ -554,6 +611,7 @@ def mix(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+@writes
 def experiment(workspace: WorkspaceOpt = Path("."),
                variants: Annotated[Optional[str], typer.Option(
                    help="Comma-separated variants (default [experiment] variants); frozen, in_batch and each "

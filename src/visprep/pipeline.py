@@ -133,6 +133,14 @@ def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, for
     A stage that did not run reports "up to date"; `report["seconds"]` holds seconds per stage (all passes) and
     `report["passes"]` how many passes it took.
     """
+    # One writer for the whole run, not per stage: another writer slipping in between two stages would leave this
+    # run's later stages reading a mix of both.
+    with ws.writer("run"):
+        return _run_pipeline(ws, catalog_files, force=force, progress=progress)
+
+
+def _run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path], *, force: bool,
+                  progress: ProgressFactory | None) -> dict[str, Any]:
     from visprep.catalog.stage import ingest_catalog
 
     enabled = set(ws.config.pipeline.stages)

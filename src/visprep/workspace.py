@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -292,8 +293,17 @@ class Workspace:
 
     # --- runs -------------------------------------------------------------------------------------------
     @contextmanager
-    def run(self, stage: str, params: Mapping[str, Any]) -> Iterator[RunRecord]:
-        """Record a stage run in `runs/<run_id>.json`: written at start (running) and at the end (ok/failed)."""
+    def run(self, stage: str, params: Mapping[str, Any], *, lock: bool = True) -> Iterator[RunRecord]:
+        """Record a stage run in `runs/<run_id>.json`: written at start (running) and at the end (ok/failed).
+
+        The run holds the workspace's writer lock (`writer`) unless `lock` is False: only stages that write nothing
+        another stage reads (evaluate's own result parts) run beside a writer.
+        """
+        if lock:
+            with self.writer(stage):
+                with self.run(stage, params, lock=False) as record:
+                    yield record
+            return
         now = utcnow()
         run_id = f"{now:%Y%m%dT%H%M%S}-{stage}-{secrets.token_hex(3)}"
         record = RunRecord(stage=stage, run_id=run_id, params=dict(params), started_at=now.isoformat())
@@ -362,22 +372,45 @@ class Workspace:
             elif path.exists():
                 path.unlink()
 
-    # --- writer locks (issue 3) ---
+    # --- the writer lock (issues 3, 15) ---
+    @property
+    def lock_path(self) -> Path:
+        """The workspace's writer lock file, `locks/workspace.lock`."""
+        return self.root / "locks" / "workspace.lock"
+
     @contextmanager
-    def lock(self, name: str) -> Iterator[Path]:
-        """Hold the writer lock `locks/<name>.lock` for the block, or raise `WorkspaceLocked` naming its holder."""
-        with file_lock(self.root / "locks" / f"{name}.lock", busy=f"workspace {self.root}",
-                       writer=f"'{name}' run") as path:
+    def writer(self, command: str, *, wait_s: float | None = None) -> Iterator[Path]:
+        """Hold the workspace's one writer lock for the block (re-entrant within a process).
+
+        Every stage run takes it (`run`), and so does every writing CLI command at its start, so a second writer is
+        refused at once with `WorkspaceLocked` naming the holder (pid, host, command, since). `wait_s` waits that
+        long for the holder to finish instead (`math.inf`: as long as it takes). Readers never take it: tables are
+        replaced atomically, so a reader sees the old or the new version of each table.
+        """
+        with file_lock(self.lock_path, busy=f"workspace {self.root}", writer="visprep writer", command=command,
+                       wait_s=wait_s) as path:
             yield path
+
+    def holder(self) -> dict[str, Any] | None:
+        """Return who holds the writer lock now (pid, host, command, since), or None when nobody does."""
+        return lock_holder(self.lock_path)
+
+
+# Locks this process holds: path -> [fd, depth, pid]. A process re-entering a lock it holds (the CLI command, then
+# the pipeline, then each stage run) must not deadlock on its own flock, which is per open file, not per process.
+_HELD: dict[str, list[int]] = {}
+_HELD_GUARD = threading.Lock()
 
 
 @contextmanager
-def file_lock(path: Path, *, busy: str, writer: str) -> Iterator[Path]:
+def file_lock(path: Path, *, busy: str, writer: str, command: str | None = None,
+              wait_s: float | None = None) -> Iterator[Path]:
     """Hold an exclusive OS file lock on `path` for the block, or raise `WorkspaceLocked` naming the live holder.
 
-    The lock is an OS file lock (flock) on a file that records pid, host and start time: the kernel drops it when
-    the holder exits or is killed (-9 included), so a lock file left behind is stale and taken over. `busy` and
-    `writer` word the error: "<busy> is busy: another <writer> holds <path> (<holder>)".
+    The lock is an OS file lock (flock) on a file that records pid, host, command and start time: the kernel drops
+    it when the holder exits or is killed (-9 included), so a lock file left behind is stale and taken over. The
+    same process may re-enter it. `busy` and `writer` word the error: "<busy> is busy: another <writer> holds
+    <path> (<holder>)". `wait_s` polls that long for the holder to leave before raising.
     """
     try:
         import fcntl
@@ -385,29 +418,94 @@ def file_lock(path: Path, *, busy: str, writer: str) -> Iterator[Path]:
         yield path
         return
     import socket
+    import sys
+
+    key = str(path)
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None and held[2] == os.getpid():
+            held[1] += 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield path
+        finally:
+            with _HELD_GUARD:
+                _HELD[key][1] -= 1
+        return
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        holder = path.read_text(errors="replace").strip() or "{}"
-        raise WorkspaceLocked(f"{busy} is busy: another {writer} holds {path} ({holder}); wait for it to finish"
-                              ) from None
+    deadline = None if not wait_s else time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if deadline is None or time.monotonic() >= deadline:
+                os.close(fd)
+                holder = lock_holder(path) or {}
+                shown = json.dumps(holder, sort_keys=True) if holder else "holder unknown"
+                raise WorkspaceLocked(f"{busy} is busy: another {writer} holds {path} ({shown}); wait for it to "
+                                      "finish, or pass --wait to queue behind it", holder=holder) from None
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    with _HELD_GUARD:
+        _HELD[key] = [fd, 1, os.getpid()]
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "command": command or " ".join(sys.argv)[:200],
                                   "since": utcnow().isoformat()}).encode(), 0)
         yield path
     finally:
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
         os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
+def lock_holder(path: Path) -> dict[str, Any] | None:
+    """Return the holder a lock file records, or None when the lock is free (a record left by a dead holder is stale)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    if not path.exists():
+        return None
+    with _HELD_GUARD:
+        held = _HELD.get(str(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if held is None or held[2] != os.getpid():
+            try:
+                # A shared lock is granted only when no writer holds the exclusive one.
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+            except BlockingIOError:
+                pass
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    try:
+        found = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        found = {"record": text[:200]}
+    return found if isinstance(found, dict) else {"record": str(found)[:200]}
+
+
 class WorkspaceLocked(BlockingIOError):
-    """Another live process holds a writer lock (of a workspace stage, or of a split's shard folder)."""
+    """Another live process holds a writer lock (of the workspace, or of a split's shard folder)."""
+
+    def __init__(self, message: str, *, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _safe_part(key: str) -> str:

@@ -147,8 +147,9 @@ def evaluate_stage(ws: Workspace, *, model: str, embeddings: str | Path | None =
     src = Path(embeddings) if embeddings is not None else features_path(ws.root, model)
     res = EvaluateResult(model=model, baseline=baseline)
     qrels = load_qrels(ws)
+    # A reader: its result parts are its own (one per model and run), so it never waits for a pipeline run.
     with ws.run("evaluate", {**section_params(ws.config, "evaluate"), "model": model, "embeddings": str(src),
-                             "baseline": baseline}) as run:
+                             "baseline": baseline}, lock=False) as run:
         run.inputs = {"eval_qrels": ws.table_fingerprint("eval_qrels")}
         res.run_id = run.run_id
         for counts in judged_counts(qrels).values():

@@ -79,8 +79,8 @@ def _crasher(point: str | None) -> Callable[[str], None] | None:
 
 @contextmanager
 def _session(ws: Workspace, params: dict[str, Any]) -> Iterator[tuple[EventLog, Any, RunRecord, EventsResult]]:
-    """Hold the workspace's events lock, recover the log, open DuckDB and a run record."""
-    with ws.lock("events"):
+    """Hold the workspace's writer lock, recover the log, open DuckDB and a run record."""
+    with ws.writer("events"):
         result = EventsResult()
         log = EventLog(ws)
         result.recovered_parts = log.recover()
@@ -185,7 +185,7 @@ def ingest_kafka(ws: Workspace, *, bootstrap: str, topic: str, group: str = "vis
 
 def build_interaction_pairs(ws: Workspace) -> PairsReport:
     """Recompute `interaction_pairs` from the committed events (whatever the log says)."""
-    with ws.lock("events"):
+    with ws.writer("events"):
         log = EventLog(ws)
         log.recover()
         cfg = ws.config.events

@@ -23,8 +23,11 @@ def produced(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> 
     ev, _ = simulate(SimConfig(searches=300, duplicate_rate=0.03, seed=5))
     rows = ev.to_pylist()
     conflict = {**rows[0], "user_id": "u-other"}  # the first event's id again, with another user: quarantined
+    # Not UTF-8: refused as invalid_utf8 naming the field, from Kafka as from a file (never U+FFFD-replaced).
+    bad_utf8 = json.dumps({**rows[1], "event_id": "bad-utf8", "user_id": "cafXX"}).encode().replace(b"cafXX",
+                                                                                                  b"caf\xe9")
     values = [json.dumps(r).encode() for r in rows] + [b"{oops", b'{"event_id": "x", "type": "view"}',
-                                                       json.dumps(conflict).encode()]
+                                                       json.dumps(conflict).encode(), bad_utf8]
     kafka_broker.create_topic(TOPIC, partitions=2)
     kafka_broker.produce(TOPIC, values)
     path = tmp_path_factory.mktemp("kafka") / "same.jsonl"
@@ -54,8 +57,10 @@ def test_topic_ingest_matches_file_ingest_and_resumes(produced: tuple[Broker, Pa
     broker, same = produced
     ws = _ws(tmp_path / "k")
     r = ingest_kafka(ws, bootstrap=broker.bootstrap, topic=TOPIC, group="g-ref", max_seconds=60)
-    assert r.caught_up and r.batches >= 2 and r.quarantined == 3 and r.duplicates > 50
-    assert r.by_reason["conflicting_duplicate"] == 1
+    assert r.caught_up and r.batches >= 2 and r.quarantined == 4 and r.duplicates > 50
+    assert r.by_reason["conflicting_duplicate"] == 1 and r.by_reason["invalid_utf8"] == 1
+    bad = [q for q in ws.read_table("quarantine").to_pylist() if q["reason"] == "invalid_utf8"]
+    assert len(bad) == 1 and bad[0]["field"] == "user_id" and "caf\\xe9" in bad[0]["value"], bad
     # The batches' small parts were compacted: one part per day, one id-index file.
     days = {p.name[5:15] for p in ws.table_path("events").glob("part-*.parquet")}
     assert r.compacted > 0 and ws.part_count("events") == len(days) and len(EventLog(ws).id_files()) == 1
@@ -87,6 +92,6 @@ def test_kill_between_output_and_offsets(produced: tuple[Broker, Path], tmp_path
     assert r.caught_up
     assert (r.recovered_parts > 0) == (point == "after_output")
     assert _content(ws) == _content(ref)
-    assert ws.read_table("quarantine").num_rows == 3
+    assert ws.read_table("quarantine").num_rows == 4
     total = EventLog(ws).events_committed()
     assert total == ws.read_table("events").num_rows  # every event counted once over all batches

@@ -34,17 +34,23 @@ def test_bare_local_path(fetcher: Fetcher, image_file: Path) -> None:
 
 
 def test_missing_file_is_not_found(fetcher: Fetcher, tmp_path: Path) -> None:
-    for url in (str(tmp_path / "nope.jpg"), (tmp_path / "nope.jpg").as_uri(), str(tmp_path)):
+    for url in (str(tmp_path / "nope.jpg"), (tmp_path / "nope.jpg").as_uri()):
         result = fetcher.fetch(url)
         assert result.status == "not_found"
         assert url in result.reason
 
 
-def test_local_html_is_not_image(fetcher: Fetcher, tmp_path: Path) -> None:
+def test_directory_is_refused_before_it_is_opened(fetcher: Fetcher, tmp_path: Path) -> None:
+    result = fetcher.fetch(str(tmp_path))
+    assert result.status == "local_path_refused" and "is a directory" in result.reason
+
+
+def test_local_html_is_not_image_and_not_quoted(fetcher: Fetcher, tmp_path: Path) -> None:
     path = tmp_path / "page.jpg"
     path.write_bytes(HTML_PAGE)
     result = fetcher.fetch(str(path))
-    assert result.status == "not_image" and "<!DOCTYPE" in result.reason
+    assert result.status == "not_image" and "looks like HTML" in result.reason
+    assert "DOCTYPE" not in result.reason and "Not found" not in result.reason
 
 
 def test_local_file_too_large(tmp_path: Path, image_file: Path) -> None:

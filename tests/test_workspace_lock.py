@@ -119,7 +119,7 @@ def test_two_runs_at_once_one_writes_and_the_tables_stay_whole(tmp_path: Path) -
     ws.root.mkdir()
     ws.config_path.write_text(SMALL_RUN)
     cmd = [sys.executable, "-m", "visprep.cli", "run", "-w", str(ws.root), *map(str, src.catalog_files)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}  # one line per message: no wrapping
     go = threading.Barrier(2)
     results: list[subprocess.CompletedProcess] = []
 
@@ -139,7 +139,7 @@ def test_two_runs_at_once_one_writes_and_the_tables_stay_whole(tmp_path: Path) -
     assert codes in ([0, EXIT_BUSY], [0, 0]), [(r.returncode, r.stdout[-500:], r.stderr[-500:]) for r in results]
     if codes == [0, EXIT_BUSY]:
         loser = next(r for r in results if r.returncode == EXIT_BUSY)
-        assert "is busy" in loser.stdout and '"command": "run"' in " ".join(loser.stdout.split())
+        assert "is busy" in loser.stdout and '"command": "run"' in " ".join(loser.stdout.split()), loser.stdout
     images = ws.read_table("images", ["image_id"])
     assert images.num_rows == len(pc.unique(images["image_id"])) > 0
     stored = {p.stem for p in (ws.root / "images").glob("*/*/*.*")}

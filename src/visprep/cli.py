@@ -105,17 +105,22 @@ def init(workspace: WorkspaceOpt = Path("."), force: Annotated[bool, typer.Optio
     console.print(f"wrote {ws.config_path}")
 
 
+AllowRemovalsOpt = Annotated[bool, typer.Option(
+    help="Let a file's new snapshot remove more than catalog.max_removal_share of its products (an emptied or "
+         "truncated export is refused without it).")]
+
+
 @app.command()
 @writes
 def catalog(files: Annotated[list[Path], typer.Argument(help="Catalog files: CSV, JSONL or Parquet.")],
-            workspace: WorkspaceOpt = Path(".")) -> None:
+            workspace: WorkspaceOpt = Path("."), allow_removals: AllowRemovalsOpt = False) -> None:
     """Ingest product catalog files; bad rows go to the quarantine table."""
     from visprep.catalog.stage import ingest_catalog
 
     ws = _open(workspace)
     try:
         with _progress() as bar:
-            r = ingest_catalog(ws, files, progress=bar("catalog"))
+            r = ingest_catalog(ws, files, progress=bar("catalog"), allow_removals=allow_removals)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     console.print(f"rows {r.rows_read}: new {r.new}, changed {r.changed}, unchanged {r.unchanged}, removed "
@@ -189,14 +194,18 @@ def export(workspace: WorkspaceOpt = Path(".")) -> None:
 @writes
 def run(files: Annotated[Optional[list[Path]], typer.Argument(help="Catalog files to ingest first.")] = None,
         workspace: WorkspaceOpt = Path("."),
-        force: Annotated[bool, typer.Option(help="Rerun table stages even when up to date.")] = False) -> None:
+        force: Annotated[bool, typer.Option(help="Rerun table stages even when up to date.")] = False,
+        allow_removals: AllowRemovalsOpt = False) -> None:
     """Run all stages in order, skipping work already done."""
     from visprep.pipeline import run_pipeline
 
     ws = _open(workspace)
     t0 = time.perf_counter()
-    with _progress() as bar:
-        report = run_pipeline(ws, files or [], force=force, progress=bar)
+    try:
+        with _progress() as bar:
+            report = run_pipeline(ws, files or [], force=force, progress=bar, allow_removals=allow_removals)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
     _summary(ws, time.perf_counter() - t0, report)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -9,6 +10,19 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_FILE = "visprep.toml"
+
+
+SPLIT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,63}")
+"""Valid split names: the shard writer's `visprep.export.shards.SPLIT_PATTERN` (tested equal), so a name export would
+refuse (`../../escape`, `a-b`: shards are `<split>-NNNNNN.tar`) is refused at config load, before any stage runs."""
+
+
+def _check_split_names(names: Any) -> Any:
+    for name in [names] if isinstance(names, str) else names:
+        if not isinstance(name, str) or not SPLIT_NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"invalid split name {name!r}: use 1-64 characters from [A-Za-z0-9_], starting with a "
+                             "letter or digit (split names become folder and shard file names)")
+    return names
 
 
 class _Section(BaseModel):
@@ -20,8 +34,17 @@ class CatalogConfig(_Section):
     """How catalog files are read and validated."""
 
     require_category: bool = Field(True, description="Quarantine rows without a category path.")
-    category_separator: str = Field(">", description="Separator between levels of the category taxonomy path.")
+    category_separator: str = Field(">", min_length=1,
+                                    description="Separator between levels of the category taxonomy path.")
     max_images_per_product: int = Field(64, ge=1, description="Rows listing more image URLs are quarantined.")
+    max_field_chars: int = Field(
+        65_536, ge=16, le=1 << 26,
+        description="Longest value of one field (and one column name), characters; a row with a longer one is "
+                    "quarantined (field_too_long). CSV/JSONL readers stop reading a field or line at 64x this.")
+    max_removal_share: float = Field(
+        0.5, ge=0, le=1,
+        description="Refuse a snapshot that would remove more than this share of a known file's products (an empty, "
+                    "header-only or fully refused file); ingest_catalog(allow_removals=True) overrides; 1 disables.")
 
 
 class FetchConfig(_Section):
@@ -41,12 +64,26 @@ class FetchConfig(_Section):
     s3_options: dict[str, Any] | None = Field(None, description="s3fs options for s3:// URLs, e.g. endpoint_url, key, secret.")
     checkpoint_every: int = Field(256, ge=1, description="Results recorded per checkpoint (what a kill can lose).")
     retry_failed: bool = Field(False, description="Retry URLs whose earlier fetch failed.")
+    local_paths: Literal["catalog_dir", "any", "none"] = Field(
+        "catalog_dir", description="Which local paths (plain or file://) a catalog may name: catalog_dir (inside the "
+        "catalog file's folder after resolving symlinks), any (any regular file), none. Special files and "
+        "/proc, /sys, /dev are always refused.")
 
 
 class InspectConfig(_Section):
     """Decoding each stored image once: size, EXIF orientation, pHash, blur."""
 
     max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb limit, pixels (Pillow's default).")
+    # 192 MiB = visprep.images.decode.DEFAULT_MAX_DECODED_BYTES (its docstring says why).
+    max_decoded_bytes: int = Field(
+        192 << 20, ge=1, description="Largest memory one image's decode may take, bytes, worked out from its header "
+                                     "(pixels x channels x bytes per sample at the decode scale, decoder buffers, "
+                                     "the RGB result); larger images are quarantined as decoded_too_large. Also "
+                                     "applies to export.")
+    memory_budget_mb: int = Field(
+        1536, ge=1, description="Memory the decoding worker processes of inspect and export may take together, MiB: "
+                                "fewer workers are started when workers x (160 MiB + 1.25 x max_decoded_bytes) "
+                                "would not fit.")
     workers: int = Field(0, ge=0, description="Worker processes; 0 means one per CPU core.")
     batch_size: int = Field(256, ge=1, description="Images per worker task and per checkpoint.")
 
@@ -77,6 +114,12 @@ class SplitConfig(_Section):
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {v}")
         return v
 
+    @field_validator("fractions")
+    @classmethod
+    def _valid_split_names(cls, v: dict[str, float]) -> dict[str, float]:
+        _check_split_names(list(v))
+        return v
+
 
 class PairsConfig(_Section):
     """Catalog-derived positives and easy negatives."""
@@ -96,6 +139,11 @@ class ExportConfig(_Section):
     max_bytes: int = Field(1 << 30, ge=1024, description="Bytes per shard, at most.")
     splits: list[str] | None = Field(None, description="Splits to export; default all of them.")
     workers: int = Field(0, ge=0, description="Worker processes for preprocessing; 0 means one per core.")
+
+    @field_validator("splits")
+    @classmethod
+    def _valid_split_names(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else _check_split_names(v)
 
 
 # --- events config (issue 3) ---
@@ -158,6 +206,11 @@ class LabelsConfig(_Section):
     pin_min_grade: int = Field(3, ge=0, le=4, description="Products judged at least this grade for an eval "
                                "query are pinned (with their whole group) to the eval split.")
     eval_split: str = Field("eval", description="Name of the split that holds the evaluation products.")
+
+    @field_validator("eval_split")
+    @classmethod
+    def _valid_split_names(cls, v: str) -> str:
+        return _check_split_names(v)
 
     @field_validator("on_conflict")
     @classmethod
@@ -291,6 +344,11 @@ class SamplingConfig(_Section):
     splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits planned.")
     seed: int = Field(0, description="Seed; epoch e uses seed + e.")
 
+    @field_validator("splits")
+    @classmethod
+    def _valid_split_names(cls, v: list[str]) -> list[str]:
+        return _check_split_names(v)
+
 
 # --- queries / augmentation config (issue 7) ---
 
@@ -364,6 +422,11 @@ class TrainingConfig(_Section):
     augment: Literal["none", "policy"] = Field("none", description="policy: apply the [augment] policy (kornia) "
                                                 "to each batch, seeded by (seed, epoch, batch).")
     seed: int = Field(0, description="Seed of the negative and event-positive draws and of augmentation.")
+
+    @field_validator("split")
+    @classmethod
+    def _valid_split_names(cls, v: str) -> str:
+        return _check_split_names(v)
 
 
 class ExperimentConfig(_Section):
@@ -515,6 +578,11 @@ class QualityConfig(_Section):
     user_pair_weight: float = Field(1.0, ge=0, description="Weight of a (user photo, catalog photo) pair.")
     user_mix_splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits that get user-photo "
                                                                                       "pairs (never eval).")
+
+    @field_validator("user_mix_splits")
+    @classmethod
+    def _valid_split_names(cls, v: list[str]) -> list[str]:
+        return _check_split_names(v)
 
     @field_validator("filter_by")
     @classmethod

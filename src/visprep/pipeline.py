@@ -127,20 +127,21 @@ def is_up_to_date(ws: Workspace, stage: str) -> bool:
 
 
 def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, force: bool = False,
-                 progress: ProgressFactory | None = None) -> dict[str, Any]:
+                 progress: ProgressFactory | None = None, allow_removals: bool = False) -> dict[str, Any]:
     """Run every configured stage in order, in passes until nothing changes; return each stage's last result.
 
     A stage that did not run reports "up to date"; `report["seconds"]` holds seconds per stage (all passes) and
-    `report["passes"]` how many passes it took.
+    `report["passes"]` how many passes it took. `allow_removals` lets a catalog snapshot remove more than
+    `catalog.max_removal_share` of a file's products (see `ingest_catalog`).
     """
     # One writer for the whole run, not per stage: another writer slipping in between two stages would leave this
     # run's later stages reading a mix of both.
     with ws.writer("run"):
-        return _run_pipeline(ws, catalog_files, force=force, progress=progress)
+        return _run_pipeline(ws, catalog_files, force=force, progress=progress, allow_removals=allow_removals)
 
 
 def _run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path], *, force: bool,
-                  progress: ProgressFactory | None) -> dict[str, Any]:
+                  progress: ProgressFactory | None, allow_removals: bool) -> dict[str, Any]:
     from visprep.catalog.stage import ingest_catalog
 
     enabled = set(ws.config.pipeline.stages)
@@ -154,7 +155,7 @@ def _run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path], *, force: 
 
     if catalog_files:
         t = time.perf_counter()
-        report["catalog"] = ingest_catalog(ws, catalog_files, progress=bar("catalog"))
+        report["catalog"] = ingest_catalog(ws, catalog_files, progress=bar("catalog"), allow_removals=allow_removals)
         timings["catalog"] = time.perf_counter() - t
     forced: set[str] = set()  # with force, each table stage reruns once, not at each of its places in ORDER
     passes = 0

@@ -38,8 +38,15 @@ class CatalogResult:
 
 
 def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
-                   progress: Callable[[int, int], None] | None = None) -> CatalogResult:
-    """Ingest `files` as the new snapshot of each file: rows no longer in a file remove their products."""
+                   progress: Callable[[int, int], None] | None = None, allow_removals: bool = False) -> CatalogResult:
+    """Ingest `files` as the new snapshot of each file: rows no longer in a file remove their products.
+
+    Raises ValueError, writing nothing, when a file's snapshot would remove more than
+    `catalog.max_removal_share` of the products it had (an emptied, header-only or wholly refused file), unless
+    `allow_removals` is True.
+    """
+    if not isinstance(allow_removals, bool):
+        raise TypeError(f"allow_removals must be True or False, got {allow_removals!r}")
     cfg = ws.config.catalog
     paths = [Path(f).expanduser().resolve() for f in files]
     for p in paths:
@@ -52,12 +59,13 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
         seen: dict[str, list[tuple[Product, str, int]]] = {}
         refused: dict[str, list[QuarantineRecord]] = {str(p): [] for p in paths}
         for path in paths:
-            for raw in read_catalog_file(path):
+            for raw in read_catalog_file(path, max_field_chars=cfg.max_field_chars):
                 result.rows_read += 1
                 if progress and result.rows_read % 1000 == 0:
                     progress(1000, 0)  # total unknown until the files are read
                 checked = validate_row(raw, separator=cfg.category_separator,
-                                       require_category=cfg.require_category, max_images=cfg.max_images_per_product)
+                                       require_category=cfg.require_category, max_images=cfg.max_images_per_product,
+                                       max_field_chars=cfg.max_field_chars)
                 if isinstance(checked, Product):
                     seen.setdefault(checked.row["product_id"], []).append((checked, raw.source, raw.line))
                 else:
@@ -100,6 +108,8 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
             else:
                 result.unchanged += 1
         result.removed = len(removed)
+        _check_removals(old_source, removed, paths, refused, max_share=cfg.max_removal_share,
+                        allow=allow_removals, notes=run.notes)
 
         replaced = pa.array(sorted(set(accepted) | removed), pa.string())
         keep_old = old.filter(pc.invert(pc.is_in(old.column("product_id"), value_set=replaced)))
@@ -154,3 +164,32 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
         }
     return result
 
+
+def _check_removals(old_source: dict[str, str], removed: set[str], paths: Sequence[Path],
+                    refused: dict[str, list[QuarantineRecord]], *, max_share: float, allow: bool,
+                    notes: list[str]) -> None:
+    """Raise before anything is written when a file's snapshot would remove over `max_share` of its products."""
+    had: dict[str, int] = {}
+    for src in old_source.values():
+        had[src] = had.get(src, 0) + 1
+    gone: dict[str, int] = {}
+    for pid in removed:
+        gone[old_source[pid]] = gone.get(old_source[pid], 0) + 1
+    over = []
+    for path in dict.fromkeys(paths):  # a file named twice is one snapshot
+        n, m = had.get(str(path), 0), gone.get(str(path), 0)
+        # A strict ">": with the default 0.5 a 2-product file may lose one, and a 1-product file may not lose it.
+        if n and m / n > max_share:
+            rows = len({r.line for r in refused[str(path)]})
+            over.append(f"{path}: had {n} products, this snapshot would remove {m} ({m / n:.0%}; "
+                        f"{rows} of its rows were quarantined)")
+    if not over:
+        return
+    if allow:
+        notes.extend(f"allowed removal: {o}" for o in over)
+        return
+    raise ValueError(
+        f"refusing a catalog snapshot that removes more than catalog.max_removal_share={max_share:g} of a file's "
+        f"products (an emptied, truncated or wholly refused file?); nothing was written. "
+        + "; ".join(over) + ". Fix the file, or accept the removals with --allow-removals (allow_removals=True)."
+    )

@@ -23,7 +23,7 @@ class DemoEvaluation:
     experiment: ExperimentResult
 
 
-def run_demo_evaluation(ws: Workspace, *, seed: int = 0, n_queries: int = 200, seeds: int = 2,
+def run_demo_evaluation(ws: Workspace, *, seed: int = 0, n_queries: int = 200, seeds: int = 1,
                         steps: int | None = None) -> DemoEvaluation:
     """Build demo judgments, import them, bring the stages up to date with them, and run the experiment's reduced
     variant set (frozen backbone, in-batch head, default-mining head). Call after the pipeline ran."""

@@ -15,6 +15,8 @@ from typing import Any, Self
 
 import pyarrow as pa
 
+from visprep.events.readers import utf8_problem
+
 log = logging.getLogger(__name__)
 
 
@@ -43,13 +45,18 @@ class KafkaBatch:
             idx = [i for i, p in enumerate(self.partitions) if p == part]
             raw = [self.values[i] or b"" for i in idx]
             arr = pa.array(raw, type=pa.binary())
+            columns: dict[str, pa.Array] = {"line": pa.array([self.offsets[i] for i in idx], pa.int64())}
             try:
-                text = arr.cast(pa.string())
+                columns["text"] = arr.cast(pa.string())
             except pa.ArrowInvalid:
-                text = pa.array([v.decode("utf-8", errors="replace") for v in raw], pa.string())
-            yield (f"kafka://{self.topic}/{part}",
-                   pa.table({"line": pa.array([self.offsets[i] for i in idx], pa.int64()), "text": text,
-                             "seq": pa.array(idx, pa.int64())}))
+                # A message that is not UTF-8 is refused like a file's line (`utf8_problem`); the U+FFFD text is
+                # for display only, never parsed.
+                flags = [None if _is_utf8(v) else utf8_problem(v) for v in raw]
+                columns["text"] = pa.array([v.decode("utf-8", errors="replace") for v in raw], pa.string())
+                columns["utf8_problem"] = pa.array([f and f[0] for f in flags], pa.string())
+                columns["utf8_value"] = pa.array([f and f[1] for f in flags], pa.string())
+            columns["seq"] = pa.array(idx, pa.int64())
+            yield f"kafka://{self.topic}/{part}", pa.table(columns)
 
 
 class KafkaBatches:
@@ -147,3 +154,11 @@ class KafkaBatches:
             self.consumer.commit(offsets=tps, asynchronous=False)
         except self._ck.KafkaException as exc:  # the next start seeks to the workspace offsets anyway
             log.warning("group offset commit failed (workspace offsets stand): %s", exc)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False

@@ -4,8 +4,10 @@ Records arrive as JSON lines (Python cuts the bytes into `(line, text)` Arrow ch
 typed Parquet columns (DuckDB reads the file itself, typed columns are used as they are: no text round trip). Both
 land in the temp table `staged` with the same normalised columns plus `problem` (`reason|field`, NULL when valid).
 
-Reasons (the `reason` column of the quarantine table): `malformed_json`, `missing_field`, `unknown_type`,
-`bad_timestamp`, `bad_position`, `unknown_product`. A record is refused under its first problem, in that order.
+Reasons (the `reason` column of the quarantine table): `invalid_utf8` (JSON lines only: the field holding the
+undecodable bytes, shown escaped; never stored with U+FFFD in their place), `malformed_json`, `missing_field`,
+`unknown_type`, `bad_timestamp`, `bad_position`, `unknown_product`. A record is refused under its first problem,
+in that order.
 (`conflicting_duplicate` is decided later, by the batch writer, against the other versions of an event id.)
 """
 
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 
 from visprep.events.checkpoint import content_hash_sql, day_number_sql, user_bucket_sql
 from visprep.events.duck import sql_str
-from visprep.events.readers import EVENT_FIELDS
+from visprep.events.readers import EVENT_FIELDS, UTF8_COLUMNS
 
 EVENT_TYPES = ("search", "impression", "click", "add_to_cart", "purchase", "view")
 #: Types that name a product; types that belong to a query's result list.
@@ -43,6 +45,10 @@ CREATE OR REPLACE TEMP TABLE staged (
     seq BIGINT, source VARCHAR, line BIGINT, event_id VARCHAR, ts TIMESTAMPTZ, user_id VARCHAR,
     session_id VARCHAR, type VARCHAR, query_id VARCHAR, query_image_id VARCHAR, product_id VARCHAR,
     position INTEGER, problem VARCHAR, value VARCHAR, c UBIGINT)"""
+
+
+#: The column kinds `_parts` reads ts and position in; any other type is read as text.
+_TYPED_KINDS = {"ts": ("text", "timestamp", "int", "float"), "position": ("text", "int", "float")}
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -99,8 +105,9 @@ def _parts(kinds: dict[str, str], *, product_check: str) -> dict[str, str]:
     pos_null = "pos_s IS NULL" if pos_kind == "text" else "pos_raw IS NULL"
     del ts_raw, pos_raw
     bad_pos = "(pos_d IS NULL OR pos_d < 1 OR pos_d > 2147483647 OR pos_d <> floor(pos_d))"
+    # parse_error is already `reason|field` (malformed_json, invalid_utf8) when set.
     problem = f"""CASE
-                     WHEN parse_error IS NOT NULL THEN 'malformed_json|'
+                     WHEN parse_error IS NOT NULL THEN parse_error
                      WHEN event_id IS NULL THEN 'missing_field|event_id'
                      WHEN type IS NULL THEN 'missing_field|type'
                      WHEN {ts_null} THEN 'missing_field|ts'
@@ -125,9 +132,10 @@ def _parts(kinds: dict[str, str], *, product_check: str) -> dict[str, str]:
                  AND (type <> 'impression' OR NOT {pos_null})
                  AND ({pos_null} OR NOT {bad_pos})
                  AND NOT {product_check}, false)"""
-    value = f"""CASE split_part(problem, '|', 2)
+    value = f"""CASE WHEN starts_with(problem, 'invalid_utf8|') THEN left(raw, 200)
+                 ELSE CASE split_part(problem, '|', 2)
                  WHEN '' THEN left(raw, 200) WHEN 'type' THEN type WHEN 'ts' THEN {ts_s}
-                 WHEN 'position' THEN {pos_s} WHEN 'product_id' THEN product_id END"""
+                 WHEN 'position' THEN {pos_s} WHEN 'product_id' THEN product_id END END"""
     return {"columns": columns, "problem": problem, "ok": ok, "value": value}
 
 
@@ -188,18 +196,24 @@ def product_check(has_known: bool) -> str:
 def _register_lines(con: Any, lines: pa.Table) -> None:
     if "seq" not in lines.column_names:
         lines = lines.append_column("seq", lines.column("line"))
+    for col in UTF8_COLUMNS:  # chunks not cut by `iter_json_lines` (Kafka polls) carry no UTF-8 flags
+        if col not in lines.column_names:
+            lines = lines.append_column(col, pa.nulls(lines.num_rows, pa.string()))
     # DuckDB scans an Arrow table one record batch per thread: a 32 MB chunk in one batch parses on one core.
     con.register("_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=_PARSE_BATCH_ROWS), lines.schema))
 
 
 #: The parsed form of the registered `_lines` chunk: one row per line, every event field as text.
 _PARSED_LINES = f"""(
-    SELECT seq, line, CASE WHEN ok THEN NULL ELSE 'malformed_json' END AS parse_error, text AS raw,
+    SELECT seq, line, CASE WHEN utf8_problem IS NOT NULL THEN utf8_problem WHEN ok THEN NULL
+                           ELSE 'malformed_json|' END AS parse_error,
+           coalesce(utf8_value, text) AS raw,
            {', '.join(f'r.{f} AS {f}' for f in EVENT_FIELDS)}
-    FROM (SELECT seq, line, text, ok,
+    FROM (SELECT seq, line, text, ok, utf8_problem, utf8_value,
                  CASE WHEN ok THEN json_transform(text, '{_JSON_SCHEMA}') END AS r
-          FROM (SELECT seq, line, text,
-                       CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END AS ok
+          FROM (SELECT seq, line, text, utf8_problem, utf8_value,
+                       CASE WHEN utf8_problem IS NOT NULL THEN false
+                            WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END AS ok
                 FROM _lines)))"""
 
 
@@ -243,15 +257,26 @@ def parquet_source(path: Path, *, parsed: bool = False) -> tuple[str, dict[str, 
     for f in EVENT_FIELDS:
         t = schema.field(f).type if f in schema.names else None
         kinds[f] = _kind(t)
-        cols.append(f'"{f}" AS {f}' if t is not None else f"NULL::VARCHAR AS {f}")
+        if t is None:
+            cols.append(f"NULL::VARCHAR AS {f}")
+        elif kinds[f] == "other" or kinds[f] not in _TYPED_KINDS.get(f, (kinds[f],)):
+            # Booleans, binary, nested, or a type this field is not read in (a timestamp position): validated as
+            # their text, as a JSON line's field is.
+            cols.append(f'CAST("{f}" AS VARCHAR) AS {f}')
+            kinds[f] = "text"
+        else:
+            cols.append(f'"{f}" AS {f}')
     src = (f"(SELECT file_row_number + 1 AS seq, file_row_number + 1 AS line, NULL::VARCHAR AS parse_error, "
            f"NULL::VARCHAR AS raw, {', '.join(cols)} "
            f"FROM read_parquet({sql_str(str(path))}, file_row_number = true))")
-    id_sql = _text('"event_id"', kinds["event_id"]) if "event_id" in schema.names else "NULL::VARCHAR"
+    # The id is read straight from the file (not through `src`), so in the file's own type.
+    id_sql = _text('"event_id"', _kind(schema.field("event_id").type)) if "event_id" in schema.names \
+        else "NULL::VARCHAR"
     return src, kinds, id_sql
 
 
 _DETAIL = {
+    "invalid_utf8": "field {field!r} is not valid UTF-8: {value}",
     "malformed_json": "the line is not a JSON object",
     "missing_field": "required field {field!r} is missing or empty",
     "unknown_type": "type {value!r} is not one of " + ", ".join(EVENT_TYPES),
@@ -264,4 +289,6 @@ _DETAIL = {
 
 def detail(reason: str, field: str | None, value: str | None, source: str, line: int) -> str:
     """The human-readable explanation of a refused record."""
+    if reason == "invalid_utf8" and field is None:
+        return f"{source}:{line}: the line is not valid UTF-8 (nor a JSON object once decoded): {value}"
     return f"{source}:{line}: " + _DETAIL[reason].format(field=field, value=value)

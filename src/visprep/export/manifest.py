@@ -2,18 +2,35 @@
 
 `out_dir/manifest.json` is the only source of truth about which shards are done. A shard tar without a record in
 it (or whose size or sha256 does not match its record) is not done, whatever its name.
+
+Readers do not trust it blindly either: a manifest may come from elsewhere (a copied or downloaded split). File
+names must be plain names inside the split folder, and a shard is hashed against its record before anything of it
+is read (`verify_shard`; once per process while the file is unchanged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import stat
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "visprep.export.shards"
 FORMAT_VERSION = 1
+
+MAX_MEMBER_BYTES = 64 << 20
+"""Default bound on the data of one tar member a reader accepts, checked from the member's header before it is
+read: a 10 KB tar can declare a 400 MB (sparse) member. Preprocessed JPEGs are tens of KB."""
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,8 +88,8 @@ class ShardManifest:
     sample_index: str | None = None
 
     def shard_paths(self, out_dir: Path | str) -> list[Path]:
-        """Return the shard files under `out_dir`, in index order."""
-        return [Path(out_dir) / record.name for record in self.shards]
+        """Return the shard files under `out_dir`, in index order (each checked by `shard_path`)."""
+        return [self.shard_path(out_dir, record) for record in self.shards]
 
     def locate(self, position: int) -> tuple[ShardRecord, int]:
         """Map a position in the split's write order to (shard record, offset of the sample inside that shard).
@@ -122,7 +139,9 @@ class ShardManifest:
         if version != FORMAT_VERSION:
             raise ValueError(f"{source}: unsupported format_version {version!r}; this reader knows {FORMAT_VERSION}")
         try:
-            shards = tuple(ShardRecord(**record) for record in doc["shards"])
+            if not isinstance(doc["shards"], list):
+                raise TypeError(f"shards must be a list, got {type(doc['shards']).__name__}")
+            shards = tuple(_record_from_json(i, record, source) for i, record in enumerate(doc["shards"]))
             manifest = cls(
                 split=str(doc["split"]),
                 shards=shards,
@@ -132,13 +151,122 @@ class ShardManifest:
                 max_count=int(doc["max_count"]),
                 max_bytes=int(doc["max_bytes"]),
                 format_version=version,
-                sample_index=str(doc["sample_index"]) if doc.get("sample_index") else None,
+                sample_index=_plain_name(doc["sample_index"], "sample_index", source)
+                if doc.get("sample_index") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{source}: malformed manifest: {exc}") from exc
         if [r.index for r in shards] != sorted({r.index for r in shards}):
             raise ValueError(f"{source}: shard records are not ordered by unique index")
+        if manifest.total_samples != sum(r.count for r in shards):
+            raise ValueError(f"{source}: total_samples = {manifest.total_samples} but the shard counts add up to "
+                             f"{sum(r.count for r in shards)}")
+        if manifest.complete:
+            # Only a complete manifest is one write order: an interrupted one may still list an earlier run's shards.
+            at = 0
+            for i, r in enumerate(shards):
+                if r.first_sample != at:
+                    raise ValueError(f"{source}: shards[{i}].first_sample = {r.first_sample}, the counts before it "
+                                     f"add up to {at}")
+                at += r.count
         return manifest
+
+    def shard_path(self, out_dir: Path | str, record: ShardRecord) -> Path:
+        """Return the path of `record`'s shard under `out_dir`, refusing one that resolves outside that folder.
+
+        Raises:
+            ValueError: If the shard file (e.g. a symlink) resolves outside `out_dir`; names the manifest, the field
+                and the value.
+        """
+        out_dir = Path(out_dir)
+        path = out_dir / record.name
+        if path.resolve().parent != out_dir.resolve():
+            i = self.shards.index(record) if record in self.shards else "?"
+            raise ValueError(f"{out_dir / MANIFEST_NAME}: shards[{i}].name = {record.name!r} resolves to "
+                             f"{path.resolve()}, outside the shard folder {out_dir.resolve()}")
+        return path
+
+
+def _plain_name(value: Any, field: str, source: str) -> str:
+    """`value` if it is a plain file name (no folder part, no `..`, not absolute), else ValueError naming it."""
+    if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{source}: {field} = {value!r} is not a plain file name inside the shard folder "
+                         "(letters, digits, '_', '-', '.'; no '/', no '..', not absolute)")
+    return value
+
+
+def _int_field(record: dict, key: str, where: str, source: str) -> int:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{source}: {where}.{key} = {value!r} is not a non-negative integer")
+    return value
+
+
+def _record_from_json(i: int, record: Any, source: str) -> ShardRecord:
+    """One `shards[i]` entry, every field checked: a hostile manifest must not steer a reader."""
+    where = f"shards[{i}]"
+    # from_json reports every malformed field as ValueError, wrong types included.
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: {where} is not a JSON object: {record!r}")  # noqa: TRY004
+    unknown = sorted(set(record) - set(ShardRecord.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{source}: {where} has unknown fields {unknown}")
+    name = _plain_name(record["name"], f"{where}.name", source)
+    if not name.endswith(".tar"):
+        raise ValueError(f"{source}: {where}.name = {name!r} is not a .tar file name")
+    sha = record["sha256"]
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise ValueError(f"{source}: {where}.sha256 = {sha!r} is not 64 lowercase hex digits")
+    for key in ("first_key", "last_key"):
+        if not isinstance(record[key], str):
+            raise ValueError(f"{source}: {where}.{key} = {record[key]!r} is not a string")  # noqa: TRY004
+    return ShardRecord(index=_int_field(record, "index", where, source), name=name,
+                       count=_int_field(record, "count", where, source),
+                       bytes=_int_field(record, "bytes", where, source), sha256=sha,
+                       first_key=record["first_key"], last_key=record["last_key"],
+                       first_sample=_int_field(record, "first_sample", where, source))
+
+
+# Shards verified by this process: (device, inode, size, mtime_ns) -> sha256. A forked DataLoader worker inherits
+# what its parent verified; a changed file (size or mtime) is hashed again.
+_VERIFIED: dict[tuple[int, int, int, int], str] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def verify_shard(fd: int, record: ShardRecord, *, path: Path | str, manifest: Path | str) -> None:
+    """Check the open shard file `fd` against its manifest record: size, then sha256 of the whole file.
+
+    The hash is skipped when this process already verified the same file (device, inode, size and mtime unchanged)
+    against the same sha256. Reads with `os.pread`, so the file position is left where it was.
+
+    Raises:
+        ValueError: If `fd` is not a regular file, or its size or sha256 differs from the record; names the shard
+            and the manifest.
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: not a regular file (listed in {manifest})")
+    if st.st_size != record.bytes:
+        raise ValueError(f"{path}: {st.st_size} bytes, its manifest record in {manifest} says {record.bytes}; the "
+                         "shard was modified or truncated: rerun `visprep export --force`")
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _VERIFIED_LOCK:
+        if _VERIFIED.get(stamp) == record.sha256:
+            return
+    sha = hashlib.sha256()
+    at = 0
+    while at < st.st_size:
+        chunk = os.pread(fd, min(_HASH_CHUNK, st.st_size - at), at)
+        if not chunk:
+            break
+        sha.update(chunk)
+        at += len(chunk)
+    digest = sha.hexdigest()
+    if at != st.st_size or digest != record.sha256:
+        raise ValueError(f"{path}: sha256 {digest} does not match its manifest record in {manifest} "
+                         f"({record.sha256}); the shard was modified or corrupted: rerun `visprep export --force`")
+    with _VERIFIED_LOCK:
+        _VERIFIED[stamp] = digest
 
 
 def read_manifest(out_dir: Path | str) -> ShardManifest:

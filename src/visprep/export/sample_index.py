@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from visprep.export.manifest import MAX_MEMBER_BYTES, verify_shard
+
 if TYPE_CHECKING:
     from visprep.export.shards import ShardSample
 
@@ -96,21 +98,32 @@ class ShardIndex:
     """Random access to the samples of one complete split, by key or by (product_id, image_id).
 
     File handles are opened lazily and per process, so an instance may be handed to DataLoader workers (fork or
-    spawn). Every shard file is checked against its manifest record (size) when first opened.
+    spawn). Every shard file is checked against its manifest record when first opened: it must resolve inside
+    `out_dir`, and its size and (with `verify`) sha256 must match; the hash is skipped for a file this process
+    already verified unchanged (a forked worker inherits what its parent verified). The index itself is checked
+    when loaded: each shard's row count is its recorded sample count, and every member lies inside its shard file
+    and is at most `max_member_bytes` long, so a hostile index cannot make a read allocate more.
 
     Args:
         out_dir: the split's folder (`manifest.json`, shards, `index.parquet`).
+        verify: hash each shard against its manifest record at first open; False skips the hash only.
+        max_member_bytes: longest member the index may point at, bytes.
 
     Raises:
         FileNotFoundError: no manifest or no index file.
-        ValueError: incomplete manifest, a manifest written before sample indexes existed, or an index that does not
-            match the manifest (rows, shard numbers).
+        ValueError: incomplete manifest, a manifest written before sample indexes existed, a shard name resolving
+            outside `out_dir`, or an index that does not match the manifest (rows, shard numbers, per-shard counts,
+            member offsets and lengths).
     """
 
-    def __init__(self, out_dir: Path | str) -> None:
+    def __init__(self, out_dir: Path | str, *, verify: bool = True,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         from visprep.export.manifest import read_manifest
 
+        if isinstance(max_member_bytes, bool) or not isinstance(max_member_bytes, int) or max_member_bytes < 1:
+            raise ValueError(f"max_member_bytes must be a positive int, got {max_member_bytes!r}")
         self.out_dir = Path(out_dir)
+        self.verify = verify
         manifest = read_manifest(self.out_dir)
         if not manifest.complete:
             raise ValueError(f"{self.out_dir / 'manifest.json'} is incomplete: its writer was interrupted; rerun "
@@ -119,7 +132,8 @@ class ShardIndex:
             raise ValueError(f"{self.out_dir}: the shards were written before visprep kept a sample index; rerun "
                              "`visprep export --force` to write index.parquet")
         self.manifest = manifest
-        table = pq.read_table(self.out_dir / manifest.sample_index)
+        manifest.shard_paths(self.out_dir)  # a shard resolving outside out_dir is refused now, not mid-epoch
+        table = pq.read_table(self.out_dir / manifest.sample_index, schema=SAMPLE_INDEX_SCHEMA)
         if table.num_rows != manifest.total_samples:
             raise ValueError(f"{self.out_dir / manifest.sample_index}: {table.num_rows} rows, the manifest lists "
                              f"{manifest.total_samples} samples; rerun `visprep export --force`")
@@ -134,10 +148,35 @@ class ShardIndex:
         if unknown:
             raise ValueError(f"{self.out_dir}: the index names shards {unknown[:5]} the manifest does not list")
         self._records = records
+        self._check_members(max_member_bytes)
         self._row_of_key = {k: i for i, k in enumerate(self.keys)}
         self._row_of_pair = {(p, i): r for r, (p, i) in enumerate(zip(self.product_id, self.image_id))}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
+
+    def _check_members(self, max_member_bytes: int) -> None:
+        """Refuse an index whose per-shard counts or member spans disagree with the manifest (vectorised)."""
+        where = self.out_dir / (self.manifest.sample_index or SAMPLE_INDEX_NAME)
+        indices = np.array(sorted(self._records), dtype=np.int64)
+        rows = np.bincount(np.searchsorted(indices, self.shard), minlength=len(indices)) if len(indices) else []
+        for i, n in zip(indices.tolist(), np.asarray(rows).tolist()):
+            record = self._records[i]
+            if n != record.count:
+                raise ValueError(f"{where}: {n} rows for shard {record.name}, its record in "
+                                 f"{self.out_dir / 'manifest.json'} says {record.count}; rerun "
+                                 "`visprep export --force`")
+        if not len(self.shard):
+            return
+        size = np.array([self._records[i].bytes for i in indices.tolist()], dtype=np.int64)[
+            np.searchsorted(indices, self.shard)]
+        for m in MEMBERS:
+            offset, length = self.offset[m], self.length[m]
+            bad = (offset < 0) | (length < 0) | (length > max_member_bytes) | (offset > size - length)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{where}: sample {self.keys[row]!r}: {m} at offset {int(offset[row])}, length "
+                                 f"{int(length[row])} lies outside its shard ({int(size[row])} bytes) or exceeds "
+                                 f"max_member_bytes={max_member_bytes}; rerun `visprep export --force`")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -179,13 +218,17 @@ class ShardIndex:
         fd = self._fds.get(shard)
         if fd is None:
             record = self._records[shard]
-            path = self.out_dir / record.name
+            path = self.manifest.shard_path(self.out_dir, record)
             fd = os.open(path, os.O_RDONLY)
-            size = os.fstat(fd).st_size
-            if size != record.bytes:
+            try:
+                if self.verify:
+                    verify_shard(fd, record, path=path, manifest=self.out_dir / "manifest.json")
+                elif os.fstat(fd).st_size != record.bytes:
+                    raise ValueError(f"{path}: {os.fstat(fd).st_size} bytes, its manifest record says "
+                                     f"{record.bytes}; rerun `visprep export --force`")
+            except BaseException:
                 os.close(fd)
-                raise ValueError(f"{path}: {size} bytes, its manifest record says {record.bytes}; rerun "
-                                 "`visprep export`")
+                raise
             self._fds[shard] = fd
         return fd
 

@@ -11,14 +11,17 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 
 import pyarrow.compute as pc
 
 from visprep.config import PreprocessConfig, section_params
 from visprep.engines.local import map_batches
 from visprep.export.shards import ShardSample, write_shards
+from visprep.images.decode import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_PIXELS
 from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
 from visprep.images.sniff import extension_for
+from visprep.images.stage import decode_workers
 from visprep.pairs.stage import usable_images
 from visprep.quality.mix import KIND, export_user_pairs
 from visprep.workspace import Workspace
@@ -38,13 +41,16 @@ def sample_key(product_id: str, image_id: str) -> str:
     return f"{hashlib.sha1(product_id.encode()).hexdigest()[:16]}_{image_id[:24]}"
 
 
-def preprocess_batch(items: Sequence[tuple[str, PreprocessProfile, int]]) -> list[bytes | str]:
+def preprocess_batch(items: Sequence[tuple[str, PreprocessProfile, int]], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> list[bytes | str]:
     """Preprocess `(path, profile, quality)` items to JPEG bytes; a failure becomes its message (a str)."""
     out: list[bytes | str] = []
     for path, profile, quality in items:
         try:
             with open(path, "rb") as fh:
-                out.append(encode_jpeg(preprocess_uint8(fh.read(), profile), quality=quality))
+                pixels = preprocess_uint8(fh.read(), profile, max_pixels=max_pixels,
+                                          max_decoded_bytes=max_decoded_bytes)
+            out.append(encode_jpeg(pixels, quality=quality))
         except (OSError, ValueError) as exc:
             out.append(f"{path}: {exc}")
     return out
@@ -104,6 +110,13 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
         run.inputs = {t: ws.table_fingerprint(t) for t in ("pairs", "images", "products", "splits", "user_pairs",
                                                             "queries", "eval_queries")}
         failures: list[str] = []
+        # The inspect limits (pixels, decoded bytes, memory budget) bound export's decodes too.
+        plan = decode_workers(cfg.export.workers, cfg.inspect, setting="export.workers")
+        run.metrics["workers"] = plan.to_dict()
+        if plan.limited:
+            run.notes.append(f"export.workers: {plan.note()}")
+        preprocess = partial(preprocess_batch, max_pixels=cfg.inspect.max_pixels,
+                             max_decoded_bytes=cfg.inspect.max_decoded_bytes)
         if progress:
             progress(0, len(rows) + n_user)
         for split in splits:
@@ -113,7 +126,7 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
                 items = [(str(ws.store.path(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]]))),
                           profile, cfg.preprocess.jpeg_quality) for r in chosen]
                 done = 0
-                for batch, outs in map_batches(preprocess_batch, items, batch_size=64, workers=cfg.export.workers):
+                for batch, outs in map_batches(preprocess, items, batch_size=64, workers=plan.used):
                     for out in outs:
                         r = chosen[done]
                         done += 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -74,32 +75,41 @@ class Fetcher:
         self._closed.set()
         self._pool.clear()
 
-    def fetch(self, url: str) -> FetchResult:
+    def fetch(self, url: str, *, local_roots: Sequence[str] | None = None) -> FetchResult:
         """Fetch one URL, retrying retryable failures with jittered exponential backoff.
 
         Args:
             url: http(s)://, file://, s3:// URL or a bare local path.
+            local_roots: For a local path under `local_paths="catalog_dir"`: the folders it must lie inside (the
+                folders of the files, e.g. catalogs, that named `url`; empty refuses it). None means the caller
+                names `url` itself and no folder rule applies. Ignored for remote URLs.
 
         Returns:
             A `FetchResult`; per-URL failures are reported in it, never raised.
 
         Raises:
-            TypeError: if `url` is not a str.
+            TypeError: if `url` is not a str, or `local_roots` is a single str instead of a sequence of them.
             RuntimeError: if the fetcher is closed.
         """
         if not isinstance(url, str):
             raise TypeError(f"Fetcher.fetch: url must be a str, got {type(url).__name__} {url!r}")
+        if isinstance(local_roots, (str, bytes)):
+            raise TypeError(f"Fetcher.fetch: local_roots must be a sequence of folders, got the single "
+                            f"{type(local_roots).__name__} {local_roots!r} (for url {url!r})")
         if self._closed.is_set():
             raise RuntimeError("Fetcher.fetch called after close()")
         start = time.monotonic()
         source, failure = self._source_for(url)
         if source is None:
             return _result(url, failure, attempts=0, start=start)
+        attempt: Callable[..., AttemptOutcome] = source.fetch_once
+        if local_roots is not None and isinstance(source, LocalFileSource):
+            attempt = functools.partial(source.fetch_once, local_roots=tuple(local_roots))
         settings = self.settings
         attempts = 0
         while True:
             attempts += 1
-            outcome = source.fetch_once(url, deadline=time.monotonic() + settings.timeout_s)
+            outcome = attempt(url, deadline=time.monotonic() + settings.timeout_s)
             if outcome.ok or not outcome.retryable or attempts > settings.retries:
                 break
             delay = self._backoff_delay(attempts, outcome.retry_after_s)
@@ -115,12 +125,19 @@ class Fetcher:
             time.sleep(delay)
         return _result(url, outcome, attempts=attempts, start=start)
 
-    def fetch_many(self, urls: Iterable[str]) -> Iterator[FetchResult]:
+    def fetch_many(
+        self, urls: Iterable[str], *, local_roots: Mapping[str, Sequence[str]] | None = None
+    ) -> Iterator[FetchResult]:
         """Fetch `urls` concurrently and yield each result as it finishes (not in input order).
 
         Uses `settings.concurrency` worker threads and pulls at most `2 * concurrency` URLs ahead of the
         consumer, so memory stays flat however long `urls` is. Each URL yields exactly one result. Closing the
         generator early cancels URLs not yet started and waits for the ones in flight.
+
+        Args:
+            urls: URLs as `fetch` takes them.
+            local_roots: URL -> the folders its local path must lie inside (see `fetch`). When given, a URL
+                missing from it has no known folder: under `local_paths="catalog_dir"` its local path is refused.
 
         Raises:
             TypeError: if an item of `urls` is not a str (raised when that item is reached).
@@ -141,7 +158,8 @@ class Fetcher:
                         break
                     if not isinstance(url, str):
                         raise TypeError(f"Fetcher.fetch_many: every url must be a str, got {url!r}")
-                    pending.add(executor.submit(self.fetch, url))
+                    roots = None if local_roots is None else local_roots.get(url, ())
+                    pending.add(executor.submit(self.fetch, url, local_roots=roots))
                 if not pending:
                     return
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

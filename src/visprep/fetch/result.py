@@ -19,6 +19,7 @@ FetchStatus = Literal[
     "unsupported_scheme",
     "not_found",
     "invalid_url",
+    "local_path_refused",
 ]
 """Every value `FetchResult.status` can take: "ok" or one failure code."""
 

@@ -6,7 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, get_args
+
+LocalPathPolicy = Literal["catalog_dir", "any", "none"]
+"""Which local paths (bare or file://) may be read: see `FetchSettings.local_paths`."""
+
+LOCAL_PATH_POLICIES: tuple[str, ...] = get_args(LocalPathPolicy)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,12 @@ class FetchSettings:
             `secret`, `client_kwargs`, `anon`); None uses the usual AWS credential chain. Kept as a read-only
             copy, left out of `repr` (it may hold secrets) and of the hash. `config_kwargs` given here are
             merged over the connect/read timeouts derived from `timeout_s`.
+        local_paths: Which local paths (bare or file://) are read. "catalog_dir": only a path that, symlinks
+            resolved, lies inside one of the folders the caller names for that URL (`local_roots` of
+            `Fetcher.fetch`: the folder of the catalog file that named it); a URL fetched without `local_roots`
+            was named by the caller itself and is not restricted by folder. "any": any regular file. "none":
+            no local path. Whatever the policy, only regular files are read: FIFOs, devices, sockets,
+            directories and anything under /proc, /sys or /dev are refused before they are opened.
     """
 
     concurrency: int = 32
@@ -48,6 +59,7 @@ class FetchSettings:
     user_agent: str = "visprep/0.1 (+https://github.com/visprep)"
     ca_bundle: str | None = None
     s3_options: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
+    local_paths: LocalPathPolicy = "catalog_dir"
 
     def __post_init__(self) -> None:
         _check_int("concurrency", self.concurrency, minimum=1)
@@ -62,6 +74,9 @@ class FetchSettings:
                 raise TypeError(f"FetchSettings.{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.user_agent, str) or not self.user_agent or "\n" in self.user_agent:
             raise ValueError(f"FetchSettings.user_agent must be a one-line non-empty str, got {self.user_agent!r}")
+        if self.local_paths not in LOCAL_PATH_POLICIES:
+            raise ValueError(f"FetchSettings.local_paths must be one of {', '.join(LOCAL_PATH_POLICIES)}, "
+                             f"got {self.local_paths!r}")
         if self.ca_bundle is not None:
             if not isinstance(self.ca_bundle, str):
                 raise TypeError(f"FetchSettings.ca_bundle must be a str path or None, got {self.ca_bundle!r}")

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from visprep.images.sniff import SNIFF_BYTES, sniff_format
+from visprep.images.sniff import SNIFF_BYTES, describe_non_image, sniff_format
 
 READ_CHUNK_BYTES = 256 * 1024
+_MAX_HEADER_SHOWN = 80
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,15 @@ def read_image_body(
 
 
 def _not_image(url: str, buffer: bytearray, content_type: str | None, http_status: int | None) -> AttemptOutcome:
-    if not buffer:
-        what = "empty body"
-    else:
-        what = f"body starts with {bytes(buffer[:16])!r}"
-    declared = f", declared Content-Type {content_type!r}" if content_type else ""
+    # The body itself is never quoted: a local secret or a hostile server's bytes would land in tables and logs.
+    what = f"{len(buffer)} bytes read, {describe_non_image(buffer)}" if buffer else "empty body"
+    declared = f", declared Content-Type {_quoted_header(content_type)}" if content_type else ""
     return AttemptOutcome(
         "not_image", f"{url}: not a recognised image format ({what}{declared})", url, http_status=http_status
     )
+
+
+def _quoted_header(value: str) -> str:
+    """A header value for a reason: repr-escaped (no control characters reach a log) and cut short."""
+    shown = repr(value[:_MAX_HEADER_SHOWN])
+    return shown + ("..." if len(value) > _MAX_HEADER_SHOWN else "")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
@@ -50,16 +51,53 @@ def pending_urls(ws: Workspace, *, retry_failed: bool) -> tuple[list[str], int]:
     return todo, len(wanted) - len(todo)
 
 
+def local_roots_by_url(ws: Workspace, urls: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Map each local URL (bare path or file://) of `urls` to the folders it may be read from.
+
+    A URL's folders are those of the catalog files (`products.source_file`) whose products name it, plus the
+    workspace's image store for the views the synth stage wrote there; a URL with neither maps to () and is
+    refused under `fetch.local_paths = "catalog_dir"`. Remote URLs are left out (the policy is about local files).
+    """
+    images = ws.read_table("product_images", ["product_id", "url", "source"])
+    images = images.filter(pc.is_in(images.column("url"), value_set=pa.array(urls, pa.string())))
+    lowered = pc.utf8_lower(images.column("url"))
+    remote = pc.or_(pc.or_(pc.starts_with(lowered, "http://"), pc.starts_with(lowered, "https://")),
+                    pc.starts_with(lowered, "s3://"))
+    local = images.filter(pc.invert(remote))
+    if local.num_rows == 0:
+        return {}
+    products = ws.read_table("products", ["product_id", "source_file"])
+    named = local.join(products, "product_id", join_type="left outer")
+    store_uri = ws.store.root.as_uri().rstrip("/") + "/"
+    store_root = str(ws.store.root)
+    roots: dict[str, set[str]] = {}
+    for url, source, source_file in zip(*(named.column(c).to_pylist() for c in ("url", "source", "source_file"))):
+        folders = roots.setdefault(url, set())
+        # The synth stage's own views (see visprep.synthetic.products.is_stage_view_row) live in the store.
+        if source == "synthetic" and url.startswith(store_uri):
+            folders.add(store_root)
+        elif source_file and os.path.isabs(source_file):  # synthetic products carry "synthetic", not a path
+            folders.add(os.path.dirname(source_file))
+    return {url: tuple(sorted(folders)) for url, folders in roots.items()}
+
+
 def fetch_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = None,
                 limit: int | None = None) -> FetchStageResult:
     """Fetch pending images into the store and record one `urls` row per URL; failures are quarantined."""
     cfg = ws.config.fetch
     result = FetchStageResult()
-    ws.store.clean_temporaries()
-    todo, result.already = pending_urls(ws, retry_failed=cfg.retry_failed)
-    if limit is not None:
-        todo = todo[:limit]
-    result.wanted = result.already + len(todo)
+    with ws.writer("fetch"):  # held from the cleanup on: another writer's temporaries are not ours to delete
+        ws.store.clean_temporaries()
+        todo, result.already = pending_urls(ws, retry_failed=cfg.retry_failed)
+        if limit is not None:
+            todo = todo[:limit]
+        result.wanted = result.already + len(todo)
+        return _fetch(ws, todo, result, progress)
+
+
+def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
+           progress: Callable[[int, int], None] | None) -> FetchStageResult:
+    cfg = ws.config.fetch
     with ws.run("fetch", section_params(ws.config, "fetch")) as run:
         run.inputs = {"product_images": ws.table_fingerprint("product_images"), "pending": len(todo)}
         result.run_id = run.run_id
@@ -75,8 +113,9 @@ def fetch_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = 
 
         if progress:
             progress(0, len(todo))
+        local_roots = local_roots_by_url(ws, todo)
         with Fetcher(fetch_settings(cfg)) as fetcher:
-            for res in fetcher.fetch_many(todo):
+            for res in fetcher.fetch_many(todo, local_roots=local_roots):
                 result.attempted += 1
                 row = {"url": res.url, "status": res.status, "http_status": res.http_status,
                        "attempts": res.attempts, "reason": res.reason, "final_url": res.final_url,

@@ -10,6 +10,7 @@ import numpy as np
 
 from visprep.images.blur import BLUR_SIDE, blur_score
 from visprep.images.decode import (
+    DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     ImageDecodeError,
@@ -53,7 +54,8 @@ class ImageInfo:
     fg_color: tuple[float, float, float]
 
 
-def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageInfo:
     """Inspect an encoded image with a single, downscaled decode.
 
     JPEGs are decoded in colour at the smallest DCT scale whose shorter side is >= BLUR_SIDE; the size comes from
@@ -64,11 +66,13 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     Args:
         data: the encoded image file.
         max_pixels: largest width*height accepted, checked from the header before decoding.
+        max_decoded_bytes: largest memory the decode may take (`decode.DecodeSize`), checked from the header before
+            decoding.
 
     Raises:
         ImageDecodeError: see `decode_rgb` for the reasons.
     """
-    decoded, rgb = _decode_small(data, max_pixels)
+    decoded, rgb = _decode_small(data, max_pixels, max_decoded_bytes)
     gray = resize_shorter_side(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), BLUR_SIDE)
     codes, color = signature_of_rgb(rgb, tolerance=TRIM_TOLERANCE)
     width, height = decoded.width, decoded.height
@@ -88,14 +92,16 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     )
 
 
-def small_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def small_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """The upright RGB pixels `inspect_image` works on: one decode, at the smallest DCT scale whose shorter side is
     >= BLUR_SIDE."""
-    return _decode_small(data, max_pixels)[1]
+    return _decode_small(data, max_pixels, max_decoded_bytes)[1]
 
 
-def _decode_small(data: bytes, max_pixels: int) -> tuple[DecodedImage, np.ndarray]:
+def _decode_small(data: bytes, max_pixels: int, max_decoded_bytes: int) -> tuple[DecodedImage, np.ndarray]:
     # One colour decode: the gray for pHash and blur is derived from it rather than decoded a second time.
-    decoded = decode_image(data, min_side=BLUR_SIDE, max_pixels=max_pixels, gray=False)
+    decoded = decode_image(data, min_side=BLUR_SIDE, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes,
+                           gray=False)
     return decoded, apply_exif_orientation(decoded.pixels, decoded.orientation)
 

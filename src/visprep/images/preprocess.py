@@ -12,7 +12,12 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from visprep.images.decode import DEFAULT_MAX_PIXELS, decode_image, exif_oriented_view
+from visprep.images.decode import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_PIXELS,
+    decode_image,
+    exif_oriented_view,
+)
 from visprep.images.resize import interpolation_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,7 +87,8 @@ def get_profile(name: str) -> PreprocessProfile:
         raise ValueError(f"unknown preprocess profile {name!r}; valid: {', '.join(sorted(PROFILES))}") from None
 
 
-def preprocess_uint8(data: bytes, profile: PreprocessProfile) -> np.ndarray:
+def preprocess_uint8(data: bytes, profile: PreprocessProfile, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """Decode, resize the shorter side to `profile.shorter_side`, and center crop to `profile.size`.
 
     JPEGs are decoded at the smallest DCT scale whose shorter side is still >= the resize target, so the
@@ -91,6 +97,9 @@ def preprocess_uint8(data: bytes, profile: PreprocessProfile) -> np.ndarray:
     Args:
         data: the encoded image file.
         profile: see `PreprocessProfile`.
+        max_pixels: largest width*height accepted, checked from the header before decoding.
+        max_decoded_bytes: largest memory the decode may take (`decode.DecodeSize`), checked from the header before
+            decoding.
 
     Returns:
         (size, size, 3) uint8 RGB, C-contiguous.
@@ -98,13 +107,15 @@ def preprocess_uint8(data: bytes, profile: PreprocessProfile) -> np.ndarray:
     Raises:
         ImageDecodeError: the image cannot be decoded (see `decode_rgb`).
     """
-    return np.ascontiguousarray(_center_crop_view(data, profile))
+    return np.ascontiguousarray(_center_crop_view(data, profile, max_pixels, max_decoded_bytes))
 
 
-def _center_crop_view(data: bytes, profile: PreprocessProfile) -> np.ndarray:
+def _center_crop_view(data: bytes, profile: PreprocessProfile, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """`preprocess_uint8` without the final copy: a (size, size, 3) view into the resized image."""
     target = profile.shorter_side
-    decoded = decode_image(data, min_side=target, max_pixels=DEFAULT_MAX_PIXELS, gray=False)
+    decoded = decode_image(data, min_side=target, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes,
+                           gray=False)
     pixels = decoded.pixels
     height, width = pixels.shape[:2]
     short, long = (height, width) if height <= width else (width, height)
@@ -151,10 +162,11 @@ def normalize(images: np.ndarray, profile: PreprocessProfile) -> np.ndarray:
     return out
 
 
-def preprocess_float(data: bytes, profile: PreprocessProfile) -> np.ndarray:
+def preprocess_float(data: bytes, profile: PreprocessProfile, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """`normalize(preprocess_uint8(data, profile), profile)`: (3, size, size) float32."""
     # Normalizing the crop view directly saves the uint8 crop copy.
-    return normalize(_center_crop_view(data, profile), profile)
+    return normalize(_center_crop_view(data, profile, max_pixels, max_decoded_bytes), profile)
 
 
 def encode_jpeg(rgb: np.ndarray, *, quality: int = 90) -> bytes:

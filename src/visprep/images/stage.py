@@ -3,6 +3,7 @@ crop/border-tolerant signature; back-fill the signature of images inspected befo
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,9 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from visprep.config import section_params
-from visprep.engines.local import map_batches
-from visprep.images.decode import ImageDecodeError
+from visprep.config import InspectConfig, section_params
+from visprep.engines.local import WorkerPlan, map_batches, plan_workers
+from visprep.images.decode import ImageDecodeError, decode_worker_bytes
 from visprep.images.inspect import inspect_image
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
@@ -26,6 +27,8 @@ SIGNATURE_SCHEMA = pa.schema([IMAGES.field("image_id"), *(IMAGES.field(c) for c 
 """Rows of the back-fill's staging parts."""
 BACKFILL_DIR = ".images-signatures"
 """Staging folder (under tables/, hidden: not a table) of back-filled signatures until they are merged."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,16 +46,29 @@ class InspectStageResult:
     run_id: str = ""
 
 
-def inspect_batch(items: Sequence[tuple[str, str, str, int]]) -> list[dict]:
-    """Inspect `(image_id, path, format, max_pixels)` items; one row each, failures as rows with a reason."""
+def decode_workers(workers: int, cfg: InspectConfig, *, setting: str = "inspect.workers") -> WorkerPlan:
+    """Worker processes for a decoding stage (inspect, export): `workers` (0 = one per core), lowered so that each
+    worker's worst decode (`cfg.max_decoded_bytes`) fits `cfg.memory_budget_mb` together; a lowered count is logged."""
+    plan = plan_workers(workers, per_worker_bytes=decode_worker_bytes(cfg.max_decoded_bytes),
+                        budget_bytes=cfg.memory_budget_mb << 20,
+                        budget_name=f"inspect.memory_budget_mb={cfg.memory_budget_mb} (with inspect.max_decoded_bytes="
+                                    f"{cfg.max_decoded_bytes})")
+    if plan.limited:
+        log.warning("%s: %s", setting, plan.note())
+    return plan
+
+
+def inspect_batch(items: Sequence[tuple[str, str, str, int, int]]) -> list[dict]:
+    """Inspect `(image_id, path, format, max_pixels, max_decoded_bytes)` items; one row each, failures as rows with
+    a reason."""
     rows = []
-    for image_id, path, fmt, max_pixels in items:
+    for image_id, path, fmt, max_pixels, max_decoded_bytes in items:
         row: dict = {"image_id": image_id, "format": fmt}
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
             row["bytes"] = len(data)
-            info = inspect_image(data, max_pixels=max_pixels)
+            info = inspect_image(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
         except ImageDecodeError as exc:
             row.update(status=exc.reason, reason=f"{image_id}: {exc}")
         except OSError as exc:
@@ -66,13 +82,14 @@ def inspect_batch(items: Sequence[tuple[str, str, str, int]]) -> list[dict]:
     return rows
 
 
-def signature_batch(items: Sequence[tuple[str, str, int]]) -> list[dict]:
-    """Signature rows of `(image_id, path, max_pixels)` items that read and decode; the others are left out."""
+def signature_batch(items: Sequence[tuple[str, str, int, int]]) -> list[dict]:
+    """Signature rows of `(image_id, path, max_pixels, max_decoded_bytes)` items that read and decode; the others
+    are left out."""
     rows = []
-    for image_id, path, max_pixels in items:
+    for image_id, path, max_pixels, max_decoded_bytes in items:
         try:
             with open(path, "rb") as fh:
-                info = inspect_image(fh.read(), max_pixels=max_pixels)
+                info = inspect_image(fh.read(), max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
         except (ImageDecodeError, OSError):
             continue
         rows.append({"image_id": image_id, **dict(zip(CODE_COLUMNS, info.signature_codes)),
@@ -82,7 +99,9 @@ def signature_batch(items: Sequence[tuple[str, str, int]]) -> list[dict]:
 
 def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = None) -> InspectStageResult:
     """Inspect every stored image not inspected yet, and back-fill the signature of images inspected before it
-    existed; corrupt, truncated and oversized images are quarantined."""
+    existed; corrupt, truncated and oversized images (too many pixels, or a decode over `max_decoded_bytes`) are
+    quarantined. Fewer workers than configured are used when `memory_budget_mb` cannot hold them (run metrics
+    "workers", and a note)."""
     cfg = ws.config.inspect
     result = InspectStageResult()
     latest = ws.latest_urls()
@@ -98,11 +117,16 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
     with ws.run("inspect", section_params(ws.config, "inspect")) as run:
         run.inputs = {"urls": ws.table_fingerprint("urls"), "pending": len(todo), "backfill_pending": len(backfill)}
         result.run_id = run.run_id
-        items = [(i, str(ws.store.path(i, extension_for(stored[i]))), stored[i], cfg.max_pixels) for i in todo]
+        plan = decode_workers(cfg.workers, cfg)
+        run.metrics["workers"] = plan.to_dict()
+        if plan.limited:
+            run.notes.append(f"inspect.workers: {plan.note()}")
+        items = [(i, str(ws.store.path(i, extension_for(stored[i]))), stored[i], cfg.max_pixels,
+                  cfg.max_decoded_bytes) for i in todo]
         if progress:
             progress(0, len(items) + len(backfill))
         for seq, (batch, rows) in enumerate(map_batches(inspect_batch, items, batch_size=cfg.batch_size,
-                                                        workers=cfg.workers)):
+                                                        workers=plan.used)):
             for r in rows:
                 r["run_id"] = run.run_id
                 result.inspected += 1
@@ -116,9 +140,10 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
                 progress(len(batch), len(items) + len(backfill))
         # Back-fill: each batch's signatures go to a staging part first (a killed run keeps them and the next one
         # skips them), and are merged into `images` in one rewrite below, so no reader ever sees an image twice.
-        fill = [(i, str(ws.store.path(i, extension_for(stored[i]))), cfg.max_pixels) for i in backfill]
+        fill = [(i, str(ws.store.path(i, extension_for(stored[i]))), cfg.max_pixels, cfg.max_decoded_bytes)
+                for i in backfill]
         for seq, (batch, rows) in enumerate(map_batches(signature_batch, fill, batch_size=cfg.batch_size,
-                                                        workers=cfg.workers)):
+                                                        workers=plan.used)):
             atomic_write_parquet(staging / f"part-{run.run_id}-{seq:06d}.parquet",
                                  pa.Table.from_pylist(rows, schema=SIGNATURE_SCHEMA))
             result.backfilled += len(rows)

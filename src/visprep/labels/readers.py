@@ -8,6 +8,7 @@ file name). Reading reuses the catalog's format readers (same UTF-8 and JSON che
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,11 +46,37 @@ def _text(value: Any) -> str | None:
     return s or None
 
 
+def _has_surrogate(value: Any) -> bool:
+    # A walk with a stack of our own: JSON nested nearly as deep as the parser allows must not overflow here.
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= ch <= "\udfff" for ch in item):
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
+
+
+def _shown(value: Any) -> str:
+    """`value` as text with each lone surrogate written as \\uNNNN, at most 200 characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return "".join(f"\\u{ord(ch):04x}" if "\ud800" <= ch <= "\udfff" else ch for ch in text[:200])
+
+
 def parse_grade(value: Any) -> int:
     """Parse a grade: a whole number (3, "3", "3.0" and 3.0 are accepted); TypeError for a boolean, ValueError
     for anything else that is not a whole number. The range is checked by the caller."""
     if isinstance(value, bool):
         raise TypeError(f"grade {value!r} is a boolean, not a grade")
+    if isinstance(value, int) and not -(2**53) <= value <= 2**53:  # float() of a 400-digit int overflows
+        # str() of an int past 4,300 digits raises: show its size instead.
+        shown = value if value.bit_length() <= 64 else f"of about {int(value.bit_length() * 0.30103) + 1} digits"
+        raise ValueError(f"grade {shown} is far outside any rubric")
     if isinstance(value, (int, float)):
         number = float(value)
     else:
@@ -60,6 +87,8 @@ def parse_grade(value: Any) -> int:
             number = float(text)
         except ValueError:
             raise ValueError(f"grade {text!r} is not a number") from None
+    if not math.isfinite(number):  # "1e999", or an integer literal of hundreds of digits
+        raise ValueError(f"grade {value!r} is not a finite number")
     if not number.is_integer():
         raise ValueError(f"grade {value!r} is not a whole number")
     return int(number)
@@ -94,6 +123,14 @@ def read_rater_file(path: Path) -> Iterator[RaterRow | QuarantineRecord]:
                                    value=raw.fields.get("_bad_value"))
             continue
         f = raw.fields
+        # JSON may spell a lone surrogate ("\ud800"): valid JSON, but no UTF-8 text can hold it.
+        bad = next((k for k, v in f.items() if _has_surrogate(k) or _has_surrogate(v)), None)
+        if bad is not None:
+            shown = _shown(f[bad])
+            yield QuarantineRecord(reason="invalid_utf8", detail=f"{where}: field {_shown(bad)!r} holds a lone "
+                                   f"surrogate, which UTF-8 cannot encode: {shown}", source=raw.source,
+                                   line=raw.line, field=_shown(bad), value=shown)
+            continue
         missing = [c for c in REQUIRED if _text(f.get(c)) is None]
         if missing:
             yield QuarantineRecord(reason=f"missing_{missing[0]}", detail=f"{where}: required field "

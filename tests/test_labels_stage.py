@@ -134,3 +134,23 @@ def test_demo_judgments_follow_the_rubric_and_stay_in_eval(tmp_path: Path) -> No
             assert row["grade"] == 4
         elif int(row["product_id"][1:]) // 2 == int(own[1:]) // 2:
             assert row["grade"] == 3  # same family_id (median of three mostly honest raters)
+
+
+def test_query_photos_are_read_only_from_the_rater_files_folder(tmp_path: Path) -> None:
+    """A rater file may name query photos beside it; a path out of its folder (or /proc) is refused, unread."""
+    ws = tiny_workspace(tmp_path / "ws")
+    rater_dir, elsewhere = tmp_path / "vendor", tmp_path / "elsewhere"
+    (rater_dir / "q").mkdir(parents=True)
+    elsewhere.mkdir()
+    (rater_dir / "q" / "inside.png").write_bytes(png(101))
+    (elsewhere / "outside.png").write_bytes(png(102))
+    rows = [("q/inside.png", "p00"), ("../elsewhere/outside.png", "p01"), ("/proc/self/environ", "p02")]
+    f = rater_dir / "judgments.csv"
+    f.write_text("query_id,product_id,rater_id,grade\n" + "".join(f"{q},{p},r1,3\n" for q, p in rows))
+    r = labels_stage(ws, [f])
+    assert r.queries_fetched == 1 and r.queries == 1
+    refused = {q["value"] or q["record_id"]: q for q in ws.read_table("quarantine").to_pylist()
+               if q["stage"] == "labels"}
+    reasons = {q["reason"] for q in refused.values()}
+    assert reasons == {"query_local_path_refused"}, refused
+    assert len(refused) == 2

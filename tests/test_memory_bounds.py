@@ -351,3 +351,14 @@ def test_config_default_is_the_library_default():
     assert InspectConfig().max_decoded_bytes == DEFAULT_MAX_DECODED_BYTES
     assert plan_workers(2, per_worker_bytes=decode_worker_bytes(DEFAULT_MAX_DECODED_BYTES),
                         budget_bytes=InspectConfig().memory_budget_mb * MIB).used == 2
+
+
+def test_queries_config_bound_reaches_the_cleaner():
+    """`[queries] max_decoded_bytes` is the cleaner's bound (at the default 192 MiB this photo passes)."""
+    from visprep.config import QueriesConfig
+    from visprep.queries.clean import QueryCleaner
+
+    cleaner = QueryCleaner.from_config(QueriesConfig(detector="none", nsfw="none", max_decoded_bytes=1 << 20))
+    assert cleaner.describe()["max_decoded_bytes"] == 1 << 20
+    result = cleaner.clean(zeros_png(1024, 1024, colour_type=2))  # 3 MiB of RGB: over a 1 MiB bound
+    assert not result.accepted and result.reason == "decode_decoded_too_large", result

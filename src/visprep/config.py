@@ -380,6 +380,9 @@ class QueriesConfig(_Section):
     decode_min_side: int | None = Field(1024, ge=64, description="Decode JPEGs at reduced DCT scale while the "
                                                                  "shorter side stays >= this; None = full size.")
     max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb limit, pixels.")
+    max_decoded_bytes: int = Field(192 << 20, ge=1, description="Largest memory one photo's decode may take, bytes "
+                                                                "(as inspect.max_decoded_bytes); larger photos are "
+                                                                "rejected as decoded_too_large.")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the cleaned images in the store.")
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from visprep.fetch import Fetcher
@@ -53,10 +53,12 @@ def stored_format(ws: Workspace, image_id: str) -> str | None:
     return None
 
 
-def resolve_queries(ws: Workspace, refs: Iterable[str]) -> ResolvedQueries:
+def resolve_queries(ws: Workspace, refs: Iterable[str], *,
+                    local_roots: Mapping[str, Sequence[str]] | None = None) -> ResolvedQueries:
     """Resolve query refs: an image id must be known to the workspace; a path/URL is fetched through `Fetcher`
     (with the workspace's fetch settings and guards) and stored in the content-addressed image store, unless an
-    earlier labels run already stored it."""
+    earlier labels run already stored it. `local_roots` maps a local ref to the folders it may be read from (the
+    rater files' folders, under `fetch.local_paths = "catalog_dir"`); None applies no folder rule."""
     out = ResolvedQueries()
     known = known_image_ids(ws)
     earlier = ws.read_table("eval_queries")
@@ -77,7 +79,7 @@ def resolve_queries(ws: Workspace, refs: Iterable[str]) -> ResolvedQueries:
             to_fetch.append(ref)
     if to_fetch:
         with Fetcher(fetch_settings(ws.config.fetch)) as fetcher:
-            for res in fetcher.fetch_many(to_fetch):
+            for res in fetcher.fetch_many(to_fetch, local_roots=local_roots):
                 if res.ok and res.data is not None and res.format is not None:
                     out.found[res.url] = (ws.store.put(res.data, extension_for(res.format)), res.format)
                     out.fetched += 1

@@ -137,7 +137,12 @@ def labels_stage(ws: Workspace, files: Sequence[str | Path]) -> LabelsResult:
                     refused[str(path)].append(item)
 
         known_products = set(ws.read_table("products", ["product_id"]).column("product_id").to_pylist())
-        queries = resolve_queries(ws, {r.query_ref for r in parsed if r.product_id in known_products})
+        # A query path may be read only from the folder of a rater file that names it (fetch.local_paths).
+        roots: dict[str, set[str]] = {}
+        for r in parsed:
+            roots.setdefault(r.query_ref, set()).add(str(Path(r.source).resolve().parent))
+        queries = resolve_queries(ws, {r.query_ref for r in parsed if r.product_id in known_products},
+                                  local_roots={ref: sorted(folders) for ref, folders in roots.items()})
         result.queries_fetched = queries.fetched
         new_rows = []
         for r in parsed:

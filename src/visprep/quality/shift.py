@@ -33,12 +33,13 @@ FEATURES = ("brightness", "blur", "resolution", "aspect")
 _SWAPPED = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90 degrees
 
 
-def image_stats(data: bytes, *, max_pixels: int = 89_478_485) -> np.ndarray:
+def image_stats(data: bytes, *, max_pixels: int = 89_478_485,
+                max_decoded_bytes: int = 192 << 20) -> np.ndarray:  # decode.DEFAULT_MAX_DECODED_BYTES, imported late
     """(4,) brightness, blur, resolution (shorter side px), aspect (width / height, upright) of an encoded image."""
     from visprep.images.blur import BLUR_SIDE, blur_score
     from visprep.images.decode import decode_image
 
-    d = decode_image(data, min_side=BLUR_SIDE, max_pixels=max_pixels, gray=True)
+    d = decode_image(data, min_side=BLUR_SIDE, max_pixels=max_pixels, gray=True, max_decoded_bytes=max_decoded_bytes)
     gray = d.pixels if d.pixels.ndim == 2 else d.pixels[..., 0]
     w, h = (d.height, d.width) if d.orientation in _SWAPPED else (d.width, d.height)
     return np.array([float(gray.mean()), blur_score(np.ascontiguousarray(gray)), float(min(w, h)), w / h])
@@ -276,7 +277,8 @@ def _stats(ws: Workspace, ids: list[str], exts: list[str]) -> tuple[np.ndarray, 
     rows, bad = [], []
     for i, e in zip(ids, exts):
         try:
-            rows.append(image_stats(ws.store.get(i, e), max_pixels=ws.config.inspect.max_pixels))
+            rows.append(image_stats(ws.store.get(i, e), max_pixels=ws.config.inspect.max_pixels,
+                                    max_decoded_bytes=ws.config.inspect.max_decoded_bytes))
         except (OSError, ImageDecodeError, ValueError) as exc:
             rows.append(np.full(len(FEATURES), np.nan))
             bad.append(QuarantineRecord(reason="stats_decode", detail=f"{type(exc).__name__}: {exc}", record_id=i,

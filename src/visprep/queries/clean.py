@@ -16,7 +16,12 @@ from typing import Any, Literal
 import numpy as np
 
 from visprep.config import QueriesConfig
-from visprep.images.decode import ImageDecodeError, apply_exif_orientation, decode_image
+from visprep.images.decode import (
+    DEFAULT_MAX_DECODED_BYTES,
+    ImageDecodeError,
+    apply_exif_orientation,
+    decode_image,
+)
 from visprep.images.preprocess import encode_jpeg
 from visprep.queries.boxes import crop_box
 from visprep.queries.detect import ObjectDetector, make_detector
@@ -78,12 +83,14 @@ class QueryCleaner:
         min_side_floor: shorter side (px) below which the image is rejected.
         decode_min_side: decode JPEGs at reduced DCT scale down to this shorter side (None: full size).
         max_pixels: decompression-bomb limit.
+        max_decoded_bytes: largest memory one decode may take (`visprep.images.decode.check_decoded_bytes`).
     """
 
     def __init__(self, *, detector: ObjectDetector | None, nsfw: NsfwClassifier | None, upscaler: Upscaler,
                  crop_margin: float = 0.1, crop_min_score: float = 0.0, crop_min_area: float = 0.02,
                  blur_threshold: float = 40.0, min_side: int = 64, min_side_floor: int = 16,
-                 decode_min_side: int | None = 1024, max_pixels: int = 89_478_485) -> None:
+                 decode_min_side: int | None = 1024, max_pixels: int = 89_478_485,
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
         if detector is not None and not isinstance(detector, ObjectDetector):
             raise TypeError(f"detector must be an ObjectDetector or None, got {type(detector).__name__}")
         if nsfw is not None and not isinstance(nsfw, NsfwClassifier):
@@ -103,6 +110,7 @@ class QueryCleaner:
         self.min_side_floor = int(min_side_floor)
         self.decode_min_side = decode_min_side
         self.max_pixels = int(max_pixels)
+        self.max_decoded_bytes = int(max_decoded_bytes)
 
     @classmethod
     def from_config(cls, cfg: QueriesConfig) -> QueryCleaner:
@@ -112,7 +120,8 @@ class QueryCleaner:
         return cls(detector=detector, nsfw=nsfw, upscaler=upscaler_from_config(cfg),
                    crop_margin=cfg.crop_margin, crop_min_score=cfg.crop_min_score, crop_min_area=cfg.crop_min_area,
                    blur_threshold=cfg.blur_threshold, min_side=cfg.min_side, min_side_floor=cfg.min_side_floor,
-                   decode_min_side=cfg.decode_min_side, max_pixels=cfg.max_pixels)
+                   decode_min_side=cfg.decode_min_side, max_pixels=cfg.max_pixels,
+                   max_decoded_bytes=cfg.max_decoded_bytes)
 
     def describe(self) -> dict[str, Any]:
         """Resolved plug-ins and parameters, for run records."""
@@ -124,6 +133,7 @@ class QueryCleaner:
             "crop_min_area": self.crop_min_area, "blur_threshold": self.blur_threshold,
             "min_side": self.min_side, "min_side_floor": self.min_side_floor,
             "decode_min_side": self.decode_min_side, "max_pixels": self.max_pixels,
+            "max_decoded_bytes": self.max_decoded_bytes,
         }
 
     def clean(self, data: bytes) -> CleanedQuery:
@@ -142,7 +152,7 @@ class QueryCleaner:
         t0 = time.perf_counter()
         try:
             decoded = decode_image(bytes(data), min_side=self.decode_min_side, max_pixels=self.max_pixels,
-                                   gray=False)
+                                   gray=False, max_decoded_bytes=self.max_decoded_bytes)
         except ImageDecodeError as exc:
             steps.append({"step": "orientation", "decision": "undecodable", "error": exc.reason,
                           "ms": _ms(t0)})

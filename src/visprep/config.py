@@ -276,7 +276,12 @@ class EmbedConfig(_Section):
                                                                       "{ arch = \"ViT-B-32\", weights = \"/path\" }.")
     batch_size: int = Field(32, ge=1, description="Images per forward pass.")
     checkpoint_every: int = Field(1024, ge=1, description="Images per feature-store part (what a kill can lose).")
-    threads: int = Field(0, ge=0, description="torch threads; 0 leaves torch's default.")
+    threads: int = Field(0, ge=0, description="Model threads (torch or ONNX Runtime) of the embed stage; 0 means "
+                                              "one per usable core (visprep.engines.threads decides).")
+    backend: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="Inference backend of embedders that offer one (efficientnet-lite0): "
+                                   "onnxruntime (exported once to ONNX and cached under $VISPREP_CACHE or "
+                                   "~/.cache/visprep; several times faster on CPU, same vectors) or torch (eager).")
     index: Literal["flat", "hnsw"] = Field("flat", description="FAISS index saved beside a new store: flat (exact) "
                                                                 "or hnsw (graph, appendable).")
     hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (index = hnsw).")

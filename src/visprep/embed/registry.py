@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -46,16 +47,19 @@ class Embedder(abc.ABC):
             TypeError: an input of the wrong type, naming its index.
             visprep.images.decode.ImageDecodeError: an image cannot be decoded (use `embed_each` to skip-and-count).
         """
-        want = bytes if self.modality == "image" else str
-        for i, x in enumerate(inputs):
-            if not isinstance(x, (bytes, bytearray, memoryview) if want is bytes else str):
-                raise TypeError(f"{self.model_id}: input {i} must be {want.__name__}, got {type(x).__name__}")
+        self._check_inputs(inputs)
         if len(inputs) == 0:
             return np.zeros((0, self.dim), np.float32)
         out = np.asarray(self._embed(list(inputs)), dtype=np.float32)
         if out.shape != (len(inputs), self.dim):
             raise RuntimeError(f"{self.model_id}: _embed returned shape {out.shape}, expected {(len(inputs), self.dim)}")
         return l2_normalize(out)
+
+    def _check_inputs(self, inputs: Sequence[Any]) -> None:
+        want = bytes if self.modality == "image" else str
+        for i, x in enumerate(inputs):
+            if not isinstance(x, (bytes, bytearray, memoryview) if want is bytes else str):
+                raise TypeError(f"{self.model_id}: input {i} must be {want.__name__}, got {type(x).__name__}")
 
     def embed_partial(self, inputs: Sequence[bytes] | Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Embed a batch, skipping inputs that fail to decode.
@@ -83,6 +87,63 @@ class Embedder(abc.ABC):
     @abc.abstractmethod
     def _embed(self, inputs: list[Any]) -> np.ndarray:
         """Return (N, dim) raw vectors for a validated, non-empty batch."""
+
+
+@dataclass
+class Prepared:
+    """A batch made ready for the model by `StagedEmbedder.prepare`: the model input of the good inputs, which
+    inputs were good, and one "index: reason" per bad one."""
+
+    batch: np.ndarray
+    ok: np.ndarray
+    errors: list[str]
+
+
+class StagedEmbedder(Embedder):
+    """An embedder in two steps, so decoding the next batch can overlap the model on this one (the embed stage
+    runs `prepare` in a read-ahead thread): `_prepare_one` turns one input into a model-ready array (raising
+    `ImageDecodeError`/`OSError` for a bad one), `_forward` runs the model on a stacked batch."""
+
+    @abc.abstractmethod
+    def _prepare_one(self, x: Any) -> np.ndarray:
+        """Return the model-ready array of one validated input."""
+
+    @abc.abstractmethod
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Return (N, dim) raw vectors for a stacked, non-empty batch of `_prepare_one` outputs."""
+
+    def _embed(self, inputs: list[Any]) -> np.ndarray:
+        return self._forward(np.stack([self._prepare_one(x) for x in inputs]))
+
+    def prepare(self, inputs: Sequence[bytes] | Sequence[str]) -> Prepared:
+        """Decode and preprocess a batch, skipping (and naming) the inputs that fail."""
+        from visprep.images.decode import ImageDecodeError
+
+        rows, errors = [], []
+        ok = np.zeros(len(inputs), bool)
+        for i, x in enumerate(inputs):
+            try:
+                rows.append(self._prepare_one(x))
+                ok[i] = True
+            except (ImageDecodeError, OSError) as exc:
+                errors.append(f"{i}: {type(exc).__name__}: {exc}")
+        return Prepared(np.stack(rows) if rows else np.zeros((0,), np.float32), ok, errors)
+
+    def forward(self, prepared: Prepared) -> np.ndarray:
+        """Return the unit vectors (M, dim) of a prepared batch's good inputs."""
+        if not prepared.ok.any():
+            return np.zeros((0, self.dim), np.float32)
+        out = np.asarray(self._forward(prepared.batch), dtype=np.float32)
+        if out.shape != (int(prepared.ok.sum()), self.dim):
+            raise RuntimeError(f"{self.model_id}: _forward returned shape {out.shape}, expected "
+                               f"{(int(prepared.ok.sum()), self.dim)}")
+        return l2_normalize(out)
+
+    def embed_partial(self, inputs: Sequence[bytes] | Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Embed a batch, skipping inputs that fail to decode (each decoded once)."""
+        self._check_inputs(inputs)
+        p = self.prepare(inputs)
+        return self.forward(p), p.ok, p.errors
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -129,6 +190,21 @@ def get_embedder(name: str, **options: Any) -> Embedder:
     except KeyError:
         raise ValueError(f"unknown embedder {name!r}; valid: {', '.join(sorted(_REGISTRY))}") from None
     return factory(**options)
+
+
+def accepts_option(name: str, option: str) -> bool:
+    """Tell whether the registered embedder `name` takes keyword option `option` (e.g. `backend`)."""
+    import inspect
+
+    _load_builtins()
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        return False
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in params  # not through **options: a plug-in would pass it on to a library that refuses it
 
 
 def model_id_of(name: str, **options: Any) -> str:

@@ -7,7 +7,7 @@ new store, and a run with nothing new loads no model and finishes in the time it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow.compute as pc
 
 from visprep.config import section_params
-from visprep.embed.registry import Embedder, get_embedder, model_id_of
+from visprep.embed.registry import Embedder, Prepared, StagedEmbedder, accepts_option, get_embedder, model_id_of
 from visprep.embed.store import FeatureStore
-from visprep.engines.local import batched
+from visprep.engines.local import batched, prefetch
+from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
 from visprep.workspace import QuarantineRecord, Workspace
 
@@ -51,9 +52,12 @@ def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,
     """
     cfg = ws.config.embed
     res = EmbedResult()
+    plan = plan_threads(model_threads=cfg.threads)
     options = dict(cfg.options)
-    if cfg.threads:
-        options.setdefault("threads", cfg.threads)
+    if "threads" not in options and (cfg.threads or accepts_option(cfg.model, "threads")):
+        options["threads"] = plan.model
+    if "backend" not in options and accepts_option(cfg.model, "backend"):
+        options["backend"] = cfg.backend
     res.model_id = embedder.model_id if embedder is not None else model_id_of(cfg.model, **options)
     params = {**section_params(ws.config, "embed"), "model_id": res.model_id}
     with ws.run("embed", params) as run:
@@ -70,34 +74,32 @@ def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,
         res.skipped = len(ids) - len(todo)
         failures: list[QuarantineRecord] = []
         if todo:
+            apply_threads(plan)
             if embedder is None:
                 embedder = get_embedder(cfg.model, **options)
+            run.metrics["threads"] = plan.as_dict()
+            run.metrics["backend"] = getattr(embedder, "backend", None)
             if store is None:
                 store = FeatureStore(root, embedder.model_id, embedder.dim, index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
-            for chunk in batched(todo, cfg.checkpoint_every):
-                done_ids: list[str] = []
-                done_vecs: list[np.ndarray] = []
-                for batch in batched(chunk, cfg.batch_size):
-                    data, batch_ids = [], []
-                    for image_id, fmt in batch:
-                        try:
-                            data.append(ws.store.get(image_id, extension_for(fmt)))
-                            batch_ids.append(image_id)
-                        except (OSError, ValueError) as exc:
-                            failures.append(_failure(image_id, "missing_bytes", exc))
-                    vecs, good, errors = embedder.embed_partial(data)
-                    for err in errors:
-                        i = int(err.split(":", 1)[0])
-                        failures.append(QuarantineRecord(reason="embed_decode", detail=err.split(":", 1)[1].strip(),
-                                                         record_id=batch_ids[i], field="image_id",
-                                                         value=batch_ids[i]))
-                    done_ids.extend(i for i, g in zip(batch_ids, good.tolist()) if g)
-                    done_vecs.append(vecs)
-                    if progress:
-                        progress(len(batch), len(todo))
-                if done_ids:
-                    store.append(done_ids, np.concatenate(done_vecs), update_index=False)
-                    res.embedded += len(done_ids)
+            done_ids: list[str] = []
+            done_vecs: list[np.ndarray] = []
+            for batch, batch_ids, missing, ready in _batches(ws, embedder, todo, cfg.batch_size):
+                failures.extend(missing)
+                if isinstance(ready, Prepared):
+                    vecs, good, errors = embedder.forward(ready), ready.ok, ready.errors
+                else:
+                    vecs, good, errors = embedder.embed_partial(ready)
+                for err in errors:
+                    i = int(err.split(":", 1)[0])
+                    failures.append(QuarantineRecord(reason="embed_decode", detail=err.split(":", 1)[1].strip(),
+                                                     record_id=batch_ids[i], field="image_id", value=batch_ids[i]))
+                done_ids.extend(i for i, g in zip(batch_ids, good.tolist()) if g)
+                done_vecs.append(vecs)
+                if progress:
+                    progress(len(batch), len(todo))
+                if len(done_ids) >= cfg.checkpoint_every:
+                    res.embedded += _checkpoint(store, done_ids, done_vecs)
+            res.embedded += _checkpoint(store, done_ids, done_vecs)
             store.index()  # one index update per run
         res.failed = len(failures)
         for f in failures:
@@ -107,6 +109,38 @@ def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,
         run.counts = {"images_in": res.images, "embedded": res.embedded, "skipped": res.skipped,
                       "failed": res.failed, "store_total": res.store_total}
     return res
+
+
+def _batches(ws: Workspace, embedder: Embedder, todo: list[tuple[str, str]], batch_size: int
+             ) -> Iterator[tuple[list[tuple[str, str]], list[str], list[QuarantineRecord], Prepared | list[bytes]]]:
+    """Yield `(batch, ids read, missing-bytes failures, the prepared batch or, for an embedder that is not staged,
+    the bytes read)`. A `StagedEmbedder`'s batches are read and decoded by a read-ahead thread while the model runs
+    on the previous one, so the stage runs at the model's rate rather than at decode + model (OpenCV, simplejpeg
+    and ONNX Runtime release the GIL)."""
+    staged = isinstance(embedder, StagedEmbedder)
+
+    def read() -> Iterator[tuple[list[tuple[str, str]], list[str], list[QuarantineRecord], Prepared | list[bytes]]]:
+        for batch in batched(todo, batch_size):
+            data, batch_ids, missing = [], [], []
+            for image_id, fmt in batch:
+                try:
+                    data.append(ws.store.get(image_id, extension_for(fmt)))
+                    batch_ids.append(image_id)
+                except (OSError, ValueError) as exc:
+                    missing.append(_failure(image_id, "missing_bytes", exc))
+            yield batch, batch_ids, missing, embedder.prepare(data) if staged else data
+
+    return prefetch(read(), depth=2) if staged else read()
+
+
+def _checkpoint(store: FeatureStore, ids: list[str], vecs: list[np.ndarray]) -> int:
+    """Append what is embedded so far as one store part (what a kill can lose); return how many."""
+    n = len(ids)
+    if n:
+        store.append(list(ids), np.concatenate(vecs), update_index=False)
+    ids.clear()
+    vecs.clear()
+    return n
 
 
 def _open_store(root: Path, model_id: str, embedder: Embedder | None, cfg) -> FeatureStore | None:

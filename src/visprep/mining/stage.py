@@ -1,7 +1,7 @@
 """The mine stage: run the configured miners per split and write each kind as its own part of `negatives`.
 
-Reads usable images (pairs stage), products (brand, category), product groups (`product_groups` when the dedup
-stage has written it, else the split's group, else the product; products listing the same photo are merged),
+Reads usable images (pairs stage), products (brand, category), product groups (the split's `group_id` when the
+split ran, else `product_groups` from the dedup stage, else the product; products listing the same photo are merged),
 known positive pairs (`pairs`, and click/cart/purchase/co-view rows of `interaction_pairs` when present), the
 feature store (for `ann`). Every drop of every rule is counted in the run record (`counts`, prefixed by kind).
 """

@@ -156,3 +156,30 @@ def test_refuses_a_leaking_workspace(ws: Workspace) -> None:
             experiment_stage(ws, variants=["in_batch"], seeds=1, steps=2)
     finally:
         ws.write_table("splits", splits)
+
+
+def test_remine_variant_mines_with_the_head_being_trained(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ann_hard+guard+remine re-mines every `remine_every` steps from the head's embeddings (issue 20.7) and is
+    compared against mining once with the frozen backbone."""
+    import visprep.experiment.stage as stage
+
+    calls: list[str] = []
+    real = stage.mine_ann
+
+    def spy(ws_, items, split, payload, *, guard):
+        calls.append(payload.model_id)
+        return real(ws_, items, split, payload, guard=guard)
+
+    monkeypatch.setattr(stage, "mine_ann", spy)
+    ws.set_config(ws.config.model_copy(update={"experiment": ws.config.experiment.model_copy(
+        update={"remine_every": 4})}))
+    try:
+        r = experiment_stage(ws, variants=["ann_hard+guard+remine"], seeds=1, steps=10)
+    finally:
+        ws.set_config(ws.config.model_copy(update={"experiment": ws.config.experiment.model_copy(
+            update={"remine_every": 100})}))
+    rows = {(row["variant"], row["metric"]): row for row in r.rows if row["status"] == "ok"}
+    assert rows[("ann_hard+guard+remine", "ndcg@10")]["control"] == "ann_hard+guard"
+    head_mines = [c for c in calls if c.endswith("+head")]
+    assert len(head_mines) == 2  # steps 4 and 8 of 10
+    assert len(calls) - len(head_mines) == 2  # frozen-backbone mining, guard on and off, once each

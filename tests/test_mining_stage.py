@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pytest
 import pyarrow as pa
 from typer.testing import CliRunner
 
@@ -107,3 +108,45 @@ def test_sample_stage_plans_covering_batches(tmp_path) -> None:
             classes.setdefault(r["class_index"], set()).add(r["group_id"])
         groups = [next(iter(g)) for g in classes.values()]
         assert all(len(g) == 1 for g in classes.values()) and len(groups) == len(set(groups)) == 4
+
+
+def test_mining_from_a_trainers_checkpoint_embeddings(tmp_path) -> None:
+    """A trainer exports its checkpoint's vectors; `visprep embed --import` puts them in a store and `visprep mine
+    --model` mines from them; a second checkpoint that moves a few vectors appends only those (issue 20.7)."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "ws").mkdir()
+    ws = _workspace(tmp_path / "ws")
+    ids = ws.read_table("images", ["image_id"]).column("image_id").to_pylist()
+    rng = np.random.default_rng(3)
+    # The "trained" model: products are tight, and sit in clusters by top category.
+    tops = {f"P{i:02d}": i % 3 for i in range(24)}
+    centers, own = rng.normal(size=(3, 16)), {p: rng.normal(size=16) for p in tops}
+    vecs = np.stack([centers[tops[i.split("-")[0]]] + 0.5 * own[i.split("-")[0]] for i in ids])
+    vecs = vecs + 0.05 * rng.normal(size=(len(ids), 16))
+    ckpt = tmp_path / "epoch1.parquet"
+    pq.write_table(pa.table({"id": ids + ["not-an-image"], "vector": [v.tolist() for v in vecs] + [[0.1] * 16]}),
+                   ckpt)
+    out = CliRunner().invoke(app, ["embed", "-w", str(ws.root), "--import", str(ckpt), "--model-id", "head@epoch"])
+    assert out.exit_code == 0, out.output
+    assert "changed 72, unchanged 0, unknown ids 1" in out.output
+    q = [r for r in ws.read_table("quarantine").to_pylist() if r["stage"] == "embed-import"]
+    assert [(r["reason"], r["record_id"]) for r in q] == [("unknown_image", "not-an-image")]
+    out = CliRunner().invoke(app, ["mine", "-w", str(ws.root), "--model", "head@epoch"])
+    assert out.exit_code == 0, out.output
+    ann = [r for r in ws.read_table("negatives").to_pylist() if r["kind"] == "ann"]
+    assert ann
+    # Mined from the checkpoint: hard negatives now share the anchor's top category (its new neighbourhood).
+    same_top = np.mean([tops[r["anchor_product_id"]] == tops[r["negative_product_id"]] for r in ann])
+    assert same_top > 0.9
+    # Epoch 2 moves 5 vectors: only those are appended.
+    vecs[:5] = rng.normal(size=(5, 16))
+    pq.write_table(pa.table({"image_id": ids, "vector": [v.tolist() for v in vecs]}), ckpt)
+    from visprep.embed.stage import import_embeddings
+
+    r = import_embeddings(ws, ckpt, model_id="head@epoch")
+    assert (r.changed, r.unchanged, r.unknown, r.store_total) == (5, 67, 0, 77)
+    with pytest.raises(ValueError, match="vectors have 8 dimensions; the feature store of .head@epoch. holds 16"):
+        bad = tmp_path / "bad.parquet"
+        pq.write_table(pa.table({"id": ids[:2], "vector": [[0.0] * 8, [1.0] * 8]}), bad)
+        import_embeddings(ws, bad, model_id="head@epoch")

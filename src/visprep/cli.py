@@ -383,12 +383,27 @@ def print_evaluation(ws: Workspace, r: Any, *, by_category: bool = False) -> Non
 @writes
 def embed(workspace: WorkspaceOpt = Path("."),
           model: Annotated[Optional[str], typer.Option(help="Registered embedder name (default: [embed] model).")]
-          = None) -> None:
+          = None,
+          import_path: Annotated[Optional[Path], typer.Option(
+              "--import", help="Import a trainer's (id, vector) Parquet (a checkpoint's embeddings) instead of "
+                               "embedding; needs --model-id.")] = None,
+          model_id: Annotated[Optional[str], typer.Option(
+              help="Feature store the --import vectors go into (then `visprep mine --model ID`).")] = None) -> None:
     """Embed decoded images that have no current vector into the feature store (incremental)."""
     from visprep.embed.registry import EmbedderUnavailable
-    from visprep.embed.stage import embed_stage
+    from visprep.embed.stage import embed_stage, import_embeddings
 
     ws = _open(workspace)
+    if import_path is not None or model_id is not None:
+        if import_path is None or not model_id:
+            _fail(ValueError("--import PATH and --model-id ID go together"))
+        try:
+            imp = import_embeddings(ws, import_path, model_id=model_id)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(exc)
+        console.print(f"{imp.model_id}: read {imp.read}: changed {imp.changed}, unchanged {imp.unchanged}, "
+                      f"unknown ids {imp.unknown} (quarantined); store holds {imp.store_total}")
+        return
     if model is not None:
         cfg = ws.config.model_copy(update={"embed": ws.config.embed.model_copy(update={"model": model})})
         ws.set_config(cfg)
@@ -403,13 +418,16 @@ def embed(workspace: WorkspaceOpt = Path("."),
 
 @app.command()
 @writes
-def mine(workspace: WorkspaceOpt = Path(".")) -> None:
+def mine(workspace: WorkspaceOpt = Path("."),
+         model: Annotated[Optional[str], typer.Option(
+             help="Feature store (model id) the ann miner reads, e.g. a checkpoint imported with `visprep embed "
+                  "--import`; default [mining] model, else the embed model.")] = None) -> None:
     """Mine negatives (random, brand, skip-above, ANN hard negatives behind the false-negative guard)."""
     from visprep.mining.stage import mine_stage
 
     ws = _open(workspace)
     try:
-        counts = mine_stage(ws)
+        counts = mine_stage(ws, feature_model=model)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     console.print_json(json.dumps(counts))

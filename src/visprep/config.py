@@ -279,7 +279,8 @@ class EmbedConfig(_Section):
     threads: int = Field(0, ge=0, description="Model threads (torch or ONNX Runtime) of the embed stage; 0 means "
                                               "one per usable core (visprep.engines.threads decides).")
     backend: Literal["onnxruntime", "torch"] = Field(
-        "onnxruntime", description="Inference backend of embedders that offer one (efficientnet-lite0): "
+        "onnxruntime", description="Inference backend of embedders that offer one (efficientnet-lite0, "
+                                   "minilm-l6-v2): "
                                    "onnxruntime (exported once to ONNX and cached under $VISPREP_CACHE or "
                                    "~/.cache/visprep; several times faster on CPU, same vectors) or torch (eager).")
     index: Literal["flat", "hnsw"] = Field("flat", description="FAISS index saved beside a new store: flat (exact) "
@@ -457,6 +458,8 @@ class ExperimentConfig(_Section):
     event_loss_weight: float = Field(0.5, ge=0, description="Weight of the event-positive term against the "
                                                             "catalog term.")
     threads: int = Field(0, ge=0, description="torch threads while training; 0 leaves torch's default.")
+    remine_every: int = Field(100, ge=1, description="ann_hard+guard+remine: steps between re-mining the ANN "
+                                                     "negatives with the head being trained.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of queries for the CIs.")
     seed: int = Field(0, description="Base seed; seed s of a variant is seed + s.")
 

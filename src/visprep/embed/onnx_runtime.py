@@ -13,14 +13,14 @@ import hashlib
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 OPSET = 17
-# Bump when the exported graph changes for the same weights (wrapper module, input or output names).
+# Bump when the exported graph changes for the same weights (wrapper module, pooling, input or output names).
 EXPORT_VERSION = 1
 
 
@@ -33,13 +33,68 @@ def cache_dir() -> Path:
     return Path(xdg).expanduser() / "visprep" / "onnx"
 
 
-def export_key(model_id: str, size: int) -> str:
-    """The cache file stem of `model_id` exported for `size` x `size` inputs by this torch and exporter."""
+def weights_fingerprint(files: Sequence[Path]) -> str:
+    """A cheap fingerprint of weight files: resolved path, size and modification time of each (a changed or
+    replaced file gets a new one without hashing hundreds of MB at every load)."""
+    parts = []
+    for f in files:
+        st = Path(f).stat()
+        parts.append(f"{Path(f).resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def export_key_named(model_id: str, *, inputs: Sequence[str], outputs: Sequence[str], fingerprint: str = "") -> str:
+    """The cache file stem of `model_id` exported with these input and output names by this torch and exporter."""
     import torch
 
-    raw = f"{model_id}|{size}|opset{OPSET}|v{EXPORT_VERSION}|torch{torch.__version__}"
+    raw = (f"{model_id}|{','.join(inputs)}->{','.join(outputs)}|{fingerprint}|opset{OPSET}|v{EXPORT_VERSION}|"
+           f"torch{torch.__version__}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)[:80]
-    return f"{safe}-{size}px-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
+    return f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
+
+
+def export_cached_named(model_id: str, build: Callable[[], Any], example: Mapping[str, Any], *,
+                        dynamic_axes: Mapping[str, Mapping[int, str]], outputs: Sequence[str],
+                        fingerprint: str = "") -> Path:
+    """Return the ONNX file of `build()` (a torch module called with `example`'s tensors as positional
+    arguments, in order), exporting it on first use.
+
+    Args:
+        model_id: the model's id (names its weights' version).
+        build: returns the torch module; called only when the file is missing (it may load weights).
+        example: input name -> example tensor, in the module's argument order. Use a batch and sequence length
+            above 1 so the tracer cannot specialise on them.
+        dynamic_axes: input or output name -> {axis: symbolic name}, e.g. {"input_ids": {0: "batch", 1: "seq"}}.
+        outputs: output names.
+        fingerprint: extra key material, e.g. `weights_fingerprint` of the files `build` loads.
+    """
+    import torch
+
+    names = list(example)
+    path = cache_dir() / f"{export_key_named(model_id, inputs=names, outputs=outputs, fingerprint=fingerprint)}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = build().eval()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter warns about traced shape arithmetic it cannot prove constant: noise here.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(example[n] for n in names), tmp, input_names=names,
+                              output_names=list(outputs), dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+                              opset_version=OPSET, dynamo=False)
+        os.replace(tmp, path)  # atomic: a concurrent exporter's identical file may win, either is whole
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_key(model_id: str, size: int) -> str:
+    """The cache file stem of image model `model_id` exported for `size` x `size` inputs."""
+    return export_key_named(model_id, inputs=["pixels"], outputs=["features"], fingerprint=f"{size}px")
 
 
 def export_cached(model_id: str, size: int, build: Callable[[], Any], *, channels: int = 3) -> Path:
@@ -47,26 +102,9 @@ def export_cached(model_id: str, size: int, build: Callable[[], Any], *, channel
     it on first use. `build` is called only when the file is missing (it may load weights)."""
     import torch
 
-    path = cache_dir() / f"{export_key(model_id, size)}.onnx"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = build().eval()
-    example = torch.zeros(2, channels, size, size)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter warns about every slice it cannot constant-fold: noise, not a problem.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), tmp, input_names=["pixels"], output_names=["features"],
-                              dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)
-        os.replace(tmp, path)  # atomic: a concurrent exporter's identical file may win, either is whole
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return export_cached_named(model_id, build, {"pixels": torch.zeros(2, channels, size, size)},
+                               dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                               outputs=["features"], fingerprint=f"{size}px")
 
 
 class OrtModel:
@@ -79,18 +117,11 @@ class OrtModel:
     """
 
     def __init__(self, path: Path, *, threads: int, spin: bool = False) -> None:
-        import onnxruntime as ort
+        from visprep.engines.ort_sessions import cpu_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning workers burn the cores the decode thread needs (issue 19 saw more system than user time).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.path = path
-        self.threads = opts.intra_op_num_threads
-        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(path, threads=threads, spin=spin)
+        self.threads = self._session.get_session_options().intra_op_num_threads
         self._input = self._session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:

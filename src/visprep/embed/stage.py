@@ -155,3 +155,69 @@ def _open_store(root: Path, model_id: str, embedder: Embedder | None, cfg) -> Fe
 def _failure(image_id: str, reason: str, exc: Exception) -> QuarantineRecord:
     return QuarantineRecord(reason=reason, detail=f"{type(exc).__name__}: {exc}", record_id=image_id,
                             field="image_id", value=image_id)
+
+
+@dataclass
+class ImportResult:
+    """Counts of one import of a trainer's embeddings into a feature store."""
+
+    model_id: str = ""
+    read: int = 0
+    changed: int = 0  # new ids, or vectors that moved: what the incremental ann miner re-mines around
+    unchanged: int = 0
+    unknown: int = 0  # ids that are not decoded images of this workspace (quarantined)
+    store_total: int = 0
+
+
+def import_embeddings(ws: Workspace, path: str | Path, *, model_id: str, atol: float = 1e-6) -> ImportResult:
+    """Import a trainer's (id, vector) Parquet (a checkpoint's image embeddings) into `features/<model_id>/`.
+
+    Mining "with the model being trained" (the spec mines hard negatives after each epoch with the current model):
+    export the checkpoint's vectors, import them under one model id, and `visprep mine --model <model_id>` mines
+    from them. Only vectors that are new or moved by more than `atol` are appended (the store keeps the newest
+    vector of an id), so the incremental ann miner re-mines only the anchors whose neighbourhood changed. Ids that
+    are not decoded images of this workspace are quarantined (stage `embed-import`, reason `unknown_image`).
+
+    Raises:
+        FileNotFoundError / ValueError: as `visprep.evaluate.embeddings.read_embeddings` (no file, bad columns,
+            non-finite values, duplicate ids); a store of `model_id` with another dimension.
+    """
+    from visprep.embed.registry import l2_normalize
+    from visprep.evaluate.embeddings import read_embeddings
+
+    res = ImportResult(model_id=model_id)
+    if not model_id or not isinstance(model_id, str):
+        raise ValueError(f"import_embeddings needs a model id, got {model_id!r}")
+    with ws.run("embed-import", {"model_id": model_id, "path": str(path), "atol": atol}) as run:
+        ids, vecs = read_embeddings(path)
+        res.read = len(ids)
+        images = ws.read_table("images", ["image_id", "status"])
+        known = set(images.filter(pc.equal(images["status"], "ok")).column("image_id").to_pylist())
+        keep = np.array([i in known for i in ids], bool)
+        unknown = [QuarantineRecord(reason="unknown_image", detail=f"{path}: id {i!r} is not a decoded image of "
+                                    "this workspace", record_id=i, field="image_id", value=i)
+                   for i, k in zip(ids, keep.tolist()) if not k]
+        res.unknown = len(unknown)
+        ids = [i for i, k in zip(ids, keep.tolist()) if k]
+        vecs = l2_normalize(vecs[keep])
+        root = features_root(ws)
+        try:
+            store = FeatureStore.open_existing(root, model_id)
+        except FileNotFoundError:
+            store = FeatureStore(root, model_id, vecs.shape[1] if vecs.ndim == 2 and len(vecs) else 0)
+        if vecs.ndim == 2 and len(vecs) and vecs.shape[1] != store.dim:
+            raise ValueError(f"{path}: vectors have {vecs.shape[1]} dimensions; the feature store of {model_id!r} "
+                             f"holds {store.dim}")
+        if ids:
+            old, found = store.get(ids)
+            moved = ~found | (np.abs(old - vecs).max(axis=1) > atol)
+            res.changed, res.unchanged = int(moved.sum()), int((~moved).sum())
+            if moved.any():
+                store.append([i for i, m in zip(ids, moved.tolist()) if m], vecs[moved], update_index=False)
+                store.index()
+        ws.quarantine(unknown, stage="embed-import", run_id=run.run_id, key=model_id)
+        res.store_total = len(store)
+        run.inputs = {"file": str(path)}
+        run.counts = {"read": res.read, "changed": res.changed, "unchanged": res.unchanged, "unknown": res.unknown,
+                      "store_total": res.store_total}
+    return res

@@ -13,6 +13,7 @@ Refuses a workspace whose split check finds a leak; eval-split products and eval
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -249,6 +250,22 @@ def experiment_stage(ws: Workspace, *, variants: list[str] | None = None, seeds:
                     augment=False, use_stored_plan=False)
             return sources[key]
 
+        def remine_for(recipe: Recipe) -> Callable[[Any], TrainingSource]:
+            """Re-mine the recipe's ANN negatives from a head's embeddings of every payload vector."""
+            from visprep.training.links import negative_links
+
+            items = with_user if recipe.user_photos else base
+            if not recipe.groups:
+                items = _groups_ignored(items)
+
+            def remine(head: Any) -> TrainingSource:
+                head_payload = copy.copy(payload)
+                head_payload.vectors = embed_with(head, payload.vectors)
+                head_payload.model_id = f"{model_id}+head"
+                table = mine_ann(ws, items, split, head_payload, guard=recipe.ann == "guard")
+                return source_for(recipe).with_options(negatives=negative_links(table, split=split, kinds=["ann"]))
+            return remine
+
         trained: dict[tuple, VariantScores] = {}
         results: dict[str, VariantScores] = {}
         n_models = sum(cfg.seeds if r.train else 1 for r in recipes)
@@ -278,7 +295,9 @@ def experiment_stage(ws: Workspace, *, variants: list[str] | None = None, seeds:
                                             temperature=cfg.temperature, seed=cfg.seed + s,
                                             event_weight=cfg.event_loss_weight if recipe.events else 0.0,
                                             event_weights=recipe.events or "raw",
-                                            random_negatives=cfg.negatives_per_anchor)
+                                            random_negatives=cfg.negatives_per_anchor,
+                                            remine=remine_for(recipe) if recipe.remine else None,
+                                            remine_every=cfg.remine_every)
                     per_seed.append(evaluate(head))
                     losses.append(float(np.mean(loss[-20:])))
                     done += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -11,9 +11,9 @@ from visprep.experiment.model import contrastive_loss, projection_head
 from visprep.training.batches import TrainingSource
 
 
-def pk_batches(source: TrainingSource) -> Iterator[dict[str, Any]]:
-    """The source's batches, epoch after epoch, in plan order (as a trainer reads them)."""
-    epoch = 0
+def pk_batches(source: TrainingSource, *, start_epoch: int = 0) -> Iterator[dict[str, Any]]:
+    """The source's batches, epoch after epoch from `start_epoch`, in plan order (as a trainer reads them)."""
+    epoch = start_epoch
     while True:
         yield from source.iter_batches(epoch)
         epoch += 1
@@ -53,7 +53,9 @@ def pair_batches(source: TrainingSource, *, size: int, negatives: int, seed: int
 
 def train_head(source: TrainingSource, *, structure: str, steps: int, hidden: int, dim: int, lr: float,
                weight_decay: float, temperature: float, seed: int, event_weight: float = 0.0,
-               event_weights: str = "raw", random_negatives: int = 4) -> tuple[Any, list[float]]:
+               event_weights: str = "raw", random_negatives: int = 4,
+               remine: Callable[[Any], TrainingSource] | None = None, remine_every: int = 0
+               ) -> tuple[Any, list[float]]:
     """Train a projection head; return it (eval mode) and the loss of every step.
 
     Args:
@@ -61,6 +63,8 @@ def train_head(source: TrainingSource, *, structure: str, steps: int, hidden: in
         structure: "pk" (plan batches, multi-positive InfoNCE with in-batch negatives) or "pairs" (random pairs).
         event_weights: which weights the event term uses: "raw" or "debiased".
         random_negatives: random negatives per anchor of the "pairs" structure.
+        remine: called with the head (in eval mode) every `remine_every` steps of a "pk" run; returns the source
+            with negatives mined from the head's embeddings, which the next batches draw from.
     """
     import torch
 
@@ -83,7 +87,14 @@ def train_head(source: TrainingSource, *, structure: str, steps: int, hidden: in
     else:
         raise ValueError(f"unknown structure {structure!r}; valid: pk, pairs")
     head.train()
-    for _ in range(steps):
+    remined = 0
+    for step in range(steps):
+        if remine is not None and remine_every > 0 and structure == "pk" and step > 0 and step % remine_every == 0:
+            head.eval()
+            source = remine(head)
+            head.train()
+            remined += 1
+            batches = pk_batches(source.with_options(seed=seed), start_epoch=remined)
         b = next(batches)
         if structure == "pairs":
             za = norm(head(torch.from_numpy(b["anchor"])), dim=1)

@@ -24,6 +24,8 @@ class Recipe:
         ann: ANN hard negatives: None, "guard" (false-negative guard on, the default mining) or "noguard".
         events: interaction pairs as extra positives: None, "raw" or "debiased" weights.
         user_photos: user photos linked by events in the P x K batches.
+        remine: re-mine the ANN negatives with the head being trained every `experiment.remine_every` steps (the
+            spec mines "after each epoch" with the current model) instead of once with the frozen backbone.
         control: the variant this one is compared against to isolate its choice.
     """
 
@@ -35,12 +37,13 @@ class Recipe:
     ann: Literal["guard", "noguard"] | None = None
     events: Literal["raw", "debiased"] | None = None
     user_photos: bool = False
+    remine: bool = False
     control: str | None = "frozen"
 
     @property
     def data_key(self) -> tuple:
         """Variants with equal keys train on the same data, so they are trained once and share results."""
-        return (self.train, self.structure, self.groups, self.ann, self.events, self.user_photos)
+        return (self.train, self.structure, self.groups, self.ann, self.events, self.user_photos, self.remine)
 
 
 VARIANTS: dict[str, Recipe] = {r.name: r for r in (
@@ -52,6 +55,9 @@ VARIANTS: dict[str, Recipe] = {r.name: r for r in (
            control="in_batch"),
     Recipe("ann_hard+guard", "in_batch + mined ANN hard negatives behind the false-negative guard (the default "
            "mining)", ann="guard", control="ann_hard"),
+    Recipe("ann_hard+guard+remine", "ann_hard+guard with the ANN negatives re-mined from the head being trained "
+           "every `experiment.remine_every` steps, against mining once with the frozen backbone", ann="guard",
+           remine=True, control="ann_hard+guard"),
     Recipe("+dedup", "the default (ann_hard+guard) with near-duplicate groups respected, against the same run "
            "with groups ignored (no_dedup)", ann="guard", control="no_dedup"),
     Recipe("no_dedup", "control of +dedup: ann_hard+guard with near-duplicate groups ignored (group = product) in "

@@ -8,6 +8,7 @@ and threshold, upsampling factor, NSFW score), so a rejected or altered photo ca
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,10 @@ from visprep.images.decode import (
 )
 from visprep.images.preprocess import encode_jpeg
 from visprep.queries.boxes import crop_box
-from visprep.queries.detect import ObjectDetector, make_detector
-from visprep.queries.nsfw import NsfwClassifier, make_nsfw_classifier
+from visprep.queries.detect import DETECTORS, ObjectDetector, make_detector
+from visprep.queries.nsfw import NSFW_CLASSIFIERS, NsfwClassifier, make_nsfw_classifier
 from visprep.queries.sharpness import query_blur_score
-from visprep.queries.superres import Upscaler, make_upscaler
+from visprep.queries.superres import UPSCALERS, Upscaler, make_upscaler
 
 QueryStatus = Literal["accepted", "rejected"]
 REJECT_REASONS = ("decode_empty", "decode_unsupported_format", "decode_truncated", "decode_corrupt",
@@ -113,11 +114,21 @@ class QueryCleaner:
         self.max_decoded_bytes = int(max_decoded_bytes)
 
     @classmethod
-    def from_config(cls, cfg: QueriesConfig) -> QueryCleaner:
-        """Build the cleaner a `QueriesConfig` describes (loading models once)."""
-        detector = None if cfg.detector == "none" else make_detector(cfg.detector, **cfg.detector_options)
-        nsfw = None if cfg.nsfw == "none" else make_nsfw_classifier(cfg.nsfw, threshold=cfg.nsfw_threshold)
-        return cls(detector=detector, nsfw=nsfw, upscaler=upscaler_from_config(cfg),
+    def from_config(cls, cfg: QueriesConfig, *, threads: int = 0) -> QueryCleaner:
+        """Build the cleaner a `QueriesConfig` describes (loading models once); every model that takes a
+        `threads` option (NudeNet, yolo, network upscalers) gets `threads` intra-op threads (0: the thread plan's,
+        one per usable core) unless its options name their own."""
+        detector = None
+        if cfg.detector != "none":
+            options = dict(cfg.detector_options)
+            if "threads" not in options and _takes_threads(DETECTORS.get(cfg.detector)):
+                options["threads"] = threads
+            detector = make_detector(cfg.detector, **options)
+        nsfw = None
+        if cfg.nsfw != "none":
+            extra = {"threads": threads} if _takes_threads(NSFW_CLASSIFIERS.get(cfg.nsfw)) else {}
+            nsfw = make_nsfw_classifier(cfg.nsfw, threshold=cfg.nsfw_threshold, **extra)
+        return cls(detector=detector, nsfw=nsfw, upscaler=upscaler_from_config(cfg, threads=threads),
                    crop_margin=cfg.crop_margin, crop_min_score=cfg.crop_min_score, crop_min_area=cfg.crop_min_area,
                    blur_threshold=cfg.blur_threshold, min_side=cfg.min_side, min_side_floor=cfg.min_side_floor,
                    decode_min_side=cfg.decode_min_side, max_pixels=cfg.max_pixels,
@@ -234,8 +245,9 @@ class QueryCleaner:
         }
 
 
-def upscaler_from_config(cfg: QueriesConfig) -> Upscaler:
-    """The upscaler `cfg` asks for; "auto" picks the network plug-in by the weights' suffix when weights are set."""
+def upscaler_from_config(cfg: QueriesConfig, *, threads: int = 0) -> Upscaler:
+    """The upscaler `cfg` asks for; "auto" picks the network plug-in by the weights' suffix when weights are set.
+    A network upscaler that takes `threads` gets it (0: the thread plan's)."""
     name = cfg.upscaler
     if name == "auto":
         if cfg.sr_weights is None:
@@ -246,7 +258,19 @@ def upscaler_from_config(cfg: QueriesConfig) -> Upscaler:
         return make_upscaler("classical")
     if cfg.sr_weights is None:
         raise ValueError(f"queries.upscaler = {name!r} needs queries.sr_weights (a model file)")
-    return make_upscaler(name, weights=cfg.sr_weights, scale=cfg.sr_scale)
+    extra = {"threads": threads} if _takes_threads(UPSCALERS.get(name)) else {}
+    return make_upscaler(name, weights=cfg.sr_weights, scale=cfg.sr_scale, **extra)
+
+
+def _takes_threads(factory: Any) -> bool:
+    """Whether a registered plug-in factory has a `threads` parameter (a plug-in without one is not handed it:
+    it would raise TypeError or pass it to a library that refuses it)."""
+    if factory is None:
+        return False  # unknown name: make_* raises, naming the valid ones
+    try:
+        return "threads" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def clean_query_image(data: bytes, *, cleaner: QueryCleaner) -> CleanedQuery:

@@ -155,16 +155,18 @@ class YoloDetector(ObjectDetector):
         weights: model file.
         labels: class names in output order.
         classes: keep only these labels (None: all).
-        size, score_threshold, iou_threshold, layout, channel_order: see `visprep.queries.yolo.YoloModel`.
+        size, score_threshold, iou_threshold, layout, channel_order, threads: see
+            `visprep.queries.yolo.YoloModel` (threads 0: the thread plan's).
     """
 
     name = "yolo"
 
     def __init__(self, *, weights: str | Path, labels: Sequence[str], classes: Sequence[str] | None = None,
                  size: int = 640, score_threshold: float = 0.25, iou_threshold: float = 0.45,
-                 layout: str = "auto", channel_order: str = "rgb") -> None:
+                 layout: str = "auto", channel_order: str = "rgb", threads: int = 0) -> None:
         self.model = YoloModel(weights, labels=labels, size=size, score_threshold=score_threshold,
-                               iou_threshold=iou_threshold, layout=layout, channel_order=channel_order)
+                               iou_threshold=iou_threshold, layout=layout, channel_order=channel_order,
+                               threads=threads)
         unknown = set(classes or ()) - set(labels)
         if unknown:
             raise ValueError(f"yolo classes {sorted(unknown)} are not among the model's labels {list(labels)}")

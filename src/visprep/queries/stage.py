@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import section_params
+from visprep.engines.threads import apply_threads, plan_threads
 from visprep.fetch import Fetcher
 from visprep.fetch.stage import fetch_settings
 from visprep.queries.clean import QueryCleaner
@@ -51,12 +52,16 @@ def queries_stage(ws: Workspace, items: Iterable[str | Path], *, cleaner: QueryC
     """
     sources = expand_sources(items)
     cfg = ws.config.queries
-    cleaner = cleaner or QueryCleaner.from_config(cfg)
+    # One process cleans one photo at a time: its models get every core, OpenCV one thread (the plan's).
+    plan = plan_threads()
+    apply_threads(plan)
+    cleaner = cleaner or QueryCleaner.from_config(cfg, threads=plan.model)
     res = QueriesResult(inputs=len(sources))
     params = {**section_params(ws.config, "queries"), "resolved": cleaner.describe()}
     with ws.run(STAGE, params) as run, Fetcher(fetch_settings(ws.config.fetch)) as fetcher:
         res.run_id = run.run_id
         run.inputs = {"sources": len(sources)}
+        run.metrics["threads"] = plan.as_dict()
         rows, refused = [], []
         by_source = {s.source: s for s in sources}
         now = utcnow()

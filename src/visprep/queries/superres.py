@@ -19,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from visprep.engines.ort_sessions import cpu_session, model_threads
+
 
 class Upscaler(ABC):
     """Enlarges an RGB image. Subclasses implement `_upscale`; `upscale` validates and fixes the output size."""
@@ -66,9 +68,11 @@ class NetworkUpscaler(Upscaler):
     Args:
         weights: ``.onnx`` (run with onnxruntime) or a TorchScript file (run with torch).
         scale: the network's enlargement factor.
+        threads: model intra-op threads (ONNX Runtime session or torch); 0 means the thread plan's (one per
+            usable core, `visprep.engines.ort_sessions.model_threads`). ONNX sessions never spin.
     """
 
-    def __init__(self, *, weights: str | Path, scale: int = 4) -> None:
+    def __init__(self, *, weights: str | Path, scale: int = 4, threads: int = 0) -> None:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"super-resolution weights not found: {path}")
@@ -76,6 +80,7 @@ class NetworkUpscaler(Upscaler):
             raise ValueError(f"super-resolution scale must be an int in [2, 8], got {scale!r}")
         self.weights = path
         self.scale = scale
+        self.threads = model_threads(threads)
         self._run = self._runner(path)
 
     def describe(self) -> dict[str, Any]:
@@ -103,11 +108,9 @@ class OnnxUpscaler(NetworkUpscaler):
     name = "onnx"
 
     def _runner(self, path: Path) -> Callable[[np.ndarray], np.ndarray]:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("the onnx upscaler needs onnxruntime: pip install onnxruntime") from exc
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        # ONNX Runtime's defaults (a thread per core, spinning) would fight the decode and OpenCV work between
+        # calls; the thread plan decides instead.
+        session = cpu_session(path, threads=self.threads)
         name = session.get_inputs()[0].name
         return lambda blob: session.run(None, {name: blob})[0]
 
@@ -122,6 +125,8 @@ class TorchScriptUpscaler(NetworkUpscaler):
             import torch
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("the torchscript upscaler needs torch: pip install torch") from exc
+        if torch.get_num_threads() != self.threads:  # torch's pool is per process: the plan sets it for all
+            torch.set_num_threads(self.threads)
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
         def run(blob: np.ndarray) -> np.ndarray:

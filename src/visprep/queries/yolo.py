@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from visprep.engines.ort_sessions import cpu_session, model_threads
 from visprep.queries.boxes import Detection, nms
 
 LAYOUTS = ("auto", "v8", "v5")
@@ -99,12 +100,15 @@ class YoloModel:
         score_threshold, iou_threshold, layout: see `decode_yolo`.
         channel_order: "rgb" (Ultralytics exports) or "bgr" (what the nudenet package feeds its model).
         agnostic_nms: suppress overlapping boxes across classes (nudenet does).
+        threads: model intra-op threads (ONNX Runtime session or torch); 0 means the thread plan's (one per
+            usable core, `visprep.engines.ort_sessions.model_threads`). ONNX sessions never spin.
     """
 
     def __init__(self, weights: str | Path, *, labels: Sequence[str], size: int = 640,
                  score_threshold: float = 0.25, iou_threshold: float = 0.45, layout: str = "auto",
-                 channel_order: str = "rgb", agnostic_nms: bool = False) -> None:
+                 channel_order: str = "rgb", agnostic_nms: bool = False, threads: int = 0) -> None:
         path = Path(weights)
+        self.threads = model_threads(threads)
         self.agnostic_nms = bool(agnostic_nms)
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
@@ -121,7 +125,8 @@ class YoloModel:
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.layout = layout
-        self._run = _onnx_runner(path) if path.suffix.lower() == ".onnx" else _torchscript_runner(path)
+        self._run = (_onnx_runner(path, self.threads) if path.suffix.lower() == ".onnx"
+                     else _torchscript_runner(path, self.threads))
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """Detections in pixel coordinates of `rgb` ((H, W, 3) uint8)."""
@@ -132,16 +137,10 @@ class YoloModel:
                            layout=self.layout, agnostic=self.agnostic_nms)
 
 
-def _onnx_runner(path: Path) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("ONNX weights need onnxruntime: pip install onnxruntime") from exc
-    options = ort.SessionOptions()
-    # Serving-time latency: one image at a time, and the process may share its cores with others.
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+def _onnx_runner(path: Path, threads: int) -> Any:
+    # One image per call (serving latency; batching 8 was no faster on 2 cores). No spinning: the process
+    # decodes and runs OpenCV between calls, on the same cores.
+    session = cpu_session(path, threads=threads)
     name = session.get_inputs()[0].name
 
     def run(blob: np.ndarray) -> np.ndarray:
@@ -150,11 +149,13 @@ def _onnx_runner(path: Path) -> Any:
     return run
 
 
-def _torchscript_runner(path: Path) -> Any:
+def _torchscript_runner(path: Path, threads: int) -> Any:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("TorchScript weights need torch: pip install torch") from exc
+    if torch.get_num_threads() != threads:  # torch's pool is per process: the plan sets it for every model
+        torch.set_num_threads(threads)
     module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(blob: np.ndarray) -> np.ndarray:

@@ -162,6 +162,16 @@ class EventsConfig(_Section):
     skip_above_weight: float = Field(1.0, ge=0, description="Weight of a skip-above hard negative.")
     coview_window_s: float = Field(1800.0, gt=0, description="Co-view: B must follow A in the session within this "
                                                                "many seconds.")
+    bounce_policy: Literal["discount", "drop", "keep"] = Field(
+        "discount", description="Accidental clicks: a click followed within bounce_s by a return to its result list "
+                                "(another search/impression of the query in the session) or by a click on another "
+                                "result of it, its product neither carted nor bought in the session, is a bounce. "
+                                "'discount' weighs it bounce_weight, 'drop' removes it from the click positives, "
+                                "'keep' counts it as any click. Skip-above and propensities use every click.")
+    bounce_s: float = Field(5.0, gt=0, description="A click is a bounce when the user is back on its result list "
+                                                   "(or clicks another result) within this many seconds.")
+    bounce_weight: float = Field(0.1, gt=0, le=1, description="Under bounce_policy 'discount': a bounced click "
+                                                              "counts this fraction of a click.")
     propensity: Literal["harvest", "model"] = Field(
         "harvest", description="Position propensities: 'harvest' estimates them from the same (query, product) shown "
                                "at adjacent ranks (intervention harvesting), falling back to the model per rank "

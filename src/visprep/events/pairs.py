@@ -4,6 +4,14 @@ Kinds (anchor -> product):
 - `click`, `add_to_cart`, `purchase` (anchor: the query): positives with signal weights (default
   purchase 3 > click 1 > add-to-cart 0.5). The rank of an add-to-cart or purchase is its own `position`, else the
   rank the product had in that result list.
+  - An add-to-cart is a weak positive only *without purchase*: when the same (user, session) also buys the product
+    (before or after), the purchase counts and the cart does not. A purchase naming no query (a checkout) is
+    counted under the query of the session's latest add-to-cart of the product (it would give no pair otherwise).
+    The link is per session: a cart in one session and a purchase in another both count (see docs/events.md).
+  - A click is a *bounce* (an accidental click) when, within `bounce_s`, the same result list is shown again (a
+    search or impression of the query in the session) or another result of it is clicked, and the session neither
+    carts nor buys the product. `bounce_policy` discounts it (`bounce_weight`), drops it from the click
+    positives, or keeps it. Skip-above and the propensities still count it: it shows the list was examined.
 - `coview` (anchor: product A): A viewed, then B viewed or clicked in the same (user, session) within
   `coview_window_s`; counted once per session.
 - `skip_above` (anchor: the query): shown above the lowest click of a result list (one user's session, one query)
@@ -12,7 +20,8 @@ Kinds (anchor -> product):
 A result list is (user_id, session_id, query_id); `query_id` identifies a query (text or image) that recurs across
 lists, which is what lets intervention harvesting see the same (query, product) at several ranks.
 
-Weights: `raw_weight` = signal weight x count; `ips_weight` = signal weight x sum of 1/propensity(rank) (clipped);
+Weights: `raw_weight` = signal weight x count (a discounted bounce counts `bounce_weight`); `ips_weight` = signal
+weight x sum of 1/propensity(rank) (clipped; bounces discounted the same way);
 `debiased_weight` = ips_weight x (popularity / mean popularity)^-alpha for positives, where popularity counts a
 product's click / add-to-cart / purchase / view events; skip-above negatives are not reweighted (under the cascade
 reading of skip-above the skipped items were examined). `log_q` = log(popularity / total): subtract it from a logit
@@ -33,6 +42,9 @@ from visprep.events.checkpoint import part_bucket, user_bucket_sql
 from visprep.events.debias import Propensities, concentration, estimate_propensities
 from visprep.events.duck import sql_list, sql_str
 
+#: The signal rules' counts a pairs build reports (`PairsReport.signals`).
+_SIGNALS = ("bounced_clicks", "carts_with_purchase", "purchases_via_cart")
+
 
 @dataclass
 class PairsReport:
@@ -43,6 +55,9 @@ class PairsReport:
     propensities: Propensities | None = None
     concentration: dict[str, float] = field(default_factory=dict)
     key_retries: int = 0  # user groups whose list keys were rebuilt after a hash collision
+    #: bounced_clicks (found, whatever the policy), carts_with_purchase (carts not counted: the session bought the
+    #: product), purchases_via_cart (purchases naming no query, counted under a cart's query).
+    signals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SIGNALS, 0))
 
 
 def _signal_weight(cfg: EventsConfig) -> str:
@@ -87,7 +102,7 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         con: a DuckDB connection from `visprep.events.duck.connect`.
         parts: the committed event part files.
         out: the target Parquet file (`tables/interaction_pairs.parquet`).
-        cfg: weights, co-view window, propensity and popularity options.
+        cfg: weights, co-view window, bounce rule, propensity and popularity options.
         groups: user-hash groups; default from the event count and `cfg.pairs_group_events`.
         trust_buckets: read for each group only the parts whose names declare its users (`EventLog.buckets_trusted`).
         _key_mod: test hook: reduce the list keys modulo this, to force hash collisions (see `_load_group`).
@@ -96,13 +111,12 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     if groups is None:
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         groups = pair_groups(n, cfg.pairs_group_events)
-    window = float(cfg.coview_window_s)
     _partial_tables(con)
     for g in range(groups):
-        report.key_retries += _group(con, parts, g, groups, window=window, trust_buckets=trust_buckets,
-                                     key_mod=_key_mod)
+        report.key_retries += _group(con, parts, g, groups, cfg=cfg, signals=report.signals,
+                                     trust_buckets=trust_buckets, key_mod=_key_mod)
     con.execute("DROP TABLE IF EXISTS ev")
-    con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position, s
+    con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position, s, s
                    FROM hstats WHERE s > 0""")
 
     props = estimate_propensities(con, cfg=cfg)
@@ -122,9 +136,9 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM hstats GROUP BY ALL),
         all_pairs AS (
             SELECT a.anchor_id, a.anchor_type, min(a.anchor_image_id) AS anchor_image_id, a.product_id, a.kind,
-                   sum(a.cnt) AS cnt,
+                   sum(a.cnt) AS cnt, sum(a.w) AS w,
                    sum(a.position * a.cnt) / sum(CASE WHEN a.position IS NOT NULL THEN a.cnt END) AS mean_position,
-                   sum(a.cnt * {inv_prop}) AS ips
+                   sum(a.w * {inv_prop}) AS ips
             FROM acc a LEFT JOIN prop p ON p.rank = a.position
             GROUP BY a.anchor_id, a.anchor_type, a.product_id, a.kind),
         popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1),
@@ -132,7 +146,7 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         SELECT x.anchor_id, x.anchor_type, x.anchor_image_id, x.product_id, x.kind, x.cnt AS count,
                CASE WHEN x.anchor_type = 'query' THEN coalesce(e.exposures, 0) END AS exposures,
                x.mean_position,
-               round(({weight}) * x.cnt, 9) AS raw_weight,
+               round(({weight}) * x.w, 9) AS raw_weight,
                round(({weight}) * x.ips, 9) AS ips_weight,
                ln(coalesce(pop.n, 1.0) / s.total) AS log_q,
                round(CASE WHEN x.kind = 'skip_above' THEN ({weight}) * x.ips
@@ -159,23 +173,24 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
 
 
 def _partial_tables(con: Any) -> None:
+    # cnt: events; w: what they weigh in signal units (a discounted bounce is a fraction of a click).
     con.execute("""CREATE OR REPLACE TEMP TABLE acc (anchor_id VARCHAR, anchor_type VARCHAR, anchor_image_id VARCHAR,
-                       product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT)""")
+                       product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT, w DOUBLE)""")
     # Per (query, product, rank): result lists showing it (n), clicking it (k), skipping it above a click (s).
     con.execute("CREATE OR REPLACE TEMP TABLE hstats (query_id VARCHAR, product_id VARCHAR, position INTEGER, "
                 "n BIGINT, k BIGINT, s BIGINT, query_image_id VARCHAR)")
     con.execute("CREATE OR REPLACE TEMP TABLE pop (product_id VARCHAR, n BIGINT)")
 
 
-def _group(con: Any, parts: list[Path], g: int, groups: int, *, window: float, trust_buckets: bool,
-           key_mod: int | None) -> int:
+def _group(con: Any, parts: list[Path], g: int, groups: int, *, cfg: EventsConfig, signals: dict[str, int],
+           trust_buckets: bool, key_mod: int | None) -> int:
     """Add user group g's partial aggregates to `con`'s partial tables; return its key salt (0 = no collision)."""
     mine = group_parts(parts, g, groups, trust_buckets=trust_buckets)
     src = f"read_parquet({sql_list(mine)})" if mine else f"({_EMPTY_EVENTS})"
     exact = trust_buckets and all(part_bucket(p.name) == (g, groups) for p in mine)
     where = f"WHERE {user_bucket_sql('user_id', groups)} = {g}" if groups > 1 and not exact else ""
     salt = _load_group(con, src, where, key_mod=key_mod)
-    _group_partials(con, window=window)
+    _group_partials(con, cfg=cfg, signals=signals)
     return salt
 
 
@@ -224,21 +239,92 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
                        "the events of this user group cannot be keyed exactly")
 
 
-def _group_partials(con: Any, *, window: float) -> None:
-    """Add one user group's partial aggregates (temp table `ev`) to `acc`, `hstats` and `pop`."""
+def _bounced_clicks_sql(bounce_s: float) -> str:
+    """SELECT of the (lk, product_id, ts) of the clicks in `act0` that bounced (module docstring), from the
+    temp tables `act0`, `ev` and `engaged`."""
+    within = f"to_seconds({float(bounce_s)!r})"
+    # Joins from the few clicked lists into the group's events (hash on the list key, then the time window): the
+    # lists nobody clicked, most of the impressions, drop out at the hash probe.
+    return f"""
+        WITH clk AS (SELECT DISTINCT lk, sk, product_id, ts FROM act0 WHERE kind = 'click'),
+        returned AS (
+            SELECT DISTINCT c.lk, c.product_id, c.ts FROM clk c
+            JOIN ev l ON l.lk = c.lk AND l.ts > c.ts AND l.ts <= c.ts + {within}
+            WHERE l.type IN ('search', 'impression') AND l.query_id IS NOT NULL
+            UNION
+            SELECT c.lk, c.product_id, c.ts FROM clk c
+            JOIN clk d ON d.lk = c.lk AND d.product_id <> c.product_id AND d.ts > c.ts AND d.ts <= c.ts + {within})
+        SELECT r.lk, r.product_id, r.ts FROM returned r
+        JOIN clk c ON c.lk = r.lk AND c.product_id = r.product_id AND c.ts = r.ts
+        ANTI JOIN engaged g ON g.sk = c.sk AND g.product_id = c.product_id"""
+
+
+def _signal_events(con: Any, cfg: EventsConfig) -> None:
+    """Temp table `act`: one group's query-attributed clicks, carts and purchases as they count (module docstring).
+
+    Columns: kind, lk, query_id, product_id, query_image_id, position (its own, else the product's rank in the
+    list), cnt (events), w (their weight in signal units: 0 for a dropped bounce), bounced, via_cart.
+    """
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE act0 AS
+        SELECT e.type AS kind, e.lk, e.sk, e.ts, e.query_id, e.product_id,
+               coalesce(e.query_image_id, i.query_image_id) AS query_image_id,
+               coalesce(e.position, i.position) AS position
+        FROM ev e LEFT JOIN imp i ON i.lk = e.lk AND i.product_id = e.product_id
+        WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.query_id IS NOT NULL""")
+    # The session's carts and purchases of a product, attributed to a query or not: any purchase makes its carts
+    # part of a purchase rather than carts "without purchase"; any of them makes a click on it intended.
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE engaged AS
+        SELECT sk, product_id, count(*) FILTER (WHERE type = 'purchase') AS purchases,
+               count(*) FILTER (WHERE type = 'purchase' AND query_id IS NULL) AS unattributed
+        FROM ev WHERE type IN ('add_to_cart', 'purchase') AND product_id IS NOT NULL GROUP BY sk, product_id""")
+    if cfg.bounce_policy == "keep":
+        flagged = "SELECT *, false AS bounced FROM act0"
+    else:
+        flagged = f"""
+            SELECT a.*, b.lk IS NOT NULL AS bounced
+            FROM act0 a LEFT JOIN ({_bounced_clicks_sql(cfg.bounce_s)}) b
+              ON a.kind = 'click' AND b.lk = a.lk AND b.product_id = a.product_id AND b.ts = a.ts"""
+    bounce_w = 0.0 if cfg.bounce_policy == "drop" else float(cfg.bounce_weight)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE act AS
+        WITH flagged AS ({flagged})
+        SELECT a.kind, a.lk, a.query_id, a.product_id, a.query_image_id, a.position, 1 AS cnt,
+               CASE WHEN a.bounced THEN {bounce_w!r} ELSE 1.0 END AS w, a.bounced, false AS via_cart
+        FROM flagged a
+        WHERE a.kind <> 'add_to_cart'
+           OR NOT EXISTS (SELECT 1 FROM engaged b WHERE b.sk = a.sk AND b.product_id = a.product_id
+                                                      AND b.purchases > 0)
+        UNION ALL
+        SELECT 'purchase', lk, query_id, product_id, query_image_id, position, unattributed,
+               unattributed::DOUBLE, false, true
+        FROM (SELECT a.*, b.unattributed,
+                     row_number() OVER (PARTITION BY a.sk, a.product_id
+                                        ORDER BY a.ts DESC, a.query_id, a.position, a.query_image_id) AS latest
+              FROM act0 a JOIN engaged b ON b.sk = a.sk AND b.product_id = a.product_id
+              WHERE a.kind = 'add_to_cart' AND b.unattributed > 0)
+        WHERE latest = 1""")
+
+
+def _group_partials(con: Any, *, cfg: EventsConfig, signals: dict[str, int]) -> None:
+    """Add one user group's partial aggregates (temp table `ev`) to `acc`, `hstats` and `pop`; count its signals."""
+    window = float(cfg.coview_window_s)
     # A list key names one query (checked by `_load_group`), so grouping by the query too changes nothing and
     # costs less than carrying it as an aggregate.
     con.execute("""
         CREATE OR REPLACE TEMP TABLE imp AS
         SELECT lk, product_id, query_id, min(position) AS position, min(query_image_id) AS query_image_id
         FROM ev WHERE type = 'impression' GROUP BY lk, product_id, query_id""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE act AS
-        SELECT e.type AS kind, e.lk, e.query_id, e.product_id,
-               coalesce(e.query_image_id, i.query_image_id) AS query_image_id,
-               coalesce(e.position, i.position) AS position
-        FROM ev e LEFT JOIN imp i ON i.lk = e.lk AND i.product_id = e.product_id
-        WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.query_id IS NOT NULL""")
+    _signal_events(con, cfg)
+    bounced, carts_kept, carts_all, via_cart = con.execute("""
+        SELECT (SELECT count(*) FROM act WHERE bounced),
+               (SELECT count(*) FROM act WHERE kind = 'add_to_cart'),
+               (SELECT count(*) FROM act0 WHERE kind = 'add_to_cart'),
+               (SELECT coalesce(sum(cnt), 0) FROM act WHERE via_cart)""").fetchall()[0]
+    signals["bounced_clicks"] += int(bounced)
+    signals["carts_with_purchase"] += int(carts_all - carts_kept)
+    signals["purchases_via_cart"] += int(via_cart)
     # One pass over the impressions gives the harvesting counts, the exposures and the skip-above negatives:
     # a product shown above the lowest click of its list and never clicked in it.
     con.execute("""
@@ -265,10 +351,10 @@ def _group_partials(con: Any, *, window: float) -> None:
             FROM seen a JOIN seen b
               ON a.sk = b.sk AND b.ts > a.ts AND b.ts <= a.ts + to_seconds({window})
             WHERE a.type = 'view' AND a.product_id <> b.product_id)
-        SELECT query_id, 'query', min(query_image_id), product_id, kind, position, count(*)
-        FROM act GROUP BY query_id, product_id, kind, position
+        SELECT query_id, 'query', min(query_image_id), product_id, kind, position, sum(cnt), sum(w)
+        FROM act WHERE w > 0 GROUP BY query_id, product_id, kind, position
         UNION ALL
-        SELECT anchor_id, 'product', NULL, product_id, 'coview', NULL, count(*)
+        SELECT anchor_id, 'product', NULL, product_id, 'coview', NULL, count(*), count(*)
         FROM coviews GROUP BY anchor_id, product_id""")
-    for t in ("imp", "act"):
+    for t in ("imp", "act", "act0", "engaged"):
         con.execute(f"DROP TABLE IF EXISTS {t}")

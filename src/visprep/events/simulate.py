@@ -8,6 +8,14 @@ probability 1/k^eta and clicks an examined item with a probability set by its gr
 view, some to an add-to-cart, some of those to a purchase. Optional duplicate and malformed records exercise the
 validation path.
 
+Optional click noise, for the bounce rule of the pairs build (`events.bounce_policy`):
+- *accidental clicks* (`accidental_click`): an examined irrelevant result the user did not mean to click is clicked
+  and left within `bounce_ms`: the user is back on the results (the query's search is sent again) or clicks
+  another result of the list. No product page view, cart or purchase follows.
+- *tab opening* (`multi_tab`): in that share of result lists the user opens every result they mean to click within a
+  second or two of each other, so genuine clicks look like bounces (a click on another result within seconds):
+  the case the bounce rule cannot tell apart without dwell time.
+
 `simulate(...)` returns the events (the producer's JSON fields) and the truth; `iter_event_chunks` streams big runs.
 """
 
@@ -47,6 +55,9 @@ class SimConfig:
     noise: float = 1.0  # ranker: Gumbel noise scale per search
     days: int = 3
     duplicate_rate: float = 0.0  # share of records sent twice (at-least-once producers)
+    accidental_click: float = 0.0  # P(accidental, bounced click | examined, irrelevant, not clicked)
+    bounce_ms: tuple[int, int] = (300, 3000)  # an accidental click is left this many ms later (uniform)
+    multi_tab: float = 0.0  # share of result lists whose genuine clicks come 1.5 s apart (opened in tabs)
     start: dt.datetime = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 
 
@@ -166,13 +177,30 @@ def _chunk(world: World, cfg: SimConfig, first_search: int, n_search: int, rng: 
     zeros = np.zeros((n_search, K), np.int64)
     first = np.zeros((n_search, K), bool)
     first[:, 0] = True
-    add(first, 0, np.zeros(1, np.int64)[0], False, 0)
+    add(first, 0, np.zeros(1, np.int64)[0], False, 0)  # the search
     add(np.ones((n_search, K), bool), 1, zeros + 100, True, 1)
     click_ms = 2000 + 30_000 * rank  # clicks in rank order, tens of seconds apart
+    first_click = np.where(click.any(axis=1), np.argmax(click, axis=1) + 1, 0)  # rank of a list's first click
+    if cfg.multi_tab > 0:
+        tabs = (rng.random(n_search) < cfg.multi_tab)[:, None]
+        tab_ms = 2000 + 30_000 * first_click[:, None] + 1500 * (np.cumsum(click, axis=1) - 1)
+        click_ms = np.where(tabs & click, tab_ms, click_ms)
     add(click, 2, click_ms, True, 2)
     add(click, 5, click_ms + 1000, False, 3)
     add(cart, 3, click_ms + 10_000, False, 4)
     add(buy, 4, click_ms + 20_000, False, 5)
+    if cfg.accidental_click > 0:
+        oops = examined & (grade == 0) & ~click & (rng.random((n_search, K)) < cfg.accidental_click)
+        lo, hi = cfg.bounce_ms
+        delay = rng.integers(lo, hi + 1, (n_search, K))
+        # Half the bounces (where the list has a genuine click) are that click, `delay` after the accidental one;
+        # the others are a return to the results (the search sent again), between the genuine clicks' slots.
+        first_ms = np.take_along_axis(click_ms, np.maximum(first_click - 1, 0)[:, None], axis=1)
+        to_click = oops & (first_click > 0)[:, None] & (rng.random((n_search, K)) < 0.5)
+        oops_ms = np.where(to_click, first_ms - delay, click_ms + 7000)
+        add(oops, 2, oops_ms, True, 6)
+        back = oops & ~to_click
+        add(back, 0, oops_ms + delay, False, 7)
 
     s = np.concatenate(cols["sid"])
     typ = np.concatenate(cols["type"])
@@ -244,3 +272,29 @@ def ranking_quality(pairs: pa.Table, world: World, *, weight: str, k: int = 10) 
         ranked = sorted(pool, key=lambda p: (-score.get((qid, p), 0.0), p))
         out.append(ndcg_at_k(ranked, grades, k=k))
     return float(np.mean(out))
+
+
+def click_agreement(pairs: pa.Table, events: pa.Table, world: World, *, weight: str = "ips_weight") -> float:
+    """How well per-(query, product) click weights follow the truth: the Pearson correlation, over the (query,
+    pool product) pairs shown at least once in `events`, between the pair's summed click `weight` per impression
+    (an estimate of its click rate when examined, with `ips_weight`) and its true grade.
+
+    `events` are the simulated records (`simulate(...)[0]`, without duplicates: each impression is counted).
+    """
+    imp = events.filter(pc.equal(events["type"], "impression"))
+    shown = imp.group_by(["query_id", "product_id"]).aggregate([("product_id", "count")])
+    n = {(q, p): c for q, p, c in zip(shown["query_id"].to_pylist(), shown["product_id"].to_pylist(),
+                                      shown["product_id_count"].to_pylist())}
+    clicks = pairs.filter(pc.and_(pc.equal(pairs["anchor_type"], "query"), pc.equal(pairs["kind"], "click")))
+    sums = clicks.group_by(["anchor_id", "product_id"]).aggregate([(weight, "sum")])
+    w = {(q, p): x for q, p, x in zip(sums["anchor_id"].to_pylist(), sums["product_id"].to_pylist(),
+                                      sums[f"{weight}_sum"].to_pylist())}
+    truth = world.truth()
+    rate, grade = [], []
+    for q, p, g in zip(truth["query_id"].to_pylist(), truth["product_id"].to_pylist(), truth["grade"].to_pylist()):
+        if (q, p) in n:
+            rate.append(w.get((q, p), 0.0) / n[(q, p)])
+            grade.append(g)
+    if len(rate) < 2 or np.std(rate) == 0 or np.std(grade) == 0:
+        raise ValueError(f"click_agreement needs shown pool pairs with varying weight and grade; got {len(rate)}")
+    return float(np.corrcoef(rate, grade)[0, 1])

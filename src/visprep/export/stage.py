@@ -82,6 +82,9 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
     fmt = dict(zip(ok.column("image_id").to_pylist(), ok.column("format").to_pylist()))
     pairs = ws.read_table("pairs")
     sp = pairs.filter(pc.equal(pairs.column("kind"), "same_product")).to_pylist()
+    # The title positive as the pairs stage kept and weighted it (pairs.title_*): none where it refused the title.
+    title_pos = {r["anchor_product_id"]: {"text": r["positive_text"], "kind": "image_title", "weight": r["weight"]}
+                 for r in pairs.filter(pc.equal(pairs.column("kind"), "image_title")).to_pylist()}
     # Keyed by (product, image): one photo listed by two products is two samples, each with its own product's pairs.
     positives: dict[tuple[str, str], list[dict]] = {}
     for r in sp:
@@ -140,7 +143,7 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
                                 **{k: p[k] for k in _META}}
                         own = r["positives"] if r["source"] == "user" else \
                             positives.get((r["product_id"], r["image_id"]), [])
-                        pos = own + [{"text": p["title"], "kind": "image_title"}]
+                        pos = own + ([title_pos[r["product_id"]]] if r["product_id"] in title_pos else [])
                         yield ShardSample(key=sample_key(r["product_id"], r["image_id"]), jpg=out, meta=meta,
                                           positives=pos)
                     if progress:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from visprep.config import section_params
+from visprep.pairs.titles import REFUSAL_REASONS, TitleCategoryChecker, get_title_checker, judge_titles
 from visprep.schema import PAIRS
-from visprep.workspace import Workspace
+from visprep.workspace import QuarantineRecord, Workspace
 
 
 @dataclass
 class PairsResult:
-    """Counts of one pairs run."""
+    """Counts of one pairs run (`images`: usable images after the quality floors)."""
 
     products: int = 0
     images: int = 0
@@ -23,28 +25,95 @@ class PairsResult:
     image_title: int = 0
     negatives: int = 0
     products_single_image: int = 0
+    images_too_small: int = 0  # distinct images left out by pairs.min_side
+    images_too_blurry: int = 0  # by pairs.min_blur
+    image_title_refused: dict[str, int] = field(default_factory=dict)  # products whose title makes no pair, by reason
+    image_title_downweighted: int = 0  # products whose kept title disagrees with its category
+
+
+def judged_images(ws: Workspace) -> pa.Table:
+    """Every (product, good image) row of `usable_images` before the quality floors, with `url`, `judged_by` (the
+    image whose figures count: itself, or the source photo of a synth-stage view), its `judged_width`,
+    `judged_height` (px) and `judged_blur`, and `floor_reason` (too_small / too_blurry; null when it passes or has
+    no figures)."""
+    cfg = ws.config.pairs
+    has_views = ws.has_table("synthetic_views")
+    # A view the synth stage rendered is judged by the photo it was made from: its own blur measures our rendering
+    # (a texture backdrop adds edges), not whether the product can be seen.
+    lineage = "SELECT image_id, min(source_image_id) AS source_image_id FROM sv GROUP BY image_id" if has_views else \
+        "SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS source_image_id WHERE false"
+    min_side, min_blur = int(cfg.min_side), float(cfg.min_blur)
+    tables = {"pi": ws.read_table("product_images"), "u": ws.latest_urls(),
+              "i": ws.read_table("images", ["image_id", "status", "width", "height", "blur"]),
+              "p": ws.read_table("products", ["product_id", "title", "top_category"]), "s": ws.read_table("splits")}
+    if has_views:
+        tables["sv"] = ws.read_table("synthetic_views", ["image_id", "source_image_id"])
+    return ws.sql(
+        f"""
+        WITH base AS (
+            SELECT pi.product_id, u.image_id, min(pi.position) AS position, min(pi.source) AS source,
+                   min(s.split) AS split, min(s.group_id) AS group_id, min(p.title) AS title,
+                   min(p.top_category) AS top_category, min(u.url) AS url
+            FROM pi
+            JOIN u ON u.url = pi.url AND u.status = 'ok'
+            JOIN i ON i.image_id = u.image_id AND i.status = 'ok'
+            JOIN p ON p.product_id = pi.product_id
+            JOIN s ON s.product_id = pi.product_id
+            GROUP BY pi.product_id, u.image_id),
+        lineage AS ({lineage}),
+        fig AS (SELECT image_id, min(width) AS width, min(height) AS height, min(blur) AS blur
+                FROM i WHERE status = 'ok' GROUP BY image_id),
+        judged AS (
+            SELECT b.*, coalesce(f.image_id, b.image_id) AS judged_by
+            FROM base b LEFT JOIN lineage l ON l.image_id = b.image_id
+            LEFT JOIN fig f ON f.image_id = l.source_image_id)
+        SELECT j.*, f.blur AS judged_blur, f.width AS judged_width, f.height AS judged_height,
+               CASE WHEN {min_side} > 0 AND (f.width < {min_side} OR f.height < {min_side}) THEN 'too_small'
+                    WHEN {min_blur} > 0 AND f.blur < {min_blur} THEN 'too_blurry' END AS floor_reason
+        FROM judged j LEFT JOIN fig f ON f.image_id = j.judged_by
+        ORDER BY j.product_id, j.position, j.image_id
+        """, **tables)
+
+
+USABLE_COLUMNS = ("product_id", "image_id", "position", "source", "split", "group_id", "title", "top_category")
 
 
 def usable_images(ws: Workspace) -> pa.Table:
-    """Return one row per (product, good image): product_id, image_id, position, source, split, title, top_category.
+    """Return one row per (product, usable image): product_id, image_id, position, source, split, group_id, title,
+    top_category.
 
-    An image is usable when its newest fetch succeeded and it decoded; a photo listed twice in one product counts once.
+    An image is usable when its newest fetch succeeded, it decoded, and it is at or above the quality floors
+    (`pairs.min_side`: shorter side, px; `pairs.min_blur`: inspect's blur score); a view made by the synth stage is
+    judged by the figures of the image it was made from. A photo listed twice in one product counts once. Rows
+    are ordered by product, position, image. The pairs stage quarantines what the floors leave out
+    (`images_below_floors`).
     """
-    return ws.sql(
-        """
-        SELECT pi.product_id, u.image_id, min(pi.position) AS position, min(pi.source) AS source,
-               min(s.split) AS split, min(s.group_id) AS group_id, min(p.title) AS title, min(p.top_category) AS top_category
-        FROM pi
-        JOIN u ON u.url = pi.url AND u.status = 'ok'
-        JOIN i ON i.image_id = u.image_id AND i.status = 'ok'
-        JOIN p ON p.product_id = pi.product_id
-        JOIN s ON s.product_id = pi.product_id
-        GROUP BY pi.product_id, u.image_id
-        ORDER BY pi.product_id, position
-        """,
-        pi=ws.read_table("product_images"), u=ws.latest_urls(), i=ws.read_table("images", ["image_id", "status"]),
-        p=ws.read_table("products", ["product_id", "title", "top_category"]), s=ws.read_table("splits"),
-    )
+    t = judged_images(ws)
+    return t.filter(pc.is_null(t.column("floor_reason"))).select(list(USABLE_COLUMNS))
+
+
+def images_below_floors(judged: pa.Table, *, min_side: int, min_blur: float) -> list[QuarantineRecord]:
+    """One quarantine record per distinct image of `judged` (rows of `judged_images`) that a floor leaves out:
+    record_id the image id, source its URL, field the failing column (width/height/blur), value the figure."""
+    out: dict[str, QuarantineRecord] = {}
+    for r in judged.filter(pc.is_valid(judged.column("floor_reason"))).to_pylist():
+        iid = r["image_id"]
+        if iid in out:
+            continue
+        via = "" if r["judged_by"] == iid else f"synthetic view of image {r['judged_by']}, whose "
+        if r["floor_reason"] == "too_small":
+            col, side = min(((c, r[f"judged_{c}"]) for c in ("width", "height") if r[f"judged_{c}"] is not None),
+                            key=lambda cs: cs[1])
+            detail = (f"image {iid} (product {r['product_id']}): {via}shorter side {side} px "
+                      f"({r['judged_width']}x{r['judged_height']}) < pairs.min_side {min_side}")
+            out[iid] = QuarantineRecord(reason="too_small", detail=detail, source=r["url"], record_id=iid,
+                                        field=col, value=str(side))
+        else:
+            detail = (f"image {iid} (product {r['product_id']}): {via}blur score {r['judged_blur']:.3g} "
+                      f"(Laplacian variance at a 256 px shorter side) < pairs.min_blur {min_blur}")
+            out[iid] = QuarantineRecord(reason="too_blurry", detail=detail, source=r["url"], record_id=iid,
+                                        field="blur", value=f"{r['judged_blur']:.6g}")
+    return list(out.values())
 
 
 def same_product_pairs(product_ids: list[str], image_ids: list[str], sources: list[str], *, max_per_product: int,
@@ -135,10 +204,17 @@ def pairs_stage(ws: Workspace) -> PairsResult:
     """Write `pairs` and the other_category rows of `negatives` from products with usable images."""
     cfg = ws.config.pairs
     res = PairsResult()
+    # Resolved before the run starts: an unknown checker name fails here, listing the valid ones.
+    checker = get_title_checker(cfg.title_consistency) if cfg.image_title and cfg.title_filter else None
     with ws.run("pairs", section_params(ws.config, "pairs")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits",
-                                                            "interaction_pairs")}
-        imgs = usable_images(ws)
+                                                            "interaction_pairs", "synthetic_views")}
+        judged = judged_images(ws)
+        below = images_below_floors(judged, min_side=cfg.min_side, min_blur=cfg.min_blur)
+        ws.quarantine(below, stage="pairs", run_id=run.run_id, key="images")
+        res.images_too_small = sum(r.reason == "too_small" for r in below)
+        res.images_too_blurry = sum(r.reason == "too_blurry" for r in below)
+        imgs = judged.filter(pc.is_null(judged.column("floor_reason"))).select(list(USABLE_COLUMNS))
         pid = imgs.column("product_id").to_pylist()
         iid = imgs.column("image_id").to_pylist()
         src = imgs.column("source").to_pylist()
@@ -155,11 +231,16 @@ def pairs_stage(ws: Workspace) -> PairsResult:
                          "anchor_product_id": p, "positive_product_id": p, "split": split_of[p]})
         res.same_product = len(rows)
         res.products_single_image = res.products - len({r["anchor_product_id"] for r in rows})
+        titles = title_outcome(ws, set(pid), checker=checker)
+        ws.quarantine(titles.refused, stage="pairs", run_id=run.run_id, key="titles")
+        res.image_title_refused, res.image_title_downweighted = titles.counts, titles.downweighted
         if cfg.image_title:
             for p, a in zip(pid, iid):
-                rows.append({"anchor_id": a, "positive_text": title_of[p], "kind": "image_title", "weight": 1.0,
-                             "anchor_product_id": p, "positive_product_id": p, "split": split_of[p]})
-            res.image_title = len(iid)
+                if titles.weight[p] > 0:
+                    rows.append({"anchor_id": a, "positive_text": title_of[p], "kind": "image_title",
+                                 "weight": titles.weight[p], "anchor_product_id": p, "positive_product_id": p,
+                                 "split": split_of[p]})
+                    res.image_title += 1
         ws.write_table("pairs", pa.Table.from_pylist(rows, schema=PAIRS))
 
         rng = np.random.default_rng(cfg.seed)
@@ -205,5 +286,53 @@ def pairs_stage(ws: Workspace) -> PairsResult:
         run.counts = {"images_in": res.images, "products_in": res.products, "same_product": res.same_product,
                       "image_title": res.image_title, "other_category_negatives": res.negatives,
                       "products_single_image": res.products_single_image,
-                      "other_category_dropped_interaction_positive": dropped_interaction}
+                      "other_category_dropped_interaction_positive": dropped_interaction,
+                      "images_too_small": res.images_too_small, "images_too_blurry": res.images_too_blurry,
+                      "image_title_downweighted": res.image_title_downweighted,
+                      **{f"image_title_refused_{k}": v for k, v in res.image_title_refused.items()}}
     return res
+
+
+@dataclass
+class TitleOutcome:
+    """What the title filter decided for the products with usable images: `weight` of each product's image-title
+    pairs (0 = refused), the `refused` titles as quarantine records, refusals per reason, and how many kept titles
+    disagree with their category (`downweighted`)."""
+
+    weight: dict[str, float]
+    refused: list[QuarantineRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    downweighted: int = 0
+
+
+def title_outcome(ws: Workspace, products: set[str], *, checker: TitleCategoryChecker | None) -> TitleOutcome:
+    """Judge the titles of `products` for image-title pairs per `pairs.title_*`; `checker` None turns the filter off
+    (every weight 1.0, nothing refused).
+
+    The titles are judged against the whole catalog (`products` table), so a boilerplate title shared across
+    categories and each category's own words are seen even where a product has no usable image.
+    """
+    cfg = ws.config.pairs
+    if checker is None:
+        return TitleOutcome(weight=dict.fromkeys(products, 1.0), counts=dict.fromkeys(REFUSAL_REASONS, 0))
+    cat = ws.read_table("products", ["product_id", "title", "category", "top_category", "source_file",
+                                     "source_line"]).to_pylist()
+    v = judge_titles([r["title"] for r in cat], [r["category"] for r in cat], [r["top_category"] for r in cat],
+                     min_words=cfg.title_min_words, max_words=cfg.title_max_words,
+                     min_word_share=cfg.title_min_word_share, max_top_categories=cfg.title_max_top_categories,
+                     mismatch_weight=cfg.title_mismatch_weight, checker=checker)
+    out = TitleOutcome(weight={}, counts=dict.fromkeys(REFUSAL_REASONS, 0))
+    for r, refusal, ok, w in zip(cat, v.refusal, v.consistent.tolist(), v.weight.tolist()):
+        p = r["product_id"]
+        if p not in products:
+            continue
+        out.weight[p] = w
+        if refusal is not None:
+            out.counts[refusal.reason] += 1
+            out.refused.append(QuarantineRecord(
+                reason=refusal.reason, detail=f"product {p}: {refusal.detail}; its image-title pairs are dropped "
+                                              "(its images are kept)",
+                source=r["source_file"], line=r["source_line"], record_id=p, field="title", value=r["title"]))
+        elif not ok:
+            out.downweighted += 1
+    return out

@@ -119,8 +119,9 @@ def sample_stage(ws: Workspace) -> dict[str, int]:
     cfg = ws.config.sampling
     counts: dict[str, int] = {}
     with ws.run("sample", section_params(ws.config, "sampling")) as run:
+        # pairs: rewritten whenever the pairs stage's quality floors (which `usable_images` applies) change.
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "splits", "images", "interaction_pairs",
-                                                           "user_pairs")}
+                                                           "user_pairs", "pairs")}
         items, counts["user_photos"] = sampling_items(ws)
         tables = []
         for split in cfg.splits:

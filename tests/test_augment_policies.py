@@ -55,7 +55,7 @@ def test_every_policy_is_reproducible_under_a_seed(batch, name):
 def test_clip_light_is_lighter_than_full(batch):
     full, light = POLICIES["full"], POLICIES["clip-light"]
     assert light.crop_scale[0] >= 0.9 and light.erasing_p == light.blur_p == light.grayscale_p == 0
-    assert full.erasing_p > 0 and full.grayscale_p > 0 and full.blur_p > 0 and full.cutmix_p == full.mixup_p == 0
+    assert full.erasing_p > 0 and full.blur_p > 0 and full.cutmix_p == full.mixup_p == 0
     # CLIP-light output stays close to the (resized) input; full moves much further on average
     ref = torch.nn.functional.interpolate(batch.float() / 255, size=(96, 96), mode="bilinear", antialias=True)
     d_light = (KorniaPolicy(resolve_policy("clip-light", {"flip_p": 0.0}, size=96))(batch, seed=0) - ref).abs().mean()

@@ -178,12 +178,14 @@ def test_label_policy_and_legacy_rows(mixed) -> None:
     ws, _, _, linked, _ = mixed
     flagged = sorted(set(linked.values()))[:3]
     ws.write_table("label_issues", pa.table({"product_id": flagged}))
-    out = mix_user_photos(ws)  # policy exclude (the default): flagged products get no user-photo pair either
+    ws.config_path.write_text(_config(0.5, 'policy = "exclude"\n'))
+    ws = Workspace(ws.root)
+    out = mix_user_photos(ws)  # policy exclude: flagged products get no user-photo pair either
     assert out["policy_touched"] == 3 and out["added"] == N_TRAIN_LINKS - 3
     assert not set(ws.read_table("user_pairs").column("anchor_product_id").to_pylist()) & set(flagged)
     ws.table_path("label_issues").unlink()
     # `visprep quality` rebuilds the user pairs under the flags it writes (its policy on catalog pairs, too).
-    ws.config_path.write_text(_config(0.5, "min_class_size = 2\nfolds = 2\n"))
+    ws.config_path.write_text(_config(0.5, 'min_class_size = 2\nfolds = 2\npolicy = "exclude"\n'))
     ws = Workspace(ws.root)
     res = quality_stage(ws)
     flagged = set(ws.read_table("label_issues").column("product_id").to_pylist())

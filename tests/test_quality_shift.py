@@ -174,7 +174,7 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
     ws._config = None
     out = mix_user_photos(ws)
     assert out["added"] == 30 and "only 30" in out["note"]
-    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nshift_folds = 4\n')
+    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nshift_folds = 4\nuser_mix_fraction = 0.0\n')
     ws._config = None
     out = mix_user_photos(ws)
     assert out["added"] == 0 and ws.has_table("user_pairs") and ws.read_table("user_pairs").num_rows == 0

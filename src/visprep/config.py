@@ -387,7 +387,9 @@ class SamplingConfig(_Section):
                                                         "proportional to n_c^(1/T); 1 = natural, larger = flatter.")
     popularity_exponent: float = Field(0.0, description="Over-sampled classes are drawn with weight "
                                                         "(1 + interactions)^exponent from interaction_pairs; 0 = "
-                                                        "uniform, > 0 favours popular products, < 0 the long tail.")
+                                                        "uniform, > 0 favours popular products, < 0 the long tail. "
+                                                        "0 until measured: popularity bias is corrected in the event "
+                                                        "weights (events.popularity_alpha; docs/sampling.md).")
     splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits planned.")
     seed: int = Field(0, description="Seed; epoch e uses seed + e.")
 
@@ -606,7 +608,9 @@ class QualityConfig(_Section):
     filter_by: str = Field("prune_by_noise_rate", description="cleanlab find_label_issues filter_by.")
     min_class_size: int = Field(10, ge=2, description="Labels with fewer products are not checked (and kept).")
     policy: Literal["exclude", "down_weight", "keep"] = Field(
-        "exclude", description="What flagged products' training pairs get: exclude, down_weight or keep.")
+        "keep", description="What flagged products' training pairs get: exclude, down_weight or keep (default: "
+                            "flags are reported in label_issues only; measured precision is too low to drop or "
+                            "down-weight pairs, docs/quality.md).")
     down_weight: float = Field(0.2, ge=0, le=1, description="Weight multiplier of pairs of flagged products "
                                                            "under policy down_weight.")
     seed: int = Field(0, description="Seed of the cross-validation split.")
@@ -622,8 +626,9 @@ class QualityConfig(_Section):
     shift_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the domain classifier.")
     shift_max_images: int = Field(5000, ge=10, description="Images per domain used by `visprep shift` "
                                                            "(a seeded random sample beyond this).")
-    user_mix_fraction: float = Field(0.0, ge=0, lt=1, description="Target share of user-photo positives among the "
-                                     "positive image pairs of user_mix_splits (capped by the linked photos); 0 = none.")
+    user_mix_fraction: float = Field(0.2, ge=0, lt=1, description="Target share of user-photo positives among the "
+                                     "positive image pairs of user_mix_splits (capped by the linked photos); 0 = none. "
+                                     "0.2 is the value the stored experiment measured (+user_photos, docs/quality.md).")
     user_mix_kinds: list[Literal["purchase", "add_to_cart", "click"]] = Field(
         default_factory=lambda: ["purchase", "add_to_cart", "click"],
         description="Interaction kinds that link a user query photo to the product it was matched to.")
@@ -655,8 +660,8 @@ class QualityConfig(_Section):
 
 # --- pipeline config (lead) ---
 
-StageName = Literal["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mix", "shift", "mine",
-                    "popularity", "sample", "export"]
+StageName = Literal["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mix", "shift", "quality",
+                    "mine", "popularity", "sample", "export"]
 _ALL_STAGES: tuple[str, ...] = get_args(StageName)
 _CORE_STAGES = ("fetch", "inspect", "split", "pairs", "export")
 
@@ -668,8 +673,9 @@ class PipelineConfig(_Section):
         default_factory=lambda: list(_ALL_STAGES),
         description="Stages to run; synth, embed, dedup, mine, popularity (runs only once the events stage has "
                     "written interaction_pairs), mix (user-photo pairs: needs interaction_pairs and queries), shift "
-                    "(needs accepted user photos in queries and the embed model's feature store) and sample may be "
-                    "left out (mine's ann miner then uses whatever feature store exists).")
+                    "(needs accepted user photos in queries and the embed model's feature store), quality (label "
+                    "noise: needs the embed model's feature store or quality.embeddings) and sample may be left out "
+                    "(mine's ann miner then uses whatever feature store exists).")
 
     @field_validator("stages")
     @classmethod

@@ -2,9 +2,10 @@
 
 Two kinds of stage. *Incremental* stages (fetch, inspect, synth, embed) are always called and do only the missing
 work (URLs not fetched, images not inspected, views not made, images without a current vector). *Table* stages
-(dedup, split, pairs, mix, shift, mine, popularity, sample, export) rewrite whole tables and are skipped when the
-fingerprints of the tables they read and their config sections equal those of their last good run; mix, shift and
-popularity apply only once the events (and, for mix and shift, the queries) stage has written its tables.
+(dedup, split, pairs, mix, shift, quality, mine, popularity, sample, export) rewrite whole tables and are skipped when
+the fingerprints of the tables they read and their config sections equal those of their last good run; mix, shift and
+popularity apply only once the events (and, for mix and shift, the queries) stage has written its tables, quality
+once there are embeddings to check the labels with.
 
 Some stages feed each other both ways (synth skips eval products, so it needs the split; the split groups synthetic
 colour variants with their source, so it needs synth), so inspect, embed and split appear twice in a pass (see
@@ -28,9 +29,11 @@ Bar = Callable[[int, int], None] | None
 # Run order within a pass. inspect and embed run before dedup (its signals) and again after synth (its new views);
 # split runs again after synth, whose colour variants are new products grouped with their source.
 ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "pairs", "mix",
-         "shift", "mine", "popularity", "sample", "export")
+         "shift", "quality", "mine", "popularity", "sample", "export")
 # mix (user-photo pairs) reads pairs and feeds export; shift embeds the user photos into the feature store, so it
-# runs before mine (whose ann miner fingerprints that store) rather than making mine run twice.
+# runs before mine (whose ann miner fingerprints that store) rather than making mine run twice. quality (label
+# noise) fingerprints the same store, so it too comes after shift; it applies its policy to pairs (and rebuilds the
+# mix under its flags), so it comes after pairs and mix and before everything that reads pairs.
 MAX_PASSES = 3
 
 
@@ -58,6 +61,7 @@ def _stages() -> dict[str, _Stage]:
     from visprep.quality.mix import mix_stage
     from visprep.quality.popularity import popularity_stage
     from visprep.quality.shift import shift_applies, shift_stage
+    from visprep.quality.stage import quality_applies, quality_stage
     from visprep.sampling.stage import sample_stage
     from visprep.split.stage import split_stage
     from visprep.synthetic.stage import synth_stage
@@ -78,6 +82,10 @@ def _stages() -> dict[str, _Stage]:
         _Stage("mix", lambda ws, bar: mix_stage(ws), table=True,
                applies=lambda ws: ws.has_table("interaction_pairs") and ws.has_table("queries")),
         _Stage("shift", lambda ws, bar: shift_stage(ws), table=True, applies=shift_applies),
+        # Label noise needs embeddings (the embed model's store, or quality.embeddings); a catalog with too few
+        # products per label is reported in the run record rather than stopping the whole run.
+        _Stage("quality", lambda ws, bar: quality_stage(ws, embeddings=_quality_source(ws), on_too_few_labels="skip"),
+               table=True, applies=quality_applies),
         _Stage("sample", lambda ws, bar: sample_stage(ws), table=True),
         _Stage("export", lambda ws, bar: export_stage(ws, progress=bar), table=True),
     ]
@@ -90,8 +98,21 @@ def _features(ws: Workspace) -> str:
     return features_fingerprint(ws)
 
 
+def _quality_source(ws: Workspace) -> Path | None:
+    from visprep.quality.stage import pipeline_embeddings
+
+    return pipeline_embeddings(ws)
+
+
+def _quality_embeddings(ws: Workspace) -> str:
+    from visprep.quality.stage import embeddings_fingerprint
+
+    return embeddings_fingerprint(ws)
+
+
 # Inputs a stage may record besides tables, and how to fingerprint them now.
-_NON_TABLE_INPUTS: dict[str, Callable[[Workspace], Any]] = {"features": _features}
+_NON_TABLE_INPUTS: dict[str, Callable[[Workspace], Any]] = {"features": _features,
+                                                             "quality_embeddings": _quality_embeddings}
 
 
 def is_up_to_date(ws: Workspace, stage: str) -> bool:

@@ -2,14 +2,20 @@
 
 Two policies, each a full set of parameters any of which can be overridden (and is saved with the run):
 
-* ``full``: random resized crop, horizontal flip, colour jitter, Gaussian blur, random grayscale, random
-  erasing; CutMix / MixUp off unless asked for (``cutmix_p`` / ``mixup_p`` > 0; weak for retrieval).
+* ``full``: random resized crop, horizontal flip, colour jitter (brightness, contrast, saturation: the spec's
+  list), Gaussian blur, random erasing; CutMix / MixUp off unless asked for (``cutmix_p`` / ``mixup_p`` > 0; weak
+  for retrieval). Hue jitter and random grayscale are available but off (``hue`` / ``grayscale_p`` > 0).
 * ``clip-light``: for fine-tuning CLIP-like models, whose pre-training already taught most invariances —
   random resized crop with scale close to 1, flip, light colour jitter (open_clip's ``AugmentationCfg``
   reference: scale (0.9, 1.0)).
 
 Rotation, shear, perspective and other geometric distortions are refused: products have canonical
 orientations, and a rotated shoe is a worse training signal, not a better one.
+
+Colour is identity: visprep treats a recoloured product as a different product (the synth stage's colour variants
+are grade 3, never a positive of their source), so no default may teach the model that a red and a blue shirt are
+the same item. Hue jitter does exactly that, and grayscale removes the colour that tells them apart; both stay
+parameters for catalogs where colour does not separate products (docs/augment.md, "Colour").
 """
 
 from __future__ import annotations
@@ -50,11 +56,11 @@ class PolicyParams:
         flip_p: horizontal flip probability.
         jitter_p: colour jitter probability.
         brightness, contrast, saturation: jitter strength (factor drawn in [1 - s, 1 + s]).
-        hue: hue jitter, fraction of the colour wheel in [0, 0.5].
+        hue: hue jitter, fraction of the colour wheel in [0, 0.5]; 0 by default (colour tells products apart).
         blur_p: Gaussian blur probability.
         blur_sigma: (min, max) blur sigma, pixels of the output.
         blur_kernel: blur kernel side, odd pixels.
-        grayscale_p: random grayscale probability.
+        grayscale_p: random grayscale probability; 0 by default (the spec: "context-dependent").
         erasing_p: random erasing probability.
         erasing_scale: (min, max) erased fraction of the image.
         cutmix_p: CutMix probability per batch (opt-in, needs labels).
@@ -69,11 +75,12 @@ class PolicyParams:
     brightness: float = 0.4
     contrast: float = 0.4
     saturation: float = 0.4
-    hue: float = 0.1
+    # Hue and grayscale would make a recoloured product (a different product here) look like its source.
+    hue: float = 0.0
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int = 23
-    grayscale_p: float = 0.2
+    grayscale_p: float = 0.0
     erasing_p: float = 0.25
     erasing_scale: tuple[float, float] = (0.02, 0.2)
     cutmix_p: float = 0.0

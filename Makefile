@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # torch 2.13.0 is the local CPU build; install it first so nothing pulls a multi-GB CUDA wheel.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev chromium opencv-doc bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,21 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev chromium opencv-doc
+
+# The report's browser test (tests/test_report.py) renders the page in headless Chromium, Debian's `chromium`;
+# skipped when a chromium is already on PATH, and the package lists are refreshed only if the first try fails.
+# A machine where apt cannot install it still runs every other test (the browser test then skips, saying why).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } || \
+		echo "WARNING: could not install chromium: tests/test_report.py's browser test will skip"
+
+# Real photos with same-object pairs (box.png / box_in_scene.png, ...) that the image and quality tests use.
+opencv-doc:
+	@test -d /usr/share/doc/opencv-doc/examples/data || apt-get install -y -q opencv-doc || \
+		{ apt-get update -q && apt-get install -y -q opencv-doc; } || \
+		echo "WARNING: could not install opencv-doc: the tests that need its photos will skip"
 
 demo: install
 	$(VENV)/bin/visprep demo -w demo-workspace

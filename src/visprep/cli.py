@@ -64,17 +64,35 @@ def _progress() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
     """Yield a factory of progress callbacks `(advance, total)`, one Rich bar per stage."""
     with Progress(TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as prog:
-        tasks: dict[str, Any] = {}
+        # Stages run one after another: each call of the factory is a new stage run with a bar of its own (a stage
+        # that runs twice in a pass gets "name 2", not counts added to its first bar), and it ends the previous
+        # bar: its clock stops and an unknown total becomes the count reached (issue 18).
+        seen: dict[str, int] = {}
+        current: list[Any] = []
+
+        def finish_current() -> None:
+            for task in [t for t in prog.tasks if current and t.id == current[0]]:
+                if task.total is None:
+                    prog.update(task.id, total=task.completed)
+                prog.stop_task(task.id)
+            current.clear()
 
         def factory(name: str) -> Callable[[int, int], None]:
+            finish_current()
+            seen[name] = seen.get(name, 0) + 1
+            label = name if seen[name] == 1 else f"{name} {seen[name]}"
+            mine: list[Any] = []
+
             def update(advance: int, total: int) -> None:
                 # total 0 means "not known yet": Rich shows a pulsing bar.
-                if name not in tasks:
-                    tasks[name] = prog.add_task(name, total=total or None)
-                prog.update(tasks[name], advance=advance, total=total or None)
+                if not mine:
+                    mine.append(prog.add_task(label, total=total or None))
+                    current[:] = mine
+                prog.update(mine[0], advance=advance, total=total or None)
             return update
 
         yield factory
+        finish_current()
 
 
 def _open(workspace: Path) -> Workspace:
@@ -250,7 +268,11 @@ def demo(workspace: WorkspaceOpt = Path("."),
                       "run compiles ranx's numba code) ...")
         d = run_demo_evaluation(ws, seed=0)
         print_experiment(d.experiment)
-        console.print(f"demo total {time.perf_counter() - t0:.1f} s")
+    from visprep.report import build_report
+
+    rep = build_report(ws)
+    console.print(f"report: {rep.path} ({rep.bytes / 1e6:.2f} MB, {rep.seconds:.1f} s); open it in a browser")
+    console.print(f"demo total {time.perf_counter() - t0:.1f} s")
 
 
 # --- events commands (issue 3) ---
@@ -738,13 +760,15 @@ def _value_counts(values: list) -> list[tuple[Any, int]]:
 def status(workspace: WorkspaceOpt = Path("."),
            as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Tables and row counts, last run of each stage, quarantine counts by reason."""
+    from visprep.report.counts import workspace_counts
+
     ws = _open(workspace)
-    tables = {name: ws.read_table(name).num_rows for name in ws.table_names()}
+    counts = workspace_counts(ws)  # the same numbers the report shows (issue 18)
+    tables = counts.tables
     last: dict[str, dict] = {}
     for r in ws.runs():
         last[r["stage"]] = r
-    q = ws.read_table("quarantine", ["stage", "reason"])
-    qc = _value_counts(list(zip(q.column("stage").to_pylist(), q.column("reason").to_pylist())))
+    qc = [((s, r), n) for s, r, n in counts.quarantine]
     leak = None
     if "splits" in tables:  # the split-leak check (issue 4): fails loudly, exit status 1
         from visprep.split.check import check_split_leaks
@@ -790,6 +814,28 @@ def status(workspace: WorkspaceOpt = Path("."),
                 console.print(f"[bold red]SPLIT LEAK:[/bold red] {line}")
             raise typer.Exit(1)
         console.print(f"split check: no leak ({', '.join(f'{k} {v}' for k, v in leak.checked.items())})")
+
+
+# --- report command (issue 18) ---
+
+
+@app.command()
+@writes
+def report(workspace: WorkspaceOpt = Path("."),
+           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default "
+                                                                         "<workspace>/report/index.html).")] = None,
+           seed: Annotated[int, typer.Option(help="Seed of the sampled galleries.")] = 0) -> None:
+    """Write a self-contained HTML report of the workspace (images inline, no network) to read before training."""
+    from visprep.report import build_report
+
+    ws = _open(workspace)
+    try:
+        r = build_report(ws, out=out, seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    empty = [name for name, has in r.sections.items() if not has]
+    console.print(f"wrote {r.path} ({r.bytes / 1e6:.2f} MB, {r.thumbnails} thumbnails, {r.seconds:.1f} s)"
+                  + (f"; no data yet for: {', '.join(empty)}" if empty else ""))
 
 
 if __name__ == "__main__":

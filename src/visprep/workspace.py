@@ -198,6 +198,10 @@ class Workspace:
             return sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
         return [path] if path.exists() else []
 
+    def part_paths(self, name: str) -> list[Path]:
+        """Return the Parquet files of table `name` (none when it does not exist), for readers that scan lazily."""
+        return self._part_files(name)
+
     def part_count(self, name: str) -> int:
         """Return how many Parquet files table `name` has (0 when it does not exist)."""
         return len(self._part_files(name))

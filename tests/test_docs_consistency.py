@@ -67,3 +67,13 @@ def test_the_checker_finds_what_it_must() -> None:
     assert ("key", "fetch.local_paths") in refs and ("key", "embed.backend") in refs
     assert any(k == "table" for k, _ in refs) and any(k == "stage" for k, _ in refs)
     assert len([r for r in refs if r[0] == "key"]) > 50
+
+
+def test_architecture_doc_lists_every_tables_writers() -> None:
+    """docs/architecture.md's ownership table is `schema.WRITERS`, row for row."""
+    from visprep.schema import WRITERS
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|$", text, flags=re.M))
+    want = {t: ", ".join("every stage (its own part)" if x == "*" else x for x in w) for t, w in WRITERS.items()}
+    assert {t: r.strip() for t, r in rows.items()} == want

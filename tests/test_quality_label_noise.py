@@ -59,7 +59,7 @@ def test_policy_exclude_down_weight_keep():
         apply_policy(pairs, {"x"}, policy="drop")
 
 
-def test_quality_stage_writes_flags_and_applies_policy(tmp_path, data):
+def test_quality_stage_writes_flags_and_the_pairs_policy_applies_them(tmp_path, data):
     emb, _, noisy, flipped = data
     ws = Workspace(tmp_path)
     pids = [f"P{k:05d}" for k in range(len(noisy))]
@@ -77,8 +77,13 @@ def test_quality_stage_writes_flags_and_applies_policy(tmp_path, data):
     assert issues and issues[0]["rank"] == 1 and all(i["action"] == "down_weight" for i in issues)
     hit = {int(i["product_id"][1:]) for i in issues}
     assert len(hit & flipped) / len(flipped) >= 0.6
-    weights = dict(zip(ws.read_table("pairs").column("anchor_product_id").to_pylist(),
-                       ws.read_table("pairs").column("weight").to_pylist()))
+    # One writer per table: quality wrote label_issues only; the pairs stage applies the policy when it writes.
+    assert set(ws.read_table("pairs").column("weight").to_pylist()) == {1.0}
+    from visprep.pairs.stage import apply_label_issues
+
+    pairs, touched = apply_label_issues(ws, ws.read_table("pairs"))
+    assert touched == len(issues)
+    weights = dict(zip(pairs.column("anchor_product_id").to_pylist(), pairs.column("weight").to_pylist()))
     assert all(weights[i["product_id"]] == 0.5 for i in issues)
     assert sum(w == 1.0 for w in weights.values()) == len(pids) - len(issues)
     missing = CliRunner().invoke(app, ["quality", "-w", str(tmp_path / "empty")])

@@ -120,13 +120,15 @@ def _config(down_weight: float, *, extra: str = "") -> str:
 
 
 def _raw_pairs(ws, tmp: Path) -> list[dict]:
-    """The oracle: what the pairs stage writes for this workspace and config (run on a copy of it)."""
+    """The oracle: what the pairs stage writes for this workspace and config without label issues (run on a copy
+    of it with `label_issues` removed)."""
     from visprep.pairs.stage import pairs_stage
     from visprep.workspace import Workspace
 
     copy = tmp / f"copy-{len(list(tmp.glob('copy-*')))}"
     shutil.copytree(ws.root, copy, ignore=shutil.ignore_patterns("shards", "*.lock"))
     twin = Workspace(copy)
+    twin.table_path("label_issues").unlink(missing_ok=True)
     pairs_stage(twin)
     return twin.read_table("pairs").to_pylist()
 
@@ -173,9 +175,11 @@ def test_run_checks_labels_applies_the_policy_and_a_second_run_does_nothing(labe
     ws, first = labelled
     res = first["quality"]
     assert isinstance(res, QualityResult) and res.checked > 0 and res.flagged > 0 and not res.skipped
-    assert _check_policy(ws, 0.5, tmp_path) == res.pairs_affected > 0
+    assert _check_policy(ws, 0.5, tmp_path) == first["pairs"].label_issue_pairs > 0
     runs = [r for r in ws.runs() if r["stage"] == "quality"]
-    assert len(runs) == 1 and runs[0]["inputs"]["pairs"] == ws.table_fingerprint("pairs")
+    assert len(runs) == 1 and "pairs" not in runs[0]["inputs"]  # quality reads no pairs and writes none
+    assert ws.last_run("pairs")["inputs"]["label_issues"] == ws.table_fingerprint("label_issues")
+    assert ws.last_run("quality")["started_at"] < ws.last_run("pairs")["started_at"]
     again = run_pipeline(ws)
     assert again["quality"] == again["pairs"] == again["export"] == "up to date"
     assert len([r for r in ws.runs() if r["stage"] == "quality"]) == 1
@@ -186,18 +190,19 @@ def test_a_pairs_rerun_keeps_the_policy_and_a_policy_change_is_not_applied_twice
     from visprep.workspace import Workspace
 
     ws, _ = labelled
-    # pairs rewrites `pairs` (new parameters): quality must apply the policy to the new pairs, not lose it.
+    # pairs rewrites `pairs` (new parameters): the pairs stage applies the policy to its new pairs itself.
     ws.config_path.write_text(_config(0.5, extra="[pairs]\nmax_pairs_per_product = 3\n"))
     ws = Workspace(ws.root)
     report = run_pipeline(ws)
-    assert report["pairs"] != "up to date" and report["quality"] != "up to date"
-    assert not report["quality"].pairs_rebuilt
+    assert report["pairs"] != "up to date" and report["quality"] == "up to date"
     assert _check_policy(ws, 0.5, tmp_path) > 0
-    # A new down_weight: quality starts again from the pairs stage's pairs (0.25, not 0.5 x 0.25).
+    # A new down_weight: the flags are the same (label_issues is not rewritten), the pairs stage reruns from its
+    # own inputs and applies 0.25 once (not 0.5 x 0.25).
     ws.config_path.write_text(_config(0.25, extra="[pairs]\nmax_pairs_per_product = 3\n"))
     ws = Workspace(ws.root)
+    issues_before = ws.table_fingerprint("label_issues")
     report = run_pipeline(ws)
-    assert report["quality"].pairs_rebuilt and report["pairs"] == "up to date"
+    assert report["pairs"] != "up to date" and ws.table_fingerprint("label_issues") == issues_before
     assert _check_policy(ws, 0.25, tmp_path) > 0
     assert run_pipeline(ws)["quality"] == "up to date"
 

@@ -117,3 +117,28 @@ def test_cli_demo_runs_and_reruns_incrementally(tmp_path: Path) -> None:
     fresh = runner.invoke(app, ["demo", "-w", str(ws_dir), "--products", "30", "--fresh", "--no-evaluate"])
     assert fresh.exit_code == 0, fresh.output
     assert (tmp_path / "keep.txt").exists()
+
+
+def test_a_stage_may_write_only_the_tables_it_owns(tmp_path) -> None:
+    """One writer per table (issue 16): `schema.WRITERS` is enforced where a stage run writes."""
+    import pyarrow as pa
+
+    from visprep.schema import MULTI_WRITER, TABLES, WRITERS
+    from visprep.workspace import Workspace
+
+    assert set(WRITERS) == set(TABLES)  # every table names its writer
+    # What is left of the redesign, spelled out so that a new second writer fails here.
+    assert MULTI_WRITER == {"products", "product_images", "urls", "pairs", "negatives"}
+    ws = Workspace(tmp_path / "ws")
+    rows = pa.table({"product_id": ["p1"], "given_label": ["a"], "predicted_label": ["b"],
+                     "label_quality": pa.array([0.1], pa.float32()), "rank": pa.array([1], pa.int32()),
+                     "action": ["keep"], "run_id": ["r"]})
+    with ws.run("quality", {}):
+        ws.write_table("label_issues", rows)
+    with pytest.raises(PermissionError, match="stage 'pairs' may not write table 'label_issues': its writer is "
+                                              "quality"):
+        with ws.run("pairs", {}):
+            ws.write_table("label_issues", rows)
+    with ws.run("pairs", {}):
+        ws.quarantine([], stage="pairs", run_id="r", key="k")  # every stage writes its own quarantine part
+    ws.write_table("label_issues", rows)  # outside a stage run (a notebook, a test): not a stage's write

@@ -586,7 +586,7 @@ def quality(workspace: WorkspaceOpt = Path("."),
             embeddings: Annotated[Optional[Path], typer.Option(help="(id, vector) Parquet; default: quality."
                                                                      "embeddings, else the feature store.")] = None
             ) -> None:
-    """Flag likely mislabelled products (confident learning) and apply quality.policy to their pairs."""
+    """Flag likely mislabelled products (confident learning) into label_issues; pairs apply quality.policy."""
     from visprep.quality.stage import quality_stage
 
     ws = _open(workspace)
@@ -594,7 +594,8 @@ def quality(workspace: WorkspaceOpt = Path("."),
         r = quality_stage(ws, embeddings=embeddings)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
-    console.print(f"products checked {r.checked}: flagged {r.flagged} ({r.policy}); pairs affected {r.pairs_affected}")
+    console.print(f"products checked {r.checked}: flagged {r.flagged} (policy {r.policy}, applied by the pairs stage "
+                  "and the mix: `visprep run` brings them up to date)")
 
 
 @app.command()

@@ -28,12 +28,12 @@ ProgressFactory = Callable[[str], Callable[[int, int], None]]
 Bar = Callable[[int, int], None] | None
 # Run order within a pass. inspect and embed run before dedup (its signals) and again after synth (its new views);
 # split runs again after synth, whose colour variants are new products grouped with their source.
-ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "pairs", "mix",
-         "shift", "quality", "mine", "popularity", "sample", "export")
-# mix (user-photo pairs) reads pairs and feeds export; shift embeds the user photos into the feature store, so it
-# runs before mine (whose ann miner fingerprints that store) rather than making mine run twice. quality (label
-# noise) fingerprints the same store, so it too comes after shift; it applies its policy to pairs (and rebuilds the
-# mix under its flags), so it comes after pairs and mix and before everything that reads pairs.
+ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "quality", "pairs",
+         "mix", "shift", "mine", "popularity", "sample", "export")
+# quality (label noise) writes only label_issues, which pairs and mix read to apply quality.policy: it runs before
+# them, once the catalog images are embedded. mix (user-photo pairs) reads pairs and feeds export; shift embeds the
+# user photos into the feature store, so it runs before mine (whose ann miner fingerprints that store) rather than
+# making mine run twice.
 MAX_PASSES = 3
 
 

@@ -164,6 +164,7 @@ class Workspace:
         self.shards_dir = self.root / "shards"
         self.store = ImageStore(self.root / "images")
         self._config: VisprepConfig | None = None
+        self._stages: list[str] = []  # the stage runs open in this process, innermost last
 
     # --- config -----------------------------------------------------------------------------------------
     @property
@@ -213,8 +214,21 @@ class Workspace:
         table = pa.concat_tables(parts) if parts else schema.empty_table()
         return table.select(columns) if columns else table
 
+    def check_writer(self, name: str) -> None:
+        """Raise `PermissionError` when the innermost open stage run may not write table `name` (`schema.WRITERS`):
+        a table has one writer, so a stage that writes another's table is a bug, caught where it happens."""
+        from visprep.schema import WRITERS
+
+        if not self._stages:
+            return  # library and test code outside a stage run
+        stage, allowed = self._stages[-1], WRITERS.get(name, ())
+        if "*" not in allowed and stage not in allowed:
+            raise PermissionError(f"stage {stage!r} may not write table {name!r}: its writer is "
+                                  f"{' or '.join(allowed) or 'undeclared'} (visprep.schema.WRITERS)")
+
     def write_table(self, name: str, table: pa.Table) -> None:
         """Replace table `name` atomically with `table` (conformed to the table's schema)."""
+        self.check_writer(name)
         table = conform(table, schema_for(name))
         path = self.table_path(name)
         if path.is_dir():
@@ -229,6 +243,7 @@ class Workspace:
 
     def write_part(self, name: str, table: pa.Table, part: str) -> Path:
         """Add (or replace) part `part` of table `name`; the table becomes a folder of parts."""
+        self.check_writer(name)
         table = conform(table, schema_for(name))
         path = self.table_path(name)
         if path.is_file():
@@ -243,6 +258,7 @@ class Workspace:
 
     def delete_parts(self, name: str, prefix: str) -> int:
         """Remove the parts of table `name` whose part name starts with `prefix`; return how many."""
+        self.check_writer(name)
         path = self.table_path(name)
         n = 0
         if path.is_dir():
@@ -308,6 +324,15 @@ class Workspace:
                 with self.run(stage, params, lock=False) as record:
                     yield record
             return
+        self._stages.append(stage)
+        try:
+            with self._record(stage, params) as record:
+                yield record
+        finally:
+            self._stages.pop()
+
+    @contextmanager
+    def _record(self, stage: str, params: Mapping[str, Any]) -> Iterator[RunRecord]:
         now = utcnow()
         run_id = f"{now:%Y%m%dT%H%M%S}-{stage}-{secrets.token_hex(3)}"
         record = RunRecord(stage=stage, run_id=run_id, params=dict(params), started_at=now.isoformat())

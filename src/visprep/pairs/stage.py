@@ -29,6 +29,7 @@ class PairsResult:
     images_too_blurry: int = 0  # by pairs.min_blur
     image_title_refused: dict[str, int] = field(default_factory=dict)  # products whose title makes no pair, by reason
     image_title_downweighted: int = 0  # products whose kept title disagrees with its category
+    label_issue_pairs: int = 0  # pairs of products in label_issues that quality.policy touched
 
 
 def judged_images(ws: Workspace) -> pa.Table:
@@ -206,9 +207,10 @@ def pairs_stage(ws: Workspace) -> PairsResult:
     res = PairsResult()
     # Resolved before the run starts: an unknown checker name fails here, listing the valid ones.
     checker = get_title_checker(cfg.title_consistency) if cfg.image_title and cfg.title_filter else None
-    with ws.run("pairs", section_params(ws.config, "pairs")) as run:
+    # quality.policy decides what label_issues does to the pairs: the section is a parameter of this stage.
+    with ws.run("pairs", section_params(ws.config, "pairs", "quality")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits",
-                                                            "interaction_pairs", "synthetic_views")}
+                                                            "interaction_pairs", "synthetic_views", "label_issues")}
         judged = judged_images(ws)
         below = images_below_floors(judged, min_side=cfg.min_side, min_blur=cfg.min_blur)
         ws.quarantine(below, stage="pairs", run_id=run.run_id, key="images")
@@ -241,7 +243,8 @@ def pairs_stage(ws: Workspace) -> PairsResult:
                                  "weight": titles.weight[p], "anchor_product_id": p, "positive_product_id": p,
                                  "split": split_of[p]})
                     res.image_title += 1
-        ws.write_table("pairs", pa.Table.from_pylist(rows, schema=PAIRS))
+        pairs, res.label_issue_pairs = apply_label_issues(ws, pa.Table.from_pylist(rows, schema=PAIRS))
+        ws.write_table("pairs", pairs)
 
         rng = np.random.default_rng(cfg.seed)
         neg_rows: dict[str, list] = {c: [] for c in ("anchor_id", "negative_id", "anchor_product_id",
@@ -289,8 +292,22 @@ def pairs_stage(ws: Workspace) -> PairsResult:
                       "other_category_dropped_interaction_positive": dropped_interaction,
                       "images_too_small": res.images_too_small, "images_too_blurry": res.images_too_blurry,
                       "image_title_downweighted": res.image_title_downweighted,
+                      "label_issue_pairs": res.label_issue_pairs,
                       **{f"image_title_refused_{k}": v for k, v in res.image_title_refused.items()}}
     return res
+
+
+def apply_label_issues(ws: Workspace, pairs: pa.Table) -> tuple[pa.Table, int]:
+    """`pairs` under `quality.policy` for the products the quality stage flagged (`label_issues`), and how many
+    pairs that touched. The pairs stage applies it (the quality stage writes only `label_issues`), so a policy is
+    applied once, to fresh pairs, whatever order the stages ran in."""
+    if not ws.has_table("label_issues"):
+        return pairs, 0
+    from visprep.quality.policy import apply_policy
+
+    cfg = ws.config.quality
+    flagged = ws.read_table("label_issues", ["product_id"]).column("product_id").to_pylist()
+    return apply_policy(pairs, flagged, policy=cfg.policy, down_weight=cfg.down_weight)
 
 
 @dataclass

@@ -1,10 +1,8 @@
-"""The quality stage: label issues of the products' categories from embeddings, and the policy applied to pairs.
+"""The quality stage: label issues of the products' categories from embeddings, written to `label_issues` only.
 
-In `visprep run` it comes after pairs (it reads pairs and rewrites them under a policy other than keep), and its
-run record names `pairs` as an input, with the fingerprint pairs has once the policy is applied: a pairs rerun
-writes new pairs, which makes quality stale, so the policy is applied again to the new pairs instead of being lost.
-When quality reruns on pairs that hold its own earlier output (new embeddings, a config change), it first has the
-pairs stage write them afresh, so a policy is never applied on top of itself.
+The stage is the one writer of `label_issues`; the pairs stage (and the user-photo mix) apply `quality.policy` to
+the pairs of flagged products when they write their own tables, so a policy is applied once, to fresh pairs. In
+`visprep run` it comes before pairs: new flags make pairs stale through its recorded `label_issues` input.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import pyarrow as pa
 
 from visprep.config import section_params
 from visprep.quality.label_noise import find_label_noise
-from visprep.quality.policy import apply_policy
 from visprep.schema import LABEL_ISSUES
 from visprep.workspace import Workspace
 
@@ -31,10 +28,8 @@ class QualityResult:
     checked: int = 0
     flagged: int = 0
     policy: str = ""
-    pairs_affected: int = 0
     embeddings: str = ""
     run_id: str = ""
-    pairs_rebuilt: bool = False  # pairs held this stage's earlier output and were written afresh first
     skipped: str = ""  # why nothing was checked (on_too_few_labels="skip"), else ""
 
 
@@ -96,18 +91,17 @@ def embeddings_fingerprint(ws: Workspace) -> str:
 
 
 def quality_applies(ws: Workspace) -> bool:
-    """Whether `visprep run` has labels to check: products, pairs, and embeddings (`quality.embeddings`, or the
-    feature store of the `[embed]` model)."""
-    return (ws.has_table("products") and ws.has_table("pairs")
-            and (bool(ws.config.quality.embeddings) or embed_model_store(ws) is not None))
+    """Whether `visprep run` has labels to check: products and embeddings (`quality.embeddings`, or the feature
+    store of the `[embed]` model)."""
+    return ws.has_table("products") and (bool(ws.config.quality.embeddings) or embed_model_store(ws) is not None)
 
 
-def _pairs_hold_own_output(ws: Workspace) -> bool:
-    """Whether `pairs` is still what the last quality run wrote (its policy already applied)."""
-    last = ws.last_run("quality")
-    if last is None or not (last.get("counts") or {}).get("pairs_written") or not ws.has_table("pairs"):
+def _same_issues(ws: Workspace, table: pa.Table) -> bool:
+    """Whether `label_issues` already holds these flags (run ids aside)."""
+    if not ws.has_table("label_issues"):
         return False
-    return (last.get("inputs") or {}).get("pairs") == ws.table_fingerprint("pairs")
+    cols = [c for c in table.column_names if c != "run_id"]
+    return ws.read_table("label_issues", cols).equals(table.select(cols))
 
 
 def product_vectors(ws: Workspace, ids: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -133,18 +127,18 @@ def product_vectors(ws: Workspace, ids: list[str], vectors: np.ndarray) -> tuple
 
 def quality_stage(ws: Workspace, *, embeddings: str | Path | None = None,
                   on_too_few_labels: Literal["raise", "skip"] = "raise") -> QualityResult:
-    """Write `label_issues` (flagged products, most suspect first) and apply `quality.policy` to `pairs`.
+    """Write `label_issues` (flagged products, most suspect first, with the `quality.policy` the pairs stage and
+    the mix apply to their pairs).
 
     Args:
-        ws: the workspace (reads products, pairs and the embeddings; writes label_issues, pairs unless the policy
-            is keep, user_pairs when the mix exists).
+        ws: the workspace (reads products and the embeddings; writes label_issues).
         embeddings: (id, vector) Parquet file or folder; default `quality.embeddings`, else `default_embeddings`.
         on_too_few_labels: fewer than 2 labels with enough embedded products: "raise" a ValueError, or "skip"
-            (the pipeline): write an empty `label_issues`, leave pairs without the policy and say why in the run.
+            (the pipeline): write an empty `label_issues` and say why in the run.
 
     Raises:
         FileNotFoundError: no embeddings, or the given path does not exist.
-        ValueError: too few labels (with "raise"); pairs hold an earlier policy and no pairs run can rebuild them.
+        ValueError: too few labels (with "raise").
     """
     from visprep.evaluate.embeddings import read_embeddings
 
@@ -194,37 +188,11 @@ def quality_stage(ws: Workspace, *, embeddings: str | Path | None = None,
                 "action": pa.array([cfg.policy] * len(flagged), pa.string()),
                 "run_id": pa.array([run.run_id] * len(flagged), pa.string()),
             }, schema=LABEL_ISSUES)
-        ws.write_table("label_issues", table)
-        written = False
-        if ws.has_table("pairs"):
-            if _pairs_hold_own_output(ws):
-                # Applying the policy again to its own output would down-weight a product flagged twice twice, and
-                # a product no longer flagged would stay excluded: start from the pairs stage's pairs.
-                if ws.last_run("pairs") is None:
-                    raise ValueError("tables/pairs already carries the label-issue policy of the last quality run "
-                                     "and no pairs run can write them afresh: run `visprep pairs` first")
-                from visprep.pairs.stage import pairs_stage
-
-                pairs_stage(ws)
-                res.pairs_rebuilt = True
-            pairs, touched = apply_policy(ws.read_table("pairs"), flagged, policy=cfg.policy,
-                                          down_weight=cfg.down_weight)
-            if cfg.policy != "keep" and touched:
-                ws.write_table("pairs", pairs)
-                written = True
-            res.pairs_affected = touched
-        if ws.has_table("user_pairs"):
-            from visprep.quality.mix import mix_stage
-
-            # The mix applies the policy to its own rows when it builds them: rebuild them under the new flags
-            # (applying the policy on top of the old rows would down-weight a product flagged twice twice).
-            res.pairs_affected += mix_stage(ws)["policy_touched"]
-        # Recorded after the writes: the pairs this run leaves are its input as far as freshness goes, so only a
-        # new pairs table (a pairs rerun) or new embeddings / products / config make it run again.
-        run.inputs = {"products": ws.table_fingerprint("products"), "pairs": ws.table_fingerprint("pairs"),
-                      "quality_embeddings": source_fingerprint(source)}
+        if not _same_issues(ws, table):
+            # Unchanged flags leave the table (and so the pairs that read it) as they are: a rerun for new
+            # embeddings of user photos (shift) must not make pairs stale.
+            ws.write_table("label_issues", table)
+        run.inputs = {"products": ws.table_fingerprint("products"), "quality_embeddings": source_fingerprint(source)}
         res.checked, res.flagged = len(use), len(flagged)
-        run.counts = {"embedded_products": len(pids), "checked": res.checked, "flagged": res.flagged,
-                      "pairs_affected": res.pairs_affected, "pairs_written": int(written),
-                      "pairs_rebuilt": int(res.pairs_rebuilt)}
+        run.counts = {"embedded_products": len(pids), "checked": res.checked, "flagged": res.flagged}
     return res

@@ -229,3 +229,17 @@ def test_too_few_labels_raise_in_the_library_and_are_reported_by_the_pipeline(tm
     assert any("not checked" in n for n in ws.last_run("quality")["notes"])
     with pytest.raises(ValueError, match="on_too_few_labels"):
         quality_stage(ws, embeddings=path, on_too_few_labels="ignore")
+
+
+def test_without_cleanlab_run_skips_label_noise(labelled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A minimal install (no `quality` extra) runs `visprep run` without the label-noise stage instead of failing
+    (the fresh-clone `make demo` failed this way before the demo installed the `all` extra)."""
+    import importlib.util
+
+    from visprep.quality.stage import quality_applies
+
+    ws, _ = labelled
+    assert quality_applies(ws)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else real(name, *a))
+    assert not quality_applies(ws)

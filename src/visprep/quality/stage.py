@@ -92,8 +92,12 @@ def embeddings_fingerprint(ws: Workspace) -> str:
 
 def quality_applies(ws: Workspace) -> bool:
     """Whether `visprep run` has labels to check: products and embeddings (`quality.embeddings`, or the feature
-    store of the `[embed]` model)."""
-    return ws.has_table("products") and (bool(ws.config.quality.embeddings) or embed_model_store(ws) is not None)
+    store of the `[embed]` model), and cleanlab installed (the `quality` extra; a minimal install runs without
+    label-noise checks, and the run's summary says "nothing to do" for the stage)."""
+    import importlib.util
+
+    return (ws.has_table("products") and (bool(ws.config.quality.embeddings) or embed_model_store(ws) is not None)
+            and importlib.util.find_spec("cleanlab") is not None)
 
 
 def _same_issues(ws: Workspace, table: pa.Table) -> bool:

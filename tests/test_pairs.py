@@ -11,13 +11,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visprep.pairs.stage import (
-    known_positive_mask,
-    other_category_negatives,
-    pairs_stage,
-    same_product_pairs,
-    sample_distinct,
-)
+from visprep.mining.other_category import other_category_negatives, sample_distinct
+from visprep.mining.stage import mine_stage
+from visprep.pairs.stage import pairs_stage, same_product_pairs
 from visprep.schema import IMAGES, INTERACTION_PAIRS, PRODUCT_IMAGES, PRODUCTS, SPLITS, URLS
 from visprep.workspace import Workspace
 
@@ -71,17 +67,6 @@ def test_same_product_pairs_oracle_and_cap() -> None:
     assert Counter(p for p, *_ in capped) == {"a": 2, "c": 2}
 
 
-@given(a=st.lists(st.integers(0, 5), min_size=0, max_size=30), seed=st.integers(0, 1000),
-       pairs=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=6))
-@settings(max_examples=150, deadline=None)
-def test_known_positive_mask_matches_oracle(a: list[int], seed: int, pairs: list[tuple[int, int]]) -> None:
-    ag = np.array(a, np.int64)
-    ng = np.random.default_rng(seed).integers(0, 6, len(a))
-    mask = known_positive_mask(ag, ng, np.array(pairs, np.int64).reshape(-1, 2))
-    undirected = set(pairs) | {(y, x) for x, y in pairs}
-    assert mask.tolist() == [(x, y) in undirected for x, y in zip(ag.tolist(), ng.tolist())]
-
-
 def test_other_category_negatives_never_emit_interaction_positives(tmp_path) -> None:
     # A (shoes) was clicked from B (bags): B's only other-category pool is A, so every draw must be dropped.
     ws = Workspace(tmp_path)
@@ -102,9 +87,13 @@ def test_other_category_negatives_never_emit_interaction_positives(tmp_path) -> 
         [{"anchor_id": "B", "anchor_type": "product", "product_id": "A", "kind": "click", "count": 2},
          {"anchor_id": "C", "anchor_type": "product", "product_id": "A", "kind": "skip_above", "count": 2}],
         schema=INTERACTION_PAIRS))
+    ws.config_path.write_text('[mining]\nkinds = ["other_category"]\n')
     pairs_stage(ws)
+    assert not ws.has_table("negatives")  # one writer: the mine stage writes negatives, the pairs stage does not
+    mine_stage(ws)
     neg = ws.read_table("negatives").to_pylist()
+    assert {r["kind"] for r in neg} == {"other_category"}
     got = {(r["anchor_product_id"], r["negative_product_id"]) for r in neg}
     assert ("A", "B") not in got and ("B", "A") not in got
     assert ("A", "C") in got and ("C", "A") in got  # skip_above is not a positive
-    assert ws.last_run("pairs")["counts"]["other_category_dropped_interaction_positive"] >= 3 * 3  # all of B's draws
+    assert ws.last_run("mine")["counts"]["other_category.positive"] >= 3 * 3  # all of B's draws

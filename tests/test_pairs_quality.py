@@ -82,9 +82,10 @@ def floored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict[s
     (cat / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     ws = Workspace(root / "ws")
     ws.root.mkdir()
-    ws.config_path.write_text('[pipeline]\nstages = ["fetch", "inspect", "split", "pairs", "export"]\n'
+    ws.config_path.write_text('[pipeline]\nstages = ["fetch", "inspect", "split", "pairs", "mine", "export"]\n'
                               "[inspect]\nworkers = 1\n[export]\nworkers = 1\n[preprocess]\nsize = 32\n"
-                              "[pairs]\nnegatives_per_anchor = 2\n", encoding="utf-8")
+                              '[mining]\nkinds = ["other_category"]\nother_category_per_anchor = 2\n',
+                              encoding="utf-8")
     run_pipeline(ws, [cat / "catalog.jsonl"])
     latest = ws.latest_urls().to_pylist()
     image_of = {Path(r["url"].removeprefix("file://")).name: r["image_id"] for r in latest if r["status"] == "ok"}
@@ -134,7 +135,7 @@ def test_shards_carry_the_kept_title_pairs_only(floored) -> None:
 
 def test_floors_off_bring_the_images_back_and_clear_their_quarantine(floored) -> None:
     ws, image_of, _ = floored
-    _set_pairs(ws, min_blur=0.0, min_side=0, negatives_per_anchor=2)
+    _set_pairs(ws, min_blur=0.0, min_side=0)
     try:
         res = pairs_stage(ws)
         usable = set(usable_images(ws).column("image_id").to_pylist())
@@ -143,11 +144,11 @@ def test_floors_off_bring_the_images_back_and_clear_their_quarantine(floored) ->
         assert not [r for r in ws.read_table("quarantine").to_pylist()
                     if r["stage"] == "pairs" and r["reason"] in ("too_blurry", "too_small")]
         # A floor between the two figures: the 40 px photo only.
-        _set_pairs(ws, min_blur=0.0, min_side=41, negatives_per_anchor=2)
+        _set_pairs(ws, min_blur=0.0, min_side=41)
         res = pairs_stage(ws)
         assert (res.images_too_small, res.images_too_blurry) == (1, 0)
     finally:
-        _set_pairs(ws, min_blur=2.0, min_side=64, negatives_per_anchor=2)
+        _set_pairs(ws, min_blur=2.0, min_side=64)
         pairs_stage(ws)
 
 
@@ -159,11 +160,11 @@ def test_a_floor_change_makes_the_batch_plan_stale(floored) -> None:
     sample_stage(ws)
     assert is_up_to_date(ws, "sample")
     try:
-        _set_pairs(ws, min_side=41, negatives_per_anchor=2)  # sampling reads usable_images: the floors move its pool
+        _set_pairs(ws, min_side=41)  # sampling reads usable_images: the floors move its pool
         pairs_stage(ws)
         assert not is_up_to_date(ws, "sample")
     finally:
-        _set_pairs(ws, min_side=64, negatives_per_anchor=2)
+        _set_pairs(ws, min_side=64)
         pairs_stage(ws)
 
 

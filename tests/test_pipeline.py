@@ -120,14 +120,14 @@ def test_second_run_does_no_work_and_params_change_reruns(demo: tuple) -> None:
     assert again["fetch"].attempted == 0 and again["inspect"].inspected == 0
     assert again["split"] == again["pairs"] == again["export"] == "up to date"
     assert {p: p.stat().st_mtime_ns for p in ws.shards_dir.rglob("*.tar")} == tars
-    ws.config_path.write_text(ws.config_path.read_text() + "[pairs]\nnegatives_per_anchor = 2\n")
+    ws.config_path.write_text(ws.config_path.read_text() + "[mining]\nother_category_per_anchor = 2\n")
     changed = Workspace(ws.root)
     rerun = run_pipeline(changed)
-    assert rerun["split"] == "up to date"
-    assert rerun["pairs"] != "up to date" and rerun["export"] != "up to date"
+    assert rerun["split"] == rerun["pairs"] == "up to date"  # a mining option reruns mining and what follows only
+    assert rerun["mine"] != "up to date"
     negs = changed.read_table("negatives")
     negs = negs.filter(pc.equal(negs["kind"], "other_category"))  # the miners' kinds rank their own candidates
     assert pc.max(negs["rank"]).as_py() == 2
-    runs = [r for r in changed.runs() if r["stage"] == "pairs"]
-    assert runs[-1]["params"]["pairs"]["negatives_per_anchor"] == 2 and runs[-1]["status"] == "ok"
-    assert runs[-1]["counts"]["other_category_negatives"] == negs.num_rows
+    runs = [r for r in changed.runs() if r["stage"] == "mine"]
+    assert runs[-1]["params"]["mining"]["other_category_per_anchor"] == 2 and runs[-1]["status"] == "ok"
+    assert runs[-1]["counts"]["other_category.rows"] == negs.num_rows

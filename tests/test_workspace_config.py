@@ -128,7 +128,7 @@ def test_a_stage_may_write_only_the_tables_it_owns(tmp_path) -> None:
 
     assert set(WRITERS) == set(TABLES)  # every table names its writer
     # What is left of the redesign, spelled out so that a new second writer fails here.
-    assert MULTI_WRITER == {"products", "product_images", "urls", "pairs", "negatives"}
+    assert MULTI_WRITER == {"products", "product_images", "urls", "pairs"}
     ws = Workspace(tmp_path / "ws")
     rows = pa.table({"product_id": ["p1"], "given_label": ["a"], "predicted_label": ["b"],
                      "label_quality": pa.array([0.1], pa.float32()), "rank": pa.array([1], pa.int32()),
@@ -142,3 +142,16 @@ def test_a_stage_may_write_only_the_tables_it_owns(tmp_path) -> None:
     with ws.run("pairs", {}):
         ws.quarantine([], stage="pairs", run_id="r", key="k")  # every stage writes its own quarantine part
     ws.write_table("label_issues", rows)  # outside a stage run (a notebook, a test): not a stage's write
+
+
+def test_moved_pairs_options_say_where_they_went(tmp_path) -> None:
+    """Other-category negatives became a miner: the old [pairs] keys fail with the new place, not as unknown keys."""
+    from visprep.config import load_config
+
+    path = tmp_path / "visprep.toml"
+    path.write_text("[pairs]\nnegatives_per_anchor = 2\n")
+    with pytest.raises(ValueError, match=r"pairs.negatives_per_anchor = 2: .*set mining.other_category_per_anchor"):
+        load_config(path)
+    path.write_text("[pairs]\nseed = 3\n")
+    with pytest.raises(ValueError, match=r"pairs.seed = 3: .*set mining.seed"):
+        load_config(path)

@@ -122,14 +122,23 @@ class SplitConfig(_Section):
 
 
 class PairsConfig(_Section):
-    """Catalog-derived positives and easy negatives."""
+    """Catalog-derived positives (other-category easy negatives are a miner: `mining.other_category_per_anchor`)."""
 
     max_pairs_per_product: int = Field(45, ge=1, description="Cap on same-product image pairs per product.")
     same_product_weight: float = Field(1.0, ge=0, description="Weight of a pair of two catalog photos.")
     synthetic_weight: float = Field(0.5, ge=0, description="Weight of a pair that involves a synthetic view.")
     image_title: bool = Field(True, description="Emit (image, title) pairs for CLIP-style training.")
-    negatives_per_anchor: int = Field(4, ge=0, description="Other-top-level-category negatives per anchor image.")
-    seed: int = Field(0, description="Seed of negative sampling.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_mining(cls, data: Any) -> Any:
+        # The pairs stage no longer writes negatives (one writer per table): say where the options went.
+        moved = {"negatives_per_anchor": "mining.other_category_per_anchor", "seed": "mining.seed"}
+        for key, where in moved.items():
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"pairs.{key} = {data[key]!r}: other-category negatives moved to the mine stage; "
+                                 f"set {where} instead")
+        return data
     min_side: int = Field(64, ge=0, description="Images whose shorter side (px) is below this are left out of pairs, "
                                                 "negatives, mining, sampling and shards (quarantined too_small); 0 "
                                                 "turns the floor off. A synth-stage view is judged by its source.")
@@ -332,11 +341,13 @@ class EmbedConfig(_Section):
 class MiningConfig(_Section):
     """Negatives per anchor image: random, brand, skip-above, and ANN hard negatives behind a false-negative guard."""
 
-    kinds: list[Literal["random", "brand", "skip_above", "ann"]] = Field(
-        default_factory=lambda: ["random", "brand", "skip_above", "ann"],
-        description="Miners to run (other_category negatives come from the pairs stage).")
+    kinds: list[Literal["other_category", "random", "brand", "skip_above", "ann"]] = Field(
+        default_factory=lambda: ["other_category", "random", "brand", "skip_above", "ann"],
+        description="Miners to run.")
     model: str | None = Field(None, description="Model id of the feature store used by ann; default the one the "
                                                 "embed config names.")
+    other_category_per_anchor: int = Field(4, ge=0, description="Easy negatives of another top-level category per "
+                                                                "anchor image.")
     random_per_anchor: int = Field(2, ge=0, description="Random negatives per anchor.")
     brand_per_anchor: int = Field(2, ge=0, description="Same-category, other-brand negatives per anchor.")
     brand_level: Literal["category", "top_category"] = Field("category", description="Which category must match "

@@ -451,7 +451,7 @@ TABLES: dict[str, pa.Schema] = {
 
 WRITERS: dict[str, tuple[str, ...]] = {
     "products": ("catalog", "synth"), "product_images": ("catalog", "synth"), "urls": ("fetch", "synth"),
-    "images": ("inspect",), "splits": ("split",), "pairs": ("pairs", "mix"), "negatives": ("pairs", "mine"),
+    "images": ("inspect",), "splits": ("split",), "pairs": ("pairs", "mix"), "negatives": ("mine",),
     "quarantine": ("*",), "events": ("events",), "interaction_pairs": ("events",), "eval_queries": ("labels",),
     "judgments": ("labels",), "eval_qrels": ("labels",), "label_agreement": ("labels",),
     "rater_stats": ("labels",), "eval_metrics": ("evaluate",), "eval_query_scores": ("evaluate",),
@@ -462,8 +462,8 @@ WRITERS: dict[str, tuple[str, ...]] = {
 }
 """The stage runs (`Workspace.run` names) that may write each table; `Workspace` refuses any other stage's write.
 Every stage writes its own quarantine part ("*"). Tables with two writers are what is left of the one-writer
-redesign: synth's views and recolours still go into the catalog's products/product_images and fetch's urls, the
-pairs stage writes the other_category part of negatives, and the mix moves legacy user-photo rows out of pairs."""
+redesign: synth's views and recolours still go into the catalog's products/product_images and fetch's urls, and the
+mix moves legacy user-photo rows out of pairs."""
 MULTI_WRITER = {name for name, w in WRITERS.items() if len(w) > 1}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from visprep.mining.positives import PositiveSets
-from visprep.pairs.stage import sample_distinct
+from visprep.mining.other_category import sample_distinct
 
 
 def mine_brand_negatives(category: np.ndarray, brand: np.ndarray, group: np.ndarray, positives: PositiveSets, *,

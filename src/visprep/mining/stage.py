@@ -19,6 +19,7 @@ from visprep.config import section_params
 from visprep.mining.ann import positive_scores
 from visprep.mining.brand import mine_brand_negatives
 from visprep.mining.guard import FalseNegativeGuard
+from visprep.mining.other_category import mine_other_category_negatives
 from visprep.mining.positives import PositiveSets, build_positive_sets, merge_shared_images
 from visprep.mining.random_negatives import mine_random_negatives
 from visprep.mining.skip_above import POSITIVE_KINDS, mine_skip_above_negatives
@@ -135,6 +136,14 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
             for name, v in c.items():
                 counts[f"{kind}.{name}"] = counts.get(f"{kind}.{name}", 0) + int(v)
 
+        if "other_category" in cfg.kinds:
+            oc_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: the other miners' draws stay as they were
+            for rows in pools:
+                a, n, r, c = mine_other_category_negatives(items.top_category[rows], items.image_id[rows],
+                                                           items.group[rows], positives.subset(rows),
+                                                           k=cfg.other_category_per_anchor, rng=oc_rng)
+                tables["other_category"].append(negatives_table(items, rows, a, n, "other_category", r))
+                add("other_category", c)
         if "random" in cfg.kinds:
             for rows in pools:
                 a, n, r, c = mine_random_negatives(items.group[rows], positives.subset(rows),

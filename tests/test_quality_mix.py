@@ -200,7 +200,7 @@ def test_label_policy_and_legacy_rows(mixed) -> None:
     ws.table_path("label_issues").unlink()
     ws.config_path.write_text(_config(0.5))
     ws = Workspace(ws.root)
-    result = CliRunner().invoke(app, ["pairs", "-w", str(ws.root)])  # undo the policy on the catalog pairs
+    result = CliRunner().invoke(app, ["pairs", "-w", str(ws.root), "--with-deps"])  # pairs afresh
     assert result.exit_code == 0, result.output
     # A workspace from before user_pairs existed: its user_photo rows in pairs move out, once.
     pairs = ws.read_table("pairs")

@@ -166,7 +166,7 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
     # fraction is capped by the links.
     mix_user_photos(ws)
     assert ws.read_table("user_pairs").to_pylist() == rows
-    result = CliRunner().invoke(app, ["pairs", "-w", str(ws.root)])
+    result = CliRunner().invoke(app, ["pairs", "-w", str(ws.root), "--with-deps"])
     assert result.exit_code == 0, result.output
     assert ws.read_table("user_pairs").to_pylist() == rows
     assert "user_photo" not in set(ws.read_table("pairs").column("kind").to_pylist())

@@ -148,3 +148,22 @@ def test_two_runs_at_once_one_writes_and_the_tables_stay_whole(tmp_path: Path) -
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
     assert ws.read_table("images", ["image_id"]).num_rows == images.num_rows
+
+
+def test_a_stage_command_runs_only_its_stage_or_its_stale_upstream_with_deps(tmp_path: Path) -> None:
+    """`visprep pairs` with a stale split names it and stops; --with-deps runs the split first (issue 16)."""
+    src = write_demo_sources(tmp_path / "src", n_products=20, seed=2)
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    ws.config_path.write_text(SMALL_RUN)
+    run = CliRunner().invoke(app, ["run", "-w", str(ws.root), *map(str, src.catalog_files)])
+    assert run.exit_code == 0, run.output
+    ws.config_path.write_text(SMALL_RUN + "[split]\nseed = 7\n")
+    out = CliRunner().invoke(app, ["pairs", "-w", str(ws.root)])
+    assert out.exit_code == 1 and "split" in out.output and "--with-deps" in " ".join(out.output.split())
+    pairs_runs = len([r for r in Workspace(ws.root).runs() if r["stage"] == "pairs"])
+    out = CliRunner().invoke(app, ["pairs", "-w", str(ws.root), "--with-deps"])
+    assert out.exit_code == 0, out.output
+    runs = Workspace(ws.root).runs()
+    assert runs[-2]["stage"] == "split" and runs[-1]["stage"] == "pairs"
+    assert len([r for r in runs if r["stage"] == "pairs"]) == pairs_runs + 1

@@ -15,7 +15,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from visprep.config import VisprepConfig, render_config
@@ -184,16 +191,29 @@ def split(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command()
 @writes
-def pairs(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Build training pairs (same product, image-title) and other-category negatives."""
+def pairs(workspace: WorkspaceOpt = Path("."),
+          with_deps: Annotated[bool, typer.Option(help="Run the split first when it is stale.")] = False) -> None:
+    """Build training pairs (same product, image-title); other-category negatives are a miner (`visprep mine`)."""
     from visprep.pairs.stage import pairs_stage
-    from visprep.pipeline import is_up_to_date
     from visprep.split.stage import split_stage
 
     ws = _open(workspace)
-    if not is_up_to_date(ws, "split"):
+    if _stale_upstream(ws, "pairs", ["split"], with_deps):
         split_stage(ws)
     console.print(pairs_stage(ws))
+
+
+def _stale_upstream(ws: Workspace, stage: str, upstream: list[str], with_deps: bool) -> bool:
+    """Whether the table stages `upstream` of `stage` must run first; without `with_deps` a stale one stops the
+    command, naming it (a per-stage command runs only its own stage; `visprep run` composes them)."""
+    from visprep.pipeline import is_up_to_date
+
+    stale = [u for u in upstream if not is_up_to_date(ws, u)]
+    if stale and not with_deps:
+        console.print(f"[red]error:[/red] {stage} reads what {', '.join(stale)} writes, and it is stale: run "
+                      f"`visprep {' && visprep '.join(stale)}` first, pass --with-deps, or use `visprep run`")
+        raise typer.Exit(1)
+    return bool(stale)
 
 
 @app.command()
@@ -547,20 +567,20 @@ def augment_preview(image: Annotated[Path, typer.Argument(help="An image file to
 @writes
 def synth(workspace: WorkspaceOpt = Path(".")) -> None:
     """Make synthetic views of train-split products (background, framing; colour variants as new products)."""
-    from visprep.images.stage import inspect_stage
     from visprep.synthetic.stage import synth_stage
 
     ws = _open(workspace)
     try:
         with _progress() as bar:
             r = synth_stage(ws, progress=bar("synth"))
-            inspect_stage(ws, progress=bar("inspect"))  # decode the new views so pairs can use them
     except ValueError as exc:
         _fail(exc)
     console.print(f"products {r.products}, source images {r.source_images} ({r.rendered_images} rendered now): "
                   f"new same-product views {r.same_product_views}, new colour variants {r.color_variants}, kept "
                   f"{r.reused}, dropped {r.dropped}, failed {r.failed} {r.by_op}; tables written: "
                   f"{', '.join(r.tables_written) or 'none'}")
+    if r.tables_written:
+        console.print("next: `visprep inspect` decodes the new views (or `visprep run` brings every stage up to date)")
 
 # --- dedup / quality commands (issue 6) ---
 
@@ -616,15 +636,13 @@ def popularity(workspace: WorkspaceOpt = Path(".")) -> None:
 @app.command()
 @writes
 def shift(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Catalog vs user-photo shift (domain-classifier AUC, feature drift, verdict); mix linked user photos into
-    tables/user_pairs."""
-    from visprep.quality.mix import mix_stage
+    """Catalog vs user-photo shift (domain-classifier AUC, feature drift, verdict); `visprep mix` mixes the linked
+    user photos into tables/user_pairs."""
     from visprep.quality.shift import shift_stage
 
     try:
         ws = _open(workspace)
         r = shift_stage(ws)
-        r.mix = mix_stage(ws)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     d = r.report.as_dict()
@@ -635,7 +653,6 @@ def shift(workspace: WorkspaceOpt = Path(".")) -> None:
                       f"{f['catalog_median']} / user {f['user_median']}{'  DRIFT' if f['shift'] else ''}")
     console.print(f"verdict: {d['verdict']}" + (f" ({'; '.join(d['reasons'])})" if d["reasons"] else "")
                   + f"  [rules: {d['rules']['domain_auc']}; feature {d['rules']['feature']}]")
-    _print_mix(r.mix)
 
 
 def _print_mix(m: dict[str, Any]) -> None:

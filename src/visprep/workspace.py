@@ -320,9 +320,8 @@ class Workspace:
         another stage reads (evaluate's own result parts) run beside a writer.
         """
         if lock:
-            with self.writer(stage):
-                with self.run(stage, params, lock=False) as record:
-                    yield record
+            with self.writer(stage), self.run(stage, params, lock=False) as record:
+                yield record
             return
         self._stages.append(stage)
         try:

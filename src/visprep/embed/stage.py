@@ -15,7 +15,14 @@ import numpy as np
 import pyarrow.compute as pc
 
 from visprep.config import section_params
-from visprep.embed.registry import Embedder, Prepared, StagedEmbedder, accepts_option, get_embedder, model_id_of
+from visprep.embed.registry import (
+    Embedder,
+    Prepared,
+    StagedEmbedder,
+    accepts_option,
+    get_embedder,
+    model_id_of,
+)
 from visprep.embed.store import FeatureStore
 from visprep.engines.local import batched, prefetch
 from visprep.engines.threads import apply_threads, plan_threads

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 

@@ -267,7 +267,6 @@ class ShiftResult:
     model_id: str = ""
     embedded: int = 0
     failed: int = 0
-    mix: dict[str, Any] = field(default_factory=dict)  # filled by callers that also run the mix (`visprep shift`)
     run_id: str = ""
 
 

@@ -167,3 +167,23 @@ def test_a_stage_command_runs_only_its_stage_or_its_stale_upstream_with_deps(tmp
     runs = Workspace(ws.root).runs()
     assert runs[-2]["stage"] == "split" and runs[-1]["stage"] == "pairs"
     assert len([r for r in runs if r["stage"] == "pairs"]) == pairs_runs + 1
+
+
+def test_a_killed_writers_half_written_files_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    """A writer killed inside an atomic write leaves `.<name>.<pid>.<random>.tmp`; the next writer removes it, and
+    never a live writer's (found by the kill -9 harness: a run record's temporary outlived its killed writer)."""
+    from visprep.workspace import clean_dead_temporaries
+
+    ws = Workspace(tmp_path / "ws")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (ws.runs_dir).mkdir(parents=True)
+    (ws.tables_dir / "pairs.parquet").mkdir(parents=True)
+    leftovers = [ws.runs_dir / f".x-split.json.{dead.pid}.abc123.tmp",
+                 ws.tables_dir / "pairs.parquet" / f".part-1.parquet.{dead.pid}.q9.tmp"]
+    live = ws.runs_dir / f".y.json.{os.getpid()}.zz.tmp"
+    for p in [*leftovers, live]:
+        p.write_bytes(b"half")
+    split_stage(ws)  # takes the writer lock
+    assert not any(p.exists() for p in leftovers) and live.exists()
+    assert clean_dead_temporaries(ws.runs_dir) == 0

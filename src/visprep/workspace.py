@@ -33,7 +33,7 @@ def utcnow() -> dt.datetime:
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -49,7 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     """Write `table` to `path` as zstd Parquet, atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
@@ -57,6 +57,40 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temp_prefix(path: Path) -> str:
+    # The writer's pid in the name tells a dead writer's leftover from a live writer's file in progress.
+    return f".{path.name}.{os.getpid()}."
+
+
+def clean_dead_temporaries(folder: Path, *, legacy_age_s: float = 3600.0) -> int:
+    """Remove the temporary files (`.<name>.<pid>.<random>.tmp`) that writers killed mid-write left under `folder`;
+    a live writer's file is kept. Returns how many were removed."""
+    n = 0
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.rglob(".*.tmp"):
+        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        if pid is not None:
+            dead = pid != os.getpid() and not _alive(pid)
+        else:  # written before temporaries carried a pid: only an old one is surely abandoned
+            dead = time.time() - tmp.stat().st_mtime > legacy_age_s
+        if dead:
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def file_fingerprint(path: Path) -> dict[str, Any]:
@@ -417,6 +451,9 @@ class Workspace:
         """
         with file_lock(self.lock_path, busy=f"workspace {self.root}", writer="visprep writer", command=command,
                        wait_s=wait_s) as path:
+            # The writer owns the workspace now: what a killed writer left half-written is garbage.
+            for folder in (self.runs_dir, self.tables_dir, self.root / "features"):
+                clean_dead_temporaries(folder)
             yield path
 
     def holder(self) -> dict[str, Any] | None:

@@ -31,8 +31,9 @@ def workspace(tmp_path_factory):
                                      "[synthetic]\nbackgrounds = [\"solid\", \"texture\"]\nreframe_scales = [0.8]\n"
                                      "hue_shifts_deg = [120.0]\n")
     runner = CliRunner()
+    # Each command runs its own stage only: the new views need inspect, the colour variants a new split.
     for args in (["catalog", *map(str, sources.catalog_files)], ["fetch"], ["inspect"], ["split"], ["synth"],
-                 ["pairs"]):
+                 ["inspect"], ["split"], ["pairs"]):
         result = runner.invoke(app, [*args, "-w", str(ws)])
         assert result.exit_code == 0, (args, result.output)
     return Workspace(ws)
@@ -105,7 +106,7 @@ def test_rerun_writes_nothing_and_keeps_fingerprints(workspace):
     from visprep.synthetic.stage import synth_stage
 
     n_views = workspace.read_table("synthetic_views").num_rows
-    result = CliRunner().invoke(app, ["synth", "-w", str(workspace.root)])  # (its inspect refreshes quarantine)
+    result = CliRunner().invoke(app, ["synth", "-w", str(workspace.root)])
     assert result.exit_code == 0, result.output
     assert workspace.read_table("synthetic_views").num_rows == n_views
     before = _fingerprints(workspace)

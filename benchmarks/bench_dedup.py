@@ -30,7 +30,7 @@ from visprep.dedup.groups import connected_groups
 from visprep.dedup.hamming import mih_radius_pairs
 from visprep.dedup.pairs import DedupParams, find_duplicates
 from visprep.dedup.visual import Signatures
-from visprep.images.inspect import inspect_image
+from visprep.images.facts import inspect_image
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work" / "dedup"

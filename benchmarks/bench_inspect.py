@@ -26,7 +26,7 @@ from bench_common import (fmt_met, IMAGE_SETS, interleaved_medians, load_average
 
 from visprep.images.blur import BLUR_SIDE, blur_score  # noqa: E402
 from visprep.images.decode import decode_image  # noqa: E402
-from visprep.images.inspect import inspect_image  # noqa: E402
+from visprep.images.facts import inspect_image  # noqa: E402
 from visprep.images.phash import phash64  # noqa: E402
 from visprep.images.resize import resize_shorter_side  # noqa: E402
 from visprep.images.signature import signature_of_rgb  # noqa: E402

@@ -9,7 +9,7 @@ from visprep.dedup.benchset import build_dedup_benchmark
 from visprep.dedup.pairs import CandidatePairs, DedupParams, find_duplicates, merge_sorted_keys
 from visprep.dedup.titles import _union_sorted, title_candidate_keys, title_candidate_pairs
 from visprep.dedup.visual import Signatures
-from visprep.images.inspect import inspect_image
+from visprep.images.facts import inspect_image
 
 FIELDS = [f for f in CandidatePairs.__dataclass_fields__ if f not in ("counts", "seconds", "peak_rss_mib")]
 EMB_RULE = "identical_image or ((image_match or embedding_similar) and title_similar)"

@@ -15,7 +15,7 @@ from visprep.dedup.benchset import build_dedup_benchmark
 from visprep.dedup.pairs import DedupParams, find_duplicates
 from visprep.dedup.stage import dedup_stage
 from visprep.dedup.visual import image_signature, signatures_from_table
-from visprep.images.inspect import inspect_image, small_rgb
+from visprep.images.facts import inspect_image, small_rgb
 from visprep.images.signature import (
     CODE_COLUMNS,
     COLOR_COLUMNS,

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from visprep.cli import app
 from visprep.dedup.benchset import build_dedup_benchmark
-from visprep.images.inspect import inspect_image
+from visprep.images.facts import inspect_image
 from visprep.workspace import Workspace
 
 

@@ -111,7 +111,7 @@ def test_find_duplicates_trimmed_signal_and_colour_veto(garments):
     images = [base, cv2.copyMakeBorder(base, 24, 24, 24, 24, cv2.BORDER_CONSTANT, value=(255, 255, 255)),
               render_garment(garments[0], navy), base]
     data = [_jpeg(x) for x in images]
-    from visprep.images.inspect import inspect_image
+    from visprep.images.facts import inspect_image
 
     codes = np.array([inspect_image(b).phash for b in data], np.uint64)
     ids = ["A", "B", "C", "D"]
@@ -174,7 +174,7 @@ def test_stage_reads_the_image_store_and_keeps_veto_evidence(tmp_path, garments)
     import pyarrow as pa
 
     from visprep.dedup.stage import dedup_stage
-    from visprep.images.inspect import inspect_image
+    from visprep.images.facts import inspect_image
     from visprep.workspace import Workspace
 
     base = render_garment(garments[1], (190, 36, 40))

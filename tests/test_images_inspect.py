@@ -1,4 +1,4 @@
-"""visprep.images.inspect: one-pass inspection, pHash (against a brute-force oracle) and blur score."""
+"""visprep.images.facts: one-pass inspection, pHash (against a brute-force oracle) and blur score."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 import visprep.images.decode as decode_module
 from visprep.images.blur import BLUR_SIDE, blur_score
-from visprep.images.inspect import ImageDecodeError, ImageInfo, hamming64, inspect_image, phash64
+from visprep.images.facts import ImageDecodeError, ImageInfo, hamming64, inspect_image, phash64
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 

@@ -33,7 +33,7 @@ from visprep.images.decode import (
     decode_worker_bytes,
     pillow_to_rgb,
 )
-from visprep.images.inspect import inspect_image, small_rgb
+from visprep.images.facts import inspect_image, small_rgb
 from visprep.images.preprocess import get_profile, preprocess_float, preprocess_uint8
 from visprep.images.stage import inspect_batch, inspect_stage
 from visprep.quality.shift import image_stats

@@ -73,7 +73,7 @@ def _progress() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as prog:
         # Stages run one after another: each call of the factory is a new stage run with a bar of its own (a stage
         # that runs twice in a pass gets "name 2", not counts added to its first bar), and it ends the previous
-        # bar: its clock stops and an unknown total becomes the count reached (issue 18).
+        # bar: its clock stops and an unknown total becomes the count reached.
         seen: dict[str, int] = {}
         current: list[Any] = []
 
@@ -295,7 +295,7 @@ def demo(workspace: WorkspaceOpt = Path("."),
     console.print(f"demo total {time.perf_counter() - t0:.1f} s")
 
 
-# --- events commands (issue 3) ---
+# --- events commands ---
 
 
 @app.command()
@@ -332,7 +332,7 @@ def events(workspace: WorkspaceOpt = Path("."),
     if r.pairs_rebuilt:
         console.print(f"interaction pairs {r.pairs}; concentration {r.concentration}")
 
-# --- labels / evaluate commands (issue 4) ---
+# --- labels / evaluate commands ---
 
 
 @app.command()
@@ -418,7 +418,7 @@ def print_evaluation(ws: Workspace, r: Any, *, by_category: bool = False) -> Non
     for note in r.notes:
         console.print(f"note: {note}")
 
-# --- embed / mine / sample commands (issue 5) ---
+# --- embed / mine / sample commands ---
 
 
 @app.command()
@@ -488,7 +488,7 @@ def sample(workspace: WorkspaceOpt = Path(".")) -> None:
         _fail(exc)
     console.print_json(json.dumps(counts))
 
-# --- queries / augment commands (issue 7) ---
+# --- queries / augment commands ---
 
 
 @app.command()
@@ -582,7 +582,7 @@ def synth(workspace: WorkspaceOpt = Path(".")) -> None:
     if r.tables_written:
         console.print("next: `visprep inspect` decodes the new views (or `visprep run` brings every stage up to date)")
 
-# --- dedup / quality commands (issue 6) ---
+# --- dedup / quality commands ---
 
 
 @app.command()
@@ -674,7 +674,7 @@ def mix(workspace: WorkspaceOpt = Path(".")) -> None:
         _fail(exc)
 
 
-# --- experiment command (issue 14) ---
+# --- experiment command ---
 
 
 @app.command()
@@ -737,7 +737,7 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     imgs = ws.read_table("images", ["status"])
     from visprep.quality.mix import all_pairs
 
-    pairs_t = all_pairs(ws, ["kind"])  # user-photo pairs (issue 6) live beside pairs
+    pairs_t = all_pairs(ws, ["kind"])  # user-photo pairs live beside pairs
     q = ws.read_table("quarantine", ["stage", "reason"])
     t.add_row("products", str(products))
     t.add_row("images stored / decoded ok", f"{imgs.num_rows} / {pc.sum(pc.equal(imgs['status'], 'ok')).as_py() or 0}")
@@ -781,18 +781,18 @@ def status(workspace: WorkspaceOpt = Path("."),
     from visprep.report.counts import workspace_counts
 
     ws = _open(workspace)
-    counts = workspace_counts(ws)  # the same numbers the report shows (issue 18)
+    counts = workspace_counts(ws)  # the same numbers the report shows
     tables = counts.tables
     last: dict[str, dict] = {}
     for r in ws.runs():
         last[r["stage"]] = r
     qc = [((s, r), n) for s, r, n in counts.quarantine]
     leak = None
-    if "splits" in tables:  # the split-leak check (issue 4): fails loudly, exit status 1
+    if "splits" in tables:  # the split-leak check: fails loudly, exit status 1
         from visprep.split.check import check_split_leaks
 
         leak = check_split_leaks(ws)
-    # --- data quality (issue 6): stale embeddings, class balance, popularity, shift ---
+    # --- data quality: stale embeddings, class balance, popularity, shift ---
     from visprep.quality.report import quality_lines, quality_status
 
     quality_report = quality_status(ws)
@@ -822,7 +822,7 @@ def status(workspace: WorkspaceOpt = Path("."),
     for (stage, reason), n in qc:
         t.add_row(stage, reason, str(n))
     console.print(t)
-    for line in quality_lines(quality_report):  # data quality (issue 6)
+    for line in quality_lines(quality_report):  # data quality
         console.print(line, markup=False, highlight=False)
     if leak is not None:
         for w in leak.warnings:
@@ -834,7 +834,7 @@ def status(workspace: WorkspaceOpt = Path("."),
         console.print(f"split check: no leak ({', '.join(f'{k} {v}' for k, v in leak.checked.items())})")
 
 
-# --- report command (issue 18) ---
+# --- report command ---
 
 
 @app.command()

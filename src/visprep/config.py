@@ -186,7 +186,7 @@ class ExportConfig(_Section):
         return v if v is None else _check_split_names(v)
 
 
-# --- events config (issue 3) ---
+# --- events config ---
 
 
 class EventsConfig(_Section):
@@ -239,7 +239,7 @@ class EventsConfig(_Section):
     pairs_group_events: int = Field(4_000_000, ge=1000, description="The pairs build runs in user-hash groups "
                                                                    "of about this many events (bounds memory).")
 
-# --- labels / evaluation config (issue 4) ---
+# --- labels / evaluation config ---
 
 
 class LabelsConfig(_Section):
@@ -314,7 +314,7 @@ class EvaluateConfig(_Section):
             raise ValueError(f"evaluate.similarity must be 'cosine' or 'dot', got {v!r}")
         return v
 
-# --- embed / mining / sampling config (issue 5) ---
+# --- embed / mining / sampling config ---
 
 
 class EmbedConfig(_Section):
@@ -410,7 +410,7 @@ class SamplingConfig(_Section):
         return _check_split_names(v)
 
 
-# --- queries / augmentation config (issue 7) ---
+# --- queries / augmentation config ---
 
 
 class QueriesConfig(_Section):
@@ -535,7 +535,7 @@ class SyntheticConfig(_Section):
     seed: int = Field(0, description="Seed of the random draws (background colours etc.).")
     jpeg_quality: int = Field(92, ge=1, le=100, description="JPEG quality of synthetic images in the store.")
 
-# --- dedup / quality config (issue 6) ---
+# --- dedup / quality config ---
 
 
 class DedupConfig(_Section):
@@ -625,7 +625,7 @@ class QualityConfig(_Section):
     down_weight: float = Field(0.2, ge=0, le=1, description="Weight multiplier of pairs of flagged products "
                                                            "under policy down_weight.")
     seed: int = Field(0, description="Seed of the cross-validation split.")
-    # issue 6 (quality): popularity, distribution shift, user-photo mix
+    # quality: popularity, distribution shift, user-photo mix
     popularity_temperature: float = Field(1.0, gt=0, description="Re-sampling weight of a product = (1 + "
                                           "interactions)^(-1/T), mean 1: T = 1 inverse popularity, larger = flatter.")
     head_fraction: float = Field(0.01, gt=0, lt=1, description="Concentration: share of mass on the top this "
@@ -708,23 +708,23 @@ class VisprepConfig(_Section):
     pairs: PairsConfig = PairsConfig()
     export: ExportConfig = ExportConfig()
     pipeline: PipelineConfig = PipelineConfig()
-    # --- events config (issue 3) ---
+    # --- events config ---
     events: EventsConfig = EventsConfig()
-    # --- labels / evaluation config (issue 4) ---
+    # --- labels / evaluation config ---
     labels: LabelsConfig = LabelsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    # --- embed / mining / sampling config (issue 5) ---
+    # --- embed / mining / sampling config ---
     embed: EmbedConfig = EmbedConfig()
     mining: MiningConfig = MiningConfig()
     sampling: SamplingConfig = SamplingConfig()
-    # --- queries / augmentation config (issue 7) ---
+    # --- queries / augmentation config ---
     queries: QueriesConfig = QueriesConfig()
     augment: AugmentConfig = AugmentConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
-    # --- dedup / quality config (issue 6) ---
+    # --- dedup / quality config ---
     dedup: DedupConfig = DedupConfig()
     quality: QualityConfig = QualityConfig()
-    # --- training batches / experiment config (issue 14) ---
+    # --- training batches / experiment config ---
     training: TrainingConfig = TrainingConfig()
     experiment: ExperimentConfig = ExperimentConfig()
 

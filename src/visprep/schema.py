@@ -130,7 +130,7 @@ QUARANTINE = pa.schema(
     ]
 )
 
-# --- events tables (issue 3) ---
+# --- events tables ---
 
 EVENTS = pa.schema(
     [
@@ -166,7 +166,7 @@ INTERACTION_PAIRS = pa.schema(
     ]
 )
 
-# --- labels / evaluation tables (issue 4) ---
+# --- labels / evaluation tables ---
 
 EVAL_QUERIES = pa.schema(
     [
@@ -261,7 +261,7 @@ EVAL_QUERY_SCORES = pa.schema(
     ]
 )
 
-# --- embed / mining / sampling tables (issue 5) ---
+# --- embed / mining / sampling tables ---
 
 BATCH_PLAN = pa.schema(
     [
@@ -279,7 +279,7 @@ BATCH_PLAN = pa.schema(
     ]
 )
 
-# --- queries / augmentation tables (issue 7) ---
+# --- queries / augmentation tables ---
 
 QUERIES = pa.schema(
     [
@@ -318,7 +318,7 @@ SYNTHETIC_VIEWS = pa.schema(
     ]
 )
 
-# --- dedup / quality tables (issue 6) ---
+# --- dedup / quality tables ---
 
 PRODUCT_GROUPS = pa.schema(
     [
@@ -357,7 +357,7 @@ LABEL_ISSUES = pa.schema(
     ]
 )
 
-# issue 6 (quality): popularity re-sampling weights and the catalog-vs-user-photo shift report
+# quality: popularity re-sampling weights and the catalog-vs-user-photo shift report
 POPULARITY = pa.schema(
     [
         pa.field("product_id", pa.string(), nullable=False),
@@ -386,7 +386,7 @@ DOMAIN_SHIFT = pa.schema(
     ]
 )
 
-# issue 14 (experiment): one row per (experiment run, variant, metric)
+# experiment: one row per (experiment run, variant, metric)
 EXPERIMENT_RESULTS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -422,10 +422,10 @@ TABLES: dict[str, pa.Schema] = {
     "pairs": PAIRS,
     "negatives": NEGATIVES,
     "quarantine": QUARANTINE,
-    # --- events tables (issue 3) ---
+    # --- events tables ---
     "events": EVENTS,
     "interaction_pairs": INTERACTION_PAIRS,
-    # --- labels / evaluation tables (issue 4) ---
+    # --- labels / evaluation tables ---
     "eval_queries": EVAL_QUERIES,
     "judgments": JUDGMENTS,
     "eval_qrels": EVAL_QRELS,
@@ -433,19 +433,19 @@ TABLES: dict[str, pa.Schema] = {
     "rater_stats": RATER_STATS,
     "eval_metrics": EVAL_METRICS,
     "eval_query_scores": EVAL_QUERY_SCORES,
-    # --- embed / mining / sampling tables (issue 5) ---
+    # --- embed / mining / sampling tables ---
     "batch_plan": BATCH_PLAN,
-    # --- queries / augmentation tables (issue 7) ---
+    # --- queries / augmentation tables ---
     "queries": QUERIES,
     "synthetic_views": SYNTHETIC_VIEWS,
-    # --- dedup / quality tables (issue 6) ---
+    # --- dedup / quality tables ---
     "product_groups": PRODUCT_GROUPS,
     "duplicate_edges": DUPLICATE_EDGES,
     "label_issues": LABEL_ISSUES,
-    "popularity": POPULARITY,  # issue 6 (quality)
-    "domain_shift": DOMAIN_SHIFT,  # issue 6 (quality)
-    "user_pairs": PAIRS,  # issue 6 (quality): the user-photo mix's rows (kind user_photo), read beside pairs
-    "experiment_results": EXPERIMENT_RESULTS,  # issue 14 (experiment)
+    "popularity": POPULARITY,
+    "domain_shift": DOMAIN_SHIFT,
+    "user_pairs": PAIRS,  # quality: the user-photo mix's rows (kind user_photo), read beside pairs
+    "experiment_results": EXPERIMENT_RESULTS,
 }
 
 

@@ -32,7 +32,7 @@ class CatalogResult:
     removed: int = 0
     duplicate_identical: int = 0
     quarantined: int = 0
-    synthetic_dropped: int = 0  # synthetic products whose source product was removed (issue 7)
+    synthetic_dropped: int = 0  # synthetic products whose source product was removed
     by_reason: dict[str, int] = field(default_factory=dict)
     run_id: str = ""
 
@@ -128,7 +128,7 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
 
         old_images = ws.read_table("product_images")
         keep_images = old_images.filter(pc.invert(pc.is_in(old_images.column("product_id"), value_set=replaced)))
-        # --- synthetic rows (issue 7) ---
+        # --- synthetic rows ---
         # Synthetic views and colour-variant products are not in catalog files: keep them while their source
         # product exists (the synth stage refreshes them), drop them with it.
         from visprep.synthetic.products import is_stage_view_row, synthetic_sources

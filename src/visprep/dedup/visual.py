@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from visprep.images.decode import DEFAULT_MAX_PIXELS
-from visprep.images.inspect import inspect_image, small_rgb
+from visprep.images.facts import inspect_image, small_rgb
 from visprep.images.signature import (
     CODE_COLUMNS,
     CODES,

@@ -4,7 +4,7 @@ folder only (`local_files_only`, HF_HUB_OFFLINE): nothing is downloaded.
 
 On 2 shared cores, ONNX Runtime embedded 500 demo product titles (batches of 32) at 222 titles/s against 29 for eager
 torch with the same 2 threads (torch's OpenMP pool suffers most from busy cores) and 126 for torch's best, 1 thread:
-1.75x best against best (issue 19, benchmarks/bench_model_steps.py), with the same vectors (cosine >= 0.99999).
+1.75x best against best (benchmarks/bench_model_steps.py), with the same vectors (cosine >= 0.99999).
 """
 
 from __future__ import annotations

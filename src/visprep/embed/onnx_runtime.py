@@ -1,7 +1,7 @@
 """ONNX Runtime inference for torch embedders: export once per model id, cache the file, run it with set threads.
 
 On CPU, ONNX Runtime runs EfficientNet-Lite0 several times faster than eager torch (fused convolutions, no per-op
-dispatch; issue 19 measured 141-189 against 23-43 images/s on 2 cores) with the same outputs (max abs difference
+dispatch; measured 141-189 against 23-43 images/s on 2 cores) with the same outputs (max abs difference
 ~1e-5). The export is keyed by the model id (which names the weights' version), the input size, the ONNX opset and
 the torch version that traced it, and written atomically, so concurrent processes share one file and a new
 checkpoint or exporter gets a new one.

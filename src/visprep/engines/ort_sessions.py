@@ -3,7 +3,7 @@
 ONNX Runtime's defaults are one intra-op thread per physical core and idle workers that spin. On a machine whose
 cores are shared (the decode thread, other stages, other users), spinning workers burn the cores they wait for: on 2
 loaded cores the NudeNet classifier ran at 10 photos/s with 2 spinning threads against 37 without spinning and 22
-with its former single thread (issue 19, benchmarks/bench_model_steps.py).
+with its former single thread (benchmarks/bench_model_steps.py).
 """
 
 from __future__ import annotations

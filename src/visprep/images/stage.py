@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from visprep.config import InspectConfig, section_params
 from visprep.engines.local import WorkerPlan, map_batches, plan_workers
 from visprep.images.decode import ImageDecodeError, decode_worker_bytes
-from visprep.images.inspect import inspect_image
+from visprep.images.facts import inspect_image
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
 from visprep.schema import IMAGES

@@ -90,7 +90,7 @@ class NudeNetClassifier(NsfwClassifier):
         unsafe_classes: which NudeNet classes count as unsafe.
         weights: another NudeNet-format ONNX file (default: the one the package ships).
         threads: ONNX Runtime intra-op threads; 0 means the thread plan's (one per usable core). The session
-            never spins (spinning halved the rate on 2 shared cores, issue 19).
+            never spins (spinning halved the rate on 2 shared cores).
     """
 
     name = "nudenet"

@@ -72,7 +72,7 @@ def split_stage(ws: Workspace) -> dict[str, int]:
         run.inputs = split_inputs(ws)
         pids = ws.read_table("products", ["product_id"]).column("product_id").to_pylist()
         groups = product_groups(ws, pids)
-        # --- synthetic colour variants (issue 7) ---
+        # --- synthetic colour variants ---
         # A variant (grade 3) takes its source's group: same split, and never a mined negative of its source.
         # The link is in `products` (attributes.synthetic), so split_inputs' products fingerprint covers it.
         from visprep.synthetic.products import synthetic_sources

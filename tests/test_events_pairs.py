@@ -3,13 +3,13 @@ correction, the concentration report, and debiasing against the simulator's trut
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from events_fixtures import ingest_records, pairs_by_key
 
 from visprep.events.debias import gini
 from visprep.events.simulate import SimConfig, ranking_quality, simulate
@@ -24,17 +24,10 @@ def _ev(eid: str, typ: str, t: int, *, user: str = "u1", session: str = "s1", **
 
 
 def _run(tmp_path: Path, records: list[dict], config: str = "") -> Workspace:
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir(parents=True)
-    ws.config_path.write_text(config)
-    f = tmp_path / "ev.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in records))
-    ingest_event_files(ws, [f])
-    return ws
+    return ingest_records(tmp_path, records, config)
 
 
-def _pairs(ws: Workspace) -> dict[tuple[str, str, str], dict]:
-    return {(r["anchor_id"], r["product_id"], r["kind"]): r for r in ws.read_table("interaction_pairs").to_pylist()}
+_pairs = pairs_by_key
 
 
 def test_every_kind_on_a_hand_built_log(tmp_path: Path) -> None:

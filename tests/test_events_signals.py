@@ -4,12 +4,12 @@ known, that moves the per-(query, product) click weights towards the true releva
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from events_fixtures import ingest_records, pairs_by_key
 from pydantic import ValidationError
 
 from visprep.config import EventsConfig
@@ -35,17 +35,10 @@ def _shown(prefix: str, t: float, query: str, products: list[str], **kw: object)
 
 
 def _run(tmp_path: Path, records: list[dict], config: str = MODEL) -> Workspace:
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir(parents=True)
-    ws.config_path.write_text(config)
-    f = tmp_path / "ev.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in records))
-    ingest_event_files(ws, [f])
-    return ws
+    return ingest_records(tmp_path, records, config)
 
 
-def _pairs(ws: Workspace) -> dict[tuple[str, str, str], dict]:
-    return {(r["anchor_id"], r["product_id"], r["kind"]): r for r in ws.read_table("interaction_pairs").to_pylist()}
+_pairs = pairs_by_key
 
 
 # --- add-to-cart without purchase ---------------------------------------------------------------------------------

@@ -449,11 +449,13 @@ class Workspace:
         long for the holder to finish instead (`math.inf`: as long as it takes). Readers never take it: tables are
         replaced atomically, so a reader sees the old or the new version of each table.
         """
+        first = not _held_here(self.lock_path)
         with file_lock(self.lock_path, busy=f"workspace {self.root}", writer="visprep writer", command=command,
                        wait_s=wait_s) as path:
-            # The writer owns the workspace now: what a killed writer left half-written is garbage.
-            for folder in (self.runs_dir, self.tables_dir, self.root / "features"):
-                clean_dead_temporaries(folder)
+            if first:  # once per acquisition, not at every re-entry (each stage run of a pipeline re-enters)
+                # The writer owns the workspace now: what a killed writer left half-written is garbage.
+                for folder in (self.runs_dir, self.tables_dir, self.root / "features"):
+                    clean_dead_temporaries(folder)
             yield path
 
     def holder(self) -> dict[str, Any] | None:
@@ -487,12 +489,9 @@ def file_lock(path: Path, *, busy: str, writer: str, command: str | None = None,
 
     key = str(path)
     with _HELD_GUARD:
-        held = _HELD.get(key)
-        if held is not None and held[2] == os.getpid():
-            held[1] += 1
-            reentered = True
-        else:
-            reentered = False
+        reentered = _held_here(path, guarded=True)
+        if reentered:
+            _HELD[key][1] += 1
     if reentered:
         try:
             yield path
@@ -532,6 +531,15 @@ def file_lock(path: Path, *, busy: str, writer: str, command: str | None = None,
         os.close(fd)
 
 
+def _held_here(path: Path, *, guarded: bool = False) -> bool:
+    """Whether this process holds the lock on `path` (`guarded`: the caller holds `_HELD_GUARD`)."""
+    if not guarded:
+        with _HELD_GUARD:
+            return _held_here(path, guarded=True)
+    held = _HELD.get(str(path))
+    return held is not None and held[2] == os.getpid()
+
+
 def lock_holder(path: Path) -> dict[str, Any] | None:
     """Return the holder a lock file records, or None when the lock is free (a record left by a dead holder is stale)."""
     try:
@@ -540,11 +548,10 @@ def lock_holder(path: Path) -> dict[str, Any] | None:
         return None
     if not path.exists():
         return None
-    with _HELD_GUARD:
-        held = _HELD.get(str(path))
+    mine = _held_here(path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        if held is None or held[2] != os.getpid():
+        if not mine:
             try:
                 # A shared lock is granted only when no writer holds the exclusive one.
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

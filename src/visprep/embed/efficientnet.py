@@ -53,9 +53,9 @@ class EfficientNetLite0Embedder(StagedEmbedder):
         self.model_id = self.model_id_for(profile=profile)
         self.profile = get_profile(profile)
         self.backend = backend
-        from visprep.engines.local import resolve_workers
+        from visprep.engines.ort_sessions import model_threads
 
-        self.threads = threads or resolve_workers(0)
+        self.threads = model_threads(threads)
         self._torch_model: Any = None
         self._sessions: dict[int, Any] = {}  # ONNX Runtime session per input size
         if backend == "torch":

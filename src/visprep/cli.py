@@ -155,81 +155,6 @@ def catalog(files: Annotated[list[Path], typer.Argument(help="Catalog files: CSV
 
 @app.command()
 @writes
-def fetch(workspace: WorkspaceOpt = Path("."),
-          limit: Annotated[Optional[int], typer.Option(help="Fetch at most this many URLs.")] = None) -> None:
-    """Fetch every image not yet in the store (resumable)."""
-    from visprep.fetch.stage import fetch_stage
-
-    ws = _open(workspace)
-    with _progress() as bar:
-        r = fetch_stage(ws, progress=bar("fetch"), limit=limit)
-    console.print(f"urls {r.wanted}: already {r.already}, fetched {r.ok}, failed {r.failed} {r.by_status}")
-
-
-@app.command()
-@writes
-def inspect(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Decode each stored image once: size, format, EXIF orientation, pHash, blur, near-duplicate signature."""
-    from visprep.images.stage import inspect_stage
-
-    ws = _open(workspace)
-    with _progress() as bar:
-        r = inspect_stage(ws, progress=bar("inspect"))
-    console.print(f"images {r.stored}: already {r.already}, ok {r.ok}, refused {r.refused} {r.by_reason}"
-                  + (f"; signatures back-filled {r.backfilled}, failed {r.backfill_failed}"
-                     if r.backfilled or r.backfill_failed else ""))
-
-
-@app.command()
-@writes
-def split(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Assign products to splits by a hash of their group."""
-    from visprep.split.stage import split_stage
-
-    console.print(split_stage(_open(workspace)))
-
-
-@app.command()
-@writes
-def pairs(workspace: WorkspaceOpt = Path("."),
-          with_deps: Annotated[bool, typer.Option(help="Run the split first when it is stale.")] = False) -> None:
-    """Build training pairs (same product, image-title); other-category negatives are a miner (`visprep mine`)."""
-    from visprep.pairs.stage import pairs_stage
-    from visprep.split.stage import split_stage
-
-    ws = _open(workspace)
-    if _stale_upstream(ws, "pairs", ["split"], with_deps):
-        split_stage(ws)
-    console.print(pairs_stage(ws))
-
-
-def _stale_upstream(ws: Workspace, stage: str, upstream: list[str], with_deps: bool) -> bool:
-    """Whether the table stages `upstream` of `stage` must run first; without `with_deps` a stale one stops the
-    command, naming it (a per-stage command runs only its own stage; `visprep run` composes them)."""
-    from visprep.pipeline import is_up_to_date
-
-    stale = [u for u in upstream if not is_up_to_date(ws, u)]
-    if stale and not with_deps:
-        console.print(f"[red]error:[/red] {stage} reads what {', '.join(stale)} writes, and it is stale: run "
-                      f"`visprep {' && visprep '.join(stale)}` first, pass --with-deps, or use `visprep run`")
-        raise typer.Exit(1)
-    return bool(stale)
-
-
-@app.command()
-@writes
-def export(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Write WebDataset shards and a manifest per split."""
-    from visprep.export.stage import export_stage
-
-    ws = _open(workspace)
-    with _progress() as bar:
-        summary = export_stage(ws, progress=bar("export"))
-    console.print(summary)
-
-
-@app.command()
-@writes
 def run(files: Annotated[Optional[list[Path]], typer.Argument(help="Catalog files to ingest first.")] = None,
         workspace: WorkspaceOpt = Path("."),
         force: Annotated[bool, typer.Option(help="Rerun table stages even when up to date.")] = False,
@@ -418,75 +343,155 @@ def print_evaluation(ws: Workspace, r: Any, *, by_category: bool = False) -> Non
     for note in r.notes:
         console.print(f"note: {note}")
 
-# --- embed / mine / sample commands ---
+# --- the pipeline's per-stage commands, generated from the stage registry (visprep.stages) ---
 
 
-@app.command()
-@writes
-def embed(workspace: WorkspaceOpt = Path("."),
-          model: Annotated[Optional[str], typer.Option(help="Registered embedder name (default: [embed] model).")]
-          = None,
-          import_path: Annotated[Optional[Path], typer.Option(
-              "--import", help="Import a trainer's (id, vector) Parquet (a checkpoint's embeddings) instead of "
-                               "embedding; needs --model-id.")] = None,
-          model_id: Annotated[Optional[str], typer.Option(
-              help="Feature store the --import vectors go into (then `visprep mine --model ID`).")] = None) -> None:
-    """Embed decoded images that have no current vector into the feature store (incremental)."""
-    from visprep.embed.registry import EmbedderUnavailable
-    from visprep.embed.stage import embed_stage, import_embeddings
+def _describe_fetch(r: Any) -> str:
+    return f"urls {r.wanted}: already {r.already}, fetched {r.ok}, failed {r.failed} {r.by_status}"
 
-    ws = _open(workspace)
-    if import_path is not None or model_id is not None:
-        if import_path is None or not model_id:
-            _fail(ValueError("--import PATH and --model-id ID go together"))
-        try:
-            imp = import_embeddings(ws, import_path, model_id=model_id)
-        except (FileNotFoundError, ValueError) as exc:
-            _fail(exc)
-        console.print(f"{imp.model_id}: read {imp.read}: changed {imp.changed}, unchanged {imp.unchanged}, "
-                      f"unknown ids {imp.unknown} (quarantined); store holds {imp.store_total}")
+
+def _describe_inspect(r: Any) -> str:
+    return (f"images {r.stored}: already {r.already}, ok {r.ok}, refused {r.refused} {r.by_reason}"
+            + (f"; signatures back-filled {r.backfilled}, failed {r.backfill_failed}"
+               if r.backfilled or r.backfill_failed else ""))
+
+
+def _describe_embed(r: Any) -> str:
+    if hasattr(r, "unchanged"):  # `--import`: a trainer's vectors
+        return (f"{r.model_id}: read {r.read}: changed {r.changed}, unchanged {r.unchanged}, unknown ids {r.unknown} "
+                f"(quarantined); store holds {r.store_total}")
+    return (f"{r.model_id}: images {r.images}: embedded {r.embedded}, skipped {r.skipped} (current), failed "
+            f"{r.failed}{' ' + str(r.by_reason) if r.by_reason else ''}; store holds {r.store_total}")
+
+
+def _describe_synth(r: Any) -> str:
+    return (f"products {r.products}, source images {r.source_images} ({r.rendered_images} rendered now): new "
+            f"same-product views {r.same_product_views}, new colour variants {r.color_variants}, kept {r.reused}, "
+            f"dropped {r.dropped}, failed {r.failed} {r.by_op}; tables written: {', '.join(r.tables_written) or 'none'}")
+
+
+def _describe_dedup(r: Any) -> str:
+    c = r.counts
+    return (f"products {r.products}: {r.groups} groups, {r.products_in_groups} products in groups of 2+, "
+            f"{r.accepted_pairs} duplicate pairs; candidates {c.get('candidate_pairs', 0)}, vetoed by colour "
+            f"{c.get('color_vetoed_pairs', 0)} / brand {c.get('brand_vetoed_pairs', 0)}, images decoded "
+            f"{c.get('images_decoded', 0)}; {sum(r.seconds.values()):.1f} s")
+
+
+def _describe_quality(r: Any) -> str:
+    return (f"products checked {r.checked}: flagged {r.flagged} (policy {r.policy}, applied by the pairs stage and "
+            "the mix)")
+
+
+def _describe_popularity(r: Any) -> str:
+    lines = [f"products {r.products} ({r.products_with_interactions} with interactions), T = {r.temperature}"]
+    for name, fig in (("positive mass before", r.before), ("after re-sampling", r.after), ("exposure", r.exposure)):
+        lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in fig.items()))
+    return "\n".join(lines)
+
+
+def _describe_shift(r: Any) -> str:
+    d = r.report.as_dict()
+    lines = [f"catalog {d['n_catalog']} vs user {d['n_user']} photos ({r.model_id}; embedded now {r.embedded}): "
+             f"domain AUC {d['domain_auc']:.3f}"]
+    for name, f in d["features"].items():
+        lines.append(f"  {name}: KS {f['ks']:.3f} (p {f['p']:.1e}), PSI {f['psi']:.3f}, median catalog "
+                     f"{f['catalog_median']} / user {f['user_median']}{'  DRIFT' if f['shift'] else ''}")
+    lines.append(f"verdict: {d['verdict']}" + (f" ({'; '.join(d['reasons'])})" if d["reasons"] else "")
+                 + f"  [rules: {d['rules']['domain_auc']}; feature {d['rules']['feature']}]")
+    return "\n".join(lines)
+
+
+def _describe_mix(m: dict[str, Any]) -> str:
+    return (f"user-photo pairs: {m['added']} in tables/user_pairs (fraction {m['fraction']}, linked {m['linked']}, "
+            f"eligible {m['eligible']}, target {m['target']})" + (f"; {m['note']}" if m["note"] else ""))
+
+
+_DESCRIBE: dict[str, Callable[[Any], str]] = {
+    "fetch": _describe_fetch, "inspect": _describe_inspect, "embed": _describe_embed, "embed_views": _describe_embed,
+    "synth": _describe_synth, "dedup": _describe_dedup, "quality": _describe_quality,
+    "popularity": _describe_popularity, "shift": _describe_shift, "mix": _describe_mix,
+}
+"""How a stage's result is printed; a stage without an entry prints its result as JSON (counts) or as is."""
+
+
+def _describe(stage: str, result: Any) -> str:
+    if isinstance(result, str):
+        return f"{stage}: {result}"
+    if stage in _DESCRIBE:
+        return _DESCRIBE[stage](result)
+    if isinstance(result, dict):
+        return json.dumps(result, indent=2, default=str)
+    return str(result)
+
+
+def _run_with_deps(ws: Workspace, stage: str, with_deps: bool) -> None:
+    """Bring what `stage` reads up to date first (`with_deps`), or stop naming the stale upstream table stages (a
+    per-stage command runs only its own stage; `visprep run` composes them)."""
+    from visprep import stages
+    from visprep.pipeline import is_up_to_date, run_stage
+
+    upstream = stages.upstream(stage, ws.config)
+    if with_deps:
+        for spec in upstream:
+            with _progress() as bar:
+                result = run_stage(ws, spec.name, progress=bar(spec.name))
+            console.print(_describe(spec.name, result))
         return
-    if model is not None:
-        cfg = ws.config.model_copy(update={"embed": ws.config.embed.model_copy(update={"model": model})})
-        ws.set_config(cfg)
-    try:
-        with _progress() as bar:
-            r = embed_stage(ws, progress=bar("embed"))
-    except (EmbedderUnavailable, ValueError) as exc:
-        _fail(exc)
-    console.print(f"{r.model_id}: images {r.images}: embedded {r.embedded}, skipped {r.skipped} (current), "
-                  f"failed {r.failed}{' ' + str(r.by_reason) if r.by_reason else ''}; store holds {r.store_total}")
+    stale = [s.name for s in upstream if not s.incremental and s.has_work(ws) and not is_up_to_date(ws, s.name)]
+    if stale:
+        console.print(f"[red]error:[/red] {stage} reads what {', '.join(stale)} writes, and it is stale: run "
+                      f"`visprep {' && visprep '.join(n.replace('_', '-') for n in stale)}` first, pass "
+                      "--with-deps, or use `visprep run`")
+        raise typer.Exit(1)
 
 
-@app.command()
-@writes
-def mine(workspace: WorkspaceOpt = Path("."),
-         model: Annotated[Optional[str], typer.Option(
-             help="Feature store (model id) the ann miner reads, e.g. a checkpoint imported with `visprep embed "
-                  "--import`; default [mining] model, else the embed model.")] = None) -> None:
-    """Mine negatives (random, brand, skip-above, ANN hard negatives behind the false-negative guard)."""
-    from visprep.mining.stage import mine_stage
+def _stage_command(name: str) -> Callable[..., None]:
+    """The CLI command of registered stage `name`: its declared options, `--with-deps` and `--force`."""
+    from visprep import stages
 
-    ws = _open(workspace)
-    try:
-        counts = mine_stage(ws, feature_model=model)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(exc)
-    console.print_json(json.dumps(counts))
+    spec = stages.get(name)
+
+    def command(workspace: Path = Path("."), with_deps: bool = False, force: bool = False, **options: Any) -> None:
+        from visprep.embed.registry import EmbedderUnavailable
+        from visprep.pipeline import run_stage
+
+        ws = _open(workspace)
+        try:
+            _run_with_deps(ws, name, with_deps)
+            with _progress() as bar:
+                result = run_stage(ws, name, force=force, progress=bar(name), **options)
+        except (FileNotFoundError, ValueError, EmbedderUnavailable) as exc:
+            _fail(exc)
+        console.print(_describe(name, result))
+
+    P = pyinspect.Parameter
+    params = [
+        P("workspace", P.KEYWORD_ONLY, default=Path("."), annotation=WorkspaceOpt),
+        P("with_deps", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+            help="First bring the stages this one reads from up to date.")]),
+        P("force", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+            help="Run even when up to date.")]),
+        *[P(o.name, P.KEYWORD_ONLY, default=o.default, annotation=Annotated[Optional[o.type], typer.Option(
+            *([o.flag] if o.flag else []), help=o.help)]) for o in spec.options],
+    ]
+    command.__signature__ = pyinspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = name
+    command.__doc__ = spec.summary
+    return command
 
 
-@app.command()
-@writes
-def sample(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Plan P x K batches (table batch_plan), stratified by category, no product group twice per batch."""
-    from visprep.sampling.stage import sample_stage
+def _register_stage_commands() -> None:
+    from visprep import stages
 
-    ws = _open(workspace)
-    try:
-        counts = sample_stage(ws)
-    except ValueError as exc:
-        _fail(exc)
-    console.print_json(json.dumps(counts))
+    for spec in stages.STAGES:
+        if spec.in_run:
+            app.command(spec.name.replace("_", "-"), help=spec.summary)(writes(_stage_command(spec.name)))
+
+
+_register_stage_commands()
+
 
 # --- queries / augment commands ---
 
@@ -561,117 +566,6 @@ def augment_preview(image: Annotated[Path, typer.Argument(help="An image file to
         write_preview_png(out, preview_grid(rgb, params, n=n, seed=seed))
         run.counts = {"draws": n}
     console.print(f"wrote {out} ({n} draws of policy {name}, seed {seed})")
-
-
-@app.command()
-@writes
-def synth(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Make synthetic views of train-split products (background, framing; colour variants as new products)."""
-    from visprep.synthetic.stage import synth_stage
-
-    ws = _open(workspace)
-    try:
-        with _progress() as bar:
-            r = synth_stage(ws, progress=bar("synth"))
-    except ValueError as exc:
-        _fail(exc)
-    console.print(f"products {r.products}, source images {r.source_images} ({r.rendered_images} rendered now): "
-                  f"new same-product views {r.same_product_views}, new colour variants {r.color_variants}, kept "
-                  f"{r.reused}, dropped {r.dropped}, failed {r.failed} {r.by_op}; tables written: "
-                  f"{', '.join(r.tables_written) or 'none'}")
-    if r.tables_written:
-        console.print("next: `visprep inspect` decodes the new views (or `visprep run` brings every stage up to date)")
-
-# --- dedup / quality commands ---
-
-
-@app.command()
-@writes
-def dedup(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Group near-duplicate products (content hash, crop/border-tolerant pHash, title similarity, dedup.rule,
-    colour and brand vetoes)."""
-    from visprep.dedup.stage import dedup_stage
-
-    r = dedup_stage(_open(workspace))
-    c = r.counts
-    console.print(f"products {r.products}: {r.groups} groups, {r.products_in_groups} products in groups of 2+, "
-                  f"{r.accepted_pairs} duplicate pairs; candidates {c.get('candidate_pairs', 0)}, "
-                  f"vetoed by colour {c.get('color_vetoed_pairs', 0)} / brand {c.get('brand_vetoed_pairs', 0)}, "
-                  f"images decoded {c.get('images_decoded', 0)}; {sum(r.seconds.values()):.1f} s")
-
-
-@app.command()
-@writes
-def quality(workspace: WorkspaceOpt = Path("."),
-            embeddings: Annotated[Optional[Path], typer.Option(help="(id, vector) Parquet; default: quality."
-                                                                     "embeddings, else the feature store.")] = None
-            ) -> None:
-    """Flag likely mislabelled products (confident learning) into label_issues; pairs apply quality.policy."""
-    from visprep.quality.stage import quality_stage
-
-    ws = _open(workspace)
-    try:
-        r = quality_stage(ws, embeddings=embeddings)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(exc)
-    console.print(f"products checked {r.checked}: flagged {r.flagged} (policy {r.policy}, applied by the pairs stage "
-                  "and the mix: `visprep run` brings them up to date)")
-
-
-@app.command()
-@writes
-def popularity(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Per-product exposure, re-sampling weights and logQ (tables/popularity); concentration before/after."""
-    from visprep.quality.popularity import popularity_stage
-
-    try:
-        r = popularity_stage(_open(workspace))
-    except ValueError as exc:
-        _fail(exc)
-    console.print(f"products {r.products} ({r.products_with_interactions} with interactions), T = {r.temperature}")
-    for name, fig in (("positive mass before", r.before), ("after re-sampling", r.after), ("exposure", r.exposure)):
-        console.print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in fig.items()))
-
-
-@app.command()
-@writes
-def shift(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Catalog vs user-photo shift (domain-classifier AUC, feature drift, verdict); `visprep mix` mixes the linked
-    user photos into tables/user_pairs."""
-    from visprep.quality.shift import shift_stage
-
-    try:
-        ws = _open(workspace)
-        r = shift_stage(ws)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(exc)
-    d = r.report.as_dict()
-    console.print(f"catalog {d['n_catalog']} vs user {d['n_user']} photos ({r.model_id}; embedded now {r.embedded}): "
-                  f"domain AUC {d['domain_auc']:.3f}")
-    for name, f in d["features"].items():
-        console.print(f"  {name}: KS {f['ks']:.3f} (p {f['p']:.1e}), PSI {f['psi']:.3f}, median catalog "
-                      f"{f['catalog_median']} / user {f['user_median']}{'  DRIFT' if f['shift'] else ''}")
-    console.print(f"verdict: {d['verdict']}" + (f" ({'; '.join(d['reasons'])})" if d["reasons"] else "")
-                  + f"  [rules: {d['rules']['domain_auc']}; feature {d['rules']['feature']}]")
-
-
-def _print_mix(m: dict[str, Any]) -> None:
-    console.print(f"user-photo pairs: {m['added']} in tables/user_pairs (fraction {m['fraction']}, linked "
-                  f"{m['linked']}, eligible {m['eligible']}, target {m['target']})" + (f"; {m['note']}" if m["note"]
-                                                                                       else ""))
-
-
-@app.command()
-@writes
-def mix(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Mix user photos linked to products by visual-search interactions into tables/user_pairs
-    (quality.user_mix_fraction; 0 empties it)."""
-    from visprep.quality.mix import mix_stage
-
-    try:
-        _print_mix(mix_stage(_open(workspace)))
-    except ValueError as exc:
-        _fail(exc)
 
 
 # --- experiment command ---
@@ -756,8 +650,6 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
         t.add_row(f"embeddings ({embedded.model_id})", str(embedded.store_total))
     if ws.has_table("batch_plan"):
         t.add_row("batch plan rows", str(ws.read_table("batch_plan", ["split"]).num_rows))
-    if "passes" in report:
-        t.add_row("pipeline passes", str(report["passes"]))
     shards = sorted(ws.shards_dir.glob("*/*.tar")) if ws.shards_dir.exists() else []
     t.add_row("shards", f"{len(shards)} ({', '.join(sorted({p.parent.name for p in shards}))})")
     t.add_row("quarantined", str(q.num_rows))

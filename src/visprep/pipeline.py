@@ -1,206 +1,107 @@
-"""Composition of the stages: run them in order, skipping a stage whose inputs and parameters did not change.
+"""The runner: run stages in the order their declared reads and writes give (`visprep.stages.plan`), skipping a
+table stage that is up to date.
 
-Two kinds of stage. *Incremental* stages (fetch, inspect, synth, embed) are always called and do only the missing
-work (URLs not fetched, images not inspected, views not made, images without a current vector). *Table* stages
-(dedup, split, pairs, mix, shift, quality, mine, popularity, sample, export) rewrite whole tables and are skipped when
-the fingerprints of the tables they read and their config sections equal those of their last good run; mix, shift and
-popularity apply only once the events (and, for mix and shift, the queries) stage has written its tables, quality
-once there are embeddings to check the labels with.
-
-Some stages feed each other both ways (synth skips eval products, so it needs the split; the split groups synthetic
-colour variants with their source, so it needs synth), so inspect, embed and split appear twice in a pass (see
-ORDER), and the passes repeat until one pass changes nothing: each stage writes only when its output changed, so
-the second pass normally finds everything up to date.
+A table stage is up to date when its last good run read exactly what its declared reads hold now (their
+fingerprints, recorded by `Workspace.run` in the run record's `reads`), with the same config sections, and its
+declared writes are still as that run left them (`writes`): a deleted or replaced output reruns it. An incremental
+stage (fetch, inspect, embed, synth, embed_views) is always called and does only the missing work. There is no
+special case and no pass loop: every stage runs at most once per `visprep run`, after the writers of what it reads,
+so a second run does no work and changing one option reruns exactly the stages downstream of it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visprep import stages
 from visprep.config import section_params
 from visprep.workspace import Workspace
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
-Bar = Callable[[int, int], None] | None
-# Run order within a pass. inspect and embed run before dedup (its signals) and again after synth (its new views);
-# split runs again after synth, whose colour variants are new products grouped with their source.
-ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "quality", "pairs",
-         "mix", "shift", "mine", "popularity", "sample", "export")
-# quality (label noise) writes only label_issues, which pairs and mix read to apply quality.policy: it runs before
-# them, once the catalog images are embedded. mix (user-photo pairs) reads pairs and feeds export; shift embeds the
-# user photos into the feature store, so it runs before mine (whose ann miner fingerprints that store) rather than
-# making mine run twice.
-MAX_PASSES = 3
+UP_TO_DATE = "up to date"
+NOTHING_TO_DO = "nothing to do"
 
 
-@dataclass(frozen=True)
-class _Stage:
-    name: str
-    run: Callable[[Workspace, Bar], Any]
-    # A table stage is skipped when up to date; an incremental one is always called and does only missing work.
-    table: bool = False
-    # For an incremental stage: whether its result says it wrote something (then later stages may be stale).
-    did_work: Callable[[Any], bool] = lambda result: True
-    # Whether the stage has anything to work on in this workspace (e.g. popularity needs the events stage's tables).
-    applies: Callable[[Workspace], bool] = lambda ws: True
-
-
-def _stages() -> dict[str, _Stage]:
-    # Imported here so that `import visprep.pipeline` stays cheap (torch, faiss, cv2 load only when a stage runs).
-    from visprep.dedup.stage import dedup_stage
-    from visprep.embed.stage import embed_stage
-    from visprep.export.stage import export_stage
-    from visprep.fetch.stage import fetch_stage
-    from visprep.images.stage import inspect_stage
-    from visprep.mining.stage import mine_stage
-    from visprep.pairs.stage import pairs_stage
-    from visprep.quality.mix import mix_stage
-    from visprep.quality.popularity import popularity_stage
-    from visprep.quality.shift import shift_applies, shift_stage
-    from visprep.quality.stage import quality_applies, quality_stage
-    from visprep.sampling.stage import sample_stage
-    from visprep.split.stage import split_stage
-    from visprep.synthetic.stage import synth_stage
-
-    stages = [
-        _Stage("fetch", lambda ws, bar: fetch_stage(ws, progress=bar), did_work=lambda r: r.attempted > 0),
-        _Stage("inspect", lambda ws, bar: inspect_stage(ws, progress=bar),
-               did_work=lambda r: r.inspected > 0 or r.backfilled > 0),
-        _Stage("synth", lambda ws, bar: synth_stage(ws, progress=bar), did_work=lambda r: r.changed),
-        _Stage("embed", lambda ws, bar: embed_stage(ws, progress=bar), did_work=lambda r: r.embedded > 0),
-        _Stage("dedup", lambda ws, bar: dedup_stage(ws), table=True),
-        _Stage("split", lambda ws, bar: split_stage(ws), table=True),
-        _Stage("pairs", lambda ws, bar: pairs_stage(ws), table=True),
-        _Stage("mine", lambda ws, bar: mine_stage(ws), table=True),
-        _Stage("popularity", lambda ws, bar: popularity_stage(ws), table=True,
-               applies=lambda ws: ws.has_table("interaction_pairs")),
-        # User photos exist only once the events and queries stages ran (neither is part of `run`).
-        _Stage("mix", lambda ws, bar: mix_stage(ws), table=True,
-               applies=lambda ws: ws.has_table("interaction_pairs") and ws.has_table("queries")),
-        _Stage("shift", lambda ws, bar: shift_stage(ws), table=True, applies=shift_applies),
-        # Label noise needs embeddings (the embed model's store, or quality.embeddings); a catalog with too few
-        # products per label is reported in the run record rather than stopping the whole run.
-        _Stage("quality", lambda ws, bar: quality_stage(ws, embeddings=_quality_source(ws), on_too_few_labels="skip"),
-               table=True, applies=quality_applies),
-        _Stage("sample", lambda ws, bar: sample_stage(ws), table=True),
-        _Stage("export", lambda ws, bar: export_stage(ws, progress=bar), table=True),
-    ]
-    return {s.name: s for s in stages}
-
-
-def _features(ws: Workspace) -> str:
-    from visprep.mining.stage import features_fingerprint
-
-    return features_fingerprint(ws)
-
-
-def _quality_source(ws: Workspace) -> Path | None:
-    from visprep.quality.stage import pipeline_embeddings
-
-    return pipeline_embeddings(ws)
-
-
-def _quality_embeddings(ws: Workspace) -> str:
-    from visprep.quality.stage import embeddings_fingerprint
-
-    return embeddings_fingerprint(ws)
-
-
-# Inputs a stage may record besides tables, and how to fingerprint them now.
-_NON_TABLE_INPUTS: dict[str, Callable[[Workspace], Any]] = {"features": _features,
-                                                             "quality_embeddings": _quality_embeddings}
+def stale_reason(ws: Workspace, stage: str) -> str | None:
+    """Why table stage `stage` must run (a sentence naming the changed input, section or output), or None when
+    it is up to date."""
+    spec = stages.get(stage)
+    if spec.incremental:
+        raise ValueError(f"stage {stage!r} is incremental (always run, does only missing work); it has no freshness")
+    last = ws.last_run(stage)
+    if last is None:
+        return "it never ran"
+    params = last.get("params") or {}
+    if params.get("overrides"):
+        return f"its last run used command-line overrides {params['overrides']}"
+    for section in spec.sections:
+        if params.get(section) != section_params(ws.config, section)[section]:
+            return f"config section [{section}] changed"
+    recorded_reads, recorded_writes = last.get("reads") or {}, last.get("writes") or {}
+    for name in spec.all_reads(ws.config):
+        if name not in recorded_reads:
+            return f"its last run did not record reading {name}"
+        if recorded_reads[name] != stages.fingerprint(ws, name):
+            return f"{name} changed"
+    for name in spec.writes:
+        now = stages.fingerprint(ws, name)
+        if now is None or recorded_writes.get(name) != now:
+            return f"its output {name} is missing or was changed"
+    return None
 
 
 def is_up_to_date(ws: Workspace, stage: str) -> bool:
-    """Tell whether table stage `stage`'s last good run read exactly the current inputs with the current parameters.
+    """Tell whether table stage `stage`'s last good run read exactly the current inputs with the current parameters
+    and its outputs are as it left them (`stale_reason` says why not)."""
+    return stale_reason(ws, stage) is None
 
-    The stage's own run record is the single statement of what it read: every input it recorded must be a table
-    with the same fingerprint now (a table a stage may read but that did not exist is recorded too, so its
-    appearance counts as a change), and every config section it recorded must be unchanged. The split declares
-    optional inputs that may appear later (groups, judgments), so its current inputs come from `split_inputs`.
+
+def run_stage(ws: Workspace, stage: str, *, force: bool = False, progress: Callable[[int, int], None] | None = None,
+              **options: Any) -> Any:
+    """Run one stage under the writer lock: a table stage only when stale (or `force`), an incremental one always.
+
+    Returns the stage's result, `UP_TO_DATE`, or `NOTHING_TO_DO` when the stage has nothing to work on. Options are
+    the stage's declared keyword options (`visprep.stages.Option`); a run with any option set records them as
+    overrides, so the next `visprep run` does not take its output for its own.
     """
-    from visprep.export.stage import shards_indexed
-    from visprep.schema import TABLES
-    from visprep.split.stage import split_inputs
-
-    spec = _stages()[stage]
-    if not spec.table:
-        raise ValueError(f"stage {stage!r} is incremental (always run, does only missing work); it has no freshness")
-    last = ws.last_run(stage)
-    if last is None or (stage == "export" and not shards_indexed(ws)):
-        return False
-    recorded_inputs, recorded_params = last.get("inputs") or {}, last.get("params") or {}
-    if stage == "split":
-        current: dict[str, Any] = split_inputs(ws)
-    elif all(name in TABLES or name in _NON_TABLE_INPUTS for name in recorded_inputs):
-        current = {name: _NON_TABLE_INPUTS[name](ws) if name in _NON_TABLE_INPUTS else ws.table_fingerprint(name)
-                   for name in recorded_inputs}
-    else:
-        return False  # an input we cannot fingerprint: rerun rather than guess
-    sections = type(ws.config).model_fields
-    if not recorded_params or not all(name in sections for name in recorded_params):
-        return False
-    return recorded_inputs == current and recorded_params == section_params(ws.config, *recorded_params)
+    spec = stages.get(stage)
+    with ws.writer(stage):
+        if not spec.has_work(ws):
+            return NOTHING_TO_DO
+        given = {k: v for k, v in options.items() if v is not None}
+        if not spec.incremental and not force and not given and is_up_to_date(ws, stage):
+            return UP_TO_DATE
+        with ws.overrides(given):
+            return spec.run(ws, progress, **options)
 
 
 def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, force: bool = False,
                  progress: ProgressFactory | None = None, allow_removals: bool = False) -> dict[str, Any]:
-    """Run every configured stage in order, in passes until nothing changes; return each stage's last result.
+    """Run every configured stage once, in dependency order; return each stage's result.
 
-    A stage that did not run reports "up to date"; `report["seconds"]` holds seconds per stage (all passes) and
-    `report["passes"]` how many passes it took. `allow_removals` lets a catalog snapshot remove more than
-    `catalog.max_removal_share` of a file's products (see `ingest_catalog`).
+    A table stage that did not need to run reports "up to date", one with nothing to work on "nothing to do";
+    `report["seconds"]` holds seconds per stage and `report["order"]` the order run. `allow_removals` lets a catalog
+    snapshot remove more than `catalog.max_removal_share` of a file's products (see `ingest_catalog`).
     """
     # One writer for the whole run, not per stage: another writer slipping in between two stages would leave this
     # run's later stages reading a mix of both.
     with ws.writer("run"):
-        return _run_pipeline(ws, catalog_files, force=force, progress=progress, allow_removals=allow_removals)
-
-
-def _run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path], *, force: bool,
-                  progress: ProgressFactory | None, allow_removals: bool) -> dict[str, Any]:
-    from visprep.catalog.stage import ingest_catalog
-
-    enabled = set(ws.config.pipeline.stages)
-    stages = _stages()
-    specs = [stages[name] for name in ORDER if name in enabled]
-    report: dict[str, Any] = {}
-    timings: dict[str, float] = {}
-
-    def bar(name: str) -> Bar:
-        return progress(name) if progress else None
-
-    if catalog_files:
-        t = time.perf_counter()
-        report["catalog"] = ingest_catalog(ws, catalog_files, progress=bar("catalog"), allow_removals=allow_removals)
-        timings["catalog"] = time.perf_counter() - t
-    forced: set[str] = set()  # with force, each table stage reruns once, not at each of its places in ORDER
-    passes = 0
-    for passes in range(1, MAX_PASSES + 1):
-        changed = False
-        for spec in specs:
-            if not spec.applies(ws):
-                report.setdefault(spec.name, "nothing to do")
-                continue
-            if not spec.table:
-                if passes > 1 and not changed:
-                    continue  # nothing upstream moved in this pass: no missing work can have appeared
-            elif force and spec.name not in forced:
-                forced.add(spec.name)
-            elif is_up_to_date(ws, spec.name):
-                report.setdefault(spec.name, "up to date")
-                continue
+        report: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        if catalog_files:
             t = time.perf_counter()
-            result = spec.run(ws, bar(spec.name) if passes == 1 else None)
-            timings[spec.name] = timings.get(spec.name, 0.0) + time.perf_counter() - t
-            report[spec.name] = result
-            changed = changed or spec.table or spec.did_work(result)
-        if not changed:
-            break
-    report["passes"] = passes
-    report["seconds"] = timings
-    return report
+            report["catalog"] = stages.get("catalog").run(ws, progress("catalog") if progress else None,
+                                                          files=catalog_files, allow_removals=allow_removals)
+            timings["catalog"] = time.perf_counter() - t
+        planned = stages.plan(ws.config)
+        for spec in planned:
+            t = time.perf_counter()
+            report[spec.name] = run_stage(ws, spec.name, force=force,
+                                          progress=progress(spec.name) if progress else None)
+            timings[spec.name] = time.perf_counter() - t
+        report["order"] = [s.name for s in planned]
+        report["seconds"] = timings
+        return report

@@ -173,7 +173,11 @@ class RunRecord:
     stage: str
     run_id: str
     params: dict[str, Any]
-    inputs: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # what the stage itself notes (files, pending counts)
+    # Fingerprints of the stage's declared reads at its start and writes at its end (`visprep.stages`): what its
+    # freshness is judged by.
+    reads: dict[str, Any] = field(default_factory=dict)
+    writes: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     status: str = "running"
     started_at: str = ""
@@ -199,6 +203,8 @@ class Workspace:
         self.store = ImageStore(self.root / "images")
         self._config: VisprepConfig | None = None
         self._stages: list[str] = []  # the stage runs open in this process, innermost last
+        self.read_log: dict[str, set[str]] = {}  # stage -> tables its runs in this process read
+        self._overrides: dict[str, Any] = {}  # command-line options of the stage run being made (`overrides`)
 
     # --- config -----------------------------------------------------------------------------------------
     @property
@@ -235,7 +241,13 @@ class Workspace:
 
     def part_paths(self, name: str) -> list[Path]:
         """Return the Parquet files of table `name` (none when it does not exist), for readers that scan lazily."""
+        self._log_read(name)
         return self._part_files(name)
+
+    def _log_read(self, name: str) -> None:
+        # Which tables each stage run reads, so tests can check them against the stage's declared reads.
+        if self._stages:
+            self.read_log.setdefault(self._stages[-1], set()).add(name)
 
     def part_count(self, name: str) -> int:
         """Return how many Parquet files table `name` has (0 when it does not exist)."""
@@ -244,6 +256,7 @@ class Workspace:
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """Read table `name` (all parts), conformed to its schema; an empty table when it does not exist."""
         schema = schema_for(name)
+        self._log_read(name)
         parts = [conform(pq.read_table(p), schema) for p in self._part_files(name)]
         table = pa.concat_tables(parts) if parts else schema.empty_table()
         return table.select(columns) if columns else table
@@ -365,15 +378,35 @@ class Workspace:
             self._stages.pop()
 
     @contextmanager
+    def overrides(self, options: Mapping[str, Any]) -> Iterator[None]:
+        """Record `options` (a stage's command-line options) as `params["overrides"]` of the runs opened inside:
+        such a run's output is not what the configuration alone would give, so the runner never takes it as up to
+        date."""
+        saved, self._overrides = self._overrides, {k: str(v) for k, v in options.items()}
+        try:
+            yield
+        finally:
+            self._overrides = saved
+
+    @contextmanager
     def _record(self, stage: str, params: Mapping[str, Any]) -> Iterator[RunRecord]:
+        from visprep import stages
+
         now = utcnow()
         run_id = f"{now:%Y%m%dT%H%M%S}-{stage}-{secrets.token_hex(3)}"
         record = RunRecord(stage=stage, run_id=run_id, params=dict(params), started_at=now.isoformat())
+        if self._overrides:
+            record.params["overrides"] = dict(self._overrides)
+        declared = stages.BY_NAME.get(stage)
+        if declared is not None:
+            record.reads = stages.fingerprints(self, declared.all_reads(self.config))
         path = self.runs_dir / f"{run_id}.json"
         atomic_write_bytes(path, record.to_json().encode())
         t0 = time.perf_counter()
         try:
             yield record
+            if declared is not None:
+                record.writes = stages.fingerprints(self, declared.writes)
         except BaseException as exc:
             record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             record.notes.append(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,146 @@
+"""The stage registry and the runner: one writer per table, a topological order, declared reads that are the real
+reads, a second run that does no work, and one option change that reruns exactly the stages downstream of it."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from visprep import stages
+from visprep.config import VisprepConfig
+from visprep.demo.sources import write_demo_sources
+from visprep.pipeline import NOTHING_TO_DO, UP_TO_DATE, is_up_to_date, run_pipeline, stale_reason
+from visprep.schema import TABLES, WRITERS
+from visprep.workspace import Workspace
+
+CONFIG = ("[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 32\n"
+          '[embed]\noptions = { profile = "imagenet-64" }\n'
+          '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
+
+
+def _refs(spec: stages.Stage) -> list[str]:
+    return [r for r in (spec.body, spec.reads_if, spec.applies, spec.per_batch) if r]
+
+
+def test_every_name_in_the_registry_resolves() -> None:
+    for spec in stages.STAGES:
+        for ref in _refs(spec):
+            module, _, name = ref.partition(":")
+            assert callable(getattr(importlib.import_module(module), name)), (spec.name, ref)
+        for name in (*spec.reads, *spec.writes):
+            assert name in TABLES or name in stages.RESOURCES, (spec.name, name)
+    for ref in stages.RESOURCES.values():
+        module, _, name = ref.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), ref
+
+
+def test_each_table_has_one_writer_and_schema_names_it() -> None:
+    owners = stages.writers()
+    tables = {t: w for t, w in owners.items() if t in TABLES}
+    assert {t: (w,) for t, w in tables.items()} == {t: w for t, w in WRITERS.items() if w != ("*",)}
+    assert set(TABLES) - set(tables) == {"quarantine"}  # every stage writes its own quarantine part
+
+
+def test_plan_runs_each_stage_once_after_the_writers_of_what_it_reads() -> None:
+    config = VisprepConfig()
+    plan = stages.plan(config)
+    names = [s.name for s in plan]
+    assert len(names) == len(set(names)) == len(config.pipeline.stages)
+    position = {n: k for k, n in enumerate(names)}
+    owner = stages.writers()
+    for spec in plan:
+        for r in spec.all_reads(config):
+            if owner.get(r) in position:
+                assert position[owner[r]] < position[spec.name], (spec.name, r, owner[r])
+
+
+def test_a_cycle_is_refused_naming_its_stages() -> None:
+    a = stages.Stage("a", "", (), ("t2",), ("t1",), "x:y")
+    b = stages.Stage("b", "", (), ("t1",), ("t2",), "x:y")
+    c = stages.Stage("c", "", (), ("t1",), ("t3",), "x:y")
+    with pytest.raises(ValueError, match=r"\['a', 'b'\].*a reads what b writes"):
+        stages.order([a, b, c], VisprepConfig())
+
+
+def test_upstream_and_downstream_follow_the_declarations() -> None:
+    config = VisprepConfig()
+    assert [s.name for s in stages.upstream("split", config)] == ["fetch", "inspect", "dedup"]
+    assert "embed" not in [s.name for s in stages.upstream("split", config)]  # the default rule uses no vectors
+    assert stages.downstream(["sample"], config) == []
+    assert set(stages.downstream(["pairs"], config)) == {"mix", "mine", "sample", "export"}
+    assert "quality" not in stages.downstream(["embed_views"], config)  # label noise reads catalog vectors only
+    graph = stages.mermaid(config)
+    assert graph.startswith("flowchart LR") and "split -->|splits| synth" in graph
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
+    root = tmp_path_factory.mktemp("stages")
+    ws = Workspace(root / "ws")
+    ws.root.mkdir()
+    ws.config_path.write_text(CONFIG)
+    src = write_demo_sources(root / "src", n_products=120, seed=5)
+    report = run_pipeline(ws, src.catalog_files)
+    return ws, report
+
+
+def test_each_stage_reads_only_what_it_declares(demo: tuple) -> None:
+    ws, report = demo
+    assert report["order"] == [s.name for s in stages.plan(ws.config)]
+    for stage, read in ws.read_log.items():
+        if stage not in stages.BY_NAME:
+            continue
+        spec = stages.get(stage)
+        undeclared = read - set(spec.all_reads(ws.config)) - set(spec.writes) - {"quarantine"}
+        assert not undeclared, f"{stage} read {sorted(undeclared)} without declaring it"
+
+
+def _tables(ws: Workspace) -> dict[str, str]:
+    return {t: ws.table_fingerprint(t) for t in ws.table_names()}
+
+
+def _ran(report: dict) -> set[str]:
+    return {name for name in report["order"] if not stages.get(name).incremental
+            and report[name] not in (UP_TO_DATE, NOTHING_TO_DO)}
+
+
+def test_second_run_does_no_work(demo: tuple) -> None:
+    ws, _ = demo
+    before = _tables(ws)
+    shards = {p: p.stat().st_mtime_ns for p in ws.shards_dir.rglob("*") if p.is_file()}
+    again = run_pipeline(Workspace(ws.root))
+    assert _ran(again) == set()
+    assert again["fetch"].attempted == 0 and again["inspect"].inspected == 0 and again["embed"].embedded == 0
+    assert not again["synth"].changed and again["embed_views"].embedded == 0
+    assert _tables(ws) == before
+    assert {p: p.stat().st_mtime_ns for p in ws.shards_dir.rglob("*") if p.is_file()} == shards
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    ("[sampling]\nseed = 7\n", {"sample"}),
+    ("[mining]\nother_category_per_anchor = 2\n", {"mine"}),
+    ("[export]\nmax_count = 41\n", {"export"}),
+    ("[pairs]\nmin_side = 30\n", {"pairs", "mine", "sample", "export"}),
+])
+def test_one_option_reruns_exactly_the_stages_downstream_of_it(demo: tuple, option: str, expected: set) -> None:
+    ws, _ = demo
+    ws.config_path.write_text(CONFIG + option)
+    try:
+        changed = Workspace(ws.root)
+        stale = {s.name for s in stages.plan(changed.config) if not s.incremental and s.has_work(changed)
+                 and not is_up_to_date(changed, s.name)}
+        first = next(iter(sorted(stale & expected)))
+        assert "config section" in (stale_reason(changed, first) or "")
+        assert _ran(run_pipeline(changed)) == expected
+        assert _ran(run_pipeline(Workspace(ws.root))) == set()
+    finally:
+        ws.config_path.write_text(CONFIG)
+        run_pipeline(Workspace(ws.root))
+
+
+def test_a_deleted_output_reruns_its_stage_only(demo: tuple) -> None:
+    ws, _ = demo
+    (ws.shards_dir / "train" / "manifest.json").unlink()
+    assert stale_reason(ws, "export") == "its output shards is missing or was changed"
+    assert _ran(run_pipeline(Workspace(ws.root))) == {"export"}

@@ -9,6 +9,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from visprep.rules import parse_rule
+
 CONFIG_FILE = "visprep.toml"
 
 
@@ -537,6 +539,9 @@ class SyntheticConfig(_Section):
 
 # --- dedup / quality config ---
 
+TITLE_SCORERS = ("token_set_ratio", "token_sort_ratio", "ratio", "WRatio")
+"""Names of the rapidfuzz scorers `dedup.title_scorer` may choose (scores are divided by 100: 0..1)."""
+
 
 class DedupConfig(_Section):
     """Near-duplicate products: content hash, pHash within a Hamming radius, title similarity, a rule, groups."""
@@ -587,15 +592,11 @@ class DedupConfig(_Section):
     @field_validator("rule")
     @classmethod
     def _valid_rule(cls, v: str) -> str:
-        from visprep.dedup.rule import parse_rule
-
         return parse_rule(v).text
 
     @field_validator("title_scorer")
     @classmethod
     def _valid_scorer(cls, v: str) -> str:
-        from visprep.dedup.titles import TITLE_SCORERS
-
         if v not in TITLE_SCORERS:
             raise ValueError(f"dedup.title_scorer must be one of {list(TITLE_SCORERS)}, got {v!r}")
         return v

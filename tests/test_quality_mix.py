@@ -28,7 +28,7 @@ STAGES = '["fetch", "inspect", "embed", "split", "pairs", "mix", "shift", "expor
 
 
 def _config(fraction: float, quality: str = "") -> str:
-    return (f'[embed]\nmodel = "thumb16"\n[quality]\nshift_folds = 4\nuser_mix_fraction = {fraction}\n{quality}'
+    return (f'[embed]\nmodel = "thumb16"\n[shift]\nfolds = 4\n[mix]\nfraction = {fraction}\n[quality]\n{quality}'
             f'[pipeline]\nstages = {STAGES}\n[inspect]\nworkers = 1\n[export]\nworkers = 1\n')
 
 

@@ -665,7 +665,7 @@ def _print_mix(m: dict[str, Any]) -> None:
 @writes
 def mix(workspace: WorkspaceOpt = Path(".")) -> None:
     """Mix user photos linked to products by visual-search interactions into tables/user_pairs
-    (quality.user_mix_fraction; 0 empties it)."""
+    (mix.fraction; 0 empties it)."""
     from visprep.quality.mix import mix_stage
 
     try:

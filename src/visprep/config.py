@@ -609,6 +609,15 @@ class DedupConfig(_Section):
         return v
 
 
+QUALITY_KEYS_MOVED = {
+    "popularity_temperature": "popularity.temperature", "head_fraction": "popularity.head_fraction",
+    "shift_auc": "shift.auc", "shift_psi": "shift.psi", "shift_p": "shift.p", "shift_folds": "shift.folds",
+    "shift_max_images": "shift.max_images", "user_mix_fraction": "mix.fraction", "user_mix_kinds": "mix.kinds",
+    "user_pair_weight": "mix.pair_weight", "user_mix_splits": "mix.splits",
+}
+"""Keys that `[quality]` held before popularity, shift and the mix got their own sections -> where they are now."""
+
+
 class QualityConfig(_Section):
     """Label noise (confident learning) on embeddings, and what happens to flagged products' pairs."""
 
@@ -626,32 +635,18 @@ class QualityConfig(_Section):
     down_weight: float = Field(0.2, ge=0, le=1, description="Weight multiplier of pairs of flagged products "
                                                            "under policy down_weight.")
     seed: int = Field(0, description="Seed of the cross-validation split.")
-    # quality: popularity, distribution shift, user-photo mix
-    popularity_temperature: float = Field(1.0, gt=0, description="Re-sampling weight of a product = (1 + "
-                                          "interactions)^(-1/T), mean 1: T = 1 inverse popularity, larger = flatter.")
-    head_fraction: float = Field(0.01, gt=0, lt=1, description="Concentration: share of mass on the top this "
-                                                               "fraction of products (the head share).")
-    shift_auc: float = Field(0.75, gt=0.5, le=1, description="Shift when the catalog-vs-user domain classifier's "
-                                                             "cross-validated AUC is at least this.")
-    shift_psi: float = Field(0.25, gt=0, description="A feature drifts when its PSI is at least this ...")
-    shift_p: float = Field(0.01, gt=0, lt=1, description="... and its two-sample KS p-value is below this.")
-    shift_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the domain classifier.")
-    shift_max_images: int = Field(5000, ge=10, description="Images per domain used by `visprep shift` "
-                                                           "(a seeded random sample beyond this).")
-    user_mix_fraction: float = Field(0.2, ge=0, lt=1, description="Target share of user-photo positives among the "
-                                     "positive image pairs of user_mix_splits (capped by the linked photos); 0 = none. "
-                                     "0.2 is the value the stored experiment measured (+user_photos, docs/quality.md).")
-    user_mix_kinds: list[Literal["purchase", "add_to_cart", "click"]] = Field(
-        default_factory=lambda: ["purchase", "add_to_cart", "click"],
-        description="Interaction kinds that link a user query photo to the product it was matched to.")
-    user_pair_weight: float = Field(1.0, ge=0, description="Weight of a (user photo, catalog photo) pair.")
-    user_mix_splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits that get user-photo "
-                                                                                      "pairs (never eval).")
 
-    @field_validator("user_mix_splits")
+    @model_validator(mode="before")
     @classmethod
-    def _valid_split_names(cls, v: list[str]) -> list[str]:
-        return _check_split_names(v)
+    def _moved_to_own_sections(cls, data: Any) -> Any:
+        # Popularity, shift and the user-photo mix are stages of their own, each recording only its own section
+        # (so changing one stage's option no longer makes the others rerun): say where an old key went.
+        if isinstance(data, dict):
+            for key, where in QUALITY_KEYS_MOVED.items():
+                if key in data:
+                    raise ValueError(f"quality.{key} = {data[key]!r}: moved to the {where.split('.')[0]} stage's "
+                                     f"own section; set {where} instead")
+        return data
 
     @field_validator("filter_by")
     @classmethod
@@ -669,6 +664,49 @@ class QualityConfig(_Section):
             raise ValueError(f"quality.label_column must be 'category' or 'top_category', got {v!r}")
         return v
 
+
+
+
+class PopularityConfig(_Section):
+    """Popularity re-sampling weights and concentration (the popularity stage, `tables/popularity`)."""
+
+    temperature: float = Field(1.0, gt=0, description="Re-sampling weight of a product = (1 + interactions)^(-1/T), "
+                                                      "mean 1: T = 1 inverse popularity, larger = flatter.")
+    head_fraction: float = Field(0.01, gt=0, lt=1, description="Concentration: share of mass on the top this "
+                                                               "fraction of products (the head share).")
+
+
+class ShiftConfig(_Section):
+    """Catalog-vs-user-photo distribution shift (the shift stage, `tables/domain_shift`)."""
+
+    auc: float = Field(0.75, gt=0.5, le=1, description="Shift when the catalog-vs-user domain classifier's "
+                                                       "cross-validated AUC is at least this.")
+    psi: float = Field(0.25, gt=0, description="A feature drifts when its PSI is at least this ...")
+    p: float = Field(0.01, gt=0, lt=1, description="... and its two-sample KS p-value is below this.")
+    folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the domain classifier.")
+    max_images: int = Field(5000, ge=10, description="Images per domain used by `visprep shift` (a seeded random "
+                                                     "sample beyond this).")
+    seed: int = Field(0, description="Seed of the image sample and of the domain classifier's folds.")
+
+
+class MixConfig(_Section):
+    """User query photos mixed into training pairs (the mix stage, `tables/user_pairs`)."""
+
+    fraction: float = Field(0.2, ge=0, lt=1, description="Target share of user-photo positives among the positive "
+                                                         "image pairs of mix.splits (capped by the linked photos); "
+                                                         "0 = none. 0.2 is the value the stored experiment measured "
+                                                         "(+user_photos, docs/quality.md).")
+    kinds: list[Literal["purchase", "add_to_cart", "click"]] = Field(
+        default_factory=lambda: ["purchase", "add_to_cart", "click"],
+        description="Interaction kinds that link a user query photo to the product it was matched to.")
+    pair_weight: float = Field(1.0, ge=0, description="Weight of a (user photo, catalog photo) pair.")
+    splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits that get user-photo pairs "
+                                                                             "(never eval).")
+
+    @field_validator("splits")
+    @classmethod
+    def _valid_split_names(cls, v: list[str]) -> list[str]:
+        return _check_split_names(v)
 
 # --- pipeline config (lead) ---
 
@@ -725,6 +763,9 @@ class VisprepConfig(_Section):
     # --- dedup / quality config ---
     dedup: DedupConfig = DedupConfig()
     quality: QualityConfig = QualityConfig()
+    popularity: PopularityConfig = PopularityConfig()
+    shift: ShiftConfig = ShiftConfig()
+    mix: MixConfig = MixConfig()
     # --- training batches / experiment config ---
     training: TrainingConfig = TrainingConfig()
     experiment: ExperimentConfig = ExperimentConfig()

@@ -49,27 +49,55 @@ class CatalogConfig(_Section):
                     "header-only or fully refused file); ingest_catalog(allow_removals=True) overrides; 1 disables.")
 
 
-class FetchConfig(_Section):
-    """Image download: concurrency, retries, limits and the private-address guard."""
+LocalPathPolicy = Literal["catalog_dir", "any", "none"]
+"""Which local paths (bare or file://) may be read: see `fetch.local_paths` and `FetchSettings.local_paths`."""
+
+
+class FetchClientConfig(_Section):
+    """The fetch client's options: the single definition of their defaults and validation, shared by the `[fetch]`
+    section and `visprep.fetch.FetchSettings` (the library's settings)."""
+
+    # Strict: a TOML string or a bool where a number or a bool belongs is an error, not coerced ("yes" -> True).
+    model_config = ConfigDict(strict=True)
 
     concurrency: int = Field(32, ge=1, le=1024, description="Concurrent downloads (threads).")
-    timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout per attempt, seconds.")
+    timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False, description="Connect and read timeout per attempt, "
+                                                                          "seconds.")
     retries: int = Field(3, ge=0, description="Retries after a timeout, connection error, 429 or 5xx; none on 4xx.")
-    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry, jittered.")
-    max_backoff_s: float = Field(8.0, ge=0, description="Cap on a retry delay, and the longest Retry-After honoured.")
+    backoff_s: float = Field(0.5, ge=0, allow_inf_nan=False, description="First retry delay; doubles each retry, "
+                                                                         "jittered.")
+    max_backoff_s: float = Field(8.0, ge=0, allow_inf_nan=False, description="Cap on a retry delay, and the longest "
+                                                                             "Retry-After honoured.")
     max_bytes: int = Field(20_000_000, ge=1024, description="Largest image accepted, bytes.")
     max_redirects: int = Field(5, ge=0, description="Redirect hops followed before giving up.")
     allow_private: bool = Field(False, description="Allow private (RFC 1918, ULA) addresses.")
     allow_loopback: bool = Field(False, description="Allow loopback addresses (127.0.0.0/8, ::1).")
-    user_agent: str = Field("visprep/0.1", description="User-Agent header sent with every request.")
-    ca_bundle: str | None = Field(None, description="PEM file of extra CAs trusted for https (certificates are always checked).")
-    s3_options: dict[str, Any] | None = Field(None, description="s3fs options for s3:// URLs, e.g. endpoint_url, key, secret.")
-    checkpoint_every: int = Field(256, ge=1, description="Results recorded per checkpoint (what a kill can lose).")
-    retry_failed: bool = Field(False, description="Retry URLs whose earlier fetch failed.")
-    local_paths: Literal["catalog_dir", "any", "none"] = Field(
+    user_agent: str = Field("visprep/0.1", min_length=1, description="User-Agent header sent with every request "
+                                                                     "(one line).")
+    ca_bundle: str | None = Field(None, description="PEM file of extra CAs trusted for https (certificates are "
+                                                    "always checked).")
+    # Left out of repr: it may hold credentials.
+    s3_options: dict[str, Any] | None = Field(None, repr=False, description="s3fs options for s3:// URLs, e.g. "
+                                                                           "endpoint_url, key, secret.")
+    local_paths: LocalPathPolicy = Field(
         "catalog_dir", description="Which local paths (plain or file://) a catalog may name: catalog_dir (inside the "
         "catalog file's folder after resolving symlinks), any (any regular file), none. Special files and "
         "/proc, /sys, /dev are always refused.")
+
+    @field_validator("user_agent")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        # A header value with a line break would inject headers.
+        if "\n" in v or "\r" in v:
+            raise ValueError(f"fetch.user_agent must be one line, got {v!r}")
+        return v
+
+
+class FetchConfig(FetchClientConfig):
+    """Image download: concurrency, retries, limits and the private-address guard."""
+
+    checkpoint_every: int = Field(256, ge=1, description="Results recorded per checkpoint (what a kill can lose).")
+    retry_failed: bool = Field(False, description="Retry URLs whose earlier fetch failed.")
 
 
 class InspectConfig(_Section):

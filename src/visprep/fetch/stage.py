@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,8 +30,8 @@ class FetchStageResult:
 
 
 def fetch_settings(cfg: FetchConfig) -> FetchSettings:
-    """Map the workspace's fetch config onto the fetcher's settings (every settings field has a config twin)."""
-    return FetchSettings(**{f.name: getattr(cfg, f.name) for f in fields(FetchSettings)})
+    """The fetcher's settings of the workspace's `[fetch]` section."""
+    return FetchSettings.from_config(cfg)
 
 
 def pending_urls(ws: Workspace, *, retry_failed: bool) -> tuple[list[str], int]:

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from visprep.config import FetchConfig
 from visprep.fetch import Fetcher, FetchSettings
-from visprep.fetch.stage import fetch_settings
 
 
 @pytest.fixture
@@ -115,13 +114,13 @@ def test_settings_defaults_and_validation_are_the_fetch_sections() -> None:
     client = set(FetchConfig.model_fields) - {"checkpoint_every", "retry_failed"}
     assert set(FetchSettings.model_fields) == client
     assert FetchSettings().model_dump() == FetchConfig().model_dump(include=client)
-    assert fetch_settings(FetchConfig()) == FetchSettings()
+    assert FetchSettings.from_config(FetchConfig()) == FetchSettings()
     for name in client:
         assert repr(FetchSettings.model_fields[name]) == repr(FetchConfig.model_fields[name]), name
     changed = FetchConfig(concurrency=3, timeout_s=2.0, retries=0, backoff_s=0.1, max_backoff_s=1.0, max_bytes=4096,
                           max_redirects=1, allow_private=True, allow_loopback=True, user_agent="ua", ca_bundle=None,
                           s3_options={"anon": True}, local_paths="any", checkpoint_every=7, retry_failed=True)
-    settings = fetch_settings(changed)
+    settings = FetchSettings.from_config(changed)
     assert {n: getattr(settings, n) for n in client} == {n: getattr(changed, n) for n in client}
     with pytest.raises(ValidationError, match="max_bytes"):
         FetchConfig(max_bytes=100)  # the same limit at config load

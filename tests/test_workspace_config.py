@@ -32,6 +32,8 @@ def test_rendered_config_lists_every_option_and_round_trips(tmp_path: Path) -> N
 @pytest.mark.parametrize(("toml", "needle"), [
     ("[fetch]\nconcurency = 3\n", "fetch.concurency"),
     ("[fetch]\nconcurrency = 0\n", "fetch.concurrency = 0"),
+    ('[fetch]\nallow_private = "yes"\n', "fetch.allow_private = 'yes'"),  # strict: not read as true
+    ("[fetch]\ntimeout_s = inf\n", "fetch.timeout_s = inf"),
     ("[split]\nfractions = { train = 0.5, eval = 0.2 }\n", "sum to 1"),
     ("[nosuch]\nx = 1\n", "nosuch"),
     ("[fetch\n", "not valid TOML"),

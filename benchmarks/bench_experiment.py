@@ -19,7 +19,7 @@ ingested by `visprep events`, never touching the eval split):
   Zipf(1.1) popularity over the catalog (popularity bias: popular items get viewed regardless of similarity);
 - visual searches with a user photo of a training product (a degraded new view, cleaned by `visprep queries`):
   ten results, the true product among them, clicked (and sometimes bought) with probability 0.8, a popular
-  product clicked otherwise; the mix (`quality.user_mix_fraction = 0.2`) links the photos to products.
+  product clicked otherwise; the mix (`mix.fraction = 0.2`) links the photos to products.
 Then `visprep experiment` (all variants, `--seeds` seeds, `--steps` steps) and the results table is stored.
 """
 
@@ -91,11 +91,11 @@ def build(root: Path, products: int, n_queries: int, n_user_photos: int, n_sessi
     ws.root.mkdir(parents=True)
     ws.config_path.write_text(render_config(demo_config()) + "\n")
     text = ws.config_path.read_text()
-    text = text.replace("user_mix_fraction = 0.0", "user_mix_fraction = 0.2").replace(
+    text = text.replace("\nfraction = 0.0\n", "\nfraction = 0.2\n").replace(
         'nsfw = "nudenet"', 'nsfw = "none"')
     ws.config_path.write_text(text)
     ws = Workspace(ws.root)
-    assert ws.config.quality.user_mix_fraction == 0.2 and ws.config.queries.nsfw == "none"
+    assert ws.config.mix.fraction == 0.2 and ws.config.queries.nsfw == "none"
     assert ws.config.split.fractions == {"train": 0.8, "eval": 0.2}  # the demo's
     t0 = time.perf_counter()
     subset = load_fashion_mnist_idx(limit=int(products / 1.8) + 200)

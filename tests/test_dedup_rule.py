@@ -5,8 +5,8 @@ import pytest
 
 from visprep.config import VisprepConfig
 from visprep.dedup.groups import canonical_members, connected_groups
-from visprep.dedup.rule import parse_rule
 from visprep.dedup.titles import title_candidate_pairs, title_similarity
+from visprep.rules import parse_rule
 
 
 def test_rule_evaluates_and_or():

@@ -141,7 +141,7 @@ def test_s3_options_are_copied_read_only() -> None:
 
 @pytest.mark.parametrize("bad", [["endpoint_url"], "endpoint_url=x", {1: "x"}])
 def test_s3_options_must_be_a_str_keyed_mapping(bad: object) -> None:
-    with pytest.raises(TypeError, match="s3_options"):
+    with pytest.raises(ValueError, match="s3_options"):
         FetchSettings(s3_options=bad)  # type: ignore[arg-type]
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 from http_fixtures import HTML_PAGE, make_jpeg
+from pydantic import ValidationError
 
+from visprep.config import FetchConfig
 from visprep.fetch import Fetcher, FetchSettings
 
 
@@ -54,9 +56,9 @@ def test_local_html_is_not_image_and_not_quoted(fetcher: Fetcher, tmp_path: Path
 
 
 def test_local_file_too_large(tmp_path: Path, image_file: Path) -> None:
-    with Fetcher(FetchSettings(max_bytes=100)) as fetcher:
+    with Fetcher(FetchSettings(max_bytes=1024)) as fetcher:  # the smallest limit; the image is larger
         result = fetcher.fetch(str(image_file))
-    assert result.status == "too_large" and "max_bytes=100" in result.reason
+    assert result.status == "too_large" and "max_bytes=1024" in result.reason
 
 
 def test_file_url_with_remote_host_is_invalid(fetcher: Fetcher) -> None:
@@ -86,21 +88,42 @@ def test_closed_fetcher_raises(image_file: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "error"),
+    ("field", "value"),
     [
-        ("concurrency", 0, ValueError),
-        ("concurrency", 2.5, TypeError),
-        ("timeout_s", 0, ValueError),
-        ("timeout_s", float("nan"), ValueError),
-        ("retries", -1, ValueError),
-        ("max_bytes", True, TypeError),
-        ("allow_private", "yes", TypeError),
-        ("user_agent", "", ValueError),
+        ("concurrency", 0),
+        ("concurrency", 2.5),
+        ("timeout_s", 0),
+        ("timeout_s", float("nan")),
+        ("timeout_s", float("inf")),
+        ("retries", -1),
+        ("max_bytes", True),
+        ("max_bytes", 100),
+        ("allow_private", "yes"),
+        ("user_agent", ""),
+        ("user_agent", "a\nX-Injected: 1"),
+        ("checkpoint_every", 5),  # a stage option of [fetch], not the client's
     ],
 )
-def test_settings_validation_names_field(field: str, value: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match=field):
+def test_settings_validation_names_field(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
         FetchSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_settings_defaults_and_validation_are_the_fetch_sections() -> None:
+    """One definition: the library's settings have the `[fetch]` section's client options, defaults and limits."""
+    client = set(FetchConfig.model_fields) - {"checkpoint_every", "retry_failed"}
+    assert set(FetchSettings.model_fields) == client
+    assert FetchSettings().model_dump() == FetchConfig().model_dump(include=client)
+    assert FetchSettings.from_config(FetchConfig()) == FetchSettings()
+    for name in client:
+        assert repr(FetchSettings.model_fields[name]) == repr(FetchConfig.model_fields[name]), name
+    changed = FetchConfig(concurrency=3, timeout_s=2.0, retries=0, backoff_s=0.1, max_backoff_s=1.0, max_bytes=4096,
+                          max_redirects=1, allow_private=True, allow_loopback=True, user_agent="ua", ca_bundle=None,
+                          s3_options={"anon": True}, local_paths="any", checkpoint_every=7, retry_failed=True)
+    settings = FetchSettings.from_config(changed)
+    assert {n: getattr(settings, n) for n in client} == {n: getattr(changed, n) for n in client}
+    with pytest.raises(ValidationError, match="max_bytes"):
+        FetchConfig(max_bytes=100)  # the same limit at config load
 
 
 def test_fetcher_needs_settings() -> None:

@@ -16,8 +16,10 @@ from visprep.embed.registry import register_embedder, unregister_embedder
 from visprep.export.loader import webdataset_pipeline
 from visprep.export.stage import resolve_profile
 from visprep.images.preprocess import encode_jpeg, preprocess_uint8
-from visprep.pipeline import run_pipeline
+from visprep.pipeline import is_up_to_date, run_pipeline
 from visprep.quality.mix import export_user_pairs, mix_stage, mix_user_photos
+from visprep.quality.popularity import popularity_stage
+from visprep.quality.shift import shift_stage
 from visprep.quality.stage import quality_stage
 from visprep.schema import INTERACTION_PAIRS, PAIRS
 from visprep.workspace import Workspace
@@ -28,7 +30,7 @@ STAGES = '["fetch", "inspect", "embed", "split", "pairs", "mix", "shift", "expor
 
 
 def _config(fraction: float, quality: str = "") -> str:
-    return (f'[embed]\nmodel = "thumb16"\n[quality]\nshift_folds = 4\nuser_mix_fraction = {fraction}\n{quality}'
+    return (f'[embed]\nmodel = "thumb16"\n[shift]\nfolds = 4\n[mix]\nfraction = {fraction}\n[quality]\n{quality}'
             f'[pipeline]\nstages = {STAGES}\n[inspect]\nworkers = 1\n[export]\nworkers = 1\n')
 
 
@@ -229,3 +231,33 @@ def test_fraction_zero_exports_no_user_photo(mixed) -> None:
     status = CliRunner().invoke(app, ["status", "-w", str(ws.root), "--json"])
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["quality"]["shift"]["mix"]["added"] == 0
+
+
+def test_each_stage_is_stale_only_for_the_config_it_reads(mixed) -> None:
+    """popularity, shift and mix record only the sections they read: a change to one stage's section reruns that
+    stage alone (they all shared [quality] before, so changing shift.auc reran popularity and the mix for nothing)."""
+    ws = Workspace(mixed[0].root)
+    ws.config_path.write_text(_config(0.5))
+    ws = Workspace(ws.root)
+    stages = {"popularity": popularity_stage, "shift": shift_stage, "mix": mix_stage}
+    for run in stages.values():
+        run(ws)
+
+    def stale_after(section: str, **update: object) -> set[str]:
+        ws.set_config(ws.config.model_copy(update={section: getattr(ws.config, section).model_copy(update=update)}))
+        stale = {name for name in stages if not is_up_to_date(ws, name)}
+        for name in stale:
+            stages[name](ws)
+        return stale
+
+    assert stale_after("embed") == set()  # all three up to date after one run
+    assert stale_after("shift", auc=0.9) == {"shift"}
+    assert stale_after("popularity", temperature=4.0) == {"popularity"}
+    assert stale_after("mix", fraction=0.3) == {"mix"}
+    assert stale_after("shift", seed=5) == {"shift"}
+    # The mix reads the label-issue policy ([quality]) and the image floors ([pairs]); shift and popularity do not.
+    assert stale_after("quality", down_weight=0.5) == {"mix"}
+    assert stale_after("pairs", min_side=32) == {"mix"}
+    assert ws.last_run("shift")["params"].keys() == {"shift", "embed"}
+    assert ws.last_run("popularity")["params"].keys() == {"popularity"}
+    assert ws.last_run("mix")["params"].keys() == {"mix", "quality", "labels", "pairs"}

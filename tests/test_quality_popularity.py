@@ -122,7 +122,7 @@ def test_popularity_table_matches_brute_force_counts(sim_ws: tuple[Workspace, pa
 
 def test_popularity_command_and_temperature(sim_ws: tuple[Workspace, pa.Table]) -> None:
     ws, _ = sim_ws
-    ws.config_path.write_text("[quality]\npopularity_temperature = 4.0\n")
+    ws.config_path.write_text("[popularity]\ntemperature = 4.0\n")
     try:
         result = CliRunner().invoke(app, ["popularity", "-w", str(ws.root)])
         assert result.exit_code == 0, result.output

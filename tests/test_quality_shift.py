@@ -15,7 +15,7 @@ from photo_fixtures import IN_DEMO, OPENCV, ThumbEmbedder, write_user_photos
 from typer.testing import CliRunner
 
 from visprep.cli import app
-from visprep.config import QualityConfig
+from visprep.config import ShiftConfig
 from visprep.demo.sources import write_demo_sources
 from visprep.embed.registry import register_embedder, unregister_embedder
 from visprep.quality.mix import mix_user_photos
@@ -41,7 +41,7 @@ def shift_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     sources = write_demo_sources(root / "src", n_products=70)
     ws = Workspace(root / "ws")
     ws.root.mkdir()
-    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nshift_folds = 4\n')
+    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[shift]\nfolds = 4\n')
     runner = CliRunner()
     for args in (["catalog", *map(str, sources.catalog_files)], ["fetch"], ["inspect"], ["split"], ["pairs"]):
         result = runner.invoke(app, [*args, "-w", str(ws.root)])
@@ -89,7 +89,7 @@ def test_catalog_vs_catalog_is_no_shift(shift_ws: Workspace) -> None:
     for seed in range(2):
         perm = np.random.default_rng(seed).permutation(len(ids))
         a, b = perm[: len(ids) // 2], perm[len(ids) // 2:]
-        rep = shift_report(vecs[a], vecs[b], stats[a], stats[b], cfg=QualityConfig(shift_folds=4, seed=seed))
+        rep = shift_report(vecs[a], vecs[b], stats[a], stats[b], cfg=ShiftConfig(folds=4, seed=seed))
         aucs.append(rep.auc)
         assert not rep.shift, rep.as_dict()
     print(f"catalog vs catalog (2 random halves of {len(ids)}): AUC {[round(x, 3) for x in aucs]}")
@@ -148,7 +148,7 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
     ws.write_table("eval_queries", pa.table({"query_id": [queries[33]["image_id"]]}))
     n_cat = sum(1 for r in ws.read_table("pairs").to_pylist() if r["kind"] == "same_product" and r["split"] == "train")
 
-    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nuser_mix_fraction = 0.1\n')
+    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[mix]\nfraction = 0.1\n')
     ws._config = None
     pairs_before = ws.read_table("pairs")
     out = mix_user_photos(ws)
@@ -170,11 +170,11 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
     assert result.exit_code == 0, result.output
     assert ws.read_table("user_pairs").to_pylist() == rows
     assert "user_photo" not in set(ws.read_table("pairs").column("kind").to_pylist())
-    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nuser_mix_fraction = 0.9\n')
+    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[mix]\nfraction = 0.9\n')
     ws._config = None
     out = mix_user_photos(ws)
     assert out["added"] == 30 and "only 30" in out["note"]
-    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[quality]\nshift_folds = 4\nuser_mix_fraction = 0.0\n')
+    ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[shift]\nfolds = 4\n[mix]\nfraction = 0.0\n')
     ws._config = None
     out = mix_user_photos(ws)
     assert out["added"] == 0 and ws.has_table("user_pairs") and ws.read_table("user_pairs").num_rows == 0
@@ -183,6 +183,6 @@ def test_user_photo_mix(shift_ws: Workspace) -> None:
 def test_no_link_says_so(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     ws.write_table("pairs", pa.table({"anchor_id": ["a"], "kind": ["same_product"]}))
-    ws.config_path.write_text("[quality]\nuser_mix_fraction = 0.2\n")
+    ws.config_path.write_text("[mix]\nfraction = 0.2\n")
     out = mix_user_photos(ws)
     assert out["added"] == 0 and "no user photo is linked" in out["note"]

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("kornia")
 
 from visprep.augment import POLICIES, KorniaPolicy, resolve_policy
-from visprep.config import QualityConfig, SamplingConfig
+from visprep.config import MixConfig, QualityConfig, SamplingConfig
 
 DRAWS = 96
 
@@ -104,7 +104,7 @@ def test_label_noise_and_fix_defaults() -> None:
     """The defaults the evidence supports (docs/quality.md, docs/sampling.md say why)."""
     q = QualityConfig()
     assert q.policy == "keep"  # precision 0.24: three of four flagged products are right
-    assert q.user_mix_fraction == 0.2  # the value the stored experiment measured (+user_photos)
+    assert MixConfig().fraction == 0.2  # the value the stored experiment measured (+user_photos)
     assert SamplingConfig().popularity_exponent == 0.0  # never measured; debiasing is on in the event weights
 
 

@@ -32,6 +32,8 @@ def test_rendered_config_lists_every_option_and_round_trips(tmp_path: Path) -> N
 @pytest.mark.parametrize(("toml", "needle"), [
     ("[fetch]\nconcurency = 3\n", "fetch.concurency"),
     ("[fetch]\nconcurrency = 0\n", "fetch.concurrency = 0"),
+    ('[fetch]\nallow_private = "yes"\n', "fetch.allow_private = 'yes'"),  # strict: not read as true
+    ("[fetch]\ntimeout_s = inf\n", "fetch.timeout_s = inf"),
     ("[split]\nfractions = { train = 0.5, eval = 0.2 }\n", "sum to 1"),
     ("[nosuch]\nx = 1\n", "nosuch"),
     ("[fetch\n", "not valid TOML"),
@@ -154,4 +156,47 @@ def test_moved_pairs_options_say_where_they_went(tmp_path) -> None:
         load_config(path)
     path.write_text("[pairs]\nseed = 3\n")
     with pytest.raises(ValueError, match=r"pairs.seed = 3: .*set mining.seed"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("old", "value", "new"), [
+    ("popularity_temperature", "4.0", "popularity.temperature"),
+    ("head_fraction", "0.05", "popularity.head_fraction"),
+    ("shift_auc", "0.9", "shift.auc"),
+    ("shift_psi", "0.5", "shift.psi"),
+    ("shift_p", "0.05", "shift.p"),
+    ("shift_folds", "4", "shift.folds"),
+    ("shift_max_images", "100", "shift.max_images"),
+    ("user_mix_fraction", "0.1", "mix.fraction"),
+    ("user_mix_kinds", '["purchase"]', "mix.kinds"),
+    ("user_pair_weight", "0.5", "mix.pair_weight"),
+    ("user_mix_splits", '["train"]', "mix.splits"),
+])
+def test_moved_quality_options_say_where_they_went(tmp_path: Path, old: str, value: str, new: str) -> None:
+    """Popularity, shift and the mix have their own sections: an old [quality] key fails naming its new place."""
+    path = tmp_path / "visprep.toml"
+    path.write_text(f"[quality]\n{old} = {value}\n")
+    with pytest.raises(ValueError, match=rf"quality\.{old} = .*set {new} instead"):
+        load_config(path)
+    section, key = new.split(".")
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    assert getattr(getattr(load_config(path), section), key) is not None  # the new place takes the same value
+
+
+def test_stage_sections_round_trip(tmp_path: Path) -> None:
+    """[popularity], [shift] and [mix] load, render and load again unchanged; [quality] keeps label noise only."""
+    path = tmp_path / "visprep.toml"
+    path.write_text('[quality]\npolicy = "down_weight"\nfolds = 3\n'
+                    "[popularity]\ntemperature = 2.5\nhead_fraction = 0.05\n"
+                    "[shift]\nauc = 0.8\npsi = 0.3\np = 0.05\nfolds = 4\nmax_images = 200\nseed = 7\n"
+                    '[mix]\nfraction = 0.3\nkinds = ["purchase", "click"]\npair_weight = 0.5\nsplits = ["train"]\n')
+    cfg = load_config(path)
+    assert (cfg.popularity.temperature, cfg.shift.auc, cfg.shift.seed, cfg.mix.kinds) == (2.5, 0.8, 7,
+                                                                                      ["purchase", "click"])
+    path.write_text(render_config(cfg))
+    assert load_config(path) == cfg
+    assert set(type(cfg.quality).model_fields) == {"embeddings", "label_column", "folds", "filter_by",
+                                                   "min_class_size", "policy", "down_weight", "seed"}
+    path.write_text('[mix]\nsplits = ["../x"]\n')
+    with pytest.raises(ValueError, match=r"mix\.splits"):
         load_config(path)

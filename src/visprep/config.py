@@ -9,6 +9,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from visprep.rules import parse_rule
+
 CONFIG_FILE = "visprep.toml"
 
 
@@ -47,27 +49,55 @@ class CatalogConfig(_Section):
                     "header-only or fully refused file); ingest_catalog(allow_removals=True) overrides; 1 disables.")
 
 
-class FetchConfig(_Section):
-    """Image download: concurrency, retries, limits and the private-address guard."""
+LocalPathPolicy = Literal["catalog_dir", "any", "none"]
+"""Which local paths (bare or file://) may be read: see `fetch.local_paths` and `FetchSettings.local_paths`."""
+
+
+class FetchClientConfig(_Section):
+    """The fetch client's options: the single definition of their defaults and validation, shared by the `[fetch]`
+    section and `visprep.fetch.FetchSettings` (the library's settings)."""
+
+    # Strict: a TOML string or a bool where a number or a bool belongs is an error, not coerced ("yes" -> True).
+    model_config = ConfigDict(strict=True)
 
     concurrency: int = Field(32, ge=1, le=1024, description="Concurrent downloads (threads).")
-    timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout per attempt, seconds.")
+    timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False, description="Connect and read timeout per attempt, "
+                                                                          "seconds.")
     retries: int = Field(3, ge=0, description="Retries after a timeout, connection error, 429 or 5xx; none on 4xx.")
-    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry, jittered.")
-    max_backoff_s: float = Field(8.0, ge=0, description="Cap on a retry delay, and the longest Retry-After honoured.")
+    backoff_s: float = Field(0.5, ge=0, allow_inf_nan=False, description="First retry delay; doubles each retry, "
+                                                                         "jittered.")
+    max_backoff_s: float = Field(8.0, ge=0, allow_inf_nan=False, description="Cap on a retry delay, and the longest "
+                                                                             "Retry-After honoured.")
     max_bytes: int = Field(20_000_000, ge=1024, description="Largest image accepted, bytes.")
     max_redirects: int = Field(5, ge=0, description="Redirect hops followed before giving up.")
     allow_private: bool = Field(False, description="Allow private (RFC 1918, ULA) addresses.")
     allow_loopback: bool = Field(False, description="Allow loopback addresses (127.0.0.0/8, ::1).")
-    user_agent: str = Field("visprep/0.1", description="User-Agent header sent with every request.")
-    ca_bundle: str | None = Field(None, description="PEM file of extra CAs trusted for https (certificates are always checked).")
-    s3_options: dict[str, Any] | None = Field(None, description="s3fs options for s3:// URLs, e.g. endpoint_url, key, secret.")
-    checkpoint_every: int = Field(256, ge=1, description="Results recorded per checkpoint (what a kill can lose).")
-    retry_failed: bool = Field(False, description="Retry URLs whose earlier fetch failed.")
-    local_paths: Literal["catalog_dir", "any", "none"] = Field(
+    user_agent: str = Field("visprep/0.1", min_length=1, description="User-Agent header sent with every request "
+                                                                     "(one line).")
+    ca_bundle: str | None = Field(None, description="PEM file of extra CAs trusted for https (certificates are "
+                                                    "always checked).")
+    # Left out of repr: it may hold credentials.
+    s3_options: dict[str, Any] | None = Field(None, repr=False, description="s3fs options for s3:// URLs, e.g. "
+                                                                           "endpoint_url, key, secret.")
+    local_paths: LocalPathPolicy = Field(
         "catalog_dir", description="Which local paths (plain or file://) a catalog may name: catalog_dir (inside the "
         "catalog file's folder after resolving symlinks), any (any regular file), none. Special files and "
         "/proc, /sys, /dev are always refused.")
+
+    @field_validator("user_agent")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        # A header value with a line break would inject headers.
+        if "\n" in v or "\r" in v:
+            raise ValueError(f"fetch.user_agent must be one line, got {v!r}")
+        return v
+
+
+class FetchConfig(FetchClientConfig):
+    """Image download: concurrency, retries, limits and the private-address guard."""
+
+    checkpoint_every: int = Field(256, ge=1, description="Results recorded per checkpoint (what a kill can lose).")
+    retry_failed: bool = Field(False, description="Retry URLs whose earlier fetch failed.")
 
 
 class InspectConfig(_Section):
@@ -537,6 +567,9 @@ class SyntheticConfig(_Section):
 
 # --- dedup / quality config ---
 
+TITLE_SCORERS = ("token_set_ratio", "token_sort_ratio", "ratio", "WRatio")
+"""Names of the rapidfuzz scorers `dedup.title_scorer` may choose (scores are divided by 100: 0..1)."""
+
 
 class DedupConfig(_Section):
     """Near-duplicate products: content hash, pHash within a Hamming radius, title similarity, a rule, groups."""
@@ -587,15 +620,11 @@ class DedupConfig(_Section):
     @field_validator("rule")
     @classmethod
     def _valid_rule(cls, v: str) -> str:
-        from visprep.dedup.rule import parse_rule
-
         return parse_rule(v).text
 
     @field_validator("title_scorer")
     @classmethod
     def _valid_scorer(cls, v: str) -> str:
-        from visprep.dedup.titles import TITLE_SCORERS
-
         if v not in TITLE_SCORERS:
             raise ValueError(f"dedup.title_scorer must be one of {list(TITLE_SCORERS)}, got {v!r}")
         return v
@@ -606,6 +635,15 @@ class DedupConfig(_Section):
         if v not in ("mih", "brute"):
             raise ValueError(f"dedup.hamming_backend must be 'mih' or 'brute', got {v!r}")
         return v
+
+
+QUALITY_KEYS_MOVED = {
+    "popularity_temperature": "popularity.temperature", "head_fraction": "popularity.head_fraction",
+    "shift_auc": "shift.auc", "shift_psi": "shift.psi", "shift_p": "shift.p", "shift_folds": "shift.folds",
+    "shift_max_images": "shift.max_images", "user_mix_fraction": "mix.fraction", "user_mix_kinds": "mix.kinds",
+    "user_pair_weight": "mix.pair_weight", "user_mix_splits": "mix.splits",
+}
+"""Keys that `[quality]` held before popularity, shift and the mix got their own sections -> where they are now."""
 
 
 class QualityConfig(_Section):
@@ -625,32 +663,18 @@ class QualityConfig(_Section):
     down_weight: float = Field(0.2, ge=0, le=1, description="Weight multiplier of pairs of flagged products "
                                                            "under policy down_weight.")
     seed: int = Field(0, description="Seed of the cross-validation split.")
-    # quality: popularity, distribution shift, user-photo mix
-    popularity_temperature: float = Field(1.0, gt=0, description="Re-sampling weight of a product = (1 + "
-                                          "interactions)^(-1/T), mean 1: T = 1 inverse popularity, larger = flatter.")
-    head_fraction: float = Field(0.01, gt=0, lt=1, description="Concentration: share of mass on the top this "
-                                                               "fraction of products (the head share).")
-    shift_auc: float = Field(0.75, gt=0.5, le=1, description="Shift when the catalog-vs-user domain classifier's "
-                                                             "cross-validated AUC is at least this.")
-    shift_psi: float = Field(0.25, gt=0, description="A feature drifts when its PSI is at least this ...")
-    shift_p: float = Field(0.01, gt=0, lt=1, description="... and its two-sample KS p-value is below this.")
-    shift_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the domain classifier.")
-    shift_max_images: int = Field(5000, ge=10, description="Images per domain used by `visprep shift` "
-                                                           "(a seeded random sample beyond this).")
-    user_mix_fraction: float = Field(0.2, ge=0, lt=1, description="Target share of user-photo positives among the "
-                                     "positive image pairs of user_mix_splits (capped by the linked photos); 0 = none. "
-                                     "0.2 is the value the stored experiment measured (+user_photos, docs/quality.md).")
-    user_mix_kinds: list[Literal["purchase", "add_to_cart", "click"]] = Field(
-        default_factory=lambda: ["purchase", "add_to_cart", "click"],
-        description="Interaction kinds that link a user query photo to the product it was matched to.")
-    user_pair_weight: float = Field(1.0, ge=0, description="Weight of a (user photo, catalog photo) pair.")
-    user_mix_splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits that get user-photo "
-                                                                                      "pairs (never eval).")
 
-    @field_validator("user_mix_splits")
+    @model_validator(mode="before")
     @classmethod
-    def _valid_split_names(cls, v: list[str]) -> list[str]:
-        return _check_split_names(v)
+    def _moved_to_own_sections(cls, data: Any) -> Any:
+        # Popularity, shift and the user-photo mix are stages of their own, each recording only its own section
+        # (so changing one stage's option no longer makes the others rerun): say where an old key went.
+        if isinstance(data, dict):
+            for key, where in QUALITY_KEYS_MOVED.items():
+                if key in data:
+                    raise ValueError(f"quality.{key} = {data[key]!r}: moved to the {where.split('.')[0]} stage's "
+                                     f"own section; set {where} instead")
+        return data
 
     @field_validator("filter_by")
     @classmethod
@@ -668,6 +692,49 @@ class QualityConfig(_Section):
             raise ValueError(f"quality.label_column must be 'category' or 'top_category', got {v!r}")
         return v
 
+
+
+
+class PopularityConfig(_Section):
+    """Popularity re-sampling weights and concentration (the popularity stage, `tables/popularity`)."""
+
+    temperature: float = Field(1.0, gt=0, description="Re-sampling weight of a product = (1 + interactions)^(-1/T), "
+                                                      "mean 1: T = 1 inverse popularity, larger = flatter.")
+    head_fraction: float = Field(0.01, gt=0, lt=1, description="Concentration: share of mass on the top this "
+                                                               "fraction of products (the head share).")
+
+
+class ShiftConfig(_Section):
+    """Catalog-vs-user-photo distribution shift (the shift stage, `tables/domain_shift`)."""
+
+    auc: float = Field(0.75, gt=0.5, le=1, description="Shift when the catalog-vs-user domain classifier's "
+                                                       "cross-validated AUC is at least this.")
+    psi: float = Field(0.25, gt=0, description="A feature drifts when its PSI is at least this ...")
+    p: float = Field(0.01, gt=0, lt=1, description="... and its two-sample KS p-value is below this.")
+    folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the domain classifier.")
+    max_images: int = Field(5000, ge=10, description="Images per domain used by `visprep shift` (a seeded random "
+                                                     "sample beyond this).")
+    seed: int = Field(0, description="Seed of the image sample and of the domain classifier's folds.")
+
+
+class MixConfig(_Section):
+    """User query photos mixed into training pairs (the mix stage, `tables/user_pairs`)."""
+
+    fraction: float = Field(0.2, ge=0, lt=1, description="Target share of user-photo positives among the positive "
+                                                         "image pairs of mix.splits (capped by the linked photos); "
+                                                         "0 = none. 0.2 is the value the stored experiment measured "
+                                                         "(+user_photos, docs/quality.md).")
+    kinds: list[Literal["purchase", "add_to_cart", "click"]] = Field(
+        default_factory=lambda: ["purchase", "add_to_cart", "click"],
+        description="Interaction kinds that link a user query photo to the product it was matched to.")
+    pair_weight: float = Field(1.0, ge=0, description="Weight of a (user photo, catalog photo) pair.")
+    splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits that get user-photo pairs "
+                                                                             "(never eval).")
+
+    @field_validator("splits")
+    @classmethod
+    def _valid_split_names(cls, v: list[str]) -> list[str]:
+        return _check_split_names(v)
 
 # --- pipeline config (lead) ---
 
@@ -724,6 +791,9 @@ class VisprepConfig(_Section):
     # --- dedup / quality config ---
     dedup: DedupConfig = DedupConfig()
     quality: QualityConfig = QualityConfig()
+    popularity: PopularityConfig = PopularityConfig()
+    shift: ShiftConfig = ShiftConfig()
+    mix: MixConfig = MixConfig()
     # --- training batches / experiment config ---
     training: TrainingConfig = TrainingConfig()
     experiment: ExperimentConfig = ExperimentConfig()

@@ -132,8 +132,9 @@ STAGES: tuple[Stage, ...] = (
           ("products", "product_images", "urls", "images", "splits", "interaction_pairs", "synthetic_views",
            "synthetic_products", "synthetic_product_images", "synthetic_images", "label_issues"),
           ("pairs",), _B + "pairs"),
-    Stage("mix", "Mix user photos linked by visual-search interactions into user_pairs.",
-          ("mix", "labels"),
+    Stage("mix", "Mix user photos linked by visual-search interactions into user_pairs (mix.fraction; 0 empties "
+          "it).",
+          ("mix", "quality", "labels", "pairs"),
           ("pairs", "interaction_pairs", "queries", "eval_queries", "splits", "product_images", "urls", "images",
            "products", "label_issues"),
           ("user_pairs",), _B + "mix", applies=_B + "mix_applies"),

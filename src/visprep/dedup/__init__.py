@@ -3,9 +3,8 @@ similarity (MinHash LSH + rapidfuzz) within a category, a configurable rule, uni
 
 from visprep.dedup.hamming import HAMMING_BACKENDS, brute_radius_pairs, mih_radius_pairs, radius_pairs
 from visprep.dedup.pairs import CandidatePairs, DedupParams, find_duplicates
-from visprep.dedup.rule import GENERATORS, SIGNALS, DuplicateRule, parse_rule
 
 __all__ = [
-    "GENERATORS", "HAMMING_BACKENDS", "SIGNALS", "CandidatePairs", "DedupParams", "DuplicateRule",
-    "brute_radius_pairs", "find_duplicates", "mih_radius_pairs", "parse_rule", "radius_pairs",
+    "HAMMING_BACKENDS", "CandidatePairs", "DedupParams", "brute_radius_pairs", "find_duplicates", "mih_radius_pairs",
+    "radius_pairs",
 ]

@@ -13,10 +13,10 @@ import numpy as np
 
 from visprep.dedup.hamming import radius_pairs
 from visprep.dedup.phases import PhaseClock
-from visprep.dedup.rule import DuplicateRule, parse_rule
 from visprep.dedup.titles import normalize_title, title_candidate_keys, title_similarity
 from visprep.dedup.visual import Signatures, color_distance, image_signatures, normalize_color
 from visprep.images.signature import TRIM_TOLERANCE
+from visprep.rules import DuplicateRule, parse_rule
 
 NO_DISTANCE = 255
 """pHash distance recorded for a pair without two hashed images."""

@@ -12,10 +12,10 @@ from visprep.config import DedupConfig, section_params
 from visprep.dedup.groups import canonical_members, connected_groups
 from visprep.dedup.pairs import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
 from visprep.dedup.phases import PhaseClock
-from visprep.dedup.rule import parse_rule
 from visprep.dedup.visual import signatures_from_table
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
+from visprep.rules import parse_rule
 from visprep.schema import DUPLICATE_EDGES, PRODUCT_GROUPS
 from visprep.workspace import Workspace
 

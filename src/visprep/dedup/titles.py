@@ -1,8 +1,8 @@
 """Title near-duplicates: MinHash LSH candidates within a category, confirmed with rapidfuzz.
 
 MinHash LSH (datasketch) finds pairs of titles whose word sets have a high Jaccard similarity without comparing all
-pairs; rapidfuzz then scores each candidate with an edit-distance ratio (`TITLE_SCORERS`), which is what the rule's
-threshold applies to. Candidates are only looked for within one block (the top-level category): a "Black Leather
+pairs; rapidfuzz then scores each candidate with an edit-distance ratio (`visprep.config.TITLE_SCORERS`), which is
+what the rule's threshold applies to. Candidates are only looked for within one block (the top-level category): a "Black Leather
 Tote" in Bags and a "Black Leather Boot" in Footwear are never compared.
 """
 
@@ -22,9 +22,6 @@ def _scorers() -> dict[str, Callable]:
     return {"token_set_ratio": fuzz.token_set_ratio, "token_sort_ratio": fuzz.token_sort_ratio,
             "ratio": fuzz.ratio, "WRatio": fuzz.WRatio}
 
-
-TITLE_SCORERS = ("token_set_ratio", "token_sort_ratio", "ratio", "WRatio")
-"""Names of the rapidfuzz scorers a config may choose (scores are divided by 100: 0..1)."""
 
 
 def title_tokens(title: str) -> list[str]:

@@ -1,22 +1,18 @@
-"""Fetcher settings: one frozen record, validated once when built."""
+"""Fetcher settings: one frozen record, validated once when built, by the `[fetch]` section's own model."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, get_args
 
-LocalPathPolicy = Literal["catalog_dir", "any", "none"]
-"""Which local paths (bare or file://) may be read: see `FetchSettings.local_paths`."""
+from pydantic import model_validator
 
-LOCAL_PATH_POLICIES: tuple[str, ...] = get_args(LocalPathPolicy)
+from visprep.config import FetchClientConfig, FetchConfig
 
 
-@dataclass(frozen=True)
-class FetchSettings:
-    """How `Fetcher` downloads.
+class FetchSettings(FetchClientConfig):
+    """How `Fetcher` downloads: the `[fetch]` section's client options, with their defaults and validation
+    (`visprep.config.FetchClientConfig`); built from a workspace's config by `from_config`.
 
     Attributes:
         concurrency: Worker threads of `Fetcher.fetch_many`, and connections kept per host.
@@ -47,64 +43,21 @@ class FetchSettings:
             directories and anything under /proc, /sys or /dev are refused before they are opened.
     """
 
-    concurrency: int = 32
-    timeout_s: float = 10.0
-    retries: int = 3
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-    max_bytes: int = 20_000_000
-    max_redirects: int = 5
-    allow_private: bool = False
-    allow_loopback: bool = False
-    user_agent: str = "visprep/0.1 (+https://github.com/visprep)"
-    ca_bundle: str | None = None
-    s3_options: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
-    local_paths: LocalPathPolicy = "catalog_dir"
-
-    def __post_init__(self) -> None:
-        _check_int("concurrency", self.concurrency, minimum=1)
-        _check_int("retries", self.retries, minimum=0)
-        _check_int("max_bytes", self.max_bytes, minimum=1)
-        _check_int("max_redirects", self.max_redirects, minimum=0)
-        _check_number("timeout_s", self.timeout_s, positive=True)
-        _check_number("backoff_s", self.backoff_s, positive=False)
-        _check_number("max_backoff_s", self.max_backoff_s, positive=False)
-        for name in ("allow_private", "allow_loopback"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"FetchSettings.{name} must be a bool, got {getattr(self, name)!r}")
-        if not isinstance(self.user_agent, str) or not self.user_agent or "\n" in self.user_agent:
-            raise ValueError(f"FetchSettings.user_agent must be a one-line non-empty str, got {self.user_agent!r}")
-        if self.local_paths not in LOCAL_PATH_POLICIES:
-            raise ValueError(f"FetchSettings.local_paths must be one of {', '.join(LOCAL_PATH_POLICIES)}, "
-                             f"got {self.local_paths!r}")
-        if self.ca_bundle is not None:
-            if not isinstance(self.ca_bundle, str):
-                raise TypeError(f"FetchSettings.ca_bundle must be a str path or None, got {self.ca_bundle!r}")
-            if not os.path.isfile(self.ca_bundle):
-                raise ValueError(
-                    f"FetchSettings.ca_bundle must name an existing PEM file, got {self.ca_bundle!r}"
-                )
+    @model_validator(mode="after")
+    def _usable_here(self) -> FetchSettings:
+        # Checked when a fetcher is set up, not at config load: the file must exist on the machine that fetches.
+        if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
+            raise ValueError(f"FetchSettings.ca_bundle must name an existing PEM file, got {self.ca_bundle!r}")
         if self.s3_options is not None:
-            if not isinstance(self.s3_options, Mapping):
-                kind = type(self.s3_options).__name__
-                raise TypeError(f"FetchSettings.s3_options must be a mapping or None, got {kind}")
-            bad = [key for key in self.s3_options if not isinstance(key, str)]
-            if bad:
-                raise TypeError(f"FetchSettings.s3_options keys must be str, got {bad[0]!r}")
             # A private read-only copy: the caller mutating its dict later cannot change a built Fetcher.
             object.__setattr__(self, "s3_options", MappingProxyType(dict(self.s3_options)))
+        return self
 
+    def __hash__(self) -> int:
+        """Hash of every option but `s3_options` (a mapping), so settings can key a dict."""
+        return hash(tuple(getattr(self, name) for name in type(self).model_fields if name != "s3_options"))
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"FetchSettings.{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"FetchSettings.{name} must be >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: object, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"FetchSettings.{name} must be a number, got {value!r}")
-    if value != value or value < 0 or (positive and value == 0) or value == float("inf"):
-        kind = "> 0" if positive else ">= 0"
-        raise ValueError(f"FetchSettings.{name} must be finite and {kind}, got {value!r}")
+    @classmethod
+    def from_config(cls, cfg: FetchConfig) -> FetchSettings:
+        """The settings of a workspace's `[fetch]` section (its client options; the rest belong to the stage)."""
+        return cls(**cfg.model_dump(include=set(FetchClientConfig.model_fields)))

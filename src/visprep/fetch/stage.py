@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from visprep.config import FetchConfig, section_params
+from visprep.config import section_params
 from visprep.fetch import Fetcher, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
@@ -27,11 +27,6 @@ class FetchStageResult:
     failed: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     run_id: str = ""
-
-
-def fetch_settings(cfg: FetchConfig) -> FetchSettings:
-    """Map the workspace's fetch config onto the fetcher's settings (every settings field has a config twin)."""
-    return FetchSettings(**{f.name: getattr(cfg, f.name) for f in fields(FetchSettings)})
 
 
 def pending_urls(ws: Workspace, *, retry_failed: bool) -> tuple[list[str], int]:
@@ -114,7 +109,7 @@ def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
         if progress:
             progress(0, len(todo))
         local_roots = local_roots_by_url(ws, todo)
-        with Fetcher(fetch_settings(cfg)) as fetcher:
+        with Fetcher(FetchSettings.from_config(cfg)) as fetcher:
             for res in fetcher.fetch_many(todo, local_roots=local_roots):
                 result.attempted += 1
                 row = {"url": res.url, "status": res.status, "http_status": res.http_status,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from visprep.fetch import Fetcher
-from visprep.fetch.stage import fetch_settings
+from visprep.fetch import Fetcher, FetchSettings
 from visprep.images.sniff import SNIFF_BYTES, extension_for, sniff_format
 from visprep.labels.readers import IMAGE_ID
 from visprep.schema import TABLES
@@ -78,7 +77,7 @@ def resolve_queries(ws: Workspace, refs: Iterable[str], *,
         else:
             to_fetch.append(ref)
     if to_fetch:
-        with Fetcher(fetch_settings(ws.config.fetch)) as fetcher:
+        with Fetcher(FetchSettings.from_config(ws.config.fetch)) as fetcher:
             for res in fetcher.fetch_many(to_fetch, local_roots=local_roots):
                 if res.ok and res.data is not None and res.format is not None:
                     out.found[res.url] = (ws.store.put(res.data, extension_for(res.format)), res.format)

@@ -1,14 +1,14 @@
 """Mix user query photos into training pairs: (user photo, catalog photo of the product it was matched to).
 
 The link: a visual search whose query photo is known (`interaction_pairs.anchor_image_id`, from the events'
-`query_image_id`) and that ended in a purchase / add-to-cart / click (`quality.user_mix_kinds`) of a product. The
+`query_image_id`) and that ended in a purchase / add-to-cart / click (`mix.kinds`) of a product. The
 photo is found in `tables/queries` by its cleaned image id or by the sha256 of the bytes as uploaded. Photos that
-are evaluation queries (`tables/eval_queries`) are never used, and only products of `quality.user_mix_splits`
+are evaluation queries (`tables/eval_queries`) are never used, and only products of `mix.splits`
 (default train; the evaluation split `labels.eval_split` never) get pairs, so nothing of the evaluation leaks into
 training. Without such links (no events, or searches without a query photo id) nothing can be mixed honestly, and
 the result says so.
 
-The number of pairs: `quality.user_mix_fraction` f is the target share of user-photo pairs among the positive
+The number of pairs: `mix.fraction` f is the target share of user-photo pairs among the positive
 image pairs (same_product + user_photo) of those splits, so n = floor(f / (1 - f) * catalog pairs), capped by the
 links there are; the strongest links go first (purchase > add_to_cart > click, then debiased weight). The
 label-issue policy (`quality.policy` over `tables/label_issues`) applies to them as to the catalog pairs.
@@ -35,9 +35,13 @@ KIND = "user_photo"
 TABLE = "user_pairs"
 STAGE = "mix"
 # What the mix reads (pairs for the catalog pair count, the rest for links, splits and the policy): a change of any
-# of them, or of the quality / labels config, makes `visprep run` mix again.
+# of them, or of a config section in SECTIONS, makes `visprep run` mix again.
 INPUTS = ("pairs", "interaction_pairs", "queries", "eval_queries", "splits", "product_images", "urls", "images",
           "products", "label_issues")
+# The config it reads: its own section; quality.policy / quality.down_weight (the label-issue policy applies to its
+# pairs as to the catalog pairs); labels.eval_split (never given user photos); pairs.min_side / pairs.min_blur (the
+# image floors of `usable_images`, which choose the catalog photo each user photo is paired with).
+SECTIONS = ("mix", "quality", "labels", "pairs")
 
 
 def _empty_links() -> pa.Table:
@@ -109,31 +113,31 @@ def all_pairs(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
 
 
 def mix_user_photos(ws: Workspace) -> dict[str, Any]:
-    """Rewrite `user_pairs` per `quality.user_mix_*`; return what was linked, wanted and added.
+    """Rewrite `user_pairs` per the `[mix]` section; return what was linked, wanted and added.
 
     The library call behind `mix_stage` (which adds the run record); `pairs` is only read.
     """
     from visprep.pairs.stage import usable_images
     from visprep.quality.policy import apply_policy
 
-    cfg = ws.config.quality
+    cfg, policy = ws.config.mix, ws.config.quality
     eval_split = ws.config.labels.eval_split
-    out: dict[str, Any] = {"fraction": cfg.user_mix_fraction, "linked": 0, "eligible": 0, "catalog_pairs": 0,
+    out: dict[str, Any] = {"fraction": cfg.fraction, "linked": 0, "eligible": 0, "catalog_pairs": 0,
                            "target": 0, "added": 0, "share": 0.0, "policy_touched": 0, "note": ""}
     new_rows = PAIRS.empty_table()
     if not ws.has_table("pairs"):
         out["note"] = "no pairs table: run `visprep pairs` first; nothing mixed"
         ws.write_table(TABLE, new_rows)
         return out
-    links = linked_user_photos(ws, list(cfg.user_mix_kinds))
+    links = linked_user_photos(ws, list(cfg.kinds))
     out["linked"] = links.num_rows
     if links.num_rows == 0:
         out["note"] = ("no user photo is linked to a product (no interaction_pairs row with a query photo id that "
                        "tables/queries holds): nothing mixed")
-    splits = sorted(set(cfg.user_mix_splits) - {eval_split})
-    if eval_split in cfg.user_mix_splits:
+    splits = sorted(set(cfg.splits) - {eval_split})
+    if eval_split in cfg.splits:
         out["note"] = (out["note"] + "; " if out["note"] else "") + \
-            f"quality.user_mix_splits names the evaluation split {eval_split!r}: it never gets user-photo pairs"
+            f"mix.splits names the evaluation split {eval_split!r}: it never gets user-photo pairs"
     imgs = usable_images(ws) if ws.has_table("splits") else None
     if imgs is not None and imgs.num_rows and links.num_rows and splits:
         base = ws.read_table("pairs", ["kind", "split"])
@@ -141,9 +145,9 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
                        pc.is_in(base.column("split"), value_set=pa.array(splits, pa.string())))
         n_cat = int(pc.sum(pc.fill_null(same, False)).as_py() or 0)
         out["catalog_pairs"] = n_cat
-        f = cfg.user_mix_fraction
+        f = cfg.fraction
         out["target"] = int(np.floor(f / (1.0 - f) * n_cat + 1e-9))
-        strength = " ".join(f"WHEN '{k}' THEN {n}" for n, k in enumerate(cfg.user_mix_kinds))
+        strength = " ".join(f"WHEN '{k}' THEN {n}" for n, k in enumerate(cfg.kinds))
         # The positive: the product's catalog photo at the lowest position (a synthetic view is not a photo). A
         # "user photo" byte-identical to one of the product's own images is that image, not a user photo.
         cand = ws.sql(f"""
@@ -161,13 +165,13 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
         new_rows = pa.table({
             "anchor_id": cand.column("anchor_id"), "positive_id": cand.column("positive_id"),
             "positive_text": pa.nulls(n, pa.string()), "kind": pa.array([KIND] * n, pa.string()),
-            "weight": pa.array(np.full(n, cfg.user_pair_weight, np.float32)),
+            "weight": pa.array(np.full(n, cfg.pair_weight, np.float32)),
             "anchor_product_id": cand.column("product_id"), "positive_product_id": cand.column("product_id"),
             "split": cand.column("split")}, schema=PAIRS)
         if ws.has_table("label_issues") and n:
             flagged = ws.read_table("label_issues", ["product_id"]).column("product_id").to_pylist()
-            new_rows, out["policy_touched"] = apply_policy(new_rows, flagged, policy=cfg.policy,
-                                                           down_weight=cfg.down_weight)
+            new_rows, out["policy_touched"] = apply_policy(new_rows, flagged, policy=policy.policy,
+                                                           down_weight=policy.down_weight)
         out["added"] = new_rows.num_rows
         out["share"] = round(out["added"] / (out["added"] + n_cat), 6) if out["added"] else 0.0
         if n < out["target"]:
@@ -180,8 +184,8 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
 
 
 def mix_stage(ws: Workspace) -> dict[str, Any]:
-    """Run the user-photo mix with a run record (its inputs and the quality / labels config), for `visprep run`."""
-    with ws.run(STAGE, section_params(ws.config, "quality", "labels")) as run:
+    """Run the user-photo mix with a run record (its inputs and the config SECTIONS it reads), for `visprep run`."""
+    with ws.run(STAGE, section_params(ws.config, *SECTIONS)) as run:
         legacy = drop_legacy_rows(ws)  # before the inputs are fingerprinted, so a rerun finds them unchanged
         run.inputs = {t: ws.table_fingerprint(t) for t in INPUTS}
         out = mix_user_photos(ws)

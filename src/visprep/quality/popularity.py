@@ -156,16 +156,16 @@ def events_pair_concentration(ws: Workspace) -> dict[str, float]:
 def popularity_stage(ws: Workspace) -> PopularityResult:
     """Write `tables/popularity` (per-product exposure, interactions, re-sampling weight, logQ before and after)
     and record the before/after concentration in the run record."""
-    qc = ws.config.quality
-    res = PopularityResult(temperature=qc.popularity_temperature)
-    with ws.run("popularity", section_params(ws.config, "quality")) as run:
+    qc = ws.config.popularity
+    res = PopularityResult(temperature=qc.temperature)
+    with ws.run("popularity", section_params(ws.config, "popularity")) as run:
         res.run_id = run.run_id
         run.inputs = {t: ws.table_fingerprint(t) for t in ("events", "interaction_pairs", "products")}
         t = product_popularity(ws)
         inter = t.column("interactions").to_numpy(zero_copy_only=False).astype(np.float64)
         expo = t.column("exposures").to_numpy(zero_copy_only=False).astype(np.float64)
         lq = t.column("log_q_raw").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
-        weight = resampling_weights(inter, qc.popularity_temperature)
+        weight = resampling_weights(inter, qc.temperature)
         table = pa.table({
             "product_id": t.column("product_id"),
             "exposures": t.column("exposures"),

@@ -11,21 +11,21 @@ Two views, one verdict:
   two-sample Kolmogorov-Smirnov statistic and p-value (scipy) and the population stability index over 10 bins
   cut at the pooled sample's deciles.
 
-Verdict: **shift** when AUC >= `quality.shift_auc` with p < `quality.shift_p`, or some feature has
-PSI >= `quality.shift_psi` with KS p < `quality.shift_p` (effect size and significance both, so a small sample's
+Verdict: **shift** when AUC >= `shift.auc` with p < `shift.p`, or some feature has
+PSI >= `shift.psi` with KS p < `shift.p` (effect size and significance both, so a small sample's
 PSI noise alone never triggers it); else **no shift**.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from visprep.config import QualityConfig, section_params
+from visprep.config import ShiftConfig, section_params
 from visprep.schema import DOMAIN_SHIFT
 from visprep.workspace import QuarantineRecord, Workspace
 
@@ -159,21 +159,21 @@ class ShiftReport:
                 "n_catalog": self.n_catalog, "n_user": self.n_user, "rules": self.rules}
 
 
-def shift_rules(cfg: QualityConfig) -> dict[str, str]:
+def shift_rules(cfg: ShiftConfig) -> dict[str, str]:
     """The thresholds of the verdict, in words."""
-    return {"domain_auc": f"AUC >= {cfg.shift_auc} and Mann-Whitney p < {cfg.shift_p}",
-            "feature": f"PSI >= {cfg.shift_psi} and KS p < {cfg.shift_p}"}
+    return {"domain_auc": f"AUC >= {cfg.auc} and Mann-Whitney p < {cfg.p}",
+            "feature": f"PSI >= {cfg.psi} and KS p < {cfg.p}"}
 
 
 def shift_report(catalog_vecs: np.ndarray, user_vecs: np.ndarray, catalog_stats: np.ndarray,
-                 user_stats: np.ndarray, *, cfg: QualityConfig) -> ShiftReport:
+                 user_stats: np.ndarray, *, cfg: ShiftConfig) -> ShiftReport:
     """Domain-classifier AUC on the vectors, drift of the image stats, and the verdict under `cfg`'s thresholds."""
-    auc, p = domain_classifier_auc(catalog_vecs, user_vecs, folds=cfg.shift_folds, seed=cfg.seed)
-    drift = feature_drift(catalog_stats, user_stats, psi_threshold=cfg.shift_psi, p_threshold=cfg.shift_p)
+    auc, p = domain_classifier_auc(catalog_vecs, user_vecs, folds=cfg.folds, seed=cfg.seed)
+    drift = feature_drift(catalog_stats, user_stats, psi_threshold=cfg.psi, p_threshold=cfg.p)
     reasons = []
-    if auc >= cfg.shift_auc and p < cfg.shift_p:
-        reasons.append(f"domain classifier AUC {auc:.3f} >= {cfg.shift_auc}")
-    reasons += [f"{f.feature}: PSI {f.psi:.2f} >= {cfg.shift_psi}, KS {f.ks:.2f} (p {f.p_value:.1e})"
+    if auc >= cfg.auc and p < cfg.p:
+        reasons.append(f"domain classifier AUC {auc:.3f} >= {cfg.auc}")
+    reasons += [f"{f.feature}: PSI {f.psi:.2f} >= {cfg.psi}, KS {f.ks:.2f} (p {f.p_value:.1e})"
                 for f in drift if f.shift]
     return ShiftReport(auc, p, drift, bool(reasons), reasons, len(catalog_vecs), len(user_vecs), shift_rules(cfg))
 
@@ -291,13 +291,13 @@ INPUTS = ("queries", "images", "product_images", "urls")
 
 
 def shift_applies(ws: Workspace) -> bool:
-    """Whether `visprep run` has a shift to measure: at least `quality.shift_folds` accepted user photos in
+    """Whether `visprep run` has a shift to measure: at least `shift.folds` accepted user photos in
     `tables/queries`, and a feature store of the configured embed model (the embed stage ran)."""
     from visprep.embed.registry import model_id_of
     from visprep.embed.stage import features_root
     from visprep.embed.store import store_dir_name
 
-    if not ws.has_table("queries") or len(user_images(ws)) < ws.config.quality.shift_folds:
+    if not ws.has_table("queries") or len(user_images(ws)) < ws.config.shift.folds:
         return False
     cfg = ws.config.embed
     try:
@@ -308,22 +308,22 @@ def shift_applies(ws: Workspace) -> bool:
 
 
 def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:
-    """Measure catalog-vs-user-photo shift into `tables/domain_shift` (the user-photo mix is `quality.mix`)."""
+    """Measure catalog-vs-user-photo shift into `tables/domain_shift` (the user-photo mix is the mix stage)."""
     from visprep.images.sniff import extension_for
 
-    cfg = ws.config.quality
+    cfg = ws.config.shift
     res = ShiftResult()
-    with ws.run("shift", {**section_params(ws.config, "quality", "embed")}) as run:
+    with ws.run("shift", section_params(ws.config, "shift", "embed")) as run:
         res.run_id = run.run_id
         run.inputs = {t: ws.table_fingerprint(t) for t in INPUTS}
         rng = np.random.default_rng(cfg.seed)
         cat = catalog_images(ws)
         ext_of = {i: extension_for(f) for i, f in zip(cat.column("image_id").to_pylist(),
                                                      cat.column("format").to_pylist())}
-        cat_ids = _sample(sorted(ext_of), cfg.shift_max_images, rng)
-        usr_ids = _sample(user_images(ws), cfg.shift_max_images, rng)
-        if len(usr_ids) < cfg.shift_folds or len(cat_ids) < cfg.shift_folds:
-            raise ValueError(f"shift needs at least quality.shift_folds = {cfg.shift_folds} catalog photos and user "
+        cat_ids = _sample(sorted(ext_of), cfg.max_images, rng)
+        usr_ids = _sample(user_images(ws), cfg.max_images, rng)
+        if len(usr_ids) < cfg.folds or len(cat_ids) < cfg.folds:
+            raise ValueError(f"shift needs at least shift.folds = {cfg.folds} catalog photos and user "
                              f"photos; have {len(cat_ids)} catalog, {len(usr_ids)} accepted in tables/queries "
                              f"(run `visprep queries PHOTOS`)")
         ids = cat_ids + usr_ids
@@ -339,7 +339,7 @@ def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:
         ws.quarantine(failures, stage="shift", run_id=run.run_id, key="shift")
         rules = report.rules
         rows = [{"check": "domain_auc", "value": report.auc, "p_value": report.auc_p, "threshold": rules["domain_auc"],
-                 "shift": report.auc >= cfg.shift_auc and report.auc_p < cfg.shift_p}]
+                 "shift": report.auc >= cfg.auc and report.auc_p < cfg.p}]
         rows += [{"check": f.feature, "value": f.ks, "p_value": f.p_value, "psi": f.psi,
                   "catalog_median": f.catalog_median, "user_median": f.user_median, "threshold": rules["feature"],
                   "shift": f.shift} for f in report.features]

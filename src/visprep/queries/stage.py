@@ -19,8 +19,7 @@ import pyarrow.compute as pc
 
 from visprep.config import section_params
 from visprep.engines.threads import apply_threads, plan_threads
-from visprep.fetch import Fetcher
-from visprep.fetch.stage import fetch_settings
+from visprep.fetch import Fetcher, FetchSettings
 from visprep.queries.clean import QueryCleaner
 from visprep.queries.inputs import QuerySource, expand_sources
 from visprep.schema import QUERIES
@@ -58,7 +57,7 @@ def queries_stage(ws: Workspace, items: Iterable[str | Path], *, cleaner: QueryC
     cleaner = cleaner or QueryCleaner.from_config(cfg, threads=plan.model)
     res = QueriesResult(inputs=len(sources))
     params = {**section_params(ws.config, "queries"), "resolved": cleaner.describe()}
-    with ws.run(STAGE, params) as run, Fetcher(fetch_settings(ws.config.fetch)) as fetcher:
+    with ws.run(STAGE, params) as run, Fetcher(FetchSettings.from_config(ws.config.fetch)) as fetcher:
         res.run_id = run.run_id
         run.inputs = {"sources": len(sources)}
         run.metrics["threads"] = plan.as_dict()

@@ -1,5 +1,9 @@
-"""The duplicate rule: a boolean expression over named pair signals, e.g. ``identical_image or (image_match and
-title_similar)``, parsed once (only names, ``and``, ``or`` and parentheses) and evaluated on arrays of pairs."""
+"""The duplicate rule (`dedup.rule`): a boolean expression over named pair signals, e.g. ``identical_image or
+(image_match and title_similar)``, parsed once (only names, ``and``, ``or`` and parentheses) and evaluated on arrays
+of pairs.
+
+It lives outside the dedup package so that `visprep.config` (the lowest layer) can validate a rule at load without
+importing a stage package; keep its imports to the standard library and numpy."""
 
 from __future__ import annotations
 

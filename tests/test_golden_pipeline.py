@@ -1,10 +1,11 @@
 """Golden test of the demo pipeline: every table a small demo workspace ends with, compared with a stored snapshot.
 
 The workspace (`build_workspace`): 40 demo products from the bundled Fashion-MNIST subset and OpenCV photos (no
-download), `visprep run` over them (catalog, fetch, inspect, embed, dedup, split, synth, quality, pairs, mine,
-sample, export), then 16 user photos through the queries stage (garments of the subset the catalog does not use,
-degraded as phone uploads) and simulated searches on the catalog's products through the events stage, then `visprep
-run` again, so mix, shift and popularity apply and everything downstream of them reruns. About 10 s on 2 cores.
+download; two rows given a wrong category for the label-noise check to flag), `visprep run` over them (catalog,
+fetch, inspect, embed, dedup, split, synth, quality, pairs, mine, sample, export), then 16 user photos through the
+queries stage (garments of the subset the catalog does not use, degraded as phone uploads) and simulated searches on
+the catalog's products through the events stage, then `visprep run` again, so mix, shift, popularity and the
+skip-above miner apply and everything downstream of them reruns. 10-20 s on 2 cores.
 
 Every table under `tables/` and each export split's manifest and samples (`shards/<split>/manifest`, one row per
 shard; `shards/<split>/samples`, key, metadata and positives of each sample; JPEG bytes are not compared) are
@@ -19,7 +20,7 @@ Regenerate ONLY for a deliberate behaviour change, and name that change in the c
 
 Determinism evidence (2026-12-07, 2 cores): two runs, and a run with one thread everywhere (OMP_NUM_THREADS=1,
 `[embed] threads = 1`, `[mining] threads = 1`, `[events] threads = 1`), gave identical canonical rows in every table
-at 10 decimals once `row_hash` (path-dependent) was dropped. Other machines (CI: same OS and Python, maybe another
+at 12 decimals once `row_hash` (path-dependent) was dropped. Other machines (CI: same OS and Python, maybe another
 CPU) may run other SIMD kernels in ONNX Runtime and FAISS, so embedding-derived floats may move by ~1e-6: the
 sha256 is the fast path, and a table whose sha256 differs is compared row by row, floats within `TOLERANCE`
 (2 units of the last kept decimal, so a value that rounds the other way at a boundary passes; `domain_shift`'s
@@ -71,8 +72,9 @@ SEED = 3
 
 # The workspace's whole configuration, in the keys the code reads today: the one place to edit when config keys
 # move. Values keep the run small (64 px embeddings, one synthetic view per recipe kind, 40-sample shards) and let
-# every stage do real work on 40 products (label noise checks classes of 4+ products with 3 folds; the shift
-# classifier uses 4 folds; the queries stage keeps the degraded uploads and skips the NSFW model).
+# every stage do real work on 40 products (label noise checks classes of 4+ products with 3 folds, and pairs and
+# the mix down-weight what it flags; the shift classifier uses 4 folds; the queries stage keeps the degraded uploads
+# and skips the NSFW model).
 CONFIG = """\
 [inspect]
 workers = 2
@@ -89,6 +91,7 @@ hue_shifts_deg = [180.0]
 [quality]
 min_class_size = 4
 folds = 3
+policy = "down_weight"
 shift_folds = 4
 user_mix_fraction = 0.3
 
@@ -143,13 +146,16 @@ def _user_photos(dest: Path, n: int) -> list[Path]:
 
 
 def _events(ws: Workspace, dest: Path) -> Path:
-    """Simulated searches whose products are the catalog's and whose query photos are the accepted uploads."""
+    """Simulated searches on the catalog's products; two queries in three search with an accepted upload (the
+    user-photo mix and shift read those), the third with a catalog photo (skip-above negatives anchor on those)."""
     ev, world = simulate(SimConfig(seed=SEED, products=30, queries=12, users=40, searches=300, days=2))
     catalog = sorted(ws.read_table("products", ["product_id"]).column("product_id").to_pylist())
     photos = sorted(r["image_id"] for r in ws.read_table("queries").to_pylist() if r["status"] == "accepted")
+    images = sorted(r["image_id"] for r in ws.read_table("images").to_pylist() if r["status"] == "ok")
     pid = {str(p): catalog[i % len(catalog)] for i, p in enumerate(world.product_ids)}
     qids = sorted({q for q in ev.column("query_id").to_pylist() if q is not None})
-    photo = {f"img-{q}": photos[i % len(photos)] for i, q in enumerate(qids)}
+    photo = {f"img-{q}": images[(7 * i) % len(images)] if i % 3 == 2 else photos[i % len(photos)]
+             for i, q in enumerate(qids)}
     ev = ev.set_column(ev.schema.get_field_index("product_id"), "product_id",
                        pa.array([None if p is None else pid[p] for p in ev.column("product_id").to_pylist()],
                                 pa.string()))
@@ -161,14 +167,32 @@ def _events(ws: Workspace, dest: Path) -> Path:
     return path
 
 
+# Catalog rows given another top-level category (label noise for the quality stage to find): id -> (old, new).
+MISLABELLED = {b"KST-SNK-00010-OLV": (b"Footwear > Sneakers", b"Apparel > Tops > T-shirts"),
+               b"OAK-TSH-00013-CHA": (b"Apparel > Tops > T-shirts", b"Footwear > Sneakers")}
+
+
+def _mislabel(csv_path: Path) -> None:
+    """Swap the categories of the `MISLABELLED` rows of the demo's CSV (bytes: one row is not valid UTF-8)."""
+    lines = csv_path.read_bytes().split(b"\n")
+    for k, line in enumerate(lines):
+        for product_id, (old, new) in MISLABELLED.items():
+            if line.startswith(product_id + b","):
+                assert old in line, (product_id, line)
+                lines[k] = line.replace(old, new, 1)
+    csv_path.write_bytes(b"\n".join(lines))
+
+
 def build_workspace(root: Path, config: str = CONFIG) -> Workspace:
-    """Build the golden workspace under `root` (empty or absent): demo catalog and `visprep run`, then user photos
-    (queries stage) and events (events stage), then `visprep run` again so mix, shift and popularity apply."""
+    """Build the golden workspace under `root` (empty or absent): demo catalog (two rows mislabelled) and `visprep
+    run`, then user photos (queries stage) and events (events stage), then `visprep run` again so mix, shift and
+    popularity apply."""
     root.mkdir(parents=True, exist_ok=True)
     ws = Workspace(root / "ws")
     ws.root.mkdir()
     ws.config_path.write_text(config, encoding="utf-8")
     src = write_demo_sources(root / "src", n_products=N_PRODUCTS, seed=SEED)
+    _mislabel(src.catalog_files[0])
     run_pipeline(ws, src.catalog_files)
     queries_stage(ws, _user_photos(root / "photos", N_USER_PHOTOS))
     ingest_event_files(ws, [_events(ws, root)])

@@ -30,8 +30,10 @@ exact rows for the seeded miners, and for `ann` exact counts per split plus a bo
 may swap members on another CPU while a changed miner, guard or band moves far more than `ANN_MIN_JACCARD` allows.
 
 Layout changes of the one-writer redesign (issue 16) are accepted through `LAYOUT`: a golden table is compared with
-the union of the tables (and views) that hold its rows now; a source that does not exist yet is skipped, so the same
-mapping works before and after. Tables new since the golden are reported (a warning), not failed; a golden table
+the union of the tables (and views) that hold its rows now; a source that does not exist yet is skipped (a view
+until the table it derives from exists) and a golden table none of whose sources exists is read under its own
+name, so the same mapping works before and after. The workspace builder reads products and images through the
+same mapping, so its events do not depend on the layout either. Tables new since the golden are reported (a warning), not failed; a golden table
 missing now fails. Config keys live in `CONFIG` only: when keys move ([quality] shift_* to [shift], popularity and
 mix keys to [popularity] and [mix]), update `CONFIG` and nothing else.
 """
@@ -103,17 +105,21 @@ blur_threshold = 5.0
 max_count = 40
 """
 
-# Golden (old layout) table -> where its rows are now: tables, or "module:function" views taking the workspace.
-# Issue 16 moves synth's rows out of the catalog's tables into its own (same schemas) and derives its URL rows
-# from a view; before that change the synthetic_* tables and the view are absent and each golden table is itself.
+# Golden (old layout) table -> where its rows are now: the union of these tables, and of "module:function" views
+# taking the workspace. A view applies only where the table VIEW_NEEDS names exists (its module may land before its
+# tables); where no source applies, the golden table's own name is read. Issue 16 moves synth's rows out of the
+# catalog's tables into its own (same schemas) and derives its URL rows from a view; agent C's work in progress
+# (visprep.views.catalog) also derives the colour variants' split rows (`all_splits`, which includes `splits`).
+# Before those changes the synthetic_* tables are absent and each golden table is itself.
 LAYOUT: dict[str, tuple[str, ...]] = {
     "products": ("products", "synthetic_products"),
     "product_images": ("product_images", "synthetic_product_images"),
     "images": ("images", "synthetic_images"),
     "urls": ("urls", "visprep.views.catalog:synthetic_urls"),
+    "splits": ("visprep.views.catalog:all_splits",),
 }
-# Views of LAYOUT apply only where the tables they derive from exist (a view module may land before its tables).
-VIEW_NEEDS = {"visprep.views.catalog:synthetic_urls": "synthetic_images"}
+VIEW_NEEDS = {"visprep.views.catalog:synthetic_urls": "synthetic_images",
+              "visprep.views.catalog:all_splits": "synthetic_products"}
 
 # Columns that say when or in which run a row was made, or that hash absolute paths, not what the row holds.
 VOLATILE = {"run_id", "ts", "fetched_at", "updated_run", "row_hash"}
@@ -149,9 +155,10 @@ def _events(ws: Workspace, dest: Path) -> Path:
     """Simulated searches on the catalog's products; two queries in three search with an accepted upload (the
     user-photo mix and shift read those), the third with a catalog photo (skip-above negatives anchor on those)."""
     ev, world = simulate(SimConfig(seed=SEED, products=30, queries=12, users=40, searches=300, days=2))
-    catalog = sorted(ws.read_table("products", ["product_id"]).column("product_id").to_pylist())
+    # Products and images through LAYOUT, so the events are the same whichever tables hold synth's rows.
+    catalog = sorted(p for t in parts_now(ws, "products") for p in t.column("product_id").to_pylist())
     photos = sorted(r["image_id"] for r in ws.read_table("queries").to_pylist() if r["status"] == "accepted")
-    images = sorted(r["image_id"] for r in ws.read_table("images").to_pylist() if r["status"] == "ok")
+    images = sorted(r["image_id"] for t in parts_now(ws, "images") for r in t.to_pylist() if r["status"] == "ok")
     pid = {str(p): catalog[i % len(catalog)] for i, p in enumerate(world.product_ids)}
     qids = sorted({q for q in ev.column("query_id").to_pylist() if q is not None})
     photo = {f"img-{q}": images[(7 * i) % len(images)] if i % 3 == 2 else photos[i % len(photos)]
@@ -289,27 +296,29 @@ def _view(spec: str) -> Callable[[Workspace], pa.Table] | None:
         return None
 
 
-def gather(ws: Workspace) -> tuple[dict[str, list[pa.Table]], list[str]]:
-    """The workspace's tables under their golden (old layout) names, each as the list of parts `LAYOUT` unions,
-    plus the export's shard tables; and the names of the tables no golden name covers."""
+def parts_now(ws: Workspace, name: str, present: set[str] | None = None) -> list[pa.Table]:
+    """The parts whose union holds golden table `name`'s rows in this workspace (`LAYOUT`); [] when none exists."""
+    present = _present(ws) if present is None else present
+    parts = []
+    for source in LAYOUT.get(name, (name,)):
+        if ":" in source:
+            fn = _view(source)
+            if fn is not None and VIEW_NEEDS[source] in present:
+                parts.append(fn(ws))
+        elif source in present:
+            parts.append(_read(ws, source))
+    return parts or ([_read(ws, name)] if name in present else [])
+
+
+def gather(ws: Workspace) -> dict[str, list[pa.Table]]:
+    """The workspace's tables under their golden (old layout) names, each as the parts `LAYOUT` unions, plus the
+    export's shard tables; a table no golden name covers is under its own name."""
     present = _present(ws)
-    groups: dict[str, list[pa.Table]] = {}
-    for old, sources in LAYOUT.items():
-        parts = []
-        for source in sources:
-            if ":" in source:
-                fn = _view(source)
-                if fn is not None and VIEW_NEEDS.get(source, "") in present | {""}:
-                    parts.append(fn(ws))
-            elif source in present:
-                parts.append(_read(ws, source))
-        if parts:
-            groups[old] = parts
     used = {s for sources in LAYOUT.values() for s in sources}
-    for name in sorted(present - used):
-        groups[name] = [_read(ws, name)]
+    groups = {name: parts_now(ws, name, present) for name in sorted(set(LAYOUT) | (present - used))}
+    groups = {name: parts for name, parts in groups.items() if parts}
     groups.update({name: [t] for name, t in _shard_tables(ws).items()})
-    return groups, sorted(present - used - set(LAYOUT))
+    return groups
 
 
 def canonical(parts: list[pa.Table], root: str, columns: list[str] | None = None) -> tuple[list[str], list[list]]:
@@ -329,7 +338,7 @@ def canonical(parts: list[pa.Table], root: str, columns: list[str] | None = None
 
 def snapshot(ws: Workspace, root: Path) -> dict[str, dict]:
     """The golden form of every table of `ws`: columns, row count, sha256 of the canonical rows, and the rows."""
-    groups, _ = gather(ws)
+    groups = gather(ws)
     out = {}
     for name, parts in sorted(groups.items()):
         columns, rows = canonical(parts, str(root))
@@ -435,7 +444,7 @@ def test_pipeline_tables_match_the_golden(tmp_path: Path) -> None:
     assert golden["decimals"] == DECIMALS, "the golden was written with other rounding: regenerate it"
     root = tmp_path / "golden"
     ws = build_workspace(root)
-    groups, _ = gather(ws)
+    groups = gather(ws)
     failures, notes = [], []
     for name, want in sorted(golden["tables"].items()):
         if name not in groups:

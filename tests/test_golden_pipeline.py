@@ -365,7 +365,7 @@ def compare_rows(want: list[list], got: list[list], columns: list[str], tol: flo
         return by_key
 
     w, g = split(want), split(got)
-    problems = []
+    problems, gone, new = [], [], []
     for key in sorted(set(w) | set(g)):
         a = sorted(w.get(key, []), key=_row_text)
         b = sorted(g.get(key, []), key=_row_text)
@@ -375,8 +375,21 @@ def compare_rows(want: list[list], got: list[list], columns: list[str], tol: flo
                    and ra[i] != rb[i]]
             if off:
                 problems.append(f"  {off} differ: golden {ra} / now {rb}")
-        problems += [f"  only in golden: {r}" for r in a[len(b):]]
-        problems += [f"  only now: {r}" for r in b[len(a):]]
+        gone += a[len(b):]
+        new += b[len(a):]
+    # A row on both sides with the same first cell (usually its id) but other content is shown as one change.
+    by_first = defaultdict(list)
+    for r in new:
+        by_first[_row_text(r[:1])].append(r)
+    for r in gone:
+        twins = by_first.get(_row_text(r[:1]))
+        if twins:
+            t = twins.pop(0)
+            changed = {c: (x, y) for c, x, y in zip(columns, r, t) if x != y}
+            problems.append(f"  row {columns[0]}={r[0]!r} changed (golden, now): {changed}")
+        else:
+            problems.append(f"  only in golden: {r}")
+    problems += [f"  only now: {r}" for rows in by_first.values() for r in rows]
     return problems
 
 
@@ -470,6 +483,8 @@ def test_comparison_fails_on_changed_rows_and_tolerates_rounding() -> None:
     assert compare_rows(want, [["a", 0.1235], ["b", 0.5]], cols, TOLERANCE) == []
     assert compare_rows(want, [["a", 0.125], ["b", 0.5]], cols, TOLERANCE)
     assert compare_rows(want, [["a", 0.1234]], cols, TOLERANCE) == ["  only in golden: ['b', 0.5]"]
+    assert compare_rows([["a", "x"]], [["a", "y"]], ["id", "v"], TOLERANCE) == [
+        "  row id='a' changed (golden, now): {'v': ('x', 'y')}"]
     neg_cols = ["anchor_id", "negative_id", "kind", "score", "rank", "anchor_product_id", "negative_product_id",
                 "split"]
     ann = [[f"i{k}", f"n{k}", "ann", 0.5, 1, "p", "q", "train"] for k in range(40)]

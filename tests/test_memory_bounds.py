@@ -122,7 +122,7 @@ def test_every_decode_path_shares_the_check(tmp_path):
     (row,) = inspect_batch([("img1", str(path), "png", 89_478_485, DEFAULT_MAX_DECODED_BYTES)])
     assert row["status"] == "decoded_too_large" and "img1" in row["reason"] and "needs 208,2" in row["reason"]
     (failure,) = preprocess_batch([(str(path), PROFILE, 90)])
-    assert isinstance(failure, str) and "max_decoded_bytes" in failure
+    assert failure.reason == "decoded_too_large" and "max_decoded_bytes" in failure.detail
 
 
 def test_queries_clean_rejects_it_too():

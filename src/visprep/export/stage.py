@@ -3,14 +3,20 @@
 A split's samples are its products' usable images (meta `source` catalog or synthetic), then the user photos the
 user-photo mix paired with its products (`tables/user_pairs`, meta `source` "user"): each is a sample of its own,
 labelled with the product it was matched to, whose positive is that product's catalog photo (kind user_photo), and
-that catalog photo lists the user photo among its positives, as a same_product pair lists both ways."""
+that catalog photo lists the user photo among its positives, as a same_product pair lists both ways.
+
+A sample whose image cannot be exported (its bytes are missing from the store, it does not decode, or preprocessing
+fails) is left out of the shards and quarantined (stage `export`, `record_id` and `value` the image id, reason
+`missing_bytes`, `preprocess_failed` or the decoder's reason such as `truncated`); each export replaces the stage's
+quarantine part, so a rerun lists the current failures once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import pyarrow.compute as pc
@@ -18,13 +24,13 @@ import pyarrow.compute as pc
 from visprep.config import PreprocessConfig, section_params
 from visprep.engines.local import map_batches
 from visprep.export.shards import ShardSample, write_shards
-from visprep.images.decode import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_PIXELS
+from visprep.images.decode import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
 from visprep.images.sniff import extension_for
 from visprep.images.stage import decode_workers
 from visprep.pairs.stage import usable_images
 from visprep.quality.mix import KIND, export_user_pairs
-from visprep.workspace import Workspace
+from visprep.workspace import QuarantineRecord, Workspace
 
 _META = ("title", "category", "top_category", "brand", "color", "material", "size", "price", "seller")
 
@@ -41,18 +47,32 @@ def sample_key(product_id: str, image_id: str) -> str:
     return f"{hashlib.sha1(product_id.encode()).hexdigest()[:16]}_{image_id[:24]}"
 
 
+@dataclass(frozen=True)
+class PreprocessFailure:
+    """Why one image was not exported: a quarantine reason and the error that said so."""
+
+    reason: str  # "missing_bytes", an `ImageDecodeError.reason`, or "preprocess_failed"
+    detail: str
+
+
 def preprocess_batch(items: Sequence[tuple[str, PreprocessProfile, int]], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> list[bytes | str]:
-    """Preprocess `(path, profile, quality)` items to JPEG bytes; a failure becomes its message (a str)."""
-    out: list[bytes | str] = []
+                     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> list[bytes | PreprocessFailure]:
+    """Preprocess `(path, profile, quality)` items to JPEG bytes; a failure becomes a `PreprocessFailure`."""
+    out: list[bytes | PreprocessFailure] = []
     for path, profile, quality in items:
         try:
             with open(path, "rb") as fh:
-                pixels = preprocess_uint8(fh.read(), profile, max_pixels=max_pixels,
-                                          max_decoded_bytes=max_decoded_bytes)
+                data = fh.read()
+        except OSError as exc:
+            out.append(PreprocessFailure("missing_bytes", f"{path}: {type(exc).__name__}: {exc.strerror or exc}"))
+            continue
+        try:
+            pixels = preprocess_uint8(data, profile, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
             out.append(encode_jpeg(pixels, quality=quality))
+        except ImageDecodeError as exc:
+            out.append(PreprocessFailure(exc.reason, f"{path}: {exc}"))
         except (OSError, ValueError) as exc:
-            out.append(f"{path}: {exc}")
+            out.append(PreprocessFailure("preprocess_failed", f"{path}: {type(exc).__name__}: {exc}"))
     return out
 
 
@@ -112,7 +132,7 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
     with ws.run("export", section_params(cfg, "preprocess", "export")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("pairs", "images", "products", "splits", "user_pairs",
                                                             "queries", "eval_queries")}
-        failures: list[str] = []
+        failures: list[QuarantineRecord] = []
         # The inspect limits (pixels, decoded bytes, memory budget) bound export's decodes too.
         plan = decode_workers(cfg.export.workers, cfg.inspect, setting="export.workers")
         run.metrics["workers"] = plan.to_dict()
@@ -133,8 +153,11 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
                     for out in outs:
                         r = chosen[done]
                         done += 1
-                        if isinstance(out, str):
-                            failures.append(out)
+                        if isinstance(out, PreprocessFailure):
+                            failures.append(QuarantineRecord(
+                                reason=out.reason, record_id=r["image_id"], field="image_id", value=r["image_id"],
+                                detail=f"{r['source']} image of product {r['product_id']} (split {split}): "
+                                       f"{out.detail}"))
                             continue
                         p = products[r["product_id"]]
                         meta = {"product_id": r["product_id"], "image_id": r["image_id"], "split": split,
@@ -153,8 +176,15 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
                                     max_count=cfg.export.max_count, max_bytes=cfg.export.max_bytes)
             summary[split] = {"samples": manifest.total_samples, "shards": len(manifest.shards),
                               "bytes": manifest.total_bytes}
+        # One part for the stage, replaced by every export: the quarantine lists the current failures once.
+        quarantined = ws.quarantine(failures, stage="export", run_id=run.run_id, key="current")
         run.counts = {"images_in": len(rows), "user_photos_in": n_user, "failed": len(failures),
+                      "quarantined": quarantined,
                       **{f"samples_{s}": v["samples"] for s, v in summary.items()},
                       **{f"shards_{s}": v["shards"] for s, v in summary.items()}}
-        run.notes.extend(failures[:50])
+        if failures:
+            by_reason = Counter(f.reason for f in failures)
+            run.metrics["failed_by_reason"] = dict(sorted(by_reason.items()))
+            run.notes.append(f"{len(failures)} image(s) left out of the shards, quarantined (stage export): "
+                             + ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items())))
     return summary

@@ -94,8 +94,12 @@ hue_shifts_deg = [180.0]
 min_class_size = 4
 folds = 3
 policy = "down_weight"
-shift_folds = 4
-user_mix_fraction = 0.3
+
+[shift]
+folds = 4
+
+[mix]
+fraction = 0.3
 
 [queries]
 nsfw = "none"

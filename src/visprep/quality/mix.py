@@ -34,10 +34,6 @@ from visprep.workspace import Workspace
 KIND = "user_photo"
 TABLE = "user_pairs"
 STAGE = "mix"
-# What the mix reads (pairs for the catalog pair count, the rest for links, splits and the policy): a change of any
-# of them, or of a config section in SECTIONS, makes `visprep run` mix again.
-INPUTS = ("pairs", "interaction_pairs", "queries", "eval_queries", "splits", "product_images", "urls", "images",
-          "products", "label_issues")
 # The config it reads: its own section; quality.policy / quality.down_weight (the label-issue policy applies to its
 # pairs as to the catalog pairs); labels.eval_split (never given user photos); pairs.min_side / pairs.min_blur (the
 # image floors of `usable_images`, which choose the catalog photo each user photo is paired with).
@@ -92,19 +88,6 @@ def linked_user_photos(ws: Workspace, kinds: list[str]) -> pa.Table:
                                                "raw_weight", "debiased_weight"]),
         q=ws.read_table("queries", ["image_id", "input_sha256", "status"]),
         held_out=pa.table({"image_id": eval_query_photos(ws)}))
-
-
-def drop_legacy_rows(ws: Workspace) -> int:
-    """Remove user_photo rows an older mix wrote into `pairs` itself (they now live in `user_pairs`); return how
-    many."""
-    if not ws.has_table("pairs"):
-        return 0
-    pairs = ws.read_table("pairs")
-    is_user = pc.fill_null(pc.equal(pairs.column("kind"), KIND), False)
-    n = int(pc.sum(is_user).as_py() or 0)
-    if n:
-        ws.write_table("pairs", pairs.filter(pc.invert(is_user)))
-    return n
 
 
 def all_pairs(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
@@ -186,10 +169,7 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
 def mix_stage(ws: Workspace) -> dict[str, Any]:
     """Run the user-photo mix with a run record (its inputs and the config SECTIONS it reads), for `visprep run`."""
     with ws.run(STAGE, section_params(ws.config, *SECTIONS)) as run:
-        legacy = drop_legacy_rows(ws)  # before the inputs are fingerprinted, so a rerun finds them unchanged
-        run.inputs = {t: ws.table_fingerprint(t) for t in INPUTS}
         out = mix_user_photos(ws)
-        out["legacy_rows_moved"] = legacy
         run.counts = {"linked": out["linked"], "eligible": out["eligible"], "catalog_pairs": out["catalog_pairs"],
                       "target": out["target"], "user_pairs": out["added"]}
         run.metrics = {"mix": out}

@@ -1,16 +1,16 @@
 """Composition of the stages: run them in order, skipping a stage whose inputs and parameters did not change.
 
-Two kinds of stage. *Incremental* stages (fetch, inspect, synth, embed) are always called and do only the missing
+Two kinds of stage. *Incremental* stages (fetch, inspect, synth, embed, embed_views) are always called and do only the missing
 work (URLs not fetched, images not inspected, views not made, images without a current vector). *Table* stages
 (dedup, split, pairs, mix, shift, quality, mine, popularity, sample, export) rewrite whole tables and are skipped when
 the fingerprints of the tables they read and their config sections equal those of their last good run; mix, shift and
 popularity apply only once the events (and, for mix and shift, the queries) stage has written its tables, quality
 once there are embeddings to check the labels with.
 
-Some stages feed each other both ways (synth skips eval products, so it needs the split; the split groups synthetic
-colour variants with their source, so it needs synth), so inspect, embed and split appear twice in a pass (see
-ORDER), and the passes repeat until one pass changes nothing: each stage writes only when its output changed, so
-the second pass normally finds everything up to date.
+No stage reads what a later stage writes: synth reads the split (it skips eval products) and writes its own tables
+(the split of a synthetic colour variant is its source's, read through `visprep.views.catalog`), and records the
+facts of its views itself (no second inspect); embed_views embeds them. The passes repeat until one pass changes
+nothing, so the second pass normally finds everything up to date.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from visprep.workspace import Workspace
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
 Bar = Callable[[int, int], None] | None
-# Run order within a pass. inspect and embed run before dedup (its signals) and again after synth (its new views);
-# split runs again after synth, whose colour variants are new products grouped with their source.
-ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "inspect", "embed", "split", "quality", "pairs",
+# Run order within a pass: inspect and embed run before dedup (its signals); embed_views embeds synth's views.
+ORDER = ("fetch", "inspect", "embed", "dedup", "split", "synth", "embed_views", "quality", "pairs",
          "mix", "shift", "mine", "popularity", "sample", "export")
 # quality (label noise) writes only label_issues, which pairs and mix read to apply quality.policy: it runs before
 # them, once the catalog images are embedded. mix (user-photo pairs) reads pairs and feeds export; shift embeds the
@@ -52,7 +51,7 @@ class _Stage:
 def _stages() -> dict[str, _Stage]:
     # Imported here so that `import visprep.pipeline` stays cheap (torch, faiss, cv2 load only when a stage runs).
     from visprep.dedup.stage import dedup_stage
-    from visprep.embed.stage import embed_stage
+    from visprep.embed.stage import embed_stage, embed_views_stage
     from visprep.export.stage import export_stage
     from visprep.fetch.stage import fetch_stage
     from visprep.images.stage import inspect_stage
@@ -72,6 +71,7 @@ def _stages() -> dict[str, _Stage]:
                did_work=lambda r: r.inspected > 0 or r.backfilled > 0),
         _Stage("synth", lambda ws, bar: synth_stage(ws, progress=bar), did_work=lambda r: r.changed),
         _Stage("embed", lambda ws, bar: embed_stage(ws, progress=bar), did_work=lambda r: r.embedded > 0),
+        _Stage("embed_views", lambda ws, bar: embed_views_stage(ws, progress=bar), did_work=lambda r: r.embedded > 0),
         _Stage("dedup", lambda ws, bar: dedup_stage(ws), table=True),
         _Stage("split", lambda ws, bar: split_stage(ws), table=True),
         _Stage("pairs", lambda ws, bar: pairs_stage(ws), table=True),
@@ -166,6 +166,8 @@ def _run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path], *, force: 
     from visprep.catalog.stage import ingest_catalog
 
     enabled = set(ws.config.pipeline.stages)
+    if {"synth", "embed"} <= enabled:  # the views are embedded where both the views and embeddings are wanted
+        enabled.add("embed_views")
     stages = _stages()
     specs = [stages[name] for name in ORDER if name in enabled]
     report: dict[str, Any] = {}

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from visprep.config import section_params
 from visprep.schema import PAIRS
+from visprep.views.catalog import SYNTHETIC_TABLES
 from visprep.workspace import Workspace
 
 KIND = "user_photo"
@@ -37,7 +38,7 @@ STAGE = "mix"
 # What the mix reads (pairs for the catalog pair count, the rest for links, splits and the policy): a change of any
 # of them, or of the quality / labels config, makes `visprep run` mix again.
 INPUTS = ("pairs", "interaction_pairs", "queries", "eval_queries", "splits", "product_images", "urls", "images",
-          "products", "label_issues")
+          "products", "label_issues", *SYNTHETIC_TABLES)
 
 
 def _empty_links() -> pa.Table:
@@ -113,7 +114,7 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
 
     The library call behind `mix_stage` (which adds the run record); `pairs` is only read.
     """
-    from visprep.pairs.stage import usable_images
+    from visprep.views.images import usable_images
     from visprep.quality.policy import apply_policy
 
     cfg = ws.config.quality

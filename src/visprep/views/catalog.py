@@ -46,10 +46,12 @@ def view_url(ws: Workspace, image_id: str) -> str:
 
 
 def _union(a: pa.Table, b: pa.Table, keys: list[str]) -> pa.Table:
-    """`a` and `b` (same schema) together, sorted by `keys` when `b` adds rows (the order one table had)."""
+    """`a` and `b` (same schema) together, sorted by `keys` (if any) when `b` adds rows (the order one table
+    had)."""
     if b.num_rows == 0:
         return a
-    return pa.concat_tables([a, b]).sort_by([(k, "ascending") for k in keys])
+    both = pa.concat_tables([a, b])
+    return both.sort_by([(k, "ascending") for k in keys]) if keys else both
 
 
 def all_products(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
@@ -70,16 +72,23 @@ def all_images(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
 
 
 def synthetic_urls(ws: Workspace) -> pa.Table:
-    """`urls`-shaped rows of synth's views: each view's store URL, its image id, format and size (status "ok",
-    reason `SYNTHETIC_URL_REASON`, no fetch time)."""
-    t = ws.read_table("synthetic_images", ["image_id", "format", "bytes", "run_id"])
-    ids = t.column("image_id").to_pylist()
+    """`urls`-shaped rows of synth's views: each URL of `synthetic_product_images` (a file of the image store, named
+    after its image id), its image id, format and size (status "ok", reason `SYNTHETIC_URL_REASON`, no fetch
+    time). Read from the rows synth wrote, so the join holds in a workspace copied elsewhere until synth rewrites
+    them."""
+    urls = pc.unique(ws.read_table("synthetic_product_images", ["url"]).column("url")).to_pylist()
+    ids = [u.rsplit("/", 1)[-1].rsplit(".", 1)[0] for u in urls]
+    facts = ws.read_table("synthetic_images", ["image_id", "format", "bytes", "run_id"])
+    at = {i: k for k, i in enumerate(facts.column("image_id").to_pylist())}
+    keep = [k for k, i in enumerate(ids) if i in at]
+    take = pa.array([at[ids[k]] for k in keep], pa.int64())
     return conform(pa.table({
-        "url": pa.array([view_url(ws, i) for i in ids], pa.string()),
-        "status": pa.array(["ok"] * len(ids), pa.string()),
-        "image_id": t.column("image_id"), "format": t.column("format"), "bytes": t.column("bytes"),
-        "attempts": pa.array([0] * len(ids), pa.int32()),
-        "reason": pa.array([SYNTHETIC_URL_REASON] * len(ids), pa.string()), "run_id": t.column("run_id"),
+        "url": pa.array([urls[k] for k in keep], pa.string()),
+        "status": pa.array(["ok"] * len(keep), pa.string()),
+        "image_id": pa.array([ids[k] for k in keep], pa.string()),
+        "format": facts.column("format").take(take), "bytes": facts.column("bytes").take(take),
+        "attempts": pa.array([0] * len(keep), pa.int32()),
+        "reason": pa.array([SYNTHETIC_URL_REASON] * len(keep), pa.string()), "run_id": facts.column("run_id").take(take),
     }), URLS)
 
 

@@ -128,7 +128,7 @@ def test_a_stage_may_write_only_the_tables_it_owns(tmp_path) -> None:
 
     assert set(WRITERS) == set(TABLES)  # every table names its writer
     # What is left of the redesign, spelled out so that a new second writer fails here.
-    assert MULTI_WRITER == {"products", "product_images", "urls", "pairs"}
+    assert MULTI_WRITER == {"pairs"}
     ws = Workspace(tmp_path / "ws")
     rows = pa.table({"product_id": ["p1"], "given_label": ["a"], "predicted_label": ["b"],
                      "label_quality": pa.array([0.1], pa.float32()), "rank": pa.array([1], pa.int32()),

@@ -580,7 +580,7 @@ def synth(workspace: WorkspaceOpt = Path(".")) -> None:
                   f"{r.reused}, dropped {r.dropped}, failed {r.failed} {r.by_op}; tables written: "
                   f"{', '.join(r.tables_written) or 'none'}")
     if r.tables_written:
-        console.print("next: `visprep inspect` decodes the new views (or `visprep run` brings every stage up to date)")
+        console.print("next: `visprep run` brings the later stages (embed_views, pairs, ...) up to date")
 
 # --- dedup / quality commands ---
 

@@ -22,9 +22,9 @@ from visprep.images.decode import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_PIXELS
 from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
 from visprep.images.sniff import extension_for
 from visprep.images.stage import decode_workers
+from visprep.quality.mix import KIND, export_user_pairs
 from visprep.views.catalog import SYNTHETIC_TABLES, all_latest_urls, all_products
 from visprep.views.images import usable_images
-from visprep.quality.mix import KIND, export_user_pairs
 from visprep.workspace import Workspace
 
 _META = ("title", "category", "top_category", "brand", "color", "material", "size", "price", "seller")

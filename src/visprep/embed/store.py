@@ -35,7 +35,7 @@ def store_dir_name(model_id: str) -> str:
     return model_id.replace("/", "_").replace("\\", "_")
 
 
-WRITERS = ("embed", "embed_views", "shift", "embed-import")
+STORE_WRITERS = ("embed", "embed_views", "shift", "embed-import")
 """The stages that append to feature stores, each tagging its parts with its name."""
 UNTAGGED_WRITER = "embed"
 """The writer of parts written before parts were tagged (the embed stage embedded everything then)."""
@@ -55,8 +55,8 @@ def writer_fingerprint(root: Workspace | Path | str, model_id: str, writer: str)
     vectors depends on. Equal while that writer appends nothing, whatever the other writers do."""
     import hashlib
 
-    if writer not in WRITERS:
-        raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(WRITERS)}")
+    if writer not in STORE_WRITERS:
+        raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(STORE_WRITERS)}")
     root = root.root / "features" if isinstance(root, Workspace) else Path(root)
     parts = root / store_dir_name(model_id) / "parts"
     h = hashlib.sha256()
@@ -238,10 +238,10 @@ class FeatureStore:
             image_ids: N ids.
             vectors: (N, dim) float32, L2-normalised.
             content_hashes: sha256 of the bytes embedded; default the image ids (content-addressed store).
-            writer: the stage appending (one of `WRITERS`), named in the part's file name.
+            writer: the stage appending (one of `STORE_WRITERS`), named in the part's file name.
         """
-        if writer not in WRITERS:
-            raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(WRITERS)}")
+        if writer not in STORE_WRITERS:
+            raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(STORE_WRITERS)}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape != (len(image_ids), self.dim):
             raise ValueError(f"vectors must be ({len(image_ids)}, {self.dim}), got {vectors.shape}")

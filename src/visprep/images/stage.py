@@ -103,9 +103,8 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
     images = ws.read_table("images", ["image_id", "status", *SIGNATURE_COLUMNS])
     # Rows of images no `urls` row names: what an older synth stage had inspect decode for its views (synth now
     # records their facts in synthetic_images, and fetch has dropped their URL rows); this writer drops them.
-    unnamed = pc.invert(pc.is_in(images.column("image_id"), value_set=pc.unique(
-        ws.read_table("urls", ["image_id"]).column("image_id").drop_null())))
-    result.dropped = pc.sum(unnamed).as_py() or 0
+    named = pc.unique(ws.read_table("urls", ["image_id"]).column("image_id").drop_null())
+    result.dropped = pc.sum(pc.invert(pc.is_in(images.column("image_id"), value_set=named))).as_py() or 0
     done = set(images.column("image_id").to_pylist())
     todo = sorted(i for i in stored if i not in done)
     staging = ws.tables_dir / BACKFILL_DIR
@@ -151,8 +150,7 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
         staged = _read_staging(staging)
         if todo or staged.num_rows or result.dropped:
             kept = ws.read_table("images")
-            kept = kept.filter(pc.is_in(kept.column("image_id"), value_set=pc.unique(
-                ws.read_table("urls", ["image_id"]).column("image_id").drop_null())))
+            kept = kept.filter(pc.is_in(kept.column("image_id"), value_set=named))
             ws.write_table("images", merge_signatures(kept, staged))
         shutil.rmtree(staging, ignore_errors=True)  # merged (or empty): a rerun would only rewrite the same values
         quarantined = refresh_inspect_quarantine(ws, run.run_id)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from visprep.config import PairsConfig, load_config, render_config
 from visprep.embed.registry import EmbedderUnavailable
-from visprep.pairs.stage import pairs_stage, usable_images
+from visprep.pairs.stage import pairs_stage
 from visprep.pairs.titles import (
     EmbeddingChecker,
     TokenOverlapChecker,
@@ -26,6 +26,7 @@ from visprep.pairs.titles import (
 )
 from visprep.pipeline import run_pipeline
 from visprep.schema import IMAGES, PRODUCT_IMAGES, PRODUCTS, SPLITS, SYNTHETIC_VIEWS, URLS
+from visprep.views.images import usable_images
 from visprep.workspace import Workspace
 
 NOW = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

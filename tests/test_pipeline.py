@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from visprep.demo.sources import write_demo_sources
 from visprep.export.loader import ShardDataset, webdataset_pipeline
 from visprep.export.shards import read_manifest
-from visprep.pairs.stage import usable_images
 from visprep.pipeline import run_pipeline
-from visprep.synthetic.products import synthetic_sources
+from visprep.views.catalog import all_product_images, all_products, all_splits, variant_sources
+from visprep.views.images import usable_images
 from visprep.workspace import Workspace
 
 # The demo's own reason codes -> (stage, reason) the pipeline records.
@@ -58,9 +58,9 @@ def test_quarantine_holds_every_planted_bad_record(demo: tuple) -> None:
 def test_products_images_pairs_and_no_split_leak(demo: tuple) -> None:
     ws, src, _ = demo
     imgs = usable_images(ws)
-    variants = synthetic_sources(ws.read_table("products"))
+    variants = variant_sources(ws)
     assert len(set(imgs["product_id"].to_pylist()) - set(variants)) == src.n_products
-    splits = dict(zip(*(ws.read_table("splits")[c].to_pylist() for c in ("product_id", "split"))))
+    splits = dict(zip(*(all_splits(ws)[c].to_pylist() for c in ("product_id", "split"))))
     # The synth stage's colour variants are products of their own, in their source's split, and only in train.
     assert variants and all(splits[v] == splits[source] == "train" for v, source in variants.items())
     pairs = ws.read_table("pairs").to_pylist()
@@ -70,10 +70,10 @@ def test_products_images_pairs_and_no_split_leak(demo: tuple) -> None:
         assert p["anchor_product_id"] == p["positive_product_id"]
         assert splits[p["anchor_product_id"]] == p["split"]
         assert (p["positive_id"] is None) == (p["kind"] == "image_title")
-    products = {r["product_id"]: r for r in ws.read_table("products").to_pylist()}
+    products = {r["product_id"]: r for r in all_products(ws).to_pylist()}
     negs = ws.read_table("negatives").to_pylist()
     assert negs
-    groups = dict(zip(*(ws.read_table("splits")[c].to_pylist() for c in ("product_id", "group_id"))))
+    groups = dict(zip(*(all_splits(ws)[c].to_pylist() for c in ("product_id", "group_id"))))
     # run mines too: other_category from pairs, and the miners' kinds, none of them ever within a product group.
     assert {"other_category", "random", "brand", "ann"} <= {n["kind"] for n in negs}
     for n in negs:
@@ -83,7 +83,7 @@ def test_products_images_pairs_and_no_split_leak(demo: tuple) -> None:
             assert (products[n["anchor_product_id"]]["top_category"]
                     != products[n["negative_product_id"]]["top_category"])
     # Synthetic views keep their mark and recipe all the way from the catalog.
-    pi = ws.read_table("product_images").to_pylist()
+    pi = all_product_images(ws).to_pylist()
     synthetic = [r for r in pi if r["source"] == "synthetic"]
     assert synthetic and all(json.loads(r["recipe"]) for r in synthetic)
     # Shared and byte-identical photos are stored once.

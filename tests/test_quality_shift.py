@@ -18,6 +18,8 @@ from visprep.cli import app
 from visprep.config import ShiftConfig
 from visprep.demo.sources import write_demo_sources
 from visprep.embed.registry import register_embedder, unregister_embedder
+from visprep.embed.stage import features_root
+from visprep.embed.store import part_writer, store_dir_name
 from visprep.quality.mix import mix_user_photos
 from visprep.quality.shift import (
     FEATURES,
@@ -72,6 +74,9 @@ def test_catalog_vs_user_photos_is_a_shift(shift_ws: Workspace) -> None:
     ids = sorted(catalog_images(shift_ws).column("image_id").to_pylist())[:5]
     _, found, added, _, _ = vectors_for(shift_ws, ids, ["jpg"] * 5, embedder=ThumbEmbedder())
     assert found.all() and added == 0
+    # The shift stage tags its store parts: the catalog's vectors (writer embed) are not its.
+    parts = (features_root(shift_ws) / store_dir_name(ThumbEmbedder().model_id) / "parts").glob("part-*.parquet")
+    assert {part_writer(p) for p in parts} == {"shift"}
     status = CliRunner().invoke(app, ["status", "-w", str(shift_ws.root), "--json"])
     assert status.exit_code == 0, status.output
     q = json.loads(status.output)["quality"]

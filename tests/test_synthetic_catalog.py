@@ -1,5 +1,5 @@
-"""Synthetic rows across catalog re-ingest: views and colour-variant products stay while their source product
-exists (also when it changed), and go with it; colour naming of variants."""
+"""Synthetic rows across catalog re-ingest: synth's views and colour-variant products follow their source product
+(refreshed when it changed, dropped with it) in synth's own tables; colour naming of variants."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from visprep.demo.sources import write_demo_sources
 from visprep.fetch.stage import fetch_stage
 from visprep.images.stage import inspect_stage
 from visprep.split.stage import split_stage
-from visprep.synthetic.products import color_name, synthetic_sources, variant_color
+from visprep.synthetic.products import color_name, variant_color
 from visprep.synthetic.stage import synth_stage
+from visprep.views.catalog import all_products, all_splits, variant_sources
 from visprep.workspace import Workspace
 
 CONFIG = ("[split]\nfractions = { train = 0.7, eval = 0.3 }\n[inspect]\nworkers = 1\n"
@@ -26,7 +27,7 @@ CONFIG = ("[split]\nfractions = { train = 0.7, eval = 0.3 }\n[inspect]\nworkers 
 
 @pytest.fixture()
 def built(tmp_path: Path) -> tuple[Workspace, list[Path]]:
-    """Demo catalog -> fetch -> inspect -> split -> synth -> split: a workspace with synthetic rows."""
+    """Demo catalog -> fetch -> inspect -> split -> synth: a workspace with synthetic rows."""
     sources = write_demo_sources(tmp_path / "src", n_products=20)
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "visprep.toml").write_text(CONFIG)
@@ -36,20 +37,17 @@ def built(tmp_path: Path) -> tuple[Workspace, list[Path]]:
     inspect_stage(ws)
     split_stage(ws)
     synth_stage(ws)
-    split_stage(ws)  # the variants are new products: give them their source's split
     return ws, [Path(p) for p in sources.catalog_files]
 
 
 def _stage_rows(ws: Workspace) -> list[tuple]:
-    """The product_images rows the synth stage wrote (URL in the workspace store)."""
-    prefix = ws.store.root.as_uri() + "/"
-    return sorted((r["product_id"], r["url"]) for r in ws.read_table("product_images").to_pylist()
-                  if r["source"] == "synthetic" and r["url"].startswith(prefix))
+    """The product_images rows the synth stage wrote."""
+    return sorted((r["product_id"], r["url"]) for r in ws.read_table("synthetic_product_images").to_pylist())
 
 
 def _jsonl_source(ws: Workspace, files: list[Path]) -> tuple[str, Path]:
     """A product of the JSONL file that has a colour variant and same-SKU views."""
-    variants = synthetic_sources(ws.read_table("products"))
+    variants = variant_sources(ws)
     jsonl = next(f for f in files if f.suffix == ".jsonl")
     origin = {p["product_id"]: p["source_file"] for p in ws.read_table("products").to_pylist()}
     same_sku = {pid for pid, _ in _stage_rows(ws)}
@@ -75,45 +73,45 @@ def _rewrite_jsonl(path: Path, pid: str, change) -> None:
     path.write_text("\n".join(out) + "\n", encoding="utf-8", errors="surrogateescape")
 
 
-def test_reingest_keeps_synthetic_rows_while_their_source_exists(built):
+def test_reingest_leaves_synthetic_rows_to_synth_which_follows_their_source(built):
     ws, files = built
-    # 1. The same files again: nothing changes, synthetic rows included.
-    before = {t: ws.table_fingerprint(t) for t in ("products", "product_images")}
+    synthetic = ("synthetic_products", "synthetic_product_images", "synthetic_images", "synthetic_views")
+    # 1. The same files again: nothing changes; the catalog's tables never held synthetic rows.
+    before = {t: ws.table_fingerprint(t) for t in ("products", "product_images", *synthetic)}
     r = ingest_catalog(ws, files)
     assert (r.new, r.changed, r.removed, r.synthetic_dropped) == (0, 0, 0, 0)
-    assert {t: ws.table_fingerprint(t) for t in ("products", "product_images")} == before
+    assert {t: ws.table_fingerprint(t) for t in ("products", "product_images", *synthetic)} == before
 
-    # 2. A source product changes: its same-SKU views and its colour variant stay; synth refreshes the variant.
+    # 2. A source product changes: synth refreshes only its variant's row (same views, same images).
     pid, jsonl = _jsonl_source(ws, files)
     rows_before = _stage_rows(ws)
-    variants_before = synthetic_sources(ws.read_table("products"))
+    variants_before = variant_sources(ws)
     _rewrite_jsonl(jsonl, pid, lambda row: {**row, "title": row["title"] + " Limited Edition"})
     r = ingest_catalog(ws, files)
     assert r.changed == 1 and r.synthetic_dropped == 0
-    assert _stage_rows(ws) == rows_before
-    assert synthetic_sources(ws.read_table("products")) == variants_before
     s = synth_stage(ws)
-    assert s.rendered_images == 0 and s.dropped == 0 and s.tables_written == ["products"]
-    products = {p["product_id"]: p for p in ws.read_table("products").to_pylist()}
+    assert s.rendered_images == 0 and s.dropped == 0 and s.tables_written == ["synthetic_products"]
+    assert _stage_rows(ws) == rows_before and variant_sources(ws) == variants_before
+    products = {p["product_id"]: p for p in all_products(ws).to_pylist()}
     mine = {v for v, src in variants_before.items() if src == pid}
     assert mine and all("Limited Edition" in products[v]["title"] for v in mine)
     assert synth_stage(ws).tables_written == []
 
-    # 3. The source product is removed: its synthetic rows and variants go, every other one stays.
+    # 3. The source product is removed: synth drops its views and variants, every other one stays.
     others = [row for row in _stage_rows(ws) if row[0] != pid and row[0] not in mine]
     _rewrite_jsonl(jsonl, pid, lambda row: None)
     r = ingest_catalog(ws, files)
-    assert r.removed == 1 and r.synthetic_dropped == len(mine)
-    assert _stage_rows(ws) == others
-    pids = set(ws.read_table("products").column("product_id").to_pylist())
-    assert pid not in pids and not (mine & pids)
-    assert set(variants_before) - mine <= pids
+    assert r.removed == 1 and r.synthetic_dropped == 0
+    split_stage(ws)
     s = synth_stage(ws)
     assert s.dropped > 0 and s.rendered_images == 0
+    assert _stage_rows(ws) == others
+    pids = set(all_products(ws, ["product_id"]).column("product_id").to_pylist())
+    assert pid not in pids and not (mine & pids)
+    assert set(variants_before) - mine <= pids
     views = ws.read_table("synthetic_views").to_pylist()
     assert views and all(v["source_product_id"] != pid for v in views)
-    split_stage(ws)
-    assert not (mine & set(ws.read_table("splits").column("product_id").to_pylist()))
+    assert not (mine & set(all_splits(ws).column("product_id").to_pylist()))
 
 
 @pytest.mark.parametrize(("rgb", "name"), [

@@ -18,6 +18,7 @@ from visprep.synthetic.generators import (
     make_generator,
     register_generator,
 )
+from visprep.views.catalog import all_product_images, all_products, all_splits
 from visprep.workspace import Workspace
 
 
@@ -31,9 +32,10 @@ def workspace(tmp_path_factory):
                                      "[synthetic]\nbackgrounds = [\"solid\", \"texture\"]\nreframe_scales = [0.8]\n"
                                      "hue_shifts_deg = [120.0]\n")
     runner = CliRunner()
-    # Each command runs its own stage only: the new views need inspect, the colour variants a new split.
+    # Each command runs its own stage only: synth records its views' facts itself (no second inspect), and a
+    # colour variant's split is its source's (no second split).
     for args in (["catalog", *map(str, sources.catalog_files)], ["fetch"], ["inspect"], ["split"], ["synth"],
-                 ["inspect"], ["split"], ["pairs"]):
+                 ["pairs"]):
         result = runner.invoke(app, [*args, "-w", str(ws)])
         assert result.exit_code == 0, (args, result.output)
     return Workspace(ws)
@@ -71,7 +73,7 @@ def test_same_sku_views_feed_pairs_and_colour_variants_never_pair_with_their_sou
     assert any(p["kind"] == "image_title" and p["anchor_id"] in variants for p in pairs)
     syn_pairs = [p for p in pairs if p["kind"] == "same_product" and (p["anchor_id"] in same or p["positive_id"] in same)]
     assert syn_pairs and all(p["weight"] == 0.5 and p["split"] == "train" for p in syn_pairs)
-    pi = workspace.read_table("product_images").to_pylist()
+    pi = all_product_images(workspace).to_pylist()
     sources = {v["source_product_id"] for v in variants.values()}
     for r in pi:  # a recoloured image is never attached to the SKU it came from
         if r["source"] == "synthetic" and r["recipe"] and json.loads(r["recipe"]).get("op") == "recolor":
@@ -80,8 +82,10 @@ def test_same_sku_views_feed_pairs_and_colour_variants_never_pair_with_their_sou
 
 def test_colour_variants_are_synthetic_products_in_their_source_split_and_group(workspace):
     views = [v for v in workspace.read_table("synthetic_views").to_pylist() if v["relation"] == "color_variant"]
-    products = {p["product_id"]: p for p in workspace.read_table("products").to_pylist()}
-    splits = {s["product_id"]: s for s in workspace.read_table("splits").to_pylist()}
+    products = {p["product_id"]: p for p in all_products(workspace).to_pylist()}
+    splits = {s["product_id"]: s for s in all_splits(workspace).to_pylist()}
+    synthetic = {p["product_id"] for p in workspace.read_table("synthetic_products").to_pylist()}
+    assert synthetic and not synthetic & set(workspace.read_table("splits").column("product_id").to_pylist())
     for v in views:
         variant, source = products[v["product_id"]], products[v["source_product_id"]]
         assert variant["source_file"] == "synthetic" and source["source_file"] != "synthetic"
@@ -98,8 +102,9 @@ def test_colour_variants_are_synthetic_products_in_their_source_split_and_group(
 
 
 def _fingerprints(ws):
-    return {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "synthetic_views", "splits",
-                                                "quarantine")}
+    return {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "synthetic_views",
+                                                "synthetic_products", "synthetic_product_images", "synthetic_images",
+                                                "splits", "quarantine")}
 
 
 def test_rerun_writes_nothing_and_keeps_fingerprints(workspace):
@@ -137,7 +142,7 @@ def test_incremental_renders_only_new_sources_and_redoes_changed_settings(worksp
     r = synth_stage(Workspace(root))
     assert r.reused == 0 and r.dropped == len(new) and r.rendered_images == r.source_images
     variants = {v["product_id"] for v in ws.read_table("synthetic_views").to_pylist() if v["relation"] == "color_variant"}
-    synthetic_products = {p["product_id"] for p in ws.read_table("products").to_pylist() if p["source_file"] == "synthetic"}
+    synthetic_products = set(ws.read_table("synthetic_products").column("product_id").to_pylist())
     assert variants == synthetic_products and not (variants & {p for _, _, p in old})
 
 
@@ -174,7 +179,7 @@ def test_run_killed_after_the_views_is_completed_by_the_next_run(workspace, tmp_
     real = Workspace.write_table
 
     def dies_on_product_images(self, name, table):
-        if name == "product_images":
+        if name == "synthetic_product_images":
             raise KeyboardInterrupt("killed")
         return real(self, name, table)
 
@@ -186,12 +191,12 @@ def test_run_killed_after_the_views_is_completed_by_the_next_run(workspace, tmp_
     views = ws.read_table("synthetic_views").to_pylist()
     r = synth_stage(ws)
     assert r.rendered_images == 0 and r.reused == len(views)  # nothing made twice
-    assert "product_images" in r.tables_written and "synthetic_views" not in r.tables_written
+    assert "synthetic_product_images" in r.tables_written and "synthetic_views" not in r.tables_written
     prefix = ws.store.root.as_uri() + "/"
-    pi = [x for x in ws.read_table("product_images").to_pylist() if x["url"].startswith(prefix)]
+    pi = ws.read_table("synthetic_product_images").to_pylist()
+    assert all(x["url"].startswith(prefix) for x in pi)
     assert sorted((x["product_id"], x["url"].rsplit("/", 1)[1][:-4]) for x in pi) == sorted(
         (v["product_id"], v["image_id"]) for v in views)
     variants = {v["product_id"] for v in views if v["relation"] == "color_variant"}
-    assert variants == {p["product_id"] for p in ws.read_table("products").to_pylist()
-                        if p["source_file"] == "synthetic"}
+    assert variants == set(ws.read_table("synthetic_products").column("product_id").to_pylist())
     assert synth_stage(ws).tables_written == []

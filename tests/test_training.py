@@ -18,6 +18,7 @@ from visprep.images.preprocess import normalize
 from visprep.pipeline import run_pipeline
 from visprep.schema import INTERACTION_PAIRS
 from visprep.training import TrainingBatches, TrainingSource
+from visprep.views.catalog import all_splits
 from visprep.workspace import Workspace
 
 torch = pytest.importorskip("torch")
@@ -78,7 +79,7 @@ def test_negatives_never_share_product_or_group_and_keep_their_kind_and_score(ws
     negs = ws.read_table("negatives").to_pylist()
     known = {(r["anchor_product_id"], r["anchor_id"], r["negative_id"], r["negative_product_id"], r["kind"]): r
              for r in negs}
-    groups = dict(zip(*(ws.read_table("splits")[c].to_pylist() for c in ("product_id", "group_id"))))
+    groups = dict(zip(*(all_splits(ws)[c].to_pylist() for c in ("product_id", "group_id"))))  # variants too
     drawn = 0
     for b in _all_batches(src):
         nb = b["negatives"]

@@ -627,8 +627,10 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     t = Table(title=f"visprep workspace {ws.root}")
     t.add_column("what")
     t.add_column("count", justify="right")
-    products = ws.read_table("products", ["product_id"]).num_rows
-    imgs = ws.read_table("images", ["status"])
+    from visprep.views.catalog import all_images, all_products
+
+    products = all_products(ws, ["product_id"]).num_rows  # synth's colour variants included
+    imgs = all_images(ws, ["status"])
     from visprep.quality.mix import all_pairs
 
     pairs_t = all_pairs(ws, ["kind"])  # user-photo pairs live beside pairs

@@ -738,18 +738,20 @@ class MixConfig(_Section):
 
 # --- pipeline config (lead) ---
 
-StageName = Literal["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "mix", "shift", "quality",
-                    "mine", "popularity", "sample", "export"]
+StageName = Literal["fetch", "inspect", "synth", "embed", "embed_views", "dedup", "split", "pairs", "mix", "shift",
+                    "quality", "mine", "popularity", "sample", "export"]
 _ALL_STAGES: tuple[str, ...] = get_args(StageName)
 _CORE_STAGES = ("fetch", "inspect", "split", "pairs", "export")
 
 
 class PipelineConfig(_Section):
-    """Which stages `visprep run` and `visprep demo` run (always in the pipeline's fixed order, not this list's)."""
+    """Which stages `visprep run` and `visprep demo` run (in the order of what they read and write, not this
+    list's: `visprep stages`)."""
 
     stages: list[StageName] = Field(
         default_factory=lambda: list(_ALL_STAGES),
-        description="Stages to run; synth, embed, dedup, mine, popularity (runs only once the events stage has "
+        description="Stages to run; synth, embed, embed_views (the synth views' vectors), dedup, mine, popularity "
+                    "(runs only once the events stage has "
                     "written interaction_pairs), mix (user-photo pairs: needs interaction_pairs and queries), shift "
                     "(needs accepted user photos in queries and the embed model's feature store), quality (label "
                     "noise: needs the embed model's feature store or quality.embeddings) and sample may be left out "

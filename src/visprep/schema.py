@@ -438,6 +438,10 @@ TABLES: dict[str, pa.Schema] = {
     # --- queries / augmentation tables ---
     "queries": QUERIES,
     "synthetic_views": SYNTHETIC_VIEWS,
+    # synth's own catalog-shaped tables: read beside products, product_images and images (visprep.views.catalog)
+    "synthetic_products": PRODUCTS,  # colour variants, linked to their source in attributes.synthetic
+    "synthetic_product_images": PRODUCT_IMAGES,  # views (on their source product) and variant images
+    "synthetic_images": IMAGES,  # the facts of each view, computed by synth from the bytes it encoded
     # --- dedup / quality tables ---
     "product_groups": PRODUCT_GROUPS,
     "duplicate_edges": DUPLICATE_EDGES,
@@ -450,21 +454,20 @@ TABLES: dict[str, pa.Schema] = {
 
 
 WRITERS: dict[str, tuple[str, ...]] = {
-    "products": ("catalog", "synth"), "product_images": ("catalog", "synth"), "urls": ("fetch", "synth"),
-    "images": ("inspect",), "splits": ("split",), "pairs": ("pairs", "mix"), "negatives": ("mine",),
+    "products": ("catalog",), "product_images": ("catalog",), "urls": ("fetch",),
+    "images": ("inspect",), "splits": ("split",), "pairs": ("pairs",), "negatives": ("mine",),
     "quarantine": ("*",), "events": ("events",), "interaction_pairs": ("events",), "eval_queries": ("labels",),
     "judgments": ("labels",), "eval_qrels": ("labels",), "label_agreement": ("labels",),
     "rater_stats": ("labels",), "eval_metrics": ("evaluate",), "eval_query_scores": ("evaluate",),
     "batch_plan": ("sample",), "queries": ("queries",), "synthetic_views": ("synth",),
+    "synthetic_products": ("synth",), "synthetic_product_images": ("synth",), "synthetic_images": ("synth",),
     "product_groups": ("dedup",), "duplicate_edges": ("dedup",), "label_issues": ("quality",),
     "popularity": ("popularity",), "domain_shift": ("shift",), "user_pairs": ("mix",),
     "experiment_results": ("experiment",),
 }
-"""The stage runs (`Workspace.run` names) that may write each table; `Workspace` refuses any other stage's write.
-Every stage writes its own quarantine part ("*"). Tables with two writers are what is left of the one-writer
-redesign: synth's views and recolours still go into the catalog's products/product_images and fetch's urls, and the
-mix moves legacy user-photo rows out of pairs."""
-MULTI_WRITER = {name for name, w in WRITERS.items() if len(w) > 1}
+"""The stage run (`Workspace.run` name) that writes each table, its one writer; `Workspace` refuses any other
+stage's write. Every stage writes its own quarantine part ("*"). `visprep.stages` declares the same writers (a test
+holds the two equal)."""
 
 
 def schema_for(name: str) -> pa.Schema:

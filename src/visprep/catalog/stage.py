@@ -14,6 +14,7 @@ from visprep.catalog.readers import read_catalog_file
 from visprep.catalog.validate import Product, validate_row
 from visprep.config import section_params
 from visprep.schema import PRODUCT_IMAGES, PRODUCTS
+from visprep.views.catalog import is_synth_view_row, is_synthetic_product
 from visprep.workspace import QuarantineRecord, Workspace, file_fingerprint
 
 _COMPARED = ("title", "category", "description", "brand", "color", "material", "size", "price", "seller",
@@ -32,7 +33,7 @@ class CatalogResult:
     removed: int = 0
     duplicate_identical: int = 0
     quarantined: int = 0
-    synthetic_dropped: int = 0  # synthetic products whose source product was removed
+    synthetic_dropped: int = 0  # legacy synthetic rows (an older synth stage's) dropped from products/product_images
     by_reason: dict[str, int] = field(default_factory=dict)
     run_id: str = ""
 
@@ -128,22 +129,14 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
 
         old_images = ws.read_table("product_images")
         keep_images = old_images.filter(pc.invert(pc.is_in(old_images.column("product_id"), value_set=replaced)))
-        # --- synthetic rows ---
-        # Synthetic views and colour-variant products are not in catalog files: keep them while their source
-        # product exists (the synth stage refreshes them), drop them with it.
-        from visprep.synthetic.products import is_stage_view_row, synthetic_sources
-
-        present = set(products.column("product_id").to_pylist())
-        orphans = [pid for pid, src in synthetic_sources(products).items() if src not in present]
-        result.synthetic_dropped = len(orphans)
-        products = products.filter(pc.invert(pc.is_in(products.column("product_id"),
-                                                      value_set=pa.array(orphans, pa.string()))))
-        store_uri = ws.store.root.as_uri()
-        views_of_replaced = old_images.filter(pc.and_(is_stage_view_row(old_images, store_uri), pc.is_in(
-            old_images.column("product_id"), value_set=replaced)))
-        keep_images = pa.concat_tables([keep_images, views_of_replaced])
-        keep_images = keep_images.filter(pc.or_(pc.invert(is_stage_view_row(keep_images, store_uri)), pc.is_in(
-            keep_images.column("product_id"), value_set=products.column("product_id").combine_chunks())))
+        # An older synth stage wrote its colour variants and views into these tables; synth now has its own
+        # (synthetic_products, synthetic_product_images), so this writer drops them from its tables.
+        legacy = is_synthetic_product(products)
+        result.synthetic_dropped = pc.sum(legacy).as_py() or 0
+        products = products.filter(pc.invert(legacy))
+        legacy_images = is_synth_view_row(keep_images, ws.store.root.as_uri())
+        result.synthetic_dropped += pc.sum(legacy_images).as_py() or 0
+        keep_images = keep_images.filter(pc.invert(legacy_images))
         images = pa.concat_tables([keep_images, pa.Table.from_pylist(new_images, schema=PRODUCT_IMAGES)])
         images = images.sort_by([("product_id", "ascending"), ("position", "ascending")])
 

@@ -1,4 +1,5 @@
-"""The embed stage: embed every decoded image that has no current vector in the model's feature store.
+"""The embed stages: embed every decoded image that has no current vector in the model's feature store; `embed`
+the catalog's images (`images`), `embed_views` the synth stage's views (`synthetic_images`), into one store.
 
 Incremental by construction: the store is keyed by (image id, content hash) under a folder per model id, so a
 run embeds only new images (cold-start products get vectors at index time, no retraining), a new model id starts a
@@ -27,6 +28,7 @@ from visprep.embed.store import FeatureStore
 from visprep.engines.local import batched, prefetch
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
+from visprep.views.catalog import all_images
 from visprep.workspace import QuarantineRecord, Workspace
 
 
@@ -50,13 +52,30 @@ def features_root(ws: Workspace) -> Path:
 
 def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,
                 progress: Callable[[int, int], None] | None = None) -> EmbedResult:
-    """Embed the decoded images without a current vector; append them to the store and its index.
+    """Embed the decoded catalog images (`images`) without a current vector; append them to the store and its index.
 
     Args:
-        ws: the workspace (reads `images`; writes `features/<model_id>/`, quarantine, a run record).
+        ws: the workspace (reads `images`; writes `features/<model_id>/` parts tagged "embed", quarantine, a run
+            record).
         embedder: use this one instead of building `ws.config.embed.model` (tests, notebooks).
         progress: called with (images advanced, total to embed).
     """
+    return _embed_table(ws, "embed", "images", embedder=embedder, progress=progress)
+
+
+def embed_views_stage(ws: Workspace, *, embedder: Embedder | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> EmbedResult:
+    """Embed the synth stage's views (`synthetic_images`) without a current vector into the same feature store as
+    `embed_stage`, in parts tagged "embed_views" (so a reader of the catalog's vectors is not made stale by them).
+
+    Args: as `embed_stage`.
+    """
+    return _embed_table(ws, "embed_views", "synthetic_images", embedder=embedder, progress=progress)
+
+
+def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | None,
+                 progress: Callable[[int, int], None] | None) -> EmbedResult:
+    """Embed the decoded images of `table` without a current vector, as run `stage` (the parts' writer tag)."""
     cfg = ws.config.embed
     res = EmbedResult()
     plan = plan_threads(model_threads=cfg.threads)
@@ -67,9 +86,9 @@ def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,
         options["backend"] = cfg.backend
     res.model_id = embedder.model_id if embedder is not None else model_id_of(cfg.model, **options)
     params = {**section_params(ws.config, "embed"), "model_id": res.model_id}
-    with ws.run("embed", params) as run:
-        run.inputs = {"images": ws.table_fingerprint("images")}
-        images = ws.read_table("images", ["image_id", "status", "format"])
+    with ws.run(stage, params) as run:
+        run.inputs = {table: ws.table_fingerprint(table)}
+        images = ws.read_table(table, ["image_id", "status", "format"])
         ok = images.filter(pc.equal(images["status"], "ok"))
         ids = ok.column("image_id").to_pylist()
         fmts = ok.column("format").to_pylist()
@@ -105,13 +124,13 @@ def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,
                 if progress:
                     progress(len(batch), len(todo))
                 if len(done_ids) >= cfg.checkpoint_every:
-                    res.embedded += _checkpoint(store, done_ids, done_vecs)
-            res.embedded += _checkpoint(store, done_ids, done_vecs)
+                    res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
+            res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
             store.index()  # one index update per run
         res.failed = len(failures)
         for f in failures:
             res.by_reason[f.reason] = res.by_reason.get(f.reason, 0) + 1
-        ws.quarantine(failures, stage="embed", run_id=run.run_id, key=res.model_id)
+        ws.quarantine(failures, stage=stage, run_id=run.run_id, key=res.model_id)
         res.store_total = len(store) if store is not None else 0
         run.counts = {"images_in": res.images, "embedded": res.embedded, "skipped": res.skipped,
                       "failed": res.failed, "store_total": res.store_total}
@@ -140,11 +159,11 @@ def _batches(ws: Workspace, embedder: Embedder, todo: list[tuple[str, str]], bat
     return prefetch(read(), depth=2) if staged else read()
 
 
-def _checkpoint(store: FeatureStore, ids: list[str], vecs: list[np.ndarray]) -> int:
-    """Append what is embedded so far as one store part (what a kill can lose); return how many."""
+def _checkpoint(store: FeatureStore, ids: list[str], vecs: list[np.ndarray], writer: str) -> int:
+    """Append what is embedded so far as one store part of `writer` (what a kill can lose); return how many."""
     n = len(ids)
     if n:
-        store.append(list(ids), np.concatenate(vecs), update_index=False)
+        store.append(list(ids), np.concatenate(vecs), update_index=False, writer=writer)
     ids.clear()
     vecs.clear()
     return n
@@ -198,7 +217,7 @@ def import_embeddings(ws: Workspace, path: str | Path, *, model_id: str, atol: f
     with ws.run("embed-import", {"model_id": model_id, "path": str(path), "atol": atol}) as run:
         ids, vecs = read_embeddings(path)
         res.read = len(ids)
-        images = ws.read_table("images", ["image_id", "status"])
+        images = all_images(ws, ["image_id", "status"])  # a trainer embeds synth's views too
         known = set(images.filter(pc.equal(images["status"], "ok")).column("image_id").to_pylist())
         keep = np.array([i in known for i in ids], bool)
         unknown = [QuarantineRecord(reason="unknown_image", detail=f"{path}: id {i!r} is not a decoded image of "
@@ -220,7 +239,8 @@ def import_embeddings(ws: Workspace, path: str | Path, *, model_id: str, atol: f
             moved = ~found | (np.abs(old - vecs).max(axis=1) > atol)
             res.changed, res.unchanged = int(moved.sum()), int((~moved).sum())
             if moved.any():
-                store.append([i for i, m in zip(ids, moved.tolist()) if m], vecs[moved], update_index=False)
+                store.append([i for i, m in zip(ids, moved.tolist()) if m], vecs[moved], update_index=False,
+                             writer="embed-import")
                 store.index()
         ws.quarantine(unknown, stage="embed-import", run_id=run.run_id, key=model_id)
         res.store_total = len(store)

@@ -1,7 +1,10 @@
 """The feature store: one folder per model id, `features/<model_id>/`, holding
 
-- `parts/part-<seq>.parquet`: rows (image_id, content_hash, made_at, vector) in append order; a part is one
-  checkpoint of one embed run, written atomically, so a killed run keeps what it finished;
+- `parts/part-<seq>-<writer>.parquet`: rows (image_id, content_hash, made_at, vector) in append order; a part is
+  one checkpoint of one run of its writer (the stage that wrote it: embed, embed_views, shift, ...), written
+  atomically, so a killed run keeps what it finished; a fingerprint per writer (`writer_fingerprint`) lets a
+  reader of one writer's vectors ignore another's appends. Parts written before the tag (`part-<seq>.parquet`)
+  count as the embed stage's;
 - `index.faiss`: a FAISS index over the vectors whose ids are row positions in that order (so appending vectors
   appends to the index); rebuilt or extended on open when it lags the parts (a run killed between the two writes);
 - `meta.json`: model id, dimension, index kind.
@@ -21,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visprep.workspace import atomic_write_bytes, atomic_write_parquet, utcnow
+from visprep.workspace import Workspace, atomic_write_bytes, atomic_write_parquet, utcnow
 
 IndexKind = Literal["flat", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw")
@@ -30,6 +33,38 @@ INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw")
 def store_dir_name(model_id: str) -> str:
     """The folder name of `model_id`'s store (path separators replaced)."""
     return model_id.replace("/", "_").replace("\\", "_")
+
+
+STORE_WRITERS = ("embed", "embed_views", "shift", "embed-import")
+"""The stages that append to feature stores, each tagging its parts with its name."""
+UNTAGGED_WRITER = "embed"
+"""The writer of parts written before parts were tagged (the embed stage embedded everything then)."""
+
+
+def part_writer(path: Path) -> str:
+    """The writer of a store part, from its file name `part-<seq>-<writer>.parquet` (untagged: `UNTAGGED_WRITER`)."""
+    stem = path.name[: -len(".parquet")]
+    _, _, rest = stem.partition("-")
+    _, sep, writer = rest.partition("-")
+    return writer if sep else UNTAGGED_WRITER
+
+
+def writer_fingerprint(root: Workspace | Path | str, model_id: str, writer: str) -> str:
+    """A cheap fingerprint (names, sizes, mtimes) of the parts `writer` appended to `model_id`'s store under the
+    `features/` folder `root` (or a workspace, whose `features/` it uses): what a reader of only that writer's
+    vectors depends on. Equal while that writer appends nothing, whatever the other writers do."""
+    import hashlib
+
+    if writer not in STORE_WRITERS:
+        raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(STORE_WRITERS)}")
+    root = root.root / "features" if isinstance(root, Workspace) else Path(root)
+    parts = root / store_dir_name(model_id) / "parts"
+    h = hashlib.sha256()
+    for p in sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []:
+        if part_writer(p) == writer:
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
 
 
 def feature_schema(dim: int) -> pa.Schema:
@@ -193,8 +228,8 @@ class FeatureStore:
 
     # --- writing ------------------------------------------------------------------------------------------
     def append(self, image_ids: Sequence[str], vectors: np.ndarray, *, content_hashes: Sequence[str] | None = None,
-               made_at: dt.datetime | None = None, update_index: bool = True) -> int:
-        """Append rows atomically (one new part) and add them to the index; return how many.
+               made_at: dt.datetime | None = None, update_index: bool = True, writer: str = "embed") -> int:
+        """Append rows atomically (one new part, tagged with `writer`) and add them to the index; return how many.
 
         With `update_index=False` the index catches up on the next `index()` call (one index write per run
         instead of one per checkpoint).
@@ -203,7 +238,10 @@ class FeatureStore:
             image_ids: N ids.
             vectors: (N, dim) float32, L2-normalised.
             content_hashes: sha256 of the bytes embedded; default the image ids (content-addressed store).
+            writer: the stage appending (one of `STORE_WRITERS`), named in the part's file name.
         """
+        if writer not in STORE_WRITERS:
+            raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(STORE_WRITERS)}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape != (len(image_ids), self.dim):
             raise ValueError(f"vectors must be ({len(image_ids)}, {self.dim}), got {vectors.shape}")
@@ -224,7 +262,7 @@ class FeatureStore:
             "made_at": pa.array([when] * len(image_ids), pa.timestamp("us", tz="UTC")),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
         }, schema=self.schema)
-        atomic_write_parquet(self.path / "parts" / f"part-{seq:08d}.parquet", table)
+        atomic_write_parquet(self.path / "parts" / f"part-{seq:08d}-{writer}.parquet", table)
         if index is not None:
             index.add(vectors)
             self._save_index(index)

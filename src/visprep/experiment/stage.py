@@ -32,6 +32,7 @@ from visprep.experiment.variants import Recipe, resolve_variants
 from visprep.mining.stage import MiningItems
 from visprep.schema import EXPERIMENT_RESULTS
 from visprep.training.batches import FeaturePayload, TrainingSource
+from visprep.views.catalog import SYNTHETIC_TABLES
 from visprep.workspace import Workspace, atomic_write_bytes
 
 METRICS = ("ndcg@10", "recall@1", "recall@10", "map")
@@ -200,7 +201,8 @@ def experiment_stage(ws: Workspace, *, variants: list[str] | None = None, seeds:
                            "model_id": model_id}}
     with ws.run("experiment", params) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("eval_qrels", "splits", "pairs", "negatives",
-                                                            "batch_plan", "interaction_pairs", "user_pairs")}
+                                                            "batch_plan", "interaction_pairs", "user_pairs",
+                                                            *SYNTHETIC_TABLES)}
         q_ids, q_vecs = query_features(ws, model_id)
         eval_queries = set(q_ids)
         base = _without_images(load_items(ws), eval_queries)

@@ -28,8 +28,9 @@ from visprep.images.decode import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_PIXELS,
 from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
 from visprep.images.sniff import extension_for
 from visprep.images.stage import decode_workers
-from visprep.pairs.stage import usable_images
 from visprep.quality.mix import KIND, export_user_pairs
+from visprep.views.catalog import all_latest_urls, all_products
+from visprep.views.images import usable_images
 from visprep.workspace import QuarantineRecord, Workspace
 
 _META = ("title", "category", "top_category", "brand", "color", "material", "size", "price", "seller")
@@ -96,8 +97,8 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
     cfg = ws.config
     profile = resolve_profile(cfg.preprocess)
     imgs = usable_images(ws)
-    products = {r["product_id"]: r for r in ws.read_table("products").to_pylist()}
-    latest = ws.latest_urls()
+    products = {r["product_id"]: r for r in all_products(ws).to_pylist()}
+    latest = all_latest_urls(ws)
     ok = latest.filter(pc.equal(latest.column("status"), "ok"))
     fmt = dict(zip(ok.column("image_id").to_pylist(), ok.column("format").to_pylist()))
     pairs = ws.read_table("pairs")
@@ -130,8 +131,6 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
     splits = cfg.export.splits or sorted({r["split"] for r in rows})
     summary: dict[str, dict] = {}
     with ws.run("export", section_params(cfg, "preprocess", "export")) as run:
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("pairs", "images", "products", "splits", "user_pairs",
-                                                            "queries", "eval_queries")}
         failures: list[QuarantineRecord] = []
         # The inspect limits (pixels, decoded bytes, memory budget) bound export's decodes too.
         plan = decode_workers(cfg.export.workers, cfg.inspect, setting="export.workers")

@@ -13,6 +13,7 @@ from visprep.config import section_params
 from visprep.fetch import Fetcher, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
+from visprep.views.catalog import SYNTHETIC_URL_REASON
 from visprep.workspace import QuarantineRecord, Workspace, utcnow
 
 
@@ -49,11 +50,11 @@ def pending_urls(ws: Workspace, *, retry_failed: bool) -> tuple[list[str], int]:
 def local_roots_by_url(ws: Workspace, urls: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """Map each local URL (bare path or file://) of `urls` to the folders it may be read from.
 
-    A URL's folders are those of the catalog files (`products.source_file`) whose products name it, plus the
-    workspace's image store for the views the synth stage wrote there; a URL with neither maps to () and is
-    refused under `fetch.local_paths = "catalog_dir"`. Remote URLs are left out (the policy is about local files).
+    A URL's folders are those of the catalog files (`products.source_file`) whose products name it; a URL with none
+    maps to () and is refused under `fetch.local_paths = "catalog_dir"`. Remote URLs are left out (the policy is
+    about local files).
     """
-    images = ws.read_table("product_images", ["product_id", "url", "source"])
+    images = ws.read_table("product_images", ["product_id", "url"])
     images = images.filter(pc.is_in(images.column("url"), value_set=pa.array(urls, pa.string())))
     lowered = pc.utf8_lower(images.column("url"))
     remote = pc.or_(pc.or_(pc.starts_with(lowered, "http://"), pc.starts_with(lowered, "https://")),
@@ -63,15 +64,10 @@ def local_roots_by_url(ws: Workspace, urls: Sequence[str]) -> dict[str, tuple[st
         return {}
     products = ws.read_table("products", ["product_id", "source_file"])
     named = local.join(products, "product_id", join_type="left outer")
-    store_uri = ws.store.root.as_uri().rstrip("/") + "/"
-    store_root = str(ws.store.root)
     roots: dict[str, set[str]] = {}
-    for url, source, source_file in zip(*(named.column(c).to_pylist() for c in ("url", "source", "source_file"))):
+    for url, source_file in zip(*(named.column(c).to_pylist() for c in ("url", "source_file"))):
         folders = roots.setdefault(url, set())
-        # The synth stage's own views (see visprep.synthetic.products.is_stage_view_row) live in the store.
-        if source == "synthetic" and url.startswith(store_uri):
-            folders.add(store_root)
-        elif source_file and os.path.isabs(source_file):  # synthetic products carry "synthetic", not a path
+        if source_file and os.path.isabs(source_file):
             folders.add(os.path.dirname(source_file))
     return {url: tuple(sorted(folders)) for url, folders in roots.items()}
 
@@ -128,7 +124,8 @@ def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
                 if progress:
                     progress(1, len(todo))
             flush()
-        if result.attempted or _checkpoint_parts_left(ws):  # a killed run left its checkpoint parts behind
+        # A killed run left its checkpoint parts behind; an older synth stage left its views' rows.
+        if result.attempted or _checkpoint_parts_left(ws) or _legacy_synthetic_rows(ws):
             compact_urls(ws)
         quarantined = refresh_fetch_quarantine(ws, run.run_id)
         run.counts = {"urls_in": result.wanted, "already": result.already, "attempted": result.attempted,
@@ -137,16 +134,24 @@ def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
 
 
 def _checkpoint_parts_left(ws: Workspace) -> bool:
-    # Only this stage's checkpoint parts (named after a fetch run) call for compaction; other stages' parts (synth's
-    # store URLs) stay as they are, so a fetch with nothing to do leaves the table, and what depends on it, unchanged.
+    # Only this stage's checkpoint parts (named after a fetch run) call for compaction, so a fetch with nothing to
+    # do leaves the table, and what depends on it, unchanged.
     path = ws.table_path("urls")
     return path.is_dir() and any("-fetch-" in p.name for p in path.glob("part-*.parquet"))
 
 
+def _legacy_synthetic_rows(ws: Workspace) -> bool:
+    """Whether `urls` holds rows an older synth stage wrote for its views (now `visprep.views.catalog`'s)."""
+    reason = ws.read_table("urls", ["reason"]).column("reason")
+    return bool(pc.any(pc.fill_null(pc.equal(reason, SYNTHETIC_URL_REASON), False)).as_py())
+
+
 def compact_urls(ws: Workspace) -> None:
-    """Rewrite `urls` as one part with one row per URL (the newest)."""
+    """Rewrite `urls` as one part with one row per URL (the newest), without an older synth stage's rows."""
     if ws.has_table("urls"):
-        ws.write_table("urls", ws.latest_urls())
+        latest = ws.latest_urls()
+        ws.write_table("urls", latest.filter(pc.invert(pc.fill_null(
+            pc.equal(latest.column("reason"), SYNTHETIC_URL_REASON), False))))
 
 
 def refresh_fetch_quarantine(ws: Workspace, run_id: str) -> int:

@@ -19,9 +19,10 @@ from visprep.images.decode import (
 )
 from visprep.images.phash import hamming64, phash64
 from visprep.images.resize import resize_shorter_side
-from visprep.images.signature import TRIM_TOLERANCE, signature_of_rgb
+from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS, TRIM_TOLERANCE, signature_of_rgb
 
-__all__ = ["ImageDecodeError", "ImageInfo", "blur_score", "hamming64", "inspect_image", "phash64", "small_rgb"]
+__all__ = ["ImageDecodeError", "ImageInfo", "blur_score", "facts_row", "hamming64", "inspect_image", "phash64",
+           "small_rgb"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,23 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         signature_codes=(codes[0], codes[1], codes[2]),
         fg_color=(float(color[0]), float(color[1]), float(color[2])),
     )
+
+
+def facts_row(image_id: str, data: bytes, *, fmt: str | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> dict:
+    """The `images` row of one stored image's bytes (what inspect records, and synth for its views), without run_id:
+    the facts of `inspect_image`, or status = the decode failure's reason when it does not decode."""
+    row: dict = {"image_id": image_id, "format": fmt, "bytes": len(data)}
+    try:
+        info = inspect_image(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+    except ImageDecodeError as exc:
+        row.update(status=exc.reason, reason=f"{image_id}: {exc}")
+        return row
+    row.update(status="ok", reason=None, format=info.format, width=info.width, height=info.height,
+               exif_orientation=info.exif_orientation, phash=info.phash, blur=info.blur,
+               progressive=info.progressive, mode=info.mode,
+               **dict(zip(CODE_COLUMNS, info.signature_codes)), **dict(zip(COLOR_COLUMNS, info.fg_color)))
+    return row
 
 
 def small_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from visprep.config import InspectConfig, section_params
 from visprep.engines.local import WorkerPlan, map_batches, plan_workers
 from visprep.images.decode import ImageDecodeError, decode_worker_bytes
-from visprep.images.facts import inspect_image
+from visprep.images.facts import facts_row, inspect_image
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
 from visprep.schema import IMAGES
@@ -43,6 +43,7 @@ class InspectStageResult:
     by_reason: dict[str, int] = field(default_factory=dict)
     backfilled: int = 0  # signatures computed for images inspected before the signature columns existed
     backfill_failed: int = 0  # of those, images that no longer read or decode (left null, retried next run)
+    dropped: int = 0  # rows of images no urls row names (an older synth stage's views)
     run_id: str = ""
 
 
@@ -63,22 +64,14 @@ def inspect_batch(items: Sequence[tuple[str, str, str, int, int]]) -> list[dict]
     a reason."""
     rows = []
     for image_id, path, fmt, max_pixels, max_decoded_bytes in items:
-        row: dict = {"image_id": image_id, "format": fmt}
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
-            row["bytes"] = len(data)
-            info = inspect_image(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
-        except ImageDecodeError as exc:
-            row.update(status=exc.reason, reason=f"{image_id}: {exc}")
         except OSError as exc:
-            row.update(status="unreadable", reason=f"{image_id}: {path}: {exc}")
-        else:
-            row.update(status="ok", reason=None, format=info.format, width=info.width, height=info.height,
-                       exif_orientation=info.exif_orientation, phash=info.phash, blur=info.blur,
-                       progressive=info.progressive, mode=info.mode,
-                       **dict(zip(CODE_COLUMNS, info.signature_codes)), **dict(zip(COLOR_COLUMNS, info.fg_color)))
-        rows.append(row)
+            rows.append({"image_id": image_id, "format": fmt, "status": "unreadable",
+                         "reason": f"{image_id}: {path}: {exc}"})
+            continue
+        rows.append(facts_row(image_id, data, fmt=fmt, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes))
     return rows
 
 
@@ -108,6 +101,10 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
     ok = latest.filter(pc.equal(latest.column("status"), "ok"))
     stored = dict(zip(ok.column("image_id").to_pylist(), ok.column("format").to_pylist()))
     images = ws.read_table("images", ["image_id", "status", *SIGNATURE_COLUMNS])
+    # Rows of images no `urls` row names: what an older synth stage had inspect decode for its views (synth now
+    # records their facts in synthetic_images, and fetch has dropped their URL rows); this writer drops them.
+    named = pc.unique(ws.read_table("urls", ["image_id"]).column("image_id").drop_null())
+    result.dropped = pc.sum(pc.invert(pc.is_in(images.column("image_id"), value_set=named))).as_py() or 0
     done = set(images.column("image_id").to_pylist())
     todo = sorted(i for i in stored if i not in done)
     staging = ws.tables_dir / BACKFILL_DIR
@@ -151,13 +148,16 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
             if progress:
                 progress(len(batch), len(items) + len(backfill))
         staged = _read_staging(staging)
-        if todo or staged.num_rows:
-            ws.write_table("images", merge_signatures(ws.read_table("images"), staged))
+        if todo or staged.num_rows or result.dropped:
+            kept = ws.read_table("images")
+            kept = kept.filter(pc.is_in(kept.column("image_id"), value_set=named))
+            ws.write_table("images", merge_signatures(kept, staged))
         shutil.rmtree(staging, ignore_errors=True)  # merged (or empty): a rerun would only rewrite the same values
         quarantined = refresh_inspect_quarantine(ws, run.run_id)
         run.counts = {"images_in": result.stored, "already": result.already, "inspected": result.inspected,
                       "ok": result.ok, "quarantined": quarantined, "signatures_backfilled": result.backfilled,
-                      "signature_backfill_failed": result.backfill_failed}
+                      "signature_backfill_failed": result.backfill_failed,
+                      "dropped": result.dropped}
     return result
 
 

@@ -24,6 +24,7 @@ from visprep.mining.positives import PositiveSets, build_positive_sets, merge_sh
 from visprep.mining.random_negatives import mine_random_negatives
 from visprep.mining.skip_above import POSITIVE_KINDS, mine_skip_above_negatives
 from visprep.schema import NEGATIVES, TABLES
+from visprep.views.catalog import SYNTHETIC_TABLES, all_products, all_splits
 from visprep.workspace import Workspace
 
 
@@ -50,7 +51,7 @@ def product_group_map(ws: Workspace) -> dict[str, str]:
     """product -> group: the splits table's group_id (dedup groups plus synthetic colour variants joined to their
     source, the split's own grouping), else `product_groups` before any split exists."""
     if ws.has_table("splits"):
-        t = ws.read_table("splits", ["product_id", "group_id"])
+        t = all_splits(ws, ["product_id", "group_id"])
     elif "product_groups" in TABLES and ws.has_table("product_groups"):
         t = ws.read_table("product_groups", ["product_id", "group_id"])
     else:
@@ -60,10 +61,10 @@ def product_group_map(ws: Workspace) -> dict[str, str]:
 
 def load_items(ws: Workspace) -> MiningItems:
     """Build the mining pool of the workspace (see module docstring)."""
-    from visprep.pairs.stage import usable_images
+    from visprep.views.images import usable_images
 
     imgs = usable_images(ws)
-    prod = ws.read_table("products", ["product_id", "category", "brand"])
+    prod = all_products(ws, ["product_id", "category", "brand"])
     cat_of = dict(zip(prod.column("product_id").to_pylist(), prod.column("category").to_pylist()))
     brand_of = dict(zip(prod.column("product_id").to_pylist(), prod.column("brand").to_pylist()))
     pid = imgs.column("product_id").to_pylist()
@@ -121,7 +122,8 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
     counts: dict[str, int] = {}
     with ws.run("mine", section_params(ws.config, "mining")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "pairs", "splits", "product_images",
-                                                            "images", "interaction_pairs", "product_groups")}
+                                                            "images", "interaction_pairs", "product_groups",
+                                                            *SYNTHETIC_TABLES)}
         if "ann" in cfg.kinds:
             run.inputs["features"] = features_fingerprint(ws, feature_model)
         items = load_items(ws)

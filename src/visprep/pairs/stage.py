@@ -11,6 +11,8 @@ import pyarrow.compute as pc
 from visprep.config import section_params
 from visprep.pairs.titles import REFUSAL_REASONS, TitleCategoryChecker, get_title_checker, judge_titles
 from visprep.schema import PAIRS
+from visprep.views.catalog import SYNTHETIC_TABLES, all_products
+from visprep.views.images import USABLE_COLUMNS, judged_images
 from visprep.workspace import QuarantineRecord, Workspace
 
 
@@ -28,67 +30,6 @@ class PairsResult:
     image_title_refused: dict[str, int] = field(default_factory=dict)  # products whose title makes no pair, by reason
     image_title_downweighted: int = 0  # products whose kept title disagrees with its category
     label_issue_pairs: int = 0  # pairs of products in label_issues that quality.policy touched
-
-
-def judged_images(ws: Workspace) -> pa.Table:
-    """Every (product, good image) row of `usable_images` before the quality floors, with `url`, `judged_by` (the
-    image whose figures count: itself, or the source photo of a synth-stage view), its `judged_width`,
-    `judged_height` (px) and `judged_blur`, and `floor_reason` (too_small / too_blurry; null when it passes or has
-    no figures)."""
-    cfg = ws.config.pairs
-    has_views = ws.has_table("synthetic_views")
-    # A view the synth stage rendered is judged by the photo it was made from: its own blur measures our rendering
-    # (a texture backdrop adds edges), not whether the product can be seen.
-    lineage = "SELECT image_id, min(source_image_id) AS source_image_id FROM sv GROUP BY image_id" if has_views else \
-        "SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS source_image_id WHERE false"
-    min_side, min_blur = int(cfg.min_side), float(cfg.min_blur)
-    tables = {"pi": ws.read_table("product_images"), "u": ws.latest_urls(),
-              "i": ws.read_table("images", ["image_id", "status", "width", "height", "blur"]),
-              "p": ws.read_table("products", ["product_id", "title", "top_category"]), "s": ws.read_table("splits")}
-    if has_views:
-        tables["sv"] = ws.read_table("synthetic_views", ["image_id", "source_image_id"])
-    return ws.sql(
-        f"""
-        WITH base AS (
-            SELECT pi.product_id, u.image_id, min(pi.position) AS position, min(pi.source) AS source,
-                   min(s.split) AS split, min(s.group_id) AS group_id, min(p.title) AS title,
-                   min(p.top_category) AS top_category, min(u.url) AS url
-            FROM pi
-            JOIN u ON u.url = pi.url AND u.status = 'ok'
-            JOIN i ON i.image_id = u.image_id AND i.status = 'ok'
-            JOIN p ON p.product_id = pi.product_id
-            JOIN s ON s.product_id = pi.product_id
-            GROUP BY pi.product_id, u.image_id),
-        lineage AS ({lineage}),
-        fig AS (SELECT image_id, min(width) AS width, min(height) AS height, min(blur) AS blur
-                FROM i WHERE status = 'ok' GROUP BY image_id),
-        judged AS (
-            SELECT b.*, coalesce(f.image_id, b.image_id) AS judged_by
-            FROM base b LEFT JOIN lineage l ON l.image_id = b.image_id
-            LEFT JOIN fig f ON f.image_id = l.source_image_id)
-        SELECT j.*, f.blur AS judged_blur, f.width AS judged_width, f.height AS judged_height,
-               CASE WHEN {min_side} > 0 AND (f.width < {min_side} OR f.height < {min_side}) THEN 'too_small'
-                    WHEN {min_blur} > 0 AND f.blur < {min_blur} THEN 'too_blurry' END AS floor_reason
-        FROM judged j LEFT JOIN fig f ON f.image_id = j.judged_by
-        ORDER BY j.product_id, j.position, j.image_id
-        """, **tables)
-
-
-USABLE_COLUMNS = ("product_id", "image_id", "position", "source", "split", "group_id", "title", "top_category")
-
-
-def usable_images(ws: Workspace) -> pa.Table:
-    """Return one row per (product, usable image): product_id, image_id, position, source, split, group_id, title,
-    top_category.
-
-    An image is usable when its newest fetch succeeded, it decoded, and it is at or above the quality floors
-    (`pairs.min_side`: shorter side, px; `pairs.min_blur`: inspect's blur score); a view made by the synth stage is
-    judged by the figures of the image it was made from. A photo listed twice in one product counts once. Rows
-    are ordered by product, position, image. The pairs stage quarantines what the floors leave out
-    (`images_below_floors`).
-    """
-    t = judged_images(ws)
-    return t.filter(pc.is_null(t.column("floor_reason"))).select(list(USABLE_COLUMNS))
 
 
 def images_below_floors(judged: pa.Table, *, min_side: int, min_blur: float) -> list[QuarantineRecord]:
@@ -144,7 +85,7 @@ def pairs_stage(ws: Workspace) -> PairsResult:
     # quality.policy decides what label_issues does to the pairs: the section is a parameter of this stage.
     with ws.run("pairs", section_params(ws.config, "pairs", "quality")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits",
-                                                            "interaction_pairs", "synthetic_views", "label_issues")}
+                                                            "interaction_pairs", "label_issues", *SYNTHETIC_TABLES)}
         judged = judged_images(ws)
         below = images_below_floors(judged, min_side=cfg.min_side, min_blur=cfg.min_blur)
         ws.quarantine(below, stage="pairs", run_id=run.run_id, key="images")
@@ -224,8 +165,8 @@ def title_outcome(ws: Workspace, products: set[str], *, checker: TitleCategoryCh
     cfg = ws.config.pairs
     if checker is None:
         return TitleOutcome(weight=dict.fromkeys(products, 1.0), counts=dict.fromkeys(REFUSAL_REASONS, 0))
-    cat = ws.read_table("products", ["product_id", "title", "category", "top_category", "source_file",
-                                     "source_line"]).to_pylist()
+    cat = all_products(ws, ["product_id", "title", "category", "top_category", "source_file",
+                            "source_line"]).to_pylist()
     v = judge_titles([r["title"] for r in cat], [r["category"] for r in cat], [r["top_category"] for r in cat],
                      min_words=cfg.title_min_words, max_words=cfg.title_max_words,
                      min_word_share=cfg.title_min_word_share, max_top_categories=cfg.title_max_top_categories,

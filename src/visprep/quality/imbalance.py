@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from visprep.views.catalog import all_products
 from visprep.workspace import Workspace
 
 
@@ -60,7 +61,7 @@ def category_balance(ws: Workspace) -> CategoryBalance:
     """Counts and sampling shares by top-level category for the splits `visprep sample` plans."""
     cfg = ws.config.sampling
     res = CategoryBalance(temperature=cfg.temperature, k=cfg.k, splits=list(cfg.splits))
-    products = ws.read_table("products", ["product_id", "top_category"])
+    products = all_products(ws, ["product_id", "top_category"])
     if products.num_rows == 0:
         res.note = "no products"
         return res
@@ -69,7 +70,7 @@ def category_balance(ws: Workspace) -> CategoryBalance:
         t = ws.sql("SELECT coalesce(top_category, '(none)') AS category, count(*) AS products, 0 AS images, "
                    "0 AS cells FROM p GROUP BY 1 ORDER BY 1", p=products)
     else:
-        from visprep.pairs.stage import usable_images
+        from visprep.views.images import usable_images
 
         imgs = usable_images(ws)
         splits = ", ".join(f"'{s}'" for s in cfg.splits) or "NULL"

@@ -100,8 +100,8 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
 
     The library call behind `mix_stage` (which adds the run record); `pairs` is only read.
     """
-    from visprep.pairs.stage import usable_images
     from visprep.quality.policy import apply_policy
+    from visprep.views.images import usable_images
 
     cfg, policy = ws.config.mix, ws.config.quality
     eval_split = ws.config.labels.eval_split

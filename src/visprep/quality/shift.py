@@ -251,7 +251,7 @@ def vectors_for(ws: Workspace, image_ids: list[str], exts: list[str], *, embedde
                 failures.append(QuarantineRecord(reason="embed_decode", detail=detail, record_id=ids[i],
                                                  field="image_id", value=ids[i]))
             if good:
-                store.append([ids[i] for i in good], np.concatenate(vecs), update_index=False)
+                store.append([ids[i] for i in good], np.concatenate(vecs), update_index=False, writer="shift")
                 added += len(good)
         store.index()
     assert store is not None

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from visprep.views.catalog import all_images, all_latest_urls, all_product_images, all_products
 from visprep.workspace import Workspace
 
 REASONS = ("image_changed", "other_model", "not_embedded")
@@ -128,14 +129,14 @@ def stale_embeddings(ws: Workspace, *, model_id: str | None = None, examples: in
                max(old_made_at) AS embedded_at, max(fetched_at) FILTER (WHERE old_made_at IS NOT NULL) AS refetched_at,
                min(other_model) FILTER (WHERE NOT embedded) AS other_model
         FROM per_img GROUP BY 1 ORDER BY images DESC, product_id""",
-        pi=ws.read_table("product_images", ["product_id", "url"]), lu=ws.latest_urls(),
-        im=ws.read_table("images", ["image_id", "status"]), cur=current, other=other, hist=urls)
+        pi=all_product_images(ws, ["product_id", "url"]), lu=all_latest_urls(ws),
+        im=all_images(ws, ["image_id", "status"]), cur=current, other=other, hist=urls)
     todo = ws.sql("""
         SELECT count(DISTINCT i.image_id) AS n FROM im i LEFT JOIN cur c ON c.image_id = i.image_id
         WHERE i.status = 'ok' AND c.image_id IS NULL""",
-        im=ws.read_table("images", ["image_id", "status"]), cur=current)
+        im=all_images(ws, ["image_id", "status"]), cur=current)
     rep.images_to_embed = int(todo.column("n")[0].as_py() or 0)
-    rep.no_image = max(0, ws.read_table("products", ["product_id"]).num_rows - per_product.num_rows)
+    rep.no_image = max(0, all_products(ws, ["product_id"]).num_rows - per_product.num_rows)
     states = ws.sql("""
         SELECT *, CASE WHEN embedded = images THEN 'up_to_date' WHEN embedded > 0 THEN 'partial'
                        WHEN image_changed THEN 'image_changed' WHEN other_model IS NOT NULL THEN 'other_model'

@@ -2,7 +2,8 @@
 thumbnailer and the sampling seed.
 
 Tables are registered as Arrow datasets over their part files with the table's schema (missing columns read as
-nulls), so DuckDB scans only the columns and rows a query needs: aggregates over a million products never load the
+nulls; products, product_images, images, urls and splits as their unions with the synth stage's tables, as
+`visprep.views.catalog` reads them), so DuckDB scans only the columns and rows a query needs: aggregates over a million products never load the
 products table into memory. Galleries pick rows by a seeded hash, not a random sample, so the same workspace and
 seed always give the same page, whatever the thread count.
 """
@@ -18,6 +19,18 @@ import pyarrow as pa
 from visprep.report.counts import WorkspaceCounts, workspace_counts
 from visprep.report.thumbs import Thumbnailer
 from visprep.schema import TABLES
+from visprep.views.catalog import synthetic_urls
+
+# The union views of `visprep.views.catalog` in SQL, so DuckDB still scans only what a query needs.
+_UNIONS = {
+    "products": "SELECT * FROM catalog_products UNION ALL SELECT * FROM synthetic_products",
+    "product_images": "SELECT * FROM catalog_product_images UNION ALL SELECT * FROM synthetic_product_images",
+    "images": "SELECT * FROM catalog_images UNION ALL SELECT * FROM synthetic_images",
+    "urls": "SELECT * FROM catalog_urls UNION ALL SELECT * FROM synthetic_urls",
+    "splits": """SELECT * FROM catalog_splits UNION ALL
+                 SELECT v.product_id, s.group_id, s.split FROM synthetic_products v JOIN catalog_splits s
+                 ON s.product_id = json_extract_string(v.attributes, '$.synthetic.source_product_id')""",
+}
 from visprep.workspace import Workspace
 
 
@@ -96,7 +109,12 @@ class ReportContext:
 
             self._con = duckdb.connect()
             for name, schema in TABLES.items():
-                self._con.register(name, ds.dataset(self.ws.part_paths(name), schema=schema, format="parquet"))
+                # The catalog's tables are read as `visprep.views.catalog`'s unions with synth's (below).
+                own = f"catalog_{name}" if name in _UNIONS else name
+                self._con.register(own, ds.dataset(self.ws.part_paths(name), schema=schema, format="parquet"))
+            self._con.register("synthetic_urls", synthetic_urls(self.ws))
+            for name, query in _UNIONS.items():
+                self._con.execute(f"CREATE VIEW {name} AS {query}")
         return self._con
 
     def sql(self, query: str, **params: Any) -> pa.Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from visprep.schema import TABLES
+from visprep.views.catalog import all_latest_urls, all_product_images, all_splits
 from visprep.workspace import Workspace
 
 
@@ -41,7 +42,7 @@ def check_split_leaks(ws: Workspace) -> SplitLeakReport:
     """
     rep = SplitLeakReport()
     eval_split = ws.config.labels.eval_split
-    s = ws.read_table("splits")
+    s = all_splits(ws)  # a synthetic colour variant is in its source's split
     split_of = dict(zip(s.column("product_id").to_pylist(), s.column("split").to_pylist()))
     group_splits: dict[str, set[str]] = {}
     for g, sp in zip(s.column("group_id").to_pylist(), s.column("split").to_pylist()):
@@ -106,7 +107,7 @@ def check_split_leaks(ws: Workspace) -> SplitLeakReport:
 def _image_products(ws: Workspace) -> dict[str, set[str]]:
     """image_id -> the products listing it (through their newest successful fetch)."""
     t = ws.sql("SELECT DISTINCT u.image_id, pi.product_id FROM pi JOIN u ON u.url = pi.url AND u.status = 'ok'",
-               pi=ws.read_table("product_images", ["product_id", "url"]), u=ws.latest_urls())
+               pi=all_product_images(ws, ["product_id", "url"]), u=all_latest_urls(ws))
     out: dict[str, set[str]] = {}
     for iid, pid in zip(t.column("image_id").to_pylist(), t.column("product_id").to_pylist()):
         out.setdefault(iid, set()).add(pid)

@@ -62,7 +62,10 @@ def split_inputs(ws: Workspace) -> dict[str, str]:
 
 
 def split_stage(ws: Workspace) -> dict[str, int]:
-    """Write `splits` (product_id, group_id, split) for every product; return products per split.
+    """Write `splits` (product_id, group_id, split) for every catalog product; return products per split.
+
+    Synth's colour variants are not read here (the split comes before synth): a variant's split is its source's,
+    given by `visprep.views.catalog.all_splits`.
 
     The table is rewritten only when an assignment changed, so downstream stages stay up to date otherwise.
     """
@@ -72,13 +75,6 @@ def split_stage(ws: Workspace) -> dict[str, int]:
         run.inputs = split_inputs(ws)
         pids = ws.read_table("products", ["product_id"]).column("product_id").to_pylist()
         groups = product_groups(ws, pids)
-        # --- synthetic colour variants ---
-        # A variant (grade 3) takes its source's group: same split, and never a mined negative of its source.
-        # The link is in `products` (attributes.synthetic), so split_inputs' products fingerprint covers it.
-        from visprep.synthetic.products import synthetic_sources
-
-        variant_of = synthetic_sources(ws.read_table("products", ["product_id", "source_file", "attributes"]))
-        groups.update({pid: groups[src] for pid, src in variant_of.items() if pid in groups and src in groups})
         pinned = pinned_eval_products(ws, min_grade=labels.pin_min_grade)
         if pinned and labels.eval_split not in cfg.fractions:
             raise ValueError(f"labels.eval_split {labels.eval_split!r} is not a split; splits: {list(cfg.fractions)}")

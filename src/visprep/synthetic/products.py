@@ -1,10 +1,10 @@
 """Synthetic colour variants as products: ids, colour names, `products` rows and the link to their source.
 
-A colour variant (grade 3, "same style, different colour") is another SKU, so it is a row of `products` of its
-own: ``source_file = "synthetic"``, ``color`` = its new colour, and ``attributes.synthetic`` = where it came from
-(``source_product_id``, ``source_image_id``, ``op``, ``recipe``, ``generator``). The split stage reads that link
-to put a variant in its source's group (same split, never a negative of it); catalog re-ingest keeps a variant
-while its source product exists.
+A colour variant (grade 3, "same style, different colour") is another SKU, so it is a row of `synthetic_products`
+(schema of `products`): ``source_file = "synthetic"``, ``color`` = its new colour, and ``attributes.synthetic`` =
+where it came from (``source_product_id``, ``source_image_id``, ``op``, ``recipe``, ``generator``).
+`visprep.views.catalog.all_splits` reads that link to give a variant its source's group and split (same split,
+never a negative of it); the synth stage drops a variant once its source image is no longer a source.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-SYNTHETIC_SOURCE_FILE = "synthetic"
-"""`products.source_file` of synthetic products (catalog files are absolute paths, so it cannot collide)."""
+from visprep.views.catalog import SYNTHETIC_SOURCE_FILE
 
 # Hue bins (degrees, upper bounds) of the basic colour names; red wraps around 360.
 _HUE_NAMES = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (195, "cyan"), (255, "blue"),
@@ -94,34 +91,3 @@ def variant_product_row(source: dict[str, Any], *, product_id: str, color: str, 
     row["row_hash"] = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     row["updated_run"] = updated_run
     return row
-
-
-def is_synthetic_product(products: pa.Table) -> pa.ChunkedArray:
-    """Boolean mask of the synthetic rows of a `products` table (needs its `source_file` column)."""
-    return pc.fill_null(pc.equal(products.column("source_file"), SYNTHETIC_SOURCE_FILE), False)
-
-
-def synthetic_sources(products: pa.Table) -> dict[str, str]:
-    """Synthetic product id -> its source product id, read from `attributes.synthetic` (needs product_id,
-    source_file and attributes)."""
-    syn = products.filter(is_synthetic_product(products))
-    if syn.num_rows == 0:
-        return {}
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("p", syn.select(["product_id", "attributes"]))
-        rows = con.sql("SELECT product_id, json_extract_string(attributes, '$.synthetic.source_product_id') "
-                       "FROM p").fetchall()
-    finally:
-        con.close()
-    return {pid: src for pid, src in rows if src}
-
-
-def is_stage_view_row(product_images: pa.Table, store_uri: str) -> pa.ChunkedArray:
-    """Boolean mask of the `product_images` rows the synth stage wrote: ``source = "synthetic"`` and a URL in
-    the workspace's image store (`store_uri`), unlike synthetic images a catalog file declares itself."""
-    prefix = store_uri.rstrip("/") + "/"
-    return pc.and_(pc.fill_null(pc.equal(product_images.column("source"), "synthetic"), False),
-                   pc.fill_null(pc.starts_with(product_images.column("url"), prefix), False))

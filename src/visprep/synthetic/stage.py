@@ -1,13 +1,18 @@
 """The synth stage: extra views of catalog products for positive pairs (spec "Source 4: Synthetic Data").
 
 For each product of the train split (all splits with ``include_eval``), up to ``max_images_per_product`` catalog
-images are turned into views by a generator (`visprep.synthetic.generators`). Each view is stored, recorded in
-`tables/synthetic_views` with ``source="synthetic"``, its recipe and its relation to the source product, and
-given a `urls` row (so `inspect` decodes it like any stored image). Views of the same SKU (background, framing)
-are added to `product_images` with ``source="synthetic"`` and the recipe, so the pairs stage pairs them with the
-catalog photos at ``pairs.synthetic_weight``. Colour variants are a different product (grade 3, same style,
-different colour): each becomes a synthetic row of `products` (`visprep.synthetic.products`) with its own
-`product_images` row, and is never attached to the source SKU.
+images are turned into views by a generator (`visprep.synthetic.generators`). Each view is stored and recorded in
+`tables/synthetic_views` with ``source="synthetic"``, its recipe and its relation to the source product. The stage
+writes only its own tables, which readers see beside the catalog's through `visprep.views.catalog`:
+
+- `synthetic_images`: the facts of each view (size, pHash, blur, signature, ...), computed here from the bytes
+  just encoded with inspect's own function (`visprep.images.facts.facts_row`), so no inspect pass is needed;
+- `synthetic_product_images`: views of the same SKU (background, framing) on their source product with
+  ``source="synthetic"`` and the recipe, so the pairs stage pairs them with the catalog photos at
+  ``pairs.synthetic_weight``; a colour variant's image on the variant;
+- `synthetic_products`: colour variants, a different product (grade 3, same style, different colour), each a
+  row (`visprep.synthetic.products`) linked to its source product, never attached to the source SKU. A variant's
+  split is its source's (`visprep.views.catalog.all_splits`).
 
 The stage is incremental and idempotent: views made with the current settings are kept, only new source images
 are rendered, and every table is rewritten only when its content changes.
@@ -29,20 +34,20 @@ import pyarrow.compute as pc
 
 from visprep.config import section_params
 from visprep.images.decode import ImageDecodeError, decode_rgb
+from visprep.images.facts import facts_row
 from visprep.images.preprocess import encode_jpeg
 from visprep.images.sniff import extension_for
-from visprep.schema import PRODUCT_IMAGES, PRODUCTS, SYNTHETIC_VIEWS, URLS
+from visprep.schema import IMAGES, PRODUCT_IMAGES, PRODUCTS, SYNTHETIC_VIEWS
 from visprep.synthetic.generators import ViewGenerator, make_generator
 from visprep.synthetic.products import (
     color_name,
-    is_stage_view_row,
-    is_synthetic_product,
     variant_color,
     variant_product_id,
     variant_product_row,
 )
 from visprep.synthetic.views import foreground_mask
-from visprep.workspace import QuarantineRecord, Workspace, conform, utcnow
+from visprep.views.catalog import is_synthetic_product, view_url
+from visprep.workspace import QuarantineRecord, Workspace, conform
 
 STAGE = "synth"
 
@@ -122,11 +127,12 @@ def _same(old: pa.Table, new: pa.Table, keys: list[str]) -> bool:
 
 def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, key: str, run_id: str,
                 res: SynthResult, taken: set[str], progress: Callable[[int, int], None] | None
-                ) -> tuple[list[dict], dict[str, int], list[QuarantineRecord]]:
-    """Generate and store the views of `todo`'s images: synthetic_views rows, stored sizes, refused sources."""
+                ) -> tuple[list[dict], dict[str, dict], list[QuarantineRecord]]:
+    """Generate and store the views of `todo`'s images: synthetic_views rows, each view's `images` facts (from the
+    bytes just encoded, as inspect computes them), refused sources."""
     cfg = ws.config.synthetic
     views: list[dict] = []
-    sizes: dict[str, int] = {}
+    facts: dict[str, dict] = {}
     refused: list[QuarantineRecord] = []
     for pid, iid, fmt, split in zip(*(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format",
                                                                           "split"))):
@@ -164,7 +170,10 @@ def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, key:
                     color = color_name(view.image, mask if mask.any() else None)
             data = encode_jpeg(view.image, quality=cfg.jpeg_quality)
             vid = ws.store.put(data, "jpg")
-            sizes[vid] = len(data)
+            facts[vid] = _facts(ws, vid, data)
+            if facts[vid]["status"] != "ok":  # e.g. an upscale past inspect.max_pixels: no reader will use it
+                refused.append(QuarantineRecord(reason=facts[vid]["status"], detail=facts[vid]["reason"],
+                                                record_id=product_id, field="image", value=vid))
             res.by_op[op] = res.by_op.get(op, 0) + 1
             if view.same_product:
                 res.same_product_views += 1
@@ -176,7 +185,7 @@ def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, key:
                           "generator": generator.name, "run_id": run_id, "color": color, "params_key": key})
         if progress:
             progress(1, todo.num_rows)
-    return views, sizes, refused
+    return views, facts, refused
 
 
 def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
@@ -192,6 +201,7 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
     res = SynthResult()
     params = {**section_params(ws.config, "synthetic"), "resolved_generator": generator.describe()}
     key = params_key(generator, seed=cfg.seed, jpeg_quality=cfg.jpeg_quality)
+    refuse_legacy_layout(ws)
     with ws.run(STAGE, params) as run:
         res.run_id = run.run_id
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits")}
@@ -212,12 +222,10 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
         res.reused = reused.num_rows
         res.rendered_images = pending.num_rows
         products = ws.read_table("products")
-        synthetic_mask = is_synthetic_product(products)
-        catalog_products = products.filter(pc.invert(synthetic_mask))
-        taken = set(catalog_products.column("product_id").to_pylist())
+        taken = set(products.column("product_id").to_pylist())
         if progress:
             progress(0, pending.num_rows)
-        made, sizes, refused = _make_views(ws, pending, generator, key=key, run_id=run.run_id, res=res,
+        made, facts, refused = _make_views(ws, pending, generator, key=key, run_id=run.run_id, res=res,
                                            taken=taken, progress=progress)
         views = pa.concat_tables([reused, pa.Table.from_pylist(made, schema=SYNTHETIC_VIEWS)])
         views = views.filter(pc.invert(pc.and_(pc.equal(views["relation"], "color_variant"),
@@ -232,52 +240,33 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
             ws.write_table("synthetic_views", views)
             written.append("synthetic_views")
 
-        prefix = ws.store.root.as_uri()
-        quoted = prefix.replace("'", "''")  # a store path may hold a quote; it is a SQL string literal here
         derived = ws.sql(
-            f"""SELECT *, '{quoted}/' || substr(image_id, 1, 2) || '/' || substr(image_id, 3, 2) || '/' || image_id
-                          || '.jpg' AS url,
-                       999 + row_number() OVER (PARTITION BY product_id
-                                                ORDER BY source_image_id, op, image_id) AS position
-                FROM v""", v=views)
+            """SELECT *, 999 + row_number() OVER (PARTITION BY product_id
+                                                  ORDER BY source_image_id, op, image_id) AS position
+               FROM v""", v=views)
+        urls = [view_url(ws, i) for i in derived.column("image_id").to_pylist()]
+        derived = derived.append_column("url", pa.array(urls, pa.string()))
 
-        old_urls = ws.read_table("urls")
-        # Newest row per synthetic URL (a whole-table rewrite of `urls` elsewhere may have copied the part).
-        old_syn_urls = conform(ws.sql(
-            "SELECT * FROM o WHERE reason = 'synthetic view' "
-            "QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1", o=old_urls), URLS)
-        kept_urls = ws.sql("SELECT o.* FROM o SEMI JOIN d ON d.url = o.url AND d.image_id = o.image_id",
-                           o=old_syn_urls, d=derived.select(["url", "image_id"]))
-        have = set(kept_urls.column("url").to_pylist())
-        now = utcnow()
-        fresh = [{"url": u, "status": "ok", "image_id": i, "format": "jpeg",
-                  "bytes": sizes.get(i) or ws.store.path(i, "jpg").stat().st_size, "attempts": 0,
-                  "final_url": None, "fetched_at": now, "run_id": run.run_id, "reason": "synthetic view"}
-                 for u, i in dict(zip(derived.column("url").to_pylist(),
-                                      derived.column("image_id").to_pylist())).items() if u not in have]
-        new_urls = pa.concat_tables([conform(kept_urls, URLS), pa.Table.from_pylist(fresh, schema=URLS)])
-        if not _same(old_syn_urls, new_urls, ["url", "image_id"]):
-            ws.delete_parts("urls", "synthetic")
-            if new_urls.num_rows:
-                ws.write_part("urls", new_urls, "synthetic")
-            written.append("urls")
+        old_images = ws.read_table("synthetic_images")
+        new_images = _view_facts(ws, views, old_images, facts, run.run_id)
+        if not _same(old_images, new_images, ["image_id"]):
+            ws.write_table("synthetic_images", new_images)
+            written.append("synthetic_images")
 
-        old_pi = ws.read_table("product_images")
-        syn_pi = pa.table({"product_id": derived["product_id"], "position": derived["position"].cast(pa.int32()),
-                           "url": derived["url"], "source": derived["source"], "recipe": derived["recipe"]})
-        # Only the rows this stage wrote are replaced: synthetic images a catalog file declares stay.
-        not_ours = pc.invert(is_stage_view_row(old_pi, prefix))
-        new_pi = _sorted(pa.concat_tables([old_pi.filter(not_ours), conform(syn_pi, PRODUCT_IMAGES)]),
-                         ["product_id", "position", "url"])
+        old_pi = ws.read_table("synthetic_product_images")
+        new_pi = _sorted(conform(pa.table({
+            "product_id": derived["product_id"], "position": derived["position"].cast(pa.int32()),
+            "url": derived["url"], "source": derived["source"], "recipe": derived["recipe"]}), PRODUCT_IMAGES),
+            ["product_id", "position", "url"])
         if not _same(old_pi, new_pi, ["product_id", "position", "url", "source", "recipe"]):
-            ws.write_table("product_images", new_pi)
-            written.append("product_images")
+            ws.write_table("synthetic_product_images", new_pi)
+            written.append("synthetic_product_images")
 
-        new_products = _variant_products(derived, catalog_products, products.filter(synthetic_mask), run.run_id)
-        new_products = _sorted(pa.concat_tables([catalog_products, new_products]), ["product_id"])
-        if not _same(products, new_products, ["product_id"]):
-            ws.write_table("products", new_products)
-            written.append("products")
+        old_products = ws.read_table("synthetic_products")
+        new_products = _sorted(_variant_products(derived, products, old_products, run.run_id), ["product_id"])
+        if not _same(old_products, new_products, ["product_id"]):
+            ws.write_table("synthetic_products", new_products)
+            written.append("synthetic_products")
 
         _quarantine_if_changed(ws, refused, run.run_id)
         run.counts = {"products_in": res.products, "source_images": res.source_images,
@@ -288,8 +277,41 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
     return res
 
 
+def _facts(ws: Workspace, image_id: str, data: bytes) -> dict:
+    """The `images` row of a view's bytes: inspect's own facts function, with inspect's decode limits."""
+    cfg = ws.config.inspect
+    return facts_row(image_id, data, fmt="jpeg", max_pixels=cfg.max_pixels, max_decoded_bytes=cfg.max_decoded_bytes)
+
+
+def _view_facts(ws: Workspace, views: pa.Table, old: pa.Table, made: dict[str, dict], run_id: str) -> pa.Table:
+    """`synthetic_images`: one row per view image, from this run's renders (`made`), else the row kept from an
+    earlier run, else computed from the stored bytes (views kept from a workspace written before the table)."""
+    kept = {r["image_id"]: r for r in old.to_pylist()}
+    rows = []
+    for iid in sorted(set(views.column("image_id").to_pylist())):
+        if iid in made:
+            rows.append({**made[iid], "run_id": run_id})
+        elif iid in kept:
+            rows.append(kept[iid])
+        else:
+            rows.append({**_facts(ws, iid, ws.store.get(iid, "jpg")), "run_id": run_id})
+    return pa.Table.from_pylist(rows, schema=IMAGES)
+
+
+def refuse_legacy_layout(ws: Workspace) -> None:
+    """Raise when `products` still holds the colour variants an older synth stage wrote into it: the catalog
+    stage moves them out at its next ingest (then this stage writes them into `synthetic_products`)."""
+    products = ws.read_table("products", ["product_id", "source_file"])
+    legacy = products.filter(is_synthetic_product(products)).column("product_id").to_pylist()
+    if legacy:
+        raise ValueError(
+            f"products holds {len(legacy)} synthetic colour variants written by an older synth stage (source_file "
+            f"'synthetic', e.g. product_id {legacy[0]!r}); synth now writes them into synthetic_products. Re-ingest "
+            "the catalog (`visprep catalog <files>` or `visprep run <files>`), which drops them, then rerun synth.")
+
+
 def _variant_products(derived: pa.Table, catalog: pa.Table, old_synthetic: pa.Table, run_id: str) -> pa.Table:
-    """`products` rows of the colour variants of `derived` (views with url), from their sources' current rows."""
+    """`synthetic_products` rows of the colour variants of `derived` (views with url), from their sources' current rows."""
     variants = derived.filter(pc.equal(derived["relation"], "color_variant"))
     if variants.num_rows == 0:
         return PRODUCTS.empty_table()

@@ -228,8 +228,8 @@ class TrainingSource:
         """
         from visprep.export.stage import resolve_profile
         from visprep.mining.stage import ann_model_id, product_group_map
-        from visprep.pairs.stage import usable_images
         from visprep.sampling.stage import sampling_items, split_rows
+        from visprep.views.images import usable_images
 
         cfg = ws.config.training
         split = split or cfg.split

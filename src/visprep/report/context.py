@@ -91,10 +91,11 @@ class ReportContext:
     def con(self) -> Any:
         """The DuckDB connection with every workspace table registered under its name (empty when absent)."""
         if self._con is None:
-            import duckdb
             import pyarrow.dataset as ds
 
-            self._con = duckdb.connect()
+            from visprep.views.db import connect
+
+            self._con = connect()
             for name, schema in TABLES.items():
                 self._con.register(name, ds.dataset(self.ws.part_paths(name), schema=schema, format="parquet"))
         return self._con

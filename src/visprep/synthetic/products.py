@@ -107,9 +107,9 @@ def synthetic_sources(products: pa.Table) -> dict[str, str]:
     syn = products.filter(is_synthetic_product(products))
     if syn.num_rows == 0:
         return {}
-    import duckdb
+    from visprep.views.db import connect
 
-    con = duckdb.connect()
+    con = connect()
     try:
         con.register("p", syn.select(["product_id", "attributes"]))
         rows = con.sql("SELECT product_id, json_extract_string(attributes, '$.synthetic.source_product_id') "

@@ -66,10 +66,10 @@ def test_lazy_until_called(tmp_path) -> None:
 def test_another_pool_or_setting_builds_its_own(tmp_path, change) -> None:
     store, ids, _ = _store(tmp_path)
     _get(store, ids[:200])
-    other = {"pool": dict(ids=ids[:201]), "order": dict(ids=ids[:200][::-1]),
-             "search": dict(ids=ids[:200], search="hnsw"), "option": dict(ids=ids[:200], search="exact", seed=1)}
-    kw = other[change]
-    _get(store, kw.pop("ids"), **kw)
+    other = {"pool": (ids[:201], {}), "order": (ids[:200][::-1], {}), "search": (ids[:200], {"search": "hnsw"}),
+             "option": (ids[:200], {"seed": 1})}
+    pool, kw = other[change]
+    _get(store, pool, **kw)
     assert STATS["builds"] == 2
 
 

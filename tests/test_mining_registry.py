@@ -51,6 +51,9 @@ def test_register_miner_refuses_a_second_miner_of_a_name() -> None:
     class Again(Miner):
         name = "random"
 
+        def mine(self, ctx: MiningContext) -> MinerResult:
+            return MinerResult(NEGATIVES.empty_table())
+
     with pytest.raises(ValueError, match="'random' is already registered"):
         register_miner(Again())
     assert type(MINERS["random"]).__name__ == "RandomMiner"

@@ -11,6 +11,7 @@ part of their output, so new miners draw from their own stream (`np.random.defau
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -93,23 +94,19 @@ def add_counts(total: dict[str, int], counts: dict[str, Any]) -> None:
         total[name] = total.get(name, 0) + int(v)
 
 
-class Miner:
+class Miner(ABC):
     """One kind of negatives. Subclasses set `name` and `config_keys` and implement `mine`."""
 
     name: ClassVar[str]
     config_keys: ClassVar[tuple[str, ...]] = ()
 
-    def enabled(self, cfg: MiningConfig) -> bool:
-        """Whether this run mines this kind: `mining.kinds` names it."""
-        return self.name in cfg.kinds
-
     def inputs(self, ws: Workspace, feature_model: str | None) -> dict[str, str]:
         """Fingerprints of what the miner reads beyond the tables every mine reads (for the run's freshness)."""
         return {}
 
+    @abstractmethod
     def mine(self, ctx: MiningContext) -> MinerResult:
         """Mine this kind's negatives of every pool of `ctx`."""
-        raise NotImplementedError(f"miner {type(self).__name__} does not implement mine()")
 
     def result(self, ctx: MiningContext, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                                            np.ndarray | None]],

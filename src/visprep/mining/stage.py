@@ -28,7 +28,10 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
         feature_model: model id of the feature store for `ann` (default: mining.model, else the embed model).
     """
     cfg = ws.config.mining
-    miners = [m for m in MINERS.values() if m.enabled(cfg)]
+    unknown = [k for k in cfg.kinds if k not in MINERS]
+    if unknown:  # the config checks this when loaded; a miner can be unregistered since
+        raise ValueError(f"mining.kinds: no registered miner {', '.join(map(repr, unknown))}")
+    miners = [m for m in MINERS.values() if m.name in cfg.kinds]
     counts: dict[str, int] = {}
     with ws.run("mine", section_params(ws.config, "mining")) as run:
         run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "pairs", "splits", "product_images",

@@ -142,12 +142,15 @@ def _prune(folder: Path, *, keep: str, store_fp: str) -> None:
         digest = side.stem
         try:
             stale = json.loads(side.read_text())["key"]["store"] != store_fp
+            mtime = side.stat().st_mtime_ns
+        except FileNotFoundError:  # another process pruned it meanwhile
+            continue
         except (OSError, ValueError, KeyError, TypeError):
-            stale = True
+            stale, mtime = True, 0
         if stale and digest != keep:
             _remove(folder, digest)
         else:
-            entries.append((side.stat().st_mtime_ns, digest))
+            entries.append((mtime, digest))
     for _, digest in sorted(entries, reverse=True)[MAX_ENTRIES:]:
         if digest != keep:
             _remove(folder, digest)

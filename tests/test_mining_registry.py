@@ -129,3 +129,13 @@ def test_a_new_miner_is_a_class_and_a_registration(tmp_path, next_item) -> None:
     assert {r["kind"] for r in neg.to_pylist()} == {"random", "next_item"}
     assert "next_item: one per anchor" in ws.last_run("mine")["notes"]
     assert all(r["rank"] == 1 and r["score"] is None for r in mine)
+
+
+def test_mine_stage_names_a_kind_whose_miner_was_unregistered(tmp_path) -> None:
+    miner = register_miner(NextItemMiner())
+    try:
+        ws = _with_kinds(_ws(tmp_path), ["random", "next_item"])
+    finally:
+        MINERS.pop(miner.name)
+    with pytest.raises(ValueError, match="mining.kinds: no registered miner 'next_item'"):
+        mine_stage(ws)

@@ -61,9 +61,10 @@ def main() -> None:
     repeats = 2 if args.quick else 3
     from visprep.config import EmbedConfig
     from visprep.embed.efficientnet import EfficientNetLite0Embedder
-    from visprep.embed.stage import embed_stage, features_root
+    from visprep.embed.stage import embed_stage
     from visprep.engines.threads import apply_threads, plan_threads
     from visprep.images.preprocess import get_profile, preprocess_float
+    from visprep.views.features import features_root
 
     root = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     try:

@@ -357,8 +357,8 @@ def test_embedding_signal_accepts_only_what_the_rule_lets_it(bench):
 
 def test_stage_reads_the_feature_store_of_the_embed_model(tmp_path, bench):
     from visprep.embed.registry import model_id_of
-    from visprep.embed.stage import features_root
     from visprep.embed.store import FeatureStore
+    from visprep.views.features import features_root
 
     small = build_dedup_benchmark(10, seed=2, use_opencv=False)
     ws = _workspace(tmp_path, small)

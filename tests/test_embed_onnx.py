@@ -16,11 +16,12 @@ from visprep.demo import data_dir, load_fashion_mnist_subset
 from visprep.embed.efficientnet import EfficientNetLite0Embedder
 from visprep.embed.onnx_runtime import cache_dir, export_key
 from visprep.embed.registry import get_embedder
-from visprep.embed.stage import embed_stage, features_root
+from visprep.embed.stage import embed_stage
 from visprep.embed.store import FeatureStore
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.preprocess import encode_jpeg
 from visprep.schema import IMAGES
+from visprep.views.features import features_root
 from visprep.workspace import Workspace
 
 

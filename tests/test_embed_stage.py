@@ -18,11 +18,12 @@ from visprep.embed.registry import (
     register_embedder,
     unregister_embedder,
 )
-from visprep.embed.stage import embed_stage, features_root
+from visprep.embed.stage import embed_stage
 from visprep.embed.store import FeatureStore
 from visprep.images.decode import ImageDecodeError
 from visprep.images.preprocess import encode_jpeg
 from visprep.schema import IMAGES
+from visprep.views.features import features_root
 from visprep.workspace import Workspace
 
 

@@ -120,15 +120,15 @@ def _built_twice(tmp_path: Path, cfg: SimConfig, **build: object) -> tuple[list[
     """Ingest a simulated log (which builds `interaction_pairs` the default way), build the table again with
     `build` options; return both tables' rows and the second build's report."""
     from visprep.events.checkpoint import EventLog
-    from visprep.events.duck import connect
     from visprep.events.pairs import build_pairs
+    from visprep.views.db import connect
 
     ev, _ = simulate(cfg)
     f = tmp_path / "ev.parquet"
     pq.write_table(ev, f)
     ws = Workspace(tmp_path / "ws")
     ingest_event_files(ws, [f])
-    con = connect(memory_limit="500MB", temp_dir=tmp_path / "duck")
+    con = connect(memory_limit="500MB", temp_dir=tmp_path / "duck", preserve_insertion_order=False)
     report = build_pairs(con, EventLog(ws).part_files(), tmp_path / "again.parquet", cfg=ws.config.events, **build)
     return ws.read_table("interaction_pairs").to_pylist(), pq.read_table(tmp_path / "again.parquet").to_pylist(), report
 

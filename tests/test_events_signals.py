@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from visprep.config import EventsConfig
 from visprep.events.checkpoint import EventLog
-from visprep.events.duck import connect
 from visprep.events.pairs import PairsReport, build_pairs
 from visprep.events.simulate import SimConfig, click_agreement, ranking_quality, simulate
 from visprep.events.stage import ingest_event_files
+from visprep.views.db import connect
 from visprep.workspace import Workspace
 
 T0 = 1709287200000  # 2024-03-01T10:00Z in ms
@@ -155,7 +155,7 @@ def _ingested(tmp_path: Path, cfg: SimConfig) -> tuple[Workspace, object, list[P
 
 
 def _build(tmp_path: Path, ws: Workspace, parts: list[Path], name: str, **update: object) -> tuple[object, PairsReport]:
-    con = connect(memory_limit="500MB", temp_dir=tmp_path / "duck")
+    con = connect(memory_limit="500MB", temp_dir=tmp_path / "duck", preserve_insertion_order=False)
     try:
         groups = update.pop("groups", None)
         out = tmp_path / f"{name}.parquet"

@@ -166,9 +166,11 @@ def test_remine_variant_mines_with_the_head_being_trained(ws: Workspace, monkeyp
     calls: list[str] = []
     real = stage.mine_ann
 
-    def spy(ws_, items, split, payload, *, guard):
+    def spy(ws_, items, split, payload, *, guard, store=None):
+        # The frozen backbone's vectors are the store's (its shared index); a head's are not.
+        assert (store is None) == payload.model_id.endswith("+head")
         calls.append(payload.model_id)
-        return real(ws_, items, split, payload, guard=guard)
+        return real(ws_, items, split, payload, guard=guard, store=store)
 
     monkeypatch.setattr(stage, "mine_ann", spy)
     ws.set_config(ws.config.model_copy(update={"experiment": ws.config.experiment.model_copy(

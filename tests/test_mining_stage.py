@@ -5,16 +5,16 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pytest
 import pyarrow as pa
+import pytest
 from typer.testing import CliRunner
 
 from visprep.cli import app
 from visprep.embed.registry import l2_normalize
-from visprep.embed.stage import features_root
 from visprep.embed.store import FeatureStore
 from visprep.pairs.stage import pairs_stage
 from visprep.schema import IMAGES, INTERACTION_PAIRS, PRODUCT_IMAGES, PRODUCTS, SPLITS, URLS
+from visprep.views.features import features_root
 from visprep.workspace import Workspace
 
 

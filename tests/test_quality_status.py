@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from visprep.cli import app
 from visprep.embed.registry import Embedder, register_embedder, unregister_embedder
-from visprep.embed.stage import embed_stage, features_root
+from visprep.embed.stage import embed_stage
 from visprep.embed.store import FeatureStore
 from visprep.quality.imbalance import category_balance, imbalance_ratio, stratified_shares
 from visprep.quality.staleness import stale_embeddings
 from visprep.sampling.planner import plan_epoch
 from visprep.sampling.stage import sample_stage
 from visprep.schema import IMAGES, PRODUCT_IMAGES, PRODUCTS, SPLITS, URLS
+from visprep.views.features import features_root
 from visprep.workspace import Workspace
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

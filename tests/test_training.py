@@ -140,9 +140,9 @@ def test_epochs_beyond_the_stored_plan_are_planned_as_the_sample_stage_would(ws:
 
 
 def test_features_payload_and_float_layout(ws: Workspace) -> None:
-    from visprep.embed.stage import features_root
     from visprep.embed.store import FeatureStore
     from visprep.mining.stage import ann_model_id
+    from visprep.views.features import features_root
 
     feats = TrainingSource.from_workspace(ws, payload="features", negatives_per_anchor=1)
     b = next(feats.iter_batches(0))

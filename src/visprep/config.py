@@ -371,9 +371,10 @@ class EmbedConfig(_Section):
 class MiningConfig(_Section):
     """Negatives per anchor image: random, brand, skip-above, and ANN hard negatives behind a false-negative guard."""
 
-    kinds: list[Literal["other_category", "random", "brand", "skip_above", "ann"]] = Field(
+    kinds: list[str] = Field(
         default_factory=lambda: ["other_category", "random", "brand", "skip_above", "ann"],
-        description="Miners to run.")
+        description="Miners to run: other_category, random, brand, skip_above, ann, or any miner registered with "
+                    "visprep.mining.miners.register_miner.")
     model: str | None = Field(None, description="Model id of the feature store used by ann; default the one the "
                                                 "embed config names.")
     other_category_per_anchor: int = Field(4, ge=0, description="Easy negatives of another top-level category per "
@@ -408,6 +409,19 @@ class MiningConfig(_Section):
                                                 "since the last run (when cheaper than a full re-mine).")
     same_split: bool = Field(True, description="Negatives come from the anchor's split only.")
     seed: int = Field(0, description="Seed of the random choices.")
+
+    @field_validator("kinds")
+    @classmethod
+    def _registered_miners(cls, v: list[str]) -> list[str]:
+        from visprep.mining.miners import (
+            MINERS,  # here: the registry imports the miners, not config's importers
+        )
+
+        unknown = [k for k in v if k not in MINERS]
+        if unknown:
+            raise ValueError(f"mining.kinds: unknown miner(s) {', '.join(map(repr, unknown))}; registered: "
+                             f"{', '.join(MINERS)}")
+        return v
 
     @model_validator(mode="after")
     def _band(self) -> "MiningConfig":

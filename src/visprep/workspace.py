@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from visprep import __version__
 from visprep.config import CONFIG_FILE, VisprepConfig, load_config
 from visprep.schema import QUARANTINE, schema_for
+from visprep.views.features import features_root
 
 
 def utcnow() -> dt.datetime:
@@ -437,9 +438,9 @@ class Workspace:
 
     def sql(self, query: str, **tables: pa.Table) -> pa.Table:
         """Run a DuckDB query over Arrow tables passed by name (out-of-core table work lives in SQL)."""
-        import duckdb
+        from visprep.views.db import connect
 
-        con = duckdb.connect()
+        con = connect()
         try:
             for name, table in tables.items():
                 con.register(name, table)
@@ -487,7 +488,7 @@ class Workspace:
                        wait_s=wait_s) as path:
             if first:  # once per acquisition, not at every re-entry (each stage run of a pipeline re-enters)
                 # The writer owns the workspace now: what a killed writer left half-written is garbage.
-                for folder in (self.runs_dir, self.tables_dir, self.root / "features"):
+                for folder in (self.runs_dir, self.tables_dir, features_root(self)):
                     clean_dead_temporaries(folder)
             yield path
 

@@ -63,8 +63,8 @@ def embedding_lookup(ws: Workspace, image_ids: list[str]) -> Callable[[np.ndarra
     """fn(image rows) -> (vectors, found) from the feature store of the `[embed]` model, for `embedding_similar`;
     FileNotFoundError (naming the model and `visprep embed`) when that store was never written."""
     from visprep.embed.registry import model_id_of
-    from visprep.embed.stage import features_root
     from visprep.embed.store import FeatureStore
+    from visprep.views.features import features_root
 
     cfg = ws.config.embed
     options = dict(cfg.options)

@@ -29,6 +29,7 @@ from visprep.engines.local import batched, prefetch
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
 from visprep.views.catalog import all_images
+from visprep.views.features import features_root
 from visprep.workspace import QuarantineRecord, Workspace
 
 
@@ -43,11 +44,6 @@ class EmbedResult:
     failed: int = 0
     store_total: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
-
-
-def features_root(ws: Workspace) -> Path:
-    """The workspace's `features/` folder."""
-    return ws.root / "features"
 
 
 def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,

@@ -24,15 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from visprep.views.features import store_dir_name
 from visprep.workspace import Workspace, atomic_write_bytes, atomic_write_parquet, utcnow
 
 IndexKind = Literal["flat", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw")
-
-
-def store_dir_name(model_id: str) -> str:
-    """The folder name of `model_id`'s store (path separators replaced)."""
-    return model_id.replace("/", "_").replace("\\", "_")
 
 
 STORE_WRITERS = ("embed", "embed_views", "shift", "embed-import")

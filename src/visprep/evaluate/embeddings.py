@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from visprep.views.features import features_root
+
 ID_COLUMNS = ("image_id", "id")
 VECTOR_COLUMNS = ("vector", "embedding")
 
@@ -17,7 +19,7 @@ def features_path(root: Path, model: str) -> Path:
     """Where the feature store keeps `model`'s embeddings: `<workspace>/features/<model>/`."""
     if not model or "/" in model or model.startswith("."):
         raise ValueError(f"model name {model!r} must be non-empty, without '/' and not start with '.'")
-    return root / "features" / model
+    return features_root(root) / model
 
 
 def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:

@@ -1,4 +1,4 @@
-"""One configured DuckDB connection per stage run: UTC, a memory limit, spilling into the workspace."""
+"""DuckDB helpers of the events stage: Arrow results and SQL literals (connections: `visprep.views.db`)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
-
-def connect(*, memory_limit: str, temp_dir: Path, threads: int | None = None) -> Any:
-    """Return a DuckDB connection in UTC whose memory is capped at `memory_limit` (it spills to `temp_dir`)."""
-    try:
-        import duckdb
-    except ImportError as exc:  # pragma: no cover - duckdb is a core dependency
-        raise ImportError("the events stage needs duckdb: pip install duckdb") from exc
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute(f"SET temp_directory = '{temp_dir}'")
-    con.execute("SET preserve_insertion_order = false")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    return con
 
 
 def to_arrow(rel: Any) -> pa.Table:

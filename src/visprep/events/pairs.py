@@ -99,7 +99,7 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     the weights are applied once, over the partials, at the end. Memory is bounded by a group, not the log.
 
     Args:
-        con: a DuckDB connection from `visprep.events.duck.connect`.
+        con: a DuckDB connection from `visprep.views.db.connect` (preserve_insertion_order off).
         parts: the committed event part files.
         out: the target Parquet file (`tables/interaction_pairs.parquet`).
         cfg: weights, co-view window, bounce rule, propensity and popularity options.

@@ -24,9 +24,9 @@ from typing import Any
 from visprep.config import section_params
 from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
-from visprep.events.duck import connect
 from visprep.events.pairs import PairsReport, build_pairs
 from visprep.events.readers import detect_format
+from visprep.views.db import connect
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
 #: Named crash points for kill-and-resume tests (`_crash_at=`): the process kills itself with SIGKILL there.
@@ -86,7 +86,7 @@ def _session(ws: Workspace, params: dict[str, Any]) -> Iterator[tuple[EventLog, 
         result.recovered_parts = log.recover()
         cfg = ws.config.events
         con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
-                      threads=cfg.threads or None)
+                      threads=cfg.threads or None, preserve_insertion_order=False)
         try:
             log.check_id_index(con)
             with ws.run("events", params) as run:
@@ -190,7 +190,7 @@ def build_interaction_pairs(ws: Workspace) -> PairsReport:
         log.recover()
         cfg = ws.config.events
         con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
-                      threads=cfg.threads or None)
+                      threads=cfg.threads or None, preserve_insertion_order=False)
         try:
             report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=cfg,
                                  trust_buckets=log.buckets_trusted(con))

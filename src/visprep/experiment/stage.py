@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +29,14 @@ from visprep.evaluate.stats import bootstrap_ci, paired_test
 from visprep.experiment.model import embed_with
 from visprep.experiment.train import train_head
 from visprep.experiment.variants import Recipe, resolve_variants
-from visprep.mining.stage import MiningItems
 from visprep.schema import EXPERIMENT_RESULTS
 from visprep.training.batches import FeaturePayload, TrainingSource
 from visprep.views.catalog import SYNTHETIC_TABLES
+from visprep.views.items import MiningItems
 from visprep.workspace import Workspace, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from visprep.embed.store import FeatureStore
 
 METRICS = ("ndcg@10", "recall@1", "recall@10", "map")
 KS = [1, 10]
@@ -70,8 +73,8 @@ def query_features(ws: Workspace, model_id: str) -> tuple[list[str], np.ndarray]
     import pyarrow.parquet as pq
 
     from visprep.embed.registry import get_embedder
-    from visprep.embed.store import store_dir_name
     from visprep.images.sniff import extension_for
+    from visprep.views.features import store_dir_name
 
     q = ws.read_table("eval_queries", ["query_id", "format"])
     wanted = dict(zip(q.column("query_id").to_pylist(), q.column("format").to_pylist()))
@@ -118,14 +121,18 @@ def _groups_ignored(items: MiningItems) -> MiningItems:
     return replace(items, group=items.product.copy(), group_id=items.product_id.copy())
 
 
-def mine_ann(ws: Workspace, items: MiningItems, split: str, payload: FeaturePayload, *, guard: bool) -> pa.Table:
+def mine_ann(ws: Workspace, items: MiningItems, split: str, payload: FeaturePayload, *, guard: bool,
+             store: FeatureStore | None = None) -> pa.Table:
     """ANN hard negatives of `split` mined in process with the workspace's mining settings, the false-negative
-    guard on or off, over `items`' groups: the `negatives` rows (kind ann) a variant trains with."""
+    guard on or off, over `items`' groups: the `negatives` rows (kind ann) a variant trains with. With `store`
+    (the payload's vectors are that store's), the pool's index is the shared one (`visprep.views.ann_index`),
+    built at most once per pool and store state."""
     from visprep.mining.ann import mine_ann_negatives, positive_scores
     from visprep.mining.guard import FalseNegativeGuard
     from visprep.mining.keys import string_keys
+    from visprep.mining.miners import negatives_table
     from visprep.mining.positives import build_positive_sets
-    from visprep.mining.stage import negatives_table
+    from visprep.views.ann_index import index_source
 
     cfg = ws.config.mining
     rows = np.flatnonzero(items.split == split)
@@ -138,13 +145,14 @@ def mine_ann(ws: Workspace, items: MiningItems, split: str, payload: FeaturePayl
     rule = (FalseNegativeGuard(relative_margin=cfg.relative_margin, max_similarity=cfg.max_similarity) if guard
             else FalseNegativeGuard(relative_margin=None, max_similarity=None))
     keys = string_keys([f"{p}\x00{i}" for p, i in zip(items.product_id[rows], items.image_id[rows])])
+    options = {"ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe, "hnsw_m": cfg.hnsw_m,
+               "hnsw_ef_search": cfg.hnsw_ef_search, "seed": cfg.seed}
+    source = (index_source(store, items.image_id[rows].tolist(), vecs, search=cfg.search, options=options,
+                           auto_k=cfg.band_max) if store is not None else None)
     res = mine_ann_negatives(vecs, group=group, positives=positives, s_pos=s_pos, k=cfg.ann_per_anchor,
                              skip_top=cfg.skip_top, band_max=cfg.band_max, guard=rule,
                              overfetch_margin=cfg.overfetch_margin, search=cfg.search, query_batch=cfg.query_batch,
-                             item_keys=keys, seed=cfg.seed,
-                             index_options={"ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe,
-                                            "hnsw_m": cfg.hnsw_m, "hnsw_ef_search": cfg.hnsw_ef_search,
-                                            "seed": cfg.seed})
+                             item_keys=keys, seed=cfg.seed, index_options=options, index_source=source)
     return negatives_table(items, rows, res.anchor, res.negative, "ann", res.rank, res.score)
 
 
@@ -180,9 +188,10 @@ def experiment_stage(ws: Workspace, *, variants: list[str] | None = None, seeds:
     import torch
 
     from visprep.evaluate.stage import catalog_images, load_qrels, score_embeddings
-    from visprep.mining.stage import ann_model_id, load_items
+    from visprep.mining.stage import ann_model_id
     from visprep.sampling.stage import with_user_photos
     from visprep.split.check import assert_no_split_leak
+    from visprep.views.items import load_items
 
     t_start = time.perf_counter()
     cfg = ws.config.experiment
@@ -211,8 +220,8 @@ def experiment_stage(ws: Workspace, *, variants: list[str] | None = None, seeds:
         n_user = int(((with_user.split == split).sum()) - (base.split == split).sum())
         split_products = set(base.product_id[base.split == split].tolist())
         cat = catalog_images(ws)
-        from visprep.embed.stage import features_root
         from visprep.embed.store import FeatureStore
+        from visprep.views.features import features_root
 
         store = FeatureStore.open_existing(features_root(ws), model_id)
         want = sorted(set(cat.column("image_id").to_pylist()) | set(with_user.image_id.tolist()))
@@ -243,7 +252,7 @@ def experiment_stage(ws: Workspace, *, variants: list[str] | None = None, seeds:
                 if recipe.ann:
                     nk = (recipe.ann == "guard", recipe.groups)
                     if nk not in negatives:
-                        negatives[nk] = mine_ann(ws, items, split, payload, guard=nk[0])
+                        negatives[nk] = mine_ann(ws, items, split, payload, guard=nk[0], store=store)
                     neg = negatives[nk]
                 sources[key] = TrainingSource.from_workspace(
                     ws, split=split, payload=payload, items=items, negatives=neg, negative_kinds=["ann"],

@@ -16,6 +16,7 @@ with about sqrt(N) lists and few probes, the setting measured in benchmarks/benc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,13 +157,23 @@ def build_auto_index(vectors: np.ndarray, *, k: int, seed: int = 0) -> tuple[Any
     return index, info
 
 
+def build_pool_index(vectors: np.ndarray, search: str, *, options: dict[str, Any], auto_k: int
+                     ) -> tuple[Any, dict[str, Any]]:
+    """(index, what the build chose) over a pool's `vectors`: `build_auto_index` for "auto" (its `seed` option
+    only), else `build_search_index` with `options`."""
+    if search == "auto":
+        return build_auto_index(vectors, k=auto_k, seed=int(options.get("seed", 0)))
+    return build_search_index(vectors, search, **options), {"search": search}
+
+
 def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: PositiveSets, s_pos: np.ndarray,
                        k: int, skip_top: int = 0, band_max: int = 30,
                        guard: FalseNegativeGuard | None = None, overfetch_margin: int = 8,
                        rng: np.random.Generator | None = None, index: Any = None, search: str = "exact",
                        query_batch: int = 4096, anchors: np.ndarray | None = None,
                        index_options: dict[str, Any] | None = None, item_keys: np.ndarray | None = None,
-                       seed: int | None = None, keep_band: bool = False) -> AnnNegatives:
+                       seed: int | None = None, keep_band: bool = False,
+                       index_source: Callable[[], tuple[Any, dict[str, Any]]] | None = None) -> AnnNegatives:
     """Mine hard negatives for `anchors` (default: every pool item) among the pool.
 
     Args:
@@ -175,7 +186,8 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
         guard: the false-negative guard (default `FalseNegativeGuard()`).
         overfetch_margin: candidates fetched beyond band_max + the anchor's positive images.
         rng: draws the sampling seed when `seed` is None.
-        index: a prebuilt FAISS index over `vectors` (ids = row positions); else one is built for `search`.
+        index: a prebuilt FAISS index over `vectors` (ids = row positions); else `index_source()`'s, else one is
+            built for `search` (`build_pool_index`).
         query_batch: anchors per search block (bounds memory to query_batch x fetch).
         anchors: (A,) pool indices to mine for.
         index_options: keyword options of `build_search_index`.
@@ -183,6 +195,8 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
             draw of an anchor depends only on its own band, never on positions or blocks (default: positions).
         seed: seed of the draw (default: drawn from `rng`).
         keep_band: also return each anchor's `radius` and `band` (what incremental re-mining checks).
+        index_source: returns (index over `vectors`, what its build chose), called only when there is something
+            to search (the shared per-(model, pool) index: `visprep.views.ann_index.index_source`).
 
     Returns:
         `AnnNegatives`.
@@ -210,12 +224,11 @@ def mine_ann_negatives(vectors: np.ndarray, *, group: np.ndarray, positives: Pos
                          np.zeros(0, np.int32), counts, radius, band)
     if n == 0 or len(anchors) == 0 or k == 0:
         return empty
-    if index is None and search == "auto":
-        index, info = build_auto_index(vectors, k=band_max, seed=int((index_options or {}).get("seed", 0)))
-        if "ivf_nprobe" in info:
+    if index is None:
+        index, info = (index_source or (lambda: build_pool_index(vectors, search, options=index_options or {},
+                                                                 auto_k=band_max)))()
+        if search == "auto" and "ivf_nprobe" in info:
             counts["auto_ivf_nprobe"] = int(info["ivf_nprobe"])
-    elif index is None:
-        index = build_search_index(vectors, search, **(index_options or {}))
     group_size = np.bincount(group)
     # Images among an anchor's positives (its own group, self included, plus paired groups).
     pos_images = np.add.reduceat(group_size[positives.groups], positives.indptr[:-1])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from visprep.mining.positives import PositiveSets
 from visprep.mining.other_category import sample_distinct
+from visprep.mining.positives import PositiveSets
 
 
 def mine_brand_negatives(category: np.ndarray, brand: np.ndarray, group: np.ndarray, positives: PositiveSets, *,

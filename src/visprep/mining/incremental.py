@@ -12,7 +12,7 @@ its `radius` (similarity of its band_max-th non-positive candidate). An anchor i
   blocked product of the anchors with the new/changed items only.
 
 Every other anchor keeps its rows. With exact search this reproduces a full re-mine (tested); with IVF/HNSW the
-re-mined anchors are searched in a freshly built index, so results match a full re-mine only up to the ANN's own
+re-mined anchors are searched in the index of the current pool, so results match a full re-mine only up to the ANN's own
 approximation. When the changes are large (`full_fraction`), a full re-mine is cheaper and is done instead.
 """
 

@@ -103,12 +103,13 @@ def product_popularity(ws: Workspace) -> pa.Table:
     """(product_id, exposures, interactions, log_q_raw) for every catalog product and every product in the
     committed events, out of core in DuckDB over the events' Parquet parts."""
     from visprep.events.checkpoint import EventLog
-    from visprep.events.duck import connect, sql_list, sql_str, to_arrow
+    from visprep.events.duck import sql_list, sql_str, to_arrow
+    from visprep.views.db import connect
 
     parts = EventLog(ws).part_files() if ws.has_table("events") else []
     cfg = ws.config.events
     con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
-                  threads=cfg.threads or None)
+                  threads=cfg.threads or None, preserve_insertion_order=False)
     try:
         if parts:
             con.execute(f"""CREATE TEMP VIEW expo AS SELECT product_id, count(*) AS exposures
@@ -142,11 +143,12 @@ def product_popularity(ws: Workspace) -> pa.Table:
 def events_pair_concentration(ws: Workspace) -> dict[str, float]:
     """The events stage's own concentration report (raw vs debiased positive pair weight) on `interaction_pairs`."""
     from visprep.events.debias import concentration
-    from visprep.events.duck import connect
+    from visprep.views.db import connect
 
     if not ws.has_table("interaction_pairs"):
         return {}
-    con = connect(memory_limit=ws.config.events.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb")
+    con = connect(memory_limit=ws.config.events.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
+                  preserve_insertion_order=False)
     try:
         return concentration(con, str(ws.table_path("interaction_pairs")).replace("'", "''"))
     finally:

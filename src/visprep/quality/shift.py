@@ -210,8 +210,8 @@ def vectors_for(ws: Workspace, image_ids: list[str], exts: list[str], *, embedde
     Returns (vectors (N, D), found (N,) bool, newly embedded, failures, model id).
     """
     from visprep.embed.registry import get_embedder, model_id_of
-    from visprep.embed.stage import features_root
     from visprep.embed.store import FeatureStore
+    from visprep.views.features import features_root
 
     cfg = ws.config.embed
     options = dict(cfg.options)
@@ -294,8 +294,7 @@ def shift_applies(ws: Workspace) -> bool:
     """Whether `visprep run` has a shift to measure: at least `shift.folds` accepted user photos in
     `tables/queries`, and a feature store of the configured embed model (the embed stage ran)."""
     from visprep.embed.registry import model_id_of
-    from visprep.embed.stage import features_root
-    from visprep.embed.store import store_dir_name
+    from visprep.views.features import store_dir
 
     if not ws.has_table("queries") or len(user_images(ws)) < ws.config.shift.folds:
         return False
@@ -304,7 +303,7 @@ def shift_applies(ws: Workspace) -> bool:
         model_id = model_id_of(cfg.model, **cfg.options)
     except (ImportError, ValueError, OSError):  # no embedder to compare with: nothing to measure
         return False
-    return (features_root(ws) / store_dir_name(model_id)).is_dir()
+    return store_dir(ws, model_id).is_dir()
 
 
 def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:

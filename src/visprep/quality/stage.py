@@ -37,25 +37,26 @@ def embed_model_store(ws: Workspace) -> Path | None:
     """The vectors of the configured `[embed]` model (`features/<model_id>/parts/`), or None when the embed stage
     has not written them (or the embedder cannot tell its id here)."""
     from visprep.embed.registry import model_id_of
-    from visprep.embed.stage import features_root
-    from visprep.embed.store import store_dir_name
+    from visprep.views.features import store_dir
 
     cfg = ws.config.embed
     try:
         model_id = model_id_of(cfg.model, **cfg.options)
     except (ImportError, ValueError, OSError):  # no embedder, no store of it to read
         return None
-    parts = features_root(ws) / store_dir_name(model_id) / "parts"
+    parts = store_dir(ws, model_id) / "parts"
     return parts if parts.is_dir() and any(parts.glob("*.parquet")) else None
 
 
 def default_embeddings(ws: Workspace) -> Path:
     """The embeddings `visprep quality` reads without --embeddings or `quality.embeddings`: the `[embed]` model's
     feature store, else the Parquet parts of the newest model folder (`features/<model_id>/parts/`)."""
+    from visprep.views.features import features_root
+
     own = embed_model_store(ws)
     if own is not None:
         return own
-    root = ws.root / "features"
+    root = features_root(ws)
     models = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                     key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     if not models:

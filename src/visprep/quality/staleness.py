@@ -72,8 +72,8 @@ def current_model_id(ws: Workspace) -> str:
 
 def _store_ids(ws: Workspace, model_id: str | None) -> tuple[pa.Table, pa.Table, dict[str, int]]:
     """(current model's (image_id, made_at), other models' (image_id, model_id), other model -> row count)."""
-    from visprep.embed.stage import features_root
     from visprep.embed.store import FeatureStore
+    from visprep.views.features import features_root
 
     current = pa.table({"image_id": pa.array([], pa.string()),
                         "made_at": pa.array([], pa.timestamp("us", tz="UTC"))})

@@ -104,10 +104,11 @@ class ReportContext:
     def con(self) -> Any:
         """The DuckDB connection with every workspace table registered under its name (empty when absent)."""
         if self._con is None:
-            import duckdb
             import pyarrow.dataset as ds
 
-            self._con = duckdb.connect()
+            from visprep.views.db import connect
+
+            self._con = connect()
             for name, schema in TABLES.items():
                 # The catalog's tables are read as `visprep.views.catalog`'s unions with synth's (below).
                 own = f"catalog_{name}" if name in _UNIONS else name

@@ -16,7 +16,7 @@ from visprep.workspace import Workspace
 
 if TYPE_CHECKING:
     from visprep.config import SamplingConfig
-    from visprep.mining.stage import MiningItems
+    from visprep.views.items import MiningItems
 
 
 def popularity_weights(ws: Workspace, product_ids: list[str], exponent: float) -> np.ndarray:
@@ -110,7 +110,7 @@ def same_image_slots(plan: pa.Table, k: int) -> int:
 
 def sampling_items(ws: Workspace) -> tuple[MiningItems, int]:
     """The items the planner draws from (usable images plus exportable user photos) and the user-photo count."""
-    from visprep.mining.stage import load_items
+    from visprep.views.items import load_items
 
     return with_user_photos(ws, load_items(ws))
 

@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.images.preprocess import PreprocessProfile, normalize
-from visprep.mining.stage import MiningItems
 from visprep.training.links import LinkTable, draw, event_links, negative_links, not_same_group
+from visprep.views.items import MiningItems
 from visprep.workspace import Workspace
 
 
@@ -139,8 +139,8 @@ class FeaturePayload:
     @classmethod
     def from_store(cls, ws: Workspace, model_id: str, image_ids: list[str]) -> FeaturePayload:
         """The vectors of `image_ids` (those the store has) from `features/<model_id>/`."""
-        from visprep.embed.stage import features_root
         from visprep.embed.store import FeatureStore
+        from visprep.views.features import features_root
 
         store = FeatureStore.open_existing(features_root(ws), model_id)
         uniq = sorted(set(image_ids))
@@ -227,9 +227,10 @@ class TrainingSource:
                 images are missing from the payload (names the first one and the fix).
         """
         from visprep.export.stage import resolve_profile
-        from visprep.mining.stage import ann_model_id, product_group_map
+        from visprep.mining.stage import ann_model_id
         from visprep.sampling.stage import sampling_items, split_rows
         from visprep.views.images import usable_images
+        from visprep.views.items import product_group_map
 
         cfg = ws.config.training
         split = split or cfg.split

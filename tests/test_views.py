@@ -1,0 +1,52 @@
+"""The read layer's small pieces: the one DuckDB connection factory and the one features path."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+
+from visprep.views.db import connect
+from visprep.views.features import features_root, store_dir, store_fingerprint
+from visprep.workspace import Workspace
+
+
+def _setting(con, name: str) -> str:
+    return con.execute(f"SELECT current_setting('{name}')").fetchall()[0][0]
+
+
+def test_connect_is_utc_and_applies_what_it_is_given(tmp_path) -> None:
+    con = connect()
+    assert _setting(con, "TimeZone") == "UTC" and _setting(con, "preserve_insertion_order") is True
+    spill = tmp_path / "it's spill"  # a quote in the path must not break the statement
+    con = connect(memory_limit="123MB", temp_dir=spill, threads=1, preserve_insertion_order=False)
+    assert spill.is_dir() and _setting(con, "temp_directory") == str(spill)
+    assert _setting(con, "threads") == 1 and _setting(con, "preserve_insertion_order") is False
+    assert _setting(con, "memory_limit").startswith("117.")  # DuckDB reports 123 MB in MiB
+
+
+def test_workspace_sql_renders_timestamps_in_utc(tmp_path, monkeypatch) -> None:
+    """Workspace.sql's connection is `connect()`'s: a tz-aware timestamp cast to text reads in UTC whatever the
+    machine's zone (it used DuckDB's default session zone, the machine's: TZ below)."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        import duckdb
+
+        assert duckdb.connect().execute("SELECT current_setting('TimeZone')").fetchall() == [("America/New_York",)]
+        ws = Workspace(tmp_path)
+        t = pa.table({"ts": pa.array([dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC"))})
+        got = ws.sql("SELECT CAST(ts AS VARCHAR) AS s FROM t", t=t).column("s").to_pylist()
+        assert got == ["2024-01-01 12:00:00+00"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_one_features_path(tmp_path) -> None:
+    ws = Workspace(tmp_path)
+    assert features_root(ws) == features_root(tmp_path) == tmp_path / "features"
+    assert store_dir(ws, "org/model@v1") == tmp_path / "features" / "org_model@v1"
+    assert store_fingerprint(store_dir(ws, "absent")) == store_fingerprint(store_dir(ws, "absent too"))

@@ -74,7 +74,7 @@ def run_stage(ws: Workspace, stage: str, *, force: bool = False, progress: Calla
         given = {k: v for k, v in options.items() if v is not None}
         if not spec.incremental and not force and not given and is_up_to_date(ws, stage):
             return UP_TO_DATE
-        with ws.overrides(given):
+        with ws.overrides(given), ws.acting_as(stage):
             return spec.run(ws, progress, **options)
 
 
@@ -93,8 +93,9 @@ def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, for
         timings: dict[str, float] = {}
         if catalog_files:
             t = time.perf_counter()
-            report["catalog"] = stages.get("catalog").run(ws, progress("catalog") if progress else None,
-                                                          files=catalog_files, allow_removals=allow_removals)
+            with ws.acting_as("catalog"):
+                report["catalog"] = stages.get("catalog").run(ws, progress("catalog") if progress else None,
+                                                              files=catalog_files, allow_removals=allow_removals)
             timings["catalog"] = time.perf_counter() - t
         planned = stages.plan(ws.config)
         for spec in planned:

@@ -158,8 +158,8 @@ STAGES: tuple[Stage, ...] = (
           ("batch_plan",), _B + "sample"),
     Stage("export", "Write WebDataset shards, a manifest and a sample index per split.",
           ("preprocess", "export"),
-          ("pairs", "images", "products", "splits", "user_pairs", "queries", "eval_queries", "synthetic_products",
-           "synthetic_product_images", "synthetic_images"),
+          ("pairs", "products", "product_images", "urls", "images", "splits", "user_pairs", "queries", "eval_queries",
+           "synthetic_views", "synthetic_products", "synthetic_product_images", "synthetic_images"),
           ("shards",), _B + "export", per_batch="visprep.export.stage:preprocess_batch"),
     # --- after the pipeline: they read what it wrote and write only their own results ---
     Stage("evaluate", "Evaluate a model's retrieval on the judged eval queries.",

@@ -77,3 +77,22 @@ def test_architecture_doc_lists_every_tables_writers() -> None:
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|$", text, flags=re.M))
     want = {t: ", ".join("every stage (its own part)" if x == "*" else x for x in w) for t, w in WRITERS.items()}
     assert {t: r.strip() for t, r in rows.items()} == want
+
+
+def test_architecture_doc_graph_is_the_registry_s() -> None:
+    """docs/architecture.md's Mermaid stage graph is what `visprep stages --mermaid` prints for the default config."""
+    from visprep import stages
+    from visprep.config import VisprepConfig
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"```mermaid\n(.*?)```", text, flags=re.S)
+    assert block is not None and block.group(1) == stages.mermaid(VisprepConfig())
+
+
+def test_architecture_doc_examples_compile() -> None:
+    """The how-to examples in docs/architecture.md are valid Python."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 4
+    for code in blocks:
+        compile(code, "docs/architecture.md", "exec")

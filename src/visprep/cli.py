@@ -482,6 +482,32 @@ def _stage_command(name: str) -> Callable[..., None]:
     return command
 
 
+@app.command("stages")
+def stages_command(workspace: WorkspaceOpt = Path("."),
+                   mermaid: Annotated[bool, typer.Option(help="Print the stage graph as a Mermaid flowchart.")] = False
+                   ) -> None:
+    """List the stages `visprep run` runs, in order, with what each reads and writes (and whether it is stale)."""
+    from visprep import stages
+    from visprep.pipeline import stale_reason
+
+    ws = _open(workspace)
+    if mermaid:
+        print(stages.mermaid(ws.config), end="")
+        return
+    t = Table(title=f"visprep run: stages in order ({ws.root})")
+    for col in ("stage", "reads", "writes", "state"):
+        t.add_column(col)
+    for spec in stages.plan(ws.config):
+        if spec.incremental:
+            state = "incremental (does only missing work)"
+        elif not spec.has_work(ws):
+            state = "nothing to do"
+        else:
+            state = f"stale: {stale_reason(ws, spec.name)}" if stale_reason(ws, spec.name) else "up to date"
+        t.add_row(spec.name, ", ".join(spec.all_reads(ws.config)), ", ".join(spec.writes), state)
+    console.print(t)
+
+
 def _register_stage_commands() -> None:
     from visprep import stages
 

@@ -279,18 +279,34 @@ def downstream(names: Sequence[str], config: VisprepConfig) -> list[str]:
 
 
 def mermaid(config: VisprepConfig) -> str:
-    """The stage graph as a Mermaid flowchart: stages as boxes, tables/resources as edges' labels."""
-    lines = ["flowchart LR"]
+    """The stage graph as a Mermaid flowchart: pipeline stages as boxes, the others (sources, evaluation) rounded;
+    an edge where a stage reads what another writes, labelled with those tables, left out where a longer path
+    already orders the two (a transitive reduction: `visprep stages` lists every read)."""
     by_output = {w: s.name for s in STAGES for w in s.writes}
+    edges: dict[tuple[str, str], list[str]] = {}
     for s in STAGES:
-        shape = f'{s.name}["{s.name}"]' if s.in_run else f'{s.name}(["{s.name}"])'
-        lines.append(f"  {shape}")
-    for s in STAGES:
-        edges: dict[str, list[str]] = {}
         for r in s.all_reads(config):
             w = by_output.get(r)
             if w is not None and w != s.name:
-                edges.setdefault(w, []).append(r)
-        for w, tables in edges.items():
-            lines.append(f"  {w} -->|{', '.join(tables)}| {s.name}")
+                edges.setdefault((w, s.name), []).append(r)
+    succ: dict[str, set[str]] = {}
+    for a, b in edges:
+        succ.setdefault(a, set()).add(b)
+
+    def longer_path(a: str, b: str) -> bool:
+        todo, seen = [n for n in succ.get(a, ()) if n != b], set()
+        while todo:
+            n = todo.pop()
+            if n == b:
+                return True
+            if n not in seen:
+                seen.add(n)
+                todo.extend(succ.get(n, ()))
+        return False
+
+    lines = ["flowchart LR"]
+    lines += [f'  {s.name}["{s.name}"]' if s.in_run else f'  {s.name}(["{s.name}"])' for s in STAGES]
+    for (a, b), tables in edges.items():
+        if not longer_path(a, b):
+            lines.append(f"  {a} -->|{', '.join(tables)}| {b}")
     return "\n".join(lines) + "\n"

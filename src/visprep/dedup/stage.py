@@ -155,7 +155,6 @@ def dedup_stage(ws: Workspace) -> DedupResult:
     cfg = ws.config.dedup
     res = DedupResult()
     with ws.run("dedup", section_params(ws.config, "dedup")) as run:
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images")}
         res.run_id = run.run_id
         clock = PhaseClock()
         products = ws.read_table("products", ["product_id", "title", "top_category", "color", "brand"])

@@ -83,7 +83,6 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
     res.model_id = embedder.model_id if embedder is not None else model_id_of(cfg.model, **options)
     params = {**section_params(ws.config, "embed"), "model_id": res.model_id}
     with ws.run(stage, params) as run:
-        run.inputs = {table: ws.table_fingerprint(table)}
         images = ws.read_table(table, ["image_id", "status", "format"])
         ok = images.filter(pc.equal(images["status"], "ok"))
         ids = ok.column("image_id").to_pylist()

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from visprep.config import section_params
 from visprep.pairs.titles import REFUSAL_REASONS, TitleCategoryChecker, get_title_checker, judge_titles
 from visprep.schema import PAIRS
-from visprep.views.catalog import SYNTHETIC_TABLES, all_products
+from visprep.views.catalog import all_products
 from visprep.views.images import USABLE_COLUMNS, judged_images
 from visprep.workspace import QuarantineRecord, Workspace
 
@@ -84,8 +84,6 @@ def pairs_stage(ws: Workspace) -> PairsResult:
     checker = get_title_checker(cfg.title_consistency) if cfg.image_title and cfg.title_filter else None
     # quality.policy decides what label_issues does to the pairs: the section is a parameter of this stage.
     with ws.run("pairs", section_params(ws.config, "pairs", "quality")) as run:
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits",
-                                                            "interaction_pairs", "label_issues", *SYNTHETIC_TABLES)}
         judged = judged_images(ws)
         below = images_below_floors(judged, min_side=cfg.min_side, min_blur=cfg.min_blur)
         ws.quarantine(below, stage="pairs", run_id=run.run_id, key="images")

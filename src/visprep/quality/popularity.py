@@ -162,7 +162,6 @@ def popularity_stage(ws: Workspace) -> PopularityResult:
     res = PopularityResult(temperature=qc.temperature)
     with ws.run("popularity", section_params(ws.config, "popularity")) as run:
         res.run_id = run.run_id
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("events", "interaction_pairs", "products")}
         t = product_popularity(ws)
         inter = t.column("interactions").to_numpy(zero_copy_only=False).astype(np.float64)
         expo = t.column("exposures").to_numpy(zero_copy_only=False).astype(np.float64)

@@ -285,11 +285,6 @@ def _stats(ws: Workspace, ids: list[str], exts: list[str]) -> tuple[np.ndarray, 
     return np.array(rows).reshape(-1, len(FEATURES)), bad
 
 
-# What the shift report reads. The vectors are a function of these images and the embed config (recorded as a
-# parameter), so the feature store itself is not an input: the report embeds the photos it lacks into it.
-INPUTS = ("queries", "images", "product_images", "urls")
-
-
 def shift_applies(ws: Workspace) -> bool:
     """Whether `visprep run` has a shift to measure: at least `shift.folds` accepted user photos in
     `tables/queries`, and a feature store of the configured embed model (the embed stage ran)."""
@@ -314,7 +309,6 @@ def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:
     res = ShiftResult()
     with ws.run("shift", section_params(ws.config, "shift", "embed")) as run:
         res.run_id = run.run_id
-        run.inputs = {t: ws.table_fingerprint(t) for t in INPUTS}
         rng = np.random.default_rng(cfg.seed)
         cat = catalog_images(ws)
         ext_of = {i: extension_for(f) for i, f in zip(cat.column("image_id").to_pylist(),

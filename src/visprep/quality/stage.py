@@ -86,11 +86,6 @@ def source_fingerprint(source: Path | None) -> str:
     return f"{source}:{h.hexdigest()[:16]}"
 
 
-def embeddings_fingerprint(ws: Workspace) -> str:
-    """The fingerprint of what `visprep run`'s quality stage would read now (its freshness input)."""
-    return source_fingerprint(pipeline_embeddings(ws))
-
-
 def quality_applies(ws: Workspace) -> bool:
     """Whether `visprep run` has labels to check: products and embeddings (`quality.embeddings`, or the feature
     store of the `[embed]` model), and cleanlab installed (the `quality` extra; a minimal install runs without
@@ -197,7 +192,7 @@ def quality_stage(ws: Workspace, *, embeddings: str | Path | None = None,
             # Unchanged flags leave the table (and so the pairs that read it) as they are: a rerun for new
             # embeddings of user photos (shift) must not make pairs stale.
             ws.write_table("label_issues", table)
-        run.inputs = {"products": ws.table_fingerprint("products"), "quality_embeddings": source_fingerprint(source)}
+        run.inputs = {"embeddings": str(source)}  # which file or store; its fingerprint is in the declared reads
         res.checked, res.flagged = len(use), len(flagged)
         run.counts = {"embedded_products": len(pids), "checked": res.checked, "flagged": res.flagged}
     return res

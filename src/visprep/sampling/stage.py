@@ -11,7 +11,6 @@ import pyarrow as pa
 from visprep.config import section_params
 from visprep.sampling.planner import plan_epoch
 from visprep.schema import BATCH_PLAN
-from visprep.views.catalog import SYNTHETIC_TABLES
 from visprep.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -121,8 +120,6 @@ def sample_stage(ws: Workspace) -> dict[str, int]:
     counts: dict[str, int] = {}
     with ws.run("sample", section_params(ws.config, "sampling")) as run:
         # pairs: rewritten whenever the pairs stage's quality floors (which `usable_images` applies) change.
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "splits", "images", "interaction_pairs",
-                                                           "user_pairs", "pairs", *SYNTHETIC_TABLES)}
         items, counts["user_photos"] = sampling_items(ws)
         tables = []
         for split in cfg.splits:

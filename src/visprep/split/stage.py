@@ -52,15 +52,6 @@ SPLIT_PARAMS = ("split", "labels")
 """Config sections the split depends on (labels: which judged products are pinned to eval)."""
 
 
-def split_inputs(ws: Workspace) -> dict[str, str]:
-    """Fingerprints of what the split reads: products, and groups and judgments when they exist."""
-    inputs = {"products": ws.table_fingerprint("products")}
-    for optional in ("product_groups", "eval_qrels"):
-        if optional in TABLES and ws.has_table(optional):
-            inputs[optional] = ws.table_fingerprint(optional)
-    return inputs
-
-
 def split_stage(ws: Workspace) -> dict[str, int]:
     """Write `splits` (product_id, group_id, split) for every catalog product; return products per split.
 
@@ -72,7 +63,6 @@ def split_stage(ws: Workspace) -> dict[str, int]:
     cfg = ws.config.split
     labels = ws.config.labels
     with ws.run("split", section_params(ws.config, *SPLIT_PARAMS)) as run:
-        run.inputs = split_inputs(ws)
         pids = ws.read_table("products", ["product_id"]).column("product_id").to_pylist()
         groups = product_groups(ws, pids)
         pinned = pinned_eval_products(ws, min_grade=labels.pin_min_grade)

@@ -204,7 +204,6 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
     refuse_legacy_layout(ws)
     with ws.run(STAGE, params) as run:
         res.run_id = run.run_id
-        run.inputs = {t: ws.table_fingerprint(t) for t in ("products", "product_images", "urls", "images", "splits")}
         todo = source_images(ws, include_eval=cfg.include_eval, per_product=cfg.max_images_per_product)
         res.source_images = todo.num_rows
         res.products = len(set(todo.column("product_id").to_pylist()))

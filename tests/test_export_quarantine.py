@@ -11,7 +11,7 @@ from visprep.demo.sources import write_demo_sources
 from visprep.export.manifest import read_manifest
 from visprep.export.stage import PreprocessFailure, export_stage, preprocess_batch, resolve_profile
 from visprep.images.sniff import extension_for
-from visprep.pairs.stage import usable_images
+from visprep.views.images import usable_images
 from visprep.pipeline import run_pipeline
 from visprep.workspace import Workspace
 

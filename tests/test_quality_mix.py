@@ -85,7 +85,7 @@ def test_mix_and_shift_apply_only_with_user_photos(mixed) -> None:
     assert second["shift"].report is not None and second["shift"].report.n_user >= 4
     assert second["export"] != "up to date"
     runs = {r["stage"]: r for r in ws.runs()}
-    assert set(runs["mix"]["inputs"]) >= {"pairs", "interaction_pairs", "queries", "eval_queries", "label_issues"}
+    assert set(runs["mix"]["reads"]) >= {"pairs", "interaction_pairs", "queries", "eval_queries", "label_issues"}
     assert runs["shift"]["counts"]["user_images"] == len(mixed[4])
     # The third run: nothing changed, so nothing reruns and the shards are untouched.
     tars = {p: p.stat().st_mtime_ns for p in ws.shards_dir.rglob("*.tar")}
@@ -228,7 +228,9 @@ def test_fraction_zero_exports_no_user_photo(mixed) -> None:
     train = _shard_samples(ws, "train")
     assert train and not [s for s in train if s["meta"]["source"] == "user"]
     assert not [p for s in train for p in s["positives"] if p["kind"] == "user_photo"]
-    out = CliRunner().invoke(app, ["mix", "-w", str(ws.root)])
+    out = CliRunner().invoke(app, ["mix", "-w", str(ws.root)])  # the run left it up to date: no work
+    assert out.exit_code == 0 and "mix: up to date" in out.output, out.output
+    out = CliRunner().invoke(app, ["mix", "-w", str(ws.root), "--force"])
     assert out.exit_code == 0 and "user-photo pairs: 0 in tables/user_pairs" in out.output, out.output
     status = CliRunner().invoke(app, ["status", "-w", str(ws.root), "--json"])
     assert status.exit_code == 0, status.output

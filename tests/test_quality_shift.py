@@ -45,7 +45,8 @@ def shift_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     ws.root.mkdir()
     ws.config_path.write_text('[embed]\nmodel = "thumb16"\n[shift]\nfolds = 4\n')
     runner = CliRunner()
-    for args in (["catalog", *map(str, sources.catalog_files)], ["fetch"], ["inspect"], ["split"], ["pairs"]):
+    for args in (["catalog", *map(str, sources.catalog_files)], ["fetch"], ["inspect"], ["dedup"], ["split"],
+                 ["pairs"]):
         result = runner.invoke(app, [*args, "-w", str(ws.root)])
         assert result.exit_code == 0, (args, result.output)
     write_user_photos(ws, photos)

@@ -177,8 +177,8 @@ def test_run_checks_labels_applies_the_policy_and_a_second_run_does_nothing(labe
     assert isinstance(res, QualityResult) and res.checked > 0 and res.flagged > 0 and not res.skipped
     assert _check_policy(ws, 0.5, tmp_path) == first["pairs"].label_issue_pairs > 0
     runs = [r for r in ws.runs() if r["stage"] == "quality"]
-    assert len(runs) == 1 and "pairs" not in runs[0]["inputs"]  # quality reads no pairs and writes none
-    assert ws.last_run("pairs")["inputs"]["label_issues"] == ws.table_fingerprint("label_issues")
+    assert len(runs) == 1 and "pairs" not in runs[0]["reads"]  # quality reads no pairs and writes none
+    assert ws.last_run("pairs")["reads"]["label_issues"] == ws.table_fingerprint("label_issues")
     assert ws.last_run("quality")["started_at"] < ws.last_run("pairs")["started_at"]
     again = run_pipeline(ws)
     assert again["quality"] == again["pairs"] == again["export"] == "up to date"

@@ -148,3 +148,25 @@ def test_a_deleted_output_reruns_its_stage_only(demo: tuple) -> None:
     (ws.shards_dir / "train" / "manifest.json").unlink()
     assert stale_reason(ws, "export") == "its output shards is missing or was changed"
     assert _ran(run_pipeline(Workspace(ws.root))) == {"export"}
+
+
+def test_a_stage_command_refuses_a_stale_upstream_or_runs_it_with_deps(demo: tuple) -> None:
+    from typer.testing import CliRunner
+
+    from visprep.cli import app
+
+    ws, _ = demo
+    ws.config_path.write_text(CONFIG + "[dedup]\ntitle_threshold = 0.97\n")
+    try:
+        out = CliRunner().invoke(app, ["pairs", "-w", str(ws.root)])
+        text = " ".join(out.output.split())
+        assert out.exit_code == 1 and "pairs depends on dedup, which is stale (dedup: config section [dedup] " \
+            "changed)" in text, out.output
+        assert "visprep dedup" in text and "--with-deps" in text
+        out = CliRunner().invoke(app, ["pairs", "-w", str(ws.root), "--with-deps"])
+        assert out.exit_code == 0, out.output
+        assert ws.last_run("dedup")["params"]["dedup"]["title_threshold"] == 0.97
+        assert is_up_to_date(Workspace(ws.root), "dedup") and is_up_to_date(Workspace(ws.root), "pairs")
+    finally:
+        ws.config_path.write_text(CONFIG)
+        run_pipeline(Workspace(ws.root))

@@ -28,7 +28,9 @@ def workspace(tmp_path_factory):
     sources = write_demo_sources(root / "src", n_products=20)
     ws = root / "ws"
     ws.mkdir()
-    (ws / "visprep.toml").write_text("[split]\nfractions = { train = 0.7, eval = 0.3 }\n"
+    # The stages this test runs by hand (dedup and label noise left out: each command checks its upstream).
+    (ws / "visprep.toml").write_text('[pipeline]\nstages = ["fetch", "inspect", "split", "synth", "pairs", "export"]\n'
+                                     "[split]\nfractions = { train = 0.7, eval = 0.3 }\n"
                                      "[synthetic]\nbackgrounds = [\"solid\", \"texture\"]\nreframe_scales = [0.8]\n"
                                      "hue_shifts_deg = [120.0]\n")
     runner = CliRunner()

@@ -116,7 +116,7 @@ def test_split_reads_no_synthetic_table_and_a_variant_is_in_its_source_split(bui
     before = ws.table_fingerprint("splits")
     split_stage(ws)  # after synth: the split has nothing new to say
     assert ws.table_fingerprint("splits") == before
-    assert not set(ws.last_run("split")["inputs"]) & {*SYNTHETIC_TABLES}
+    assert not set(ws.last_run("split")["reads"]) & {*SYNTHETIC_TABLES}
     assert ws.read_table("splits").column("product_id").to_pylist() == ws.read_table("products").column(
         "product_id").to_pylist()
     splits = {r["product_id"]: r for r in all_splits(ws).to_pylist()}

@@ -62,6 +62,8 @@ def test_second_writer_is_refused_at_once_naming_the_holder(tmp_path: Path) -> N
 
 def test_wait_queues_behind_the_holder(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    ws.config_path.write_text(SMALL_RUN)  # no dedup: the split has no upstream table stage to be stale
     holder = _hold(ws, 2.0)
     try:
         t0 = time.monotonic()

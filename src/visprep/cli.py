@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -429,20 +430,28 @@ def _run_with_deps(ws: Workspace, stage: str, with_deps: bool) -> None:
     """Bring what `stage` reads up to date first (`with_deps`), or stop naming the stale upstream table stages (a
     per-stage command runs only its own stage; `visprep run` composes them)."""
     from visprep import stages
-    from visprep.pipeline import is_up_to_date, run_stage
+    from visprep.pipeline import run_stage, stale_reason
 
     upstream = stages.upstream(stage, ws.config)
     if with_deps:
         for spec in upstream:
             with _progress() as bar:
                 result = run_stage(ws, spec.name, progress=bar(spec.name))
-            console.print(_describe(spec.name, result))
+            console.print(_describe(spec.name, result), markup=False, highlight=False)
         return
-    stale = [s.name for s in upstream if not s.incremental and s.has_work(ws) and not is_up_to_date(ws, s.name)]
+    checked = [s.name for s in upstream if not s.incremental and s.has_work(ws)]
+    # A stage that never ran here has no inputs to have changed: its tables are absent or were made by hand. That is
+    # said, not refused; a stage whose inputs or config changed since its last run is refused.
+    never = [n for n in checked if ws.last_run(n) is None]
+    if never:
+        console.print(f"note: {', '.join(never)} never ran in this workspace; {stage} reads their tables as they are")
+    stale = {n: stale_reason(ws, n) for n in checked if n not in never}
+    stale = {n: why for n, why in stale.items() if why}
     if stale:
-        console.print(f"[red]error:[/red] {stage} reads what {', '.join(stale)} writes, and it is stale: run "
-                      f"`visprep {' && visprep '.join(n.replace('_', '-') for n in stale)}` first, pass "
-                      "--with-deps, or use `visprep run`")
+        console.print(f"[red]error:[/red] {stage} depends on {', '.join(stale)}, which "
+                      f"{'is' if len(stale) == 1 else 'are'} stale ({escape('; '.join(f'{n}: {w}' for n, w in stale.items()))}): "
+                      f"pass --with-deps to bring them up to date first, or use `visprep run`; or run "
+                      f"`visprep {' && visprep '.join(n.replace('_', '-') for n in stale)}` and the stages after them")
         raise typer.Exit(1)
 
 
@@ -460,10 +469,10 @@ def _stage_command(name: str) -> Callable[..., None]:
         try:
             _run_with_deps(ws, name, with_deps)
             with _progress() as bar:
-                result = run_stage(ws, name, force=force, progress=bar(name), **options)
+                result = run_stage(ws, name, force=force, progress=bar(name), explicit=True, **options)
         except (FileNotFoundError, ValueError, EmbedderUnavailable) as exc:
             _fail(exc)
-        console.print(_describe(name, result))
+        console.print(_describe(name, result), markup=False, highlight=False)
 
     P = pyinspect.Parameter
     params = [

@@ -60,16 +60,18 @@ def is_up_to_date(ws: Workspace, stage: str) -> bool:
 
 
 def run_stage(ws: Workspace, stage: str, *, force: bool = False, progress: Callable[[int, int], None] | None = None,
-              **options: Any) -> Any:
+              explicit: bool = False, **options: Any) -> Any:
     """Run one stage under the writer lock: a table stage only when stale (or `force`), an incremental one always.
 
-    Returns the stage's result, `UP_TO_DATE`, or `NOTHING_TO_DO` when the stage has nothing to work on. Options are
+    Returns the stage's result, `UP_TO_DATE`, or `NOTHING_TO_DO` when the stage has nothing to work on (its
+    `applies` condition; an `explicit` run - the stage's own command - skips that check and lets the stage say what
+    it lacks, e.g. `visprep popularity` before any events were ingested). Options are
     the stage's declared keyword options (`visprep.stages.Option`); a run with any option set records them as
     overrides, so the next `visprep run` does not take its output for its own.
     """
     spec = stages.get(stage)
     with ws.writer(stage):
-        if not spec.has_work(ws):
+        if not explicit and not spec.has_work(ws):
             return NOTHING_TO_DO
         given = {k: v for k, v in options.items() if v is not None}
         if not spec.incremental and not force and not given and is_up_to_date(ws, stage):

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from visprep.config import section_params
 from visprep.pairs.titles import REFUSAL_REASONS, TitleCategoryChecker, get_title_checker, judge_titles
 from visprep.schema import PAIRS
-from visprep.views.catalog import all_products
+from visprep.views.catalog import all_products, flagged_products
 from visprep.views.images import USABLE_COLUMNS, judged_images
 from visprep.workspace import QuarantineRecord, Workspace
 
@@ -137,8 +137,7 @@ def apply_label_issues(ws: Workspace, pairs: pa.Table) -> tuple[pa.Table, int]:
     from visprep.quality.policy import apply_policy
 
     cfg = ws.config.quality
-    flagged = ws.read_table("label_issues", ["product_id"]).column("product_id").to_pylist()
-    return apply_policy(pairs, flagged, policy=cfg.policy, down_weight=cfg.down_weight)
+    return apply_policy(pairs, flagged_products(ws), policy=cfg.policy, down_weight=cfg.down_weight)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from visprep.config import section_params
 from visprep.schema import PAIRS
+from visprep.views.catalog import flagged_products
 from visprep.workspace import Workspace
 
 KIND = "user_photo"
@@ -152,8 +153,7 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
             "anchor_product_id": cand.column("product_id"), "positive_product_id": cand.column("product_id"),
             "split": cand.column("split")}, schema=PAIRS)
         if ws.has_table("label_issues") and n:
-            flagged = ws.read_table("label_issues", ["product_id"]).column("product_id").to_pylist()
-            new_rows, out["policy_touched"] = apply_policy(new_rows, flagged, policy=policy.policy,
+            new_rows, out["policy_touched"] = apply_policy(new_rows, flagged_products(ws), policy=policy.policy,
                                                            down_weight=policy.down_weight)
         out["added"] = new_rows.num_rows
         out["share"] = round(out["added"] / (out["added"] + n_cat), 6) if out["added"] else 0.0

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from visprep.config import section_params
 from visprep.schema import POPULARITY
+from visprep.views.catalog import all_products
 from visprep.workspace import Workspace
 
 
@@ -127,7 +128,9 @@ def product_popularity(ws: Workspace) -> pa.Table:
         else:
             con.execute("CREATE TEMP VIEW inter AS SELECT NULL::VARCHAR AS product_id, 0::BIGINT AS interactions, "
                         "NULL::DOUBLE AS log_q_raw WHERE false")
-        con.register("cat", ws.read_table("products", ["product_id"]))
+        # Every product a sampler may draw, synth's colour variants too (never exposed: the weight of an unseen
+        # product).
+        con.register("cat", all_products(ws, ["product_id"]))
         return to_arrow(con.sql("""
             WITH ids AS (SELECT product_id FROM cat UNION SELECT product_id FROM expo
                          UNION SELECT product_id FROM inter)

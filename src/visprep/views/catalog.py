@@ -108,6 +108,16 @@ def variant_sources(ws: Workspace) -> dict[str, str]:
             if src}
 
 
+def flagged_products(ws: Workspace) -> list[str]:
+    """The products `quality.policy` applies to: those the label-noise check flagged (`label_issues`, real catalog
+    products only) and the colour variants made from them, which carry their source's label."""
+    if not ws.has_table("label_issues"):
+        return []
+    flagged = ws.read_table("label_issues", ["product_id"]).column("product_id").to_pylist()
+    marked = set(flagged)
+    return flagged + sorted(v for v, src in variant_sources(ws).items() if src in marked and v not in marked)
+
+
 def all_splits(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
     """`splits` (catalog products) and a row per colour variant with its source product's group and split."""
     splits = ws.read_table("splits")

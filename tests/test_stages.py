@@ -74,6 +74,19 @@ def test_upstream_and_downstream_follow_the_declarations() -> None:
     assert graph.startswith("flowchart LR") and "split -->|splits| synth" in graph
 
 
+def test_dedup_reads_the_vectors_only_when_its_rule_uses_them() -> None:
+    """Before the registry, dedup's run did not record the feature store even with `embedding_similar` in its rule,
+    so re-embedded images left its groups stale; the rule now adds the vectors to its reads and orders embed first."""
+    plain = VisprepConfig()
+    embedded = VisprepConfig.model_validate({"dedup": {"rule": "identical_image or (image_near and "
+                                                                "embedding_similar)"}})
+    assert "features" not in stages.get("dedup").all_reads(plain)
+    assert "features" in stages.get("dedup").all_reads(embedded)
+    names = [s.name for s in stages.plan(embedded)]
+    assert names.index("embed") < names.index("dedup")
+    assert "dedup" in stages.downstream(["embed"], embedded) and "dedup" not in stages.downstream(["embed"], plain)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
     root = tmp_path_factory.mktemp("stages")
@@ -169,4 +182,47 @@ def test_a_stage_command_refuses_a_stale_upstream_or_runs_it_with_deps(demo: tup
         assert is_up_to_date(Workspace(ws.root), "dedup") and is_up_to_date(Workspace(ws.root), "pairs")
     finally:
         ws.config_path.write_text(CONFIG)
+        run_pipeline(Workspace(ws.root))
+
+
+def test_the_evaluation_gallery_is_the_real_catalog(demo: tuple) -> None:
+    """Synth's views and colour variants lived in the catalog's tables, so evaluation ranked them too (unjudged
+    distractors and extra images of real products); the gallery is now the real catalog only."""
+    from visprep.evaluate.stage import catalog_images
+
+    ws, _ = demo
+    gallery = catalog_images(ws)
+    views = set(ws.read_table("synthetic_views", ["image_id"]).column("image_id").to_pylist())
+    variants = set(ws.read_table("synthetic_products", ["product_id"]).column("product_id").to_pylist())
+    assert views and variants and gallery.num_rows
+    assert not set(gallery.column("image_id").to_pylist()) & views
+    assert not set(gallery.column("product_id").to_pylist()) & variants
+
+
+def test_a_flagged_product_s_colour_variants_take_its_label_policy(demo: tuple) -> None:
+    """Label noise checks the real catalog (a variant in another cross-validation fold than its near-identical
+    source leaked its label); a variant carries its source's label, so the policy reaches it through its source."""
+    import pyarrow as pa
+
+    from visprep.pairs.stage import apply_label_issues
+    from visprep.schema import LABEL_ISSUES
+    from visprep.views.catalog import flagged_products, variant_sources
+
+    ws, _ = demo
+    variants = variant_sources(ws)
+    variant, source = sorted(variants.items())[0]
+    ws.write_table("label_issues", pa.Table.from_pylist(
+        [{"product_id": source, "given_label": "a", "predicted_label": "b", "label_quality": 0.01, "rank": 1,
+          "action": "exclude", "run_id": "test"}], schema=LABEL_ISSUES))
+    try:
+        assert flagged_products(ws) == [source, *sorted(v for v, s in variants.items() if s == source)]
+        ws.config_path.write_text(CONFIG + '[quality]\npolicy = "exclude"\n')
+        strict = Workspace(ws.root)
+        pairs = strict.read_table("pairs")
+        assert {source, variant} <= set(pairs.column("anchor_product_id").to_pylist())
+        kept, touched = apply_label_issues(strict, pairs)
+        assert touched and not {source, variant} & set(kept.column("anchor_product_id").to_pylist())
+    finally:
+        ws.config_path.write_text(CONFIG)
+        ws.table_path("label_issues").unlink()
         run_pipeline(Workspace(ws.root))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,6 +35,8 @@ __all__ = [
     "image_signature",
     "image_signatures",
     "normalize_color",
+    "signature_batch",
+    "signature_row",
     "signatures_from_table",
     "trim_box",
 ]
@@ -84,18 +87,39 @@ def signatures_from_table(table: pa.Table) -> Signatures:
     return sig
 
 
+def signature_batch(items: Sequence[tuple[str, str]], *, tolerance: int = TRIM_TOLERANCE) -> list[dict]:
+    """Signature rows of `(image_id, path)` items, one per item (`signature_row`): what dedup computes for the image
+    rows of its candidate pairs that have no stored signature. Nothing is written; a bad item never raises."""
+    return [signature_row(image_id, Path(path).read_bytes, tolerance=tolerance) for image_id, path in items]
+
+
+def signature_row(image_id: str, read: Callable[[], bytes], *, tolerance: int = TRIM_TOLERANCE) -> dict:
+    """{image_id, status, reason, the `CODE_COLUMNS` and `COLOR_COLUMNS`} of one image whose bytes `read()` returns:
+    status "ok", "unreadable" (reading raised OSError or ValueError) or "undecodable" (signature columns null, reason says why)."""
+    empty = dict.fromkeys(CODE_COLUMNS + COLOR_COLUMNS)
+    try:
+        data = read()
+    except (OSError, ValueError) as exc:
+        return {"image_id": image_id, "status": "unreadable", "reason": f"{image_id}: {type(exc).__name__}: {exc}",
+                **empty}
+    try:
+        code, col = image_signature(data, tolerance=tolerance)
+    except (OSError, ValueError, cv2.error) as exc:  # ImageDecodeError is a ValueError
+        return {"image_id": image_id, "status": "undecodable", "reason": f"{image_id}: {type(exc).__name__}: {exc}",
+                **empty}
+    return {"image_id": image_id, "status": "ok", "reason": None, **dict(zip(CODE_COLUMNS, (int(c) for c in code))),
+            **dict(zip(COLOR_COLUMNS, (float(c) for c in col)))}
+
+
 def image_signatures(load: Callable[[int], bytes], rows: Sequence[int], n_rows: int, *, workers: int = 2,
                      tolerance: int = TRIM_TOLERANCE) -> Signatures:
-    """Signatures of image rows `rows` (of `n_rows`), loading each row's bytes with `load(row)`; other rows and rows
-    that fail to load or decode get ok = False. Threads: the JPEG decode and OpenCV release the GIL."""
+    """Signatures of image rows `rows` (of `n_rows`), loading each row's bytes with `load(row)` (`signature_row`);
+    other rows and rows that fail to load or decode get ok = False. Threads: the JPEG decode and OpenCV release the
+    GIL."""
     out = Signatures.empty(n_rows)
 
-    def one(row: int) -> tuple[int, list[int], np.ndarray] | None:
-        try:
-            code, col = image_signature(load(row), tolerance=tolerance)
-        except (OSError, ValueError, cv2.error):  # ImageDecodeError is a ValueError
-            return None
-        return row, code, col
+    def one(row: int) -> tuple[int, dict]:
+        return row, signature_row(str(row), lambda: load(row), tolerance=tolerance)
 
     rows = [int(r) for r in rows]
     if workers > 1 and len(rows) > 64:
@@ -103,11 +127,10 @@ def image_signatures(load: Callable[[int], bytes], rows: Sequence[int], n_rows: 
             results = list(pool.map(one, rows, chunksize=32))
     else:
         results = [one(r) for r in rows]
-    for res in results:
-        if res is not None:
-            row, code, col = res
-            out.codes[row] = np.asarray(code, np.uint64)
-            out.color[row] = col
+    for row, res in results:
+        if res["status"] == "ok":
+            out.codes[row] = np.asarray([res[c] for c in CODE_COLUMNS], np.uint64)
+            out.color[row] = np.asarray([res[c] for c in COLOR_COLUMNS], np.float32)
             out.ok[row] = True
     return out
 

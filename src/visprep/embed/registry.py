@@ -192,6 +192,13 @@ def get_embedder(name: str, **options: Any) -> Embedder:
     return factory(**options)
 
 
+def registered_factory(name: str) -> EmbedderFactory | None:
+    """The factory registered under `name` now (None when there is none): what tells a cached embedder of that name
+    from one a re-registration replaced."""
+    _load_builtins()
+    return _REGISTRY.get(name)
+
+
 def accepts_option(name: str, option: str) -> bool:
     """Tell whether the registered embedder `name` takes keyword option `option` (e.g. `backend`)."""
     import inspect

@@ -8,14 +8,16 @@ new store, and a run with nothing new loads no model and finishes in the time it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 
-from visprep.config import section_params
+from visprep.config import EmbedConfig, section_params
 from visprep.embed.registry import (
     Embedder,
     Prepared,
@@ -23,6 +25,7 @@ from visprep.embed.registry import (
     accepts_option,
     get_embedder,
     model_id_of,
+    registered_factory,
 )
 from visprep.embed.store import FeatureStore
 from visprep.engines.local import batched, prefetch
@@ -44,6 +47,92 @@ class EmbedResult:
     failed: int = 0
     store_total: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """A registered embedder by name and keyword options: plain data a worker builds its embedder from."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def embedder_spec(cfg: EmbedConfig, *, model_threads: int) -> EmbedderSpec:
+    """The embedder the `[embed]` section names: its options, plus `threads` (`model_threads`) and `backend` where the
+    embedder takes them and the options do not name them."""
+    options = dict(cfg.options)
+    if "threads" not in options and (cfg.threads or accepts_option(cfg.model, "threads")):
+        options["threads"] = model_threads
+    if "backend" not in options and accepts_option(cfg.model, "backend"):
+        options["backend"] = cfg.backend
+    return EmbedderSpec(cfg.model, options)
+
+
+_BUILT: dict[str, tuple[Any, Embedder]] = {}
+"""Embedders built from specs in this process, by spec: a worker loads one model and keeps it across batches."""
+
+
+def embedder_for(spec: EmbedderSpec) -> Embedder:
+    """The embedder of `spec`, built once per process; rebuilt when the name was registered anew since."""
+    key = json.dumps([spec.name, dict(spec.options)], sort_keys=True, default=repr)
+    factory = registered_factory(spec.name)
+    hit = _BUILT.get(key)
+    if hit is not None and hit[0] is factory:
+        return hit[1]
+    embedder = get_embedder(spec.name, **spec.options)
+    _BUILT[key] = (factory, embedder)
+    return embedder
+
+
+@dataclass
+class ReadBatch:
+    """A batch read for the model by `read_embed_batch`: the ids whose bytes were read, the failures so far, and
+    the prepared batch (a `StagedEmbedder`) or the bytes read."""
+
+    ids: list[str]
+    failures: list[dict]
+    ready: Prepared | list[bytes]
+
+
+def embed_batch(items: Sequence[tuple[str, str]], embedder_spec: EmbedderSpec | Embedder
+                ) -> tuple[list[str], np.ndarray, list[dict]]:
+    """Embed `(image_id, path)` items: (ids embedded, their unit vectors (M, dim) in that order, one failure row
+    {image_id, reason, detail} per other item: "missing_bytes" (unreadable file) or "embed_decode"). Nothing is
+    written; a bad item never raises.
+
+    Args:
+        items: the images, each with the path of its stored bytes.
+        embedder_spec: the embedder to build (once per process, `embedder_for`), or one already built (in-process).
+    """
+    embedder = embedder_for(embedder_spec) if isinstance(embedder_spec, EmbedderSpec) else embedder_spec
+    return finish_embed_batch(embedder, read_embed_batch(items, embedder))
+
+
+def read_embed_batch(items: Sequence[tuple[str, str]], embedder: Embedder) -> ReadBatch:
+    """First half of `embed_batch`: read each item's bytes and, for a `StagedEmbedder`, decode them for the model
+    (the embed stage runs it in a read-ahead thread, so decoding overlaps the model on the previous batch)."""
+    data, ids, failures = [], [], []
+    for image_id, path in items:
+        try:
+            data.append(Path(path).read_bytes())
+            ids.append(image_id)
+        except (OSError, ValueError) as exc:
+            failures.append({"image_id": image_id, "reason": "missing_bytes",
+                             "detail": f"{type(exc).__name__}: {exc}"})
+    return ReadBatch(ids, failures, embedder.prepare(data) if isinstance(embedder, StagedEmbedder) else data)
+
+
+def finish_embed_batch(embedder: Embedder, read: ReadBatch) -> tuple[list[str], np.ndarray, list[dict]]:
+    """Second half of `embed_batch`: run the model on a `read_embed_batch` result."""
+    if isinstance(read.ready, Prepared):
+        vecs, good, errors = embedder.forward(read.ready), read.ready.ok, read.ready.errors
+    else:
+        vecs, good, errors = embedder.embed_partial(read.ready)
+    failures = list(read.failures)
+    for err in errors:
+        i = int(err.split(":", 1)[0])
+        failures.append({"image_id": read.ids[i], "reason": "embed_decode", "detail": err.split(":", 1)[1].strip()})
+    return [i for i, g in zip(read.ids, good.tolist()) if g], vecs, failures
 
 
 def embed_stage(ws: Workspace, *, embedder: Embedder | None = None,
@@ -75,12 +164,8 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
     cfg = ws.config.embed
     res = EmbedResult()
     plan = plan_threads(model_threads=cfg.threads)
-    options = dict(cfg.options)
-    if "threads" not in options and (cfg.threads or accepts_option(cfg.model, "threads")):
-        options["threads"] = plan.model
-    if "backend" not in options and accepts_option(cfg.model, "backend"):
-        options["backend"] = cfg.backend
-    res.model_id = embedder.model_id if embedder is not None else model_id_of(cfg.model, **options)
+    spec = embedder_spec(cfg, model_threads=plan.model)
+    res.model_id = embedder.model_id if embedder is not None else model_id_of(spec.name, **spec.options)
     params = {**section_params(ws.config, "embed"), "model_id": res.model_id}
     with ws.run(stage, params) as run:
         images = ws.read_table(table, ["image_id", "status", "format"])
@@ -97,24 +182,19 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
         if todo:
             apply_threads(plan)
             if embedder is None:
-                embedder = get_embedder(cfg.model, **options)
+                embedder = get_embedder(spec.name, **spec.options)
             run.metrics["threads"] = plan.as_dict()
             run.metrics["backend"] = getattr(embedder, "backend", None)
             if store is None:
                 store = FeatureStore(root, embedder.model_id, embedder.dim, index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
             done_ids: list[str] = []
             done_vecs: list[np.ndarray] = []
-            for batch, batch_ids, missing, ready in _batches(ws, embedder, todo, cfg.batch_size):
-                failures.extend(missing)
-                if isinstance(ready, Prepared):
-                    vecs, good, errors = embedder.forward(ready), ready.ok, ready.errors
-                else:
-                    vecs, good, errors = embedder.embed_partial(ready)
-                for err in errors:
-                    i = int(err.split(":", 1)[0])
-                    failures.append(QuarantineRecord(reason="embed_decode", detail=err.split(":", 1)[1].strip(),
-                                                     record_id=batch_ids[i], field="image_id", value=batch_ids[i]))
-                done_ids.extend(i for i, g in zip(batch_ids, good.tolist()) if g)
+            items = [(i, str(ws.store.path(i, extension_for(f)))) for i, f in todo]
+            for batch, read in _batches(embedder, items, cfg.batch_size):
+                batch_ids, vecs, failed = finish_embed_batch(embedder, read)
+                failures.extend(QuarantineRecord(reason=f["reason"], detail=f["detail"], record_id=f["image_id"],
+                                                 field="image_id", value=f["image_id"]) for f in failed)
+                done_ids.extend(batch_ids)
                 done_vecs.append(vecs)
                 if progress:
                     progress(len(batch), len(todo))
@@ -132,26 +212,13 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
     return res
 
 
-def _batches(ws: Workspace, embedder: Embedder, todo: list[tuple[str, str]], batch_size: int
-             ) -> Iterator[tuple[list[tuple[str, str]], list[str], list[QuarantineRecord], Prepared | list[bytes]]]:
-    """Yield `(batch, ids read, missing-bytes failures, the prepared batch or, for an embedder that is not staged,
-    the bytes read)`. A `StagedEmbedder`'s batches are read and decoded by a read-ahead thread while the model runs
-    on the previous one, so the stage runs at the model's rate rather than at decode + model (OpenCV, simplejpeg
-    and ONNX Runtime release the GIL)."""
-    staged = isinstance(embedder, StagedEmbedder)
-
-    def read() -> Iterator[tuple[list[tuple[str, str]], list[str], list[QuarantineRecord], Prepared | list[bytes]]]:
-        for batch in batched(todo, batch_size):
-            data, batch_ids, missing = [], [], []
-            for image_id, fmt in batch:
-                try:
-                    data.append(ws.store.get(image_id, extension_for(fmt)))
-                    batch_ids.append(image_id)
-                except (OSError, ValueError) as exc:
-                    missing.append(_failure(image_id, "missing_bytes", exc))
-            yield batch, batch_ids, missing, embedder.prepare(data) if staged else data
-
-    return prefetch(read(), depth=2) if staged else read()
+def _batches(embedder: Embedder, items: list[tuple[str, str]], batch_size: int
+             ) -> Iterator[tuple[list[tuple[str, str]], ReadBatch]]:
+    """Yield `(batch, read_embed_batch of it)`. A `StagedEmbedder`'s batches are read and decoded by a read-ahead
+    thread while the model runs on the previous one, so the stage runs at the model's rate rather than at decode +
+    model (OpenCV, simplejpeg and ONNX Runtime release the GIL)."""
+    reads = ((batch, read_embed_batch(batch, embedder)) for batch in batched(items, batch_size))
+    return prefetch(reads, depth=2) if isinstance(embedder, StagedEmbedder) else reads
 
 
 def _checkpoint(store: FeatureStore, ids: list[str], vecs: list[np.ndarray], writer: str) -> int:
@@ -171,11 +238,6 @@ def _open_store(root: Path, model_id: str, embedder: Embedder | None, cfg) -> Fe
         if embedder is not None:
             return FeatureStore(root, model_id, embedder.dim, index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
         return None
-
-
-def _failure(image_id: str, reason: str, exc: Exception) -> QuarantineRecord:
-    return QuarantineRecord(reason=reason, detail=f"{type(exc).__name__}: {exc}", record_id=image_id,
-                            field="image_id", value=image_id)
 
 
 @dataclass

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from visprep.config import section_params
-from visprep.fetch import Fetcher, FetchSettings
+from visprep.config import FetchClientConfig, FetchConfig, section_params
+from visprep.fetch import Fetcher, FetchResult, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
 from visprep.views.catalog import SYNTHETIC_URL_REASON
-from visprep.workspace import QuarantineRecord, Workspace, utcnow
+from visprep.workspace import ImageStore, QuarantineRecord, Workspace, utcnow
 
 
 @dataclass
@@ -72,6 +74,48 @@ def local_roots_by_url(ws: Workspace, urls: Sequence[str]) -> dict[str, tuple[st
     return {url: tuple(sorted(folders)) for url, folders in roots.items()}
 
 
+def client_settings(cfg: FetchConfig) -> dict[str, Any]:
+    """The `[fetch]` section's client options (`FetchSettings`' fields) as a plain dict, what `fetch_batch` takes."""
+    return cfg.model_dump(include=set(FetchClientConfig.model_fields))
+
+
+def fetch_batch(urls: Sequence[str], settings: Mapping[str, Any], local_roots: Mapping[str, Sequence[str]], *,
+                store_root: str | Path) -> list[dict]:
+    """Fetch one batch of URLs: one `urls` row (without `run_id`) per URL, in input order; a failure is a row with
+    its status and reason, never raised. The bytes of each fetched image go into the image store at `store_root`
+    under their content address (idempotent); no table is written.
+
+    Args:
+        urls: the URLs, as `Fetcher.fetch` takes them.
+        settings: the client options (`client_settings` of the `[fetch]` section).
+        local_roots: URL -> the folders its local path may be read from (`local_roots_by_url`).
+        store_root: the image store's folder (`Workspace.store.root`).
+    """
+    with Fetcher(FetchSettings(**settings)) as fetcher:
+        rows = {r["url"]: r for r in fetch_rows(fetcher, urls, local_roots, ImageStore(Path(store_root)))}
+    return [dict(rows[u]) for u in urls]
+
+
+def fetch_rows(fetcher: Fetcher, urls: Iterable[str], local_roots: Mapping[str, Sequence[str]],
+               store: ImageStore) -> Iterator[dict]:
+    """Yield one `urls` row (without `run_id`) per URL as its fetch finishes, storing the fetched bytes in `store`:
+    the body of `fetch_batch`, which the fetch stage streams over all its URLs with one fetcher (connections and
+    the concurrency window are kept across checkpoints)."""
+    for res in fetcher.fetch_many(urls, local_roots=local_roots):
+        yield url_row(res, store)
+
+
+def url_row(res: FetchResult, store: ImageStore) -> dict:
+    """The `urls` row (without `run_id`) of one fetch result; an image's bytes go into `store`."""
+    row = {"url": res.url, "status": res.status, "http_status": res.http_status, "attempts": res.attempts,
+           "reason": res.reason, "final_url": res.final_url, "fetched_at": utcnow(), "format": res.format,
+           "image_id": None, "bytes": None}
+    if res.ok and res.data is not None and res.format is not None:
+        row["image_id"] = store.put(res.data, extension_for(res.format))
+        row["bytes"] = len(res.data)
+    return row
+
+
 def fetch_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = None,
                 limit: int | None = None) -> FetchStageResult:
     """Fetch pending images into the store and record one `urls` row per URL; failures are quarantined."""
@@ -105,19 +149,15 @@ def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
         if progress:
             progress(0, len(todo))
         local_roots = local_roots_by_url(ws, todo)
-        with Fetcher(FetchSettings.from_config(cfg)) as fetcher:
-            for res in fetcher.fetch_many(todo, local_roots=local_roots):
+        with Fetcher(FetchSettings(**client_settings(cfg))) as fetcher:
+            for row in fetch_rows(fetcher, todo, local_roots, ws.store):
+                row["run_id"] = run.run_id
                 result.attempted += 1
-                row = {"url": res.url, "status": res.status, "http_status": res.http_status,
-                       "attempts": res.attempts, "reason": res.reason, "final_url": res.final_url,
-                       "fetched_at": utcnow(), "run_id": run.run_id, "format": res.format}
-                if res.ok and res.data is not None and res.format is not None:
-                    row["image_id"] = ws.store.put(res.data, extension_for(res.format))
-                    row["bytes"] = len(res.data)
+                if row["image_id"] is not None:
                     result.ok += 1
                 else:
                     result.failed += 1
-                result.by_status[res.status] = result.by_status.get(res.status, 0) + 1
+                result.by_status[row["status"]] = result.by_status.get(row["status"], 0) + 1
                 buffer.append(row)
                 if len(buffer) >= cfg.checkpoint_every:
                     flush()

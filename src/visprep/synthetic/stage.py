@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import section_params
+from visprep.engines.local import batched
 from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.images.facts import facts_row
 from visprep.images.preprocess import encode_jpeg
 from visprep.images.sniff import extension_for
 from visprep.schema import IMAGES, PRODUCT_IMAGES, PRODUCTS, SYNTHETIC_VIEWS
-from visprep.synthetic.generators import ViewGenerator, make_generator
+from visprep.synthetic.generators import GENERATORS, ViewGenerator, make_generator
 from visprep.synthetic.products import (
     color_name,
     variant_color,
@@ -47,9 +50,11 @@ from visprep.synthetic.products import (
 )
 from visprep.synthetic.views import foreground_mask
 from visprep.views.catalog import is_synthetic_product, view_url
-from visprep.workspace import QuarantineRecord, Workspace, conform
+from visprep.workspace import ImageStore, QuarantineRecord, Workspace, conform
 
 STAGE = "synth"
+RENDER_BATCH = 16
+"""Source images per `render_batch` call of the stage (its progress steps)."""
 
 
 @dataclass
@@ -73,14 +78,6 @@ class SynthResult:
     def changed(self) -> bool:
         """Whether this run wrote any table (what a pipeline asks to know if later stages may be stale)."""
         return bool(self.tables_written)
-
-
-def _generator_from_config(ws: Workspace) -> ViewGenerator:
-    cfg = ws.config.synthetic
-    if cfg.generator == "classical":
-        return make_generator("classical", backgrounds=cfg.backgrounds, reframe_scales=cfg.reframe_scales,
-                              hue_shifts_deg=cfg.hue_shifts_deg)
-    return make_generator(cfg.generator)
 
 
 def source_images(ws: Workspace, *, include_eval: bool, per_product: int) -> pa.Table:
@@ -125,29 +122,79 @@ def _same(old: pa.Table, new: pa.Table, keys: list[str]) -> bool:
     return old.num_rows == new.num_rows and _sorted(old, keys).equals(_sorted(new, keys))
 
 
-def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, key: str, run_id: str,
-                res: SynthResult, taken: set[str], progress: Callable[[int, int], None] | None
-                ) -> tuple[list[dict], dict[str, dict], list[QuarantineRecord]]:
-    """Generate and store the views of `todo`'s images: synthetic_views rows, each view's `images` facts (from the
-    bytes just encoded, as inspect computes them), refused sources."""
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """A registered view generator by name and keyword options: plain data a worker builds its generator from."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def generator_spec(ws: Workspace) -> GeneratorSpec:
+    """The spec of the generator the `[synthetic]` section names."""
     cfg = ws.config.synthetic
-    views: list[dict] = []
-    facts: dict[str, dict] = {}
-    refused: list[QuarantineRecord] = []
-    for pid, iid, fmt, split in zip(*(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format",
-                                                                          "split"))):
+    if cfg.generator == "classical":
+        return GeneratorSpec("classical", {"backgrounds": list(cfg.backgrounds),
+                                           "reframe_scales": list(cfg.reframe_scales),
+                                           "hue_shifts_deg": list(cfg.hue_shifts_deg)})
+    return GeneratorSpec(cfg.generator)
+
+
+_BUILT: dict[str, tuple[Any, ViewGenerator]] = {}
+"""Generators built from specs in this process, by spec: a worker builds one (a diffusion model loads once)."""
+
+
+def generator_for(spec: GeneratorSpec) -> ViewGenerator:
+    """The generator of `spec`, built once per process; rebuilt when the name was registered anew since."""
+    key = json.dumps([spec.name, dict(spec.options)], sort_keys=True, default=repr)
+    factory = GENERATORS.get(spec.name)
+    hit = _BUILT.get(key)
+    if hit is not None and hit[0] is factory:
+        return hit[1]
+    generator = make_generator(spec.name, **spec.options)
+    _BUILT[key] = (factory, generator)
+    return generator
+
+
+def _generator_from_config(ws: Workspace) -> ViewGenerator:
+    spec = generator_spec(ws)
+    return make_generator(spec.name, **spec.options)
+
+
+def render_batch(sources: Sequence[tuple[str, str, str, str | None]], generator_spec: GeneratorSpec | ViewGenerator,
+                 *, store_root: str | Path, seed: int, jpeg_quality: int, max_pixels: int, max_decoded_bytes: int,
+                 taken: Container[str] = frozenset()) -> list[dict]:
+    """Render the views of `(product_id, image_id, path, split)` source images: one row per source, {product_id,
+    image_id, status ("ok" or "synth_failed"), reason, views, refused}. `views` are its `synthetic_views` rows
+    (without `run_id`), each with `facts`, the view's `synthetic_images` row (without `run_id`) computed from the
+    bytes just encoded as inspect computes them (with `max_pixels`, `max_decoded_bytes`); `refused` its quarantine
+    records as dicts. The view images go into the image store at `store_root` under their content address
+    (idempotent); no table is written, and a bad source never raises.
+
+    Args:
+        sources: the source images, each with the path of its stored bytes.
+        generator_spec: the generator to build (once per process, `generator_for`), or one already built.
+        seed: `synthetic.seed`; each source draws from its own RNG seeded from (seed, image id).
+        jpeg_quality: the views' JPEG quality.
+        taken: catalog product ids; a colour variant whose id is one of them is refused, not made.
+    """
+    generator = generator_for(generator_spec) if isinstance(generator_spec, GeneratorSpec) else generator_spec
+    key = params_key(generator, seed=seed, jpeg_quality=jpeg_quality)
+    store = ImageStore(Path(store_root))
+    out = []
+    for pid, iid, path, split in sources:
         # One RNG per source image, seeded from (seed, image): reruns and subsets draw the same views.
-        seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}\x00{iid}".encode()).digest()[:8], "big")
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}\x00{iid}".encode()).digest()[:8], "big"))
         try:
-            rgb = decode_rgb(ws.store.get(iid, extension_for(fmt)))
-            made = generator.generate(rgb, rng=np.random.default_rng(seed))
+            made = generator.generate(decode_rgb(Path(path).read_bytes()), rng=rng)
         except (OSError, ImageDecodeError, ValueError) as exc:
-            res.failed += 1
-            refused.append(QuarantineRecord(reason="synth_failed", detail=f"{type(exc).__name__}: {exc}",
-                                            record_id=iid, field="image_id", value=iid))
-            if progress:
-                progress(1, todo.num_rows)
+            detail = f"{type(exc).__name__}: {exc}"
+            out.append({"product_id": pid, "image_id": iid, "status": "synth_failed", "reason": detail, "views": [],
+                        "refused": [{"reason": "synth_failed", "detail": detail, "record_id": iid,
+                                     "field": "image_id", "value": iid}]})
             continue
+        views: list[dict] = []
+        refused: list[dict] = []
         for view in made:
             recipe = {**view.recipe, "derived_from": iid, "generator": generator.name}
             recipe_json = json.dumps(recipe, sort_keys=True)
@@ -158,33 +205,58 @@ def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, key:
             else:
                 product_id, relation, grade = variant_product_id(pid, op, recipe_json), "color_variant", 3
                 if product_id in taken:  # a catalog product already has this id: never overwrite it
-                    refused.append(QuarantineRecord(
-                        reason="synthetic_id_taken", detail=f"colour variant id {product_id!r} of {pid!r} is a "
-                        "catalog product id; the variant is not made", record_id=product_id, field="product_id",
-                        value=product_id))
+                    refused.append({"reason": "synthetic_id_taken", "detail": f"colour variant id {product_id!r} of "
+                                    f"{pid!r} is a catalog product id; the variant is not made",
+                                    "record_id": product_id, "field": "product_id", "value": product_id})
                     continue
                 if view.color:
                     color = view.color
                 else:  # a plug-in that does not name its colours: name it from the image
                     mask = foreground_mask(view.image)
                     color = color_name(view.image, mask if mask.any() else None)
-            data = encode_jpeg(view.image, quality=cfg.jpeg_quality)
-            vid = ws.store.put(data, "jpg")
-            facts[vid] = _facts(ws, vid, data)
-            if facts[vid]["status"] != "ok":  # e.g. an upscale past inspect.max_pixels: no reader will use it
-                refused.append(QuarantineRecord(reason=facts[vid]["status"], detail=facts[vid]["reason"],
-                                                record_id=product_id, field="image", value=vid))
-            res.by_op[op] = res.by_op.get(op, 0) + 1
-            if view.same_product:
-                res.same_product_views += 1
-            else:
-                res.color_variants += 1
+            data = encode_jpeg(view.image, quality=jpeg_quality)
+            vid = store.put(data, "jpg")
+            facts = facts_row(vid, data, fmt="jpeg", max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+            if facts["status"] != "ok":  # e.g. an upscale past inspect.max_pixels: no reader will use it
+                refused.append({"reason": facts["status"], "detail": facts["reason"], "record_id": product_id,
+                                "field": "image", "value": vid})
             views.append({"image_id": vid, "source_image_id": iid, "source_product_id": pid,
                           "product_id": product_id, "relation": relation, "grade": grade, "op": op,
                           "recipe": recipe_json, "source": "synthetic", "split": split,
-                          "generator": generator.name, "run_id": run_id, "color": color, "params_key": key})
+                          "generator": generator.name, "color": color, "params_key": key, "facts": facts})
+        out.append({"product_id": pid, "image_id": iid, "status": "ok", "reason": None, "views": views,
+                    "refused": refused})
+    return out
+
+
+def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, run_id: str, res: SynthResult,
+                taken: set[str], progress: Callable[[int, int], None] | None
+                ) -> tuple[list[dict], dict[str, dict], list[QuarantineRecord]]:
+    """Generate and store the views of `todo`'s images (`render_batch`, a batch at a time): synthetic_views rows,
+    each view's `images` facts, refused sources."""
+    cfg = ws.config.synthetic
+    views: list[dict] = []
+    facts: dict[str, dict] = {}
+    refused: list[QuarantineRecord] = []
+    sources = [(pid, iid, str(ws.store.path(iid, extension_for(fmt))), split) for pid, iid, fmt, split in zip(
+        *(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format", "split")))]
+    for batch in batched(sources, RENDER_BATCH):
+        for row in render_batch(batch, generator, store_root=ws.store.root, seed=cfg.seed,
+                                jpeg_quality=cfg.jpeg_quality, max_pixels=ws.config.inspect.max_pixels,
+                                max_decoded_bytes=ws.config.inspect.max_decoded_bytes, taken=taken):
+            if row["status"] != "ok":
+                res.failed += 1
+            refused.extend(QuarantineRecord(**r) for r in row["refused"])
+            for view in row["views"]:
+                facts[view["image_id"]] = view.pop("facts")
+                views.append({**view, "run_id": run_id})
+                res.by_op[view["op"]] = res.by_op.get(view["op"], 0) + 1
+                if view["relation"] == "same_product":
+                    res.same_product_views += 1
+                else:
+                    res.color_variants += 1
         if progress:
-            progress(1, todo.num_rows)
+            progress(len(batch), todo.num_rows)
     return views, facts, refused
 
 
@@ -224,8 +296,8 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
         taken = set(products.column("product_id").to_pylist())
         if progress:
             progress(0, pending.num_rows)
-        made, facts, refused = _make_views(ws, pending, generator, key=key, run_id=run.run_id, res=res,
-                                           taken=taken, progress=progress)
+        made, facts, refused = _make_views(ws, pending, generator, run_id=run.run_id, res=res, taken=taken,
+                                           progress=progress)
         views = pa.concat_tables([reused, pa.Table.from_pylist(made, schema=SYNTHETIC_VIEWS)])
         views = views.filter(pc.invert(pc.and_(pc.equal(views["relation"], "color_variant"),
                                                pc.is_in(views["product_id"], pa.array(sorted(taken), pa.string())))))

@@ -18,6 +18,14 @@ Regenerate ONLY for a deliberate behaviour change, and name that change in the c
 
     PYTHONPATH=src python tests/golden/make_golden.py
 
+History: captured at 5948948 (before the one-writer redesign) and regenerated once, after it, for the changes the
+redesign made on purpose, each checked against the captured golden table by table (every other table equal):
+`duplicate_edges` and `product_groups` no longer hold synth's colour variants (dedup reads the real catalog; a
+variant takes its source's group through `all_splits`, as the split gave it before); `label_issues` checks the real
+catalog only (a variant in another cross-validation fold than its near-identical source leaked the label), and
+`quality.policy` reaches a flagged product's variants through their source; so `pairs` and the shards' positives
+differ only in the weights of pairs of products whose flag changed (same pairs, same keys).
+
 Determinism evidence (2026-12-07, 2 cores): two runs, and a run with one thread everywhere (OMP_NUM_THREADS=1,
 `[embed] threads = 1`, `[mining] threads = 1`, `[events] threads = 1`), gave identical canonical rows in every table
 at 12 decimals once `row_hash` (path-dependent) was dropped. Other machines (CI: same OS and Python, maybe another

@@ -28,7 +28,7 @@ import numpy as np
 from visprep.dedup.benchset import build_dedup_benchmark
 from visprep.dedup.groups import connected_groups
 from visprep.dedup.hamming import mih_radius_pairs
-from visprep.dedup.pairs import DedupParams, find_duplicates
+from visprep.dedup.candidates import DedupParams, find_duplicates
 from visprep.dedup.visual import Signatures
 from visprep.images.facts import inspect_image
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visprep.dedup.benchset import build_dedup_benchmark
-from visprep.dedup.pairs import CandidatePairs, DedupParams, find_duplicates, merge_sorted_keys
+from visprep.dedup.candidates import CandidatePairs, DedupParams, find_duplicates, merge_sorted_keys
 from visprep.dedup.titles import _union_sorted, title_candidate_keys, title_candidate_pairs
 from visprep.dedup.visual import Signatures
 from visprep.images.facts import inspect_image
@@ -111,7 +111,7 @@ def test_title_keys_are_the_title_pairs(case):
 def test_closest_images_matches_brute_force(data):
     """The closest pair of image rows of two products (one-image pairs taken directly, the others by a sort), against
     a loop over every image pair; rows that are not `valid` take no part."""
-    from visprep.dedup.pairs import NO_DISTANCE, _closest_images
+    from visprep.dedup.candidates import NO_DISTANCE, _closest_images
 
     n = data.draw(st.integers(2, 8))
     count = np.asarray(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), np.int64)

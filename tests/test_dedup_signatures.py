@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 import visprep.images.stage as inspect_module
 from visprep.dedup.benchset import build_dedup_benchmark
-from visprep.dedup.pairs import DedupParams, find_duplicates
+from visprep.dedup.candidates import DedupParams, find_duplicates
 from visprep.dedup.stage import dedup_stage
 from visprep.dedup.visual import image_signature, signatures_from_table
 from visprep.images.facts import inspect_image, small_rgb
@@ -307,7 +307,7 @@ EMB_RULE = "identical_image or ((image_match or embedding_similar) and title_sim
 @settings(max_examples=60, deadline=None)
 @given(st.integers(2, 12), st.integers(0, 2**32 - 1))
 def test_best_cosine_equals_brute_force(n, seed):
-    from visprep.dedup.pairs import best_cosine
+    from visprep.dedup.candidates import best_cosine
 
     rng = np.random.default_rng(seed)
     count = rng.integers(0, 4, n)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visprep.dedup.benchset import render_garment
-from visprep.dedup.pairs import DedupParams, find_duplicates
+from visprep.dedup.candidates import DedupParams, find_duplicates
 from visprep.dedup.titles import _bucket_pairs, title_candidate_pairs, title_signatures, title_tokens
 from visprep.dedup.visual import image_signature, trim_box
 from visprep.demo import load_fashion_mnist_subset

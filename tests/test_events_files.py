@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from visprep.cli import app
 from visprep.events.checkpoint import EventLog, part_bucket
-from visprep.events.pairs import pair_groups
+from visprep.events.interactions import pair_groups
 from visprep.events.simulate import SimConfig, simulate
 from visprep.events.stage import ingest_event_files
 from visprep.cli import EXIT_BUSY

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from visprep.config import EventsConfig
 from visprep.events.checkpoint import EventLog
-from visprep.events.pairs import PairsReport, build_pairs
+from visprep.events.interactions import PairsReport, build_pairs
 from visprep.events.simulate import SimConfig, click_agreement, ranking_quality, simulate
 from visprep.events.stage import ingest_event_files
 from visprep.views.db import connect

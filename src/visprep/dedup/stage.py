@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from visprep.config import DedupConfig, section_params
+from visprep.dedup.candidates import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
 from visprep.dedup.groups import canonical_members, connected_groups
-from visprep.dedup.pairs import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
 from visprep.dedup.phases import PhaseClock
 from visprep.dedup.visual import signatures_from_table
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS

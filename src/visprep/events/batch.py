@@ -34,6 +34,7 @@ from visprep.events.checkpoint import (
     user_bucket_sql,
 )
 from visprep.events.duck import scalar, sql_list, sql_str, to_arrow
+from visprep.events.interactions import pair_groups
 from visprep.events.normalize import (
     CONTENT_FIELDS,
     STAGED_COLUMNS,
@@ -45,7 +46,6 @@ from visprep.events.normalize import (
     stage_json_lines,
     stream_select,
 )
-from visprep.events.pairs import pair_groups
 from visprep.events.readers import iter_json_lines
 from visprep.schema import EVENTS
 from visprep.workspace import QuarantineRecord, RunRecord, Workspace, conform

@@ -24,7 +24,7 @@ from typing import Any
 from visprep.config import section_params
 from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
-from visprep.events.pairs import PairsReport, build_pairs
+from visprep.events.interactions import PairsReport, build_pairs
 from visprep.events.readers import detect_format
 from visprep.views.db import connect
 from visprep.workspace import RunRecord, Workspace, file_fingerprint

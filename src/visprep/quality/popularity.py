@@ -3,7 +3,7 @@
 concentration (Gini, head share) of positive-pair mass before and after re-sampling.
 
 Reused, not re-derived: the events stage's `log_q` (log share of the product's click / add-to-cart / purchase /
-view events, `visprep.events.pairs`) is `log_q_raw`; the sampler's popularity definition
+view events, `visprep.events.interactions`) is `log_q_raw`; the sampler's popularity definition
 (`visprep.sampling.stage.popularity_weights`: interactions = summed `count` of non-skip-above interaction pairs)
 gives the weights, so `weight` is exactly what `sampling.popularity_exponent = -1/T` draws with, up to a constant;
 the events stage's own raw-vs-debiased pair-weight concentration (`visprep.events.debias.concentration`) is

@@ -120,7 +120,7 @@ def _built_twice(tmp_path: Path, cfg: SimConfig, **build: object) -> tuple[list[
     """Ingest a simulated log (which builds `interaction_pairs` the default way), build the table again with
     `build` options; return both tables' rows and the second build's report."""
     from visprep.events.checkpoint import EventLog
-    from visprep.events.pairs import build_pairs
+    from visprep.events.interactions import build_pairs
     from visprep.views.db import connect
 
     ev, _ = simulate(cfg)

@@ -18,7 +18,7 @@ from typing import Any
 
 from visprep import stages
 from visprep.config import section_params
-from visprep.workspace import Workspace
+from visprep.workspace import RunRecord, Workspace
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
 UP_TO_DATE = "up to date"
@@ -78,6 +78,33 @@ def run_stage(ws: Workspace, stage: str, *, force: bool = False, progress: Calla
             return UP_TO_DATE
         with ws.overrides(given), ws.acting_as(stage):
             return spec.run(ws, progress, **options)
+
+
+def execute(ws: Workspace, stage: str, compute: Callable[[Workspace, RunRecord], stages.StageOutput],
+            *, params: dict[str, Any] | None = None) -> Any:
+    """Run table stage `stage`'s `compute(ws, run)` under a run record the runner opens (its declared sections as
+    parameters, plus `params`), then write what it returns: each table (only a declared write; not rewritten when
+    equal to the stored one, run ids aside), each quarantine part, the run's counts, metrics and notes. Returns the
+    output's `result`. The stage's library function (`dedup_stage(ws)`, ...) is this call: it always runs."""
+    spec = stages.get(stage)
+    with ws.run(stage, {**section_params(ws.config, *spec.sections), **(params or {})}) as run:
+        out = compute(ws, run)
+        undeclared = (set(out.tables) | set(out.parts)) - set(spec.writes)
+        if undeclared:
+            raise PermissionError(f"stage {stage!r} returned {sorted(undeclared)}, which it does not declare among "
+                                  f"its writes {list(spec.writes)}")
+        written = [name for name, table in out.tables.items() if ws.write_table_if_changed(name, table)]
+        for name, parts in out.parts.items():
+            for part, table in parts.items():
+                ws.write_part(name, table, part)
+                written.append(f"{name}/{part}")
+        for key, records in out.quarantine.items():
+            ws.quarantine(records, stage=stage, run_id=run.run_id, key=key)
+        run.counts.update(out.counts)
+        run.metrics.update(out.metrics)
+        run.metrics["tables_rewritten"] = written
+        run.notes.extend(out.notes)
+    return out.result
 
 
 def run_pipeline(ws: Workspace, catalog_files: Sequence[str | Path] = (), *, force: bool = False,

@@ -19,13 +19,29 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from visprep.config import VisprepConfig
     from visprep.workspace import Workspace
+
+
+@dataclass
+class StageOutput:
+    """What a table stage's computation returns for the runner to write (`visprep.pipeline.execute`): whole tables
+    (each one the stage declares among its writes; a table equal to the stored one, run ids aside, is not rewritten,
+    so its readers stay up to date) or parts of one (the mine stage's one part per miner), refused records by quarantine key (one quarantine part per key, replaced), the
+    run record's counts, metrics and notes, and the result the caller and the CLI get."""
+
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow.Table
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {part: pyarrow.Table}, in order
+    quarantine: dict[str, list[Any]] = field(default_factory=dict)  # key -> [QuarantineRecord]
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    result: Any = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,7 @@ class Stage:
 
     name: str
     summary: str
-    sections: tuple[str, ...]
+    sections: tuple[str, ...]  # incl. sections of shared views it reads (`[pairs]` floors of `usable_images`)
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     body: str
@@ -146,7 +162,7 @@ STAGES: tuple[Stage, ...] = (
           ("shift", "embed"), ("queries", "images", "product_images", "urls"), ("domain_shift", "user_features"),
           _B + "shift", applies="visprep.quality.shift:shift_applies"),
     Stage("mine", "Mine negatives (random, other-category, brand, ANN hard negatives behind the guard).",
-          ("mining",),
+          ("mining", "pairs"),
           ("products", "pairs", "splits", "product_images", "urls", "images", "interaction_pairs", "product_groups",
            "synthetic_views", "synthetic_products", "synthetic_product_images", "synthetic_images"),
           ("negatives",), _B + "mine", reads_if=_B + "mine_reads",
@@ -157,12 +173,12 @@ STAGES: tuple[Stage, ...] = (
           _B + "popularity",
           applies=_B + "has_interactions"),
     Stage("sample", "Plan P x K batches (batch_plan), stratified by category, no group twice per batch.",
-          ("sampling",),
+          ("sampling", "pairs"),
           ("products", "product_images", "urls", "splits", "images", "interaction_pairs", "user_pairs", "pairs",
            "popularity", "synthetic_views", "synthetic_products", "synthetic_product_images", "synthetic_images"),
           ("batch_plan",), _B + "sample"),
     Stage("export", "Write WebDataset shards, a manifest and a sample index per split.",
-          ("preprocess", "export"),
+          ("preprocess", "export", "pairs"),
           ("pairs", "products", "product_images", "urls", "images", "splits", "user_pairs", "queries", "eval_queries",
            "synthetic_views", "synthetic_products", "synthetic_product_images", "synthetic_images"),
           ("shards",), _B + "export", per_batch="visprep.export.stage:preprocess_batch"),

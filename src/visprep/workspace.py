@@ -289,6 +289,19 @@ class Workspace:
             return
         atomic_write_parquet(path, table)
 
+    def write_table_if_changed(self, name: str, table: pa.Table) -> bool:
+        """`write_table` unless the stored table holds the same rows in the same order (its `run_id` column aside):
+        an unchanged output keeps its fingerprint, so the stages reading it stay up to date. Returns whether it
+        wrote."""
+        table = conform(table, schema_for(name))
+        if self.has_table(name):
+            old = self.read_table(name)
+            same = [c for c in table.column_names if c != "run_id"]
+            if old.num_rows == table.num_rows and old.select(same).equals(table.select(same)):
+                return False
+        self.write_table(name, table)
+        return True
+
     def write_part(self, name: str, table: pa.Table, part: str) -> Path:
         """Add (or replace) part `part` of table `name`; the table becomes a folder of parts."""
         self.check_writer(name)
@@ -414,6 +427,9 @@ class Workspace:
         declared = stages.BY_NAME.get(stage)
         if declared is not None:
             record.reads = stages.fingerprints(self, declared.all_reads(self.config))
+            # Every section the stage declares is recorded, whatever its body passed: its freshness compares them.
+            for section in declared.sections:
+                record.params.setdefault(section, getattr(self.config, section).model_dump(mode="json"))
         path = self.runs_dir / f"{run_id}.json"
         atomic_write_bytes(path, record.to_json().encode())
         t0 = time.perf_counter()

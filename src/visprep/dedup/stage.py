@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from visprep.config import DedupConfig, section_params
+from visprep.config import DedupConfig
 from visprep.dedup.candidates import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
 from visprep.dedup.groups import canonical_members, connected_groups
 from visprep.dedup.phases import PhaseClock
@@ -17,7 +17,8 @@ from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
 from visprep.rules import parse_rule
 from visprep.schema import DUPLICATE_EDGES, PRODUCT_GROUPS
-from visprep.workspace import Workspace
+from visprep.stages import StageOutput
+from visprep.workspace import RunRecord, Workspace
 
 SIGNATURE_COLUMNS = CODE_COLUMNS + COLOR_COLUMNS
 
@@ -152,54 +153,56 @@ def edge_rows(product_ids: list[str], image_ids: list[str], pairs: CandidatePair
 
 def dedup_stage(ws: Workspace) -> DedupResult:
     """Write `product_groups` (every product) and `duplicate_edges` (the evidence of each accepted pair)."""
+    from visprep.pipeline import execute
+
+    return execute(ws, "dedup", compute_dedup)
+
+
+def compute_dedup(ws: Workspace, run: RunRecord) -> StageOutput:
+    """The dedup stage's computation over the real catalog: its two tables and counts."""
     cfg = ws.config.dedup
-    res = DedupResult()
-    with ws.run("dedup", section_params(ws.config, "dedup")) as run:
-        res.run_id = run.run_id
-        clock = PhaseClock()
-        products = ws.read_table("products", ["product_id", "title", "top_category", "color", "brand"])
-        product_ids = products.column("product_id").to_pylist()
-        index = {p: k for k, p in enumerate(product_ids)}
-        imgs = hashed_images(ws)
-        img_pid = imgs.column("product_id").to_pylist()
-        known = [k for k, p in enumerate(img_pid) if p in index]  # product_images of removed products are ignored
-        image_ids = [imgs.column("image_id")[k].as_py() for k in known] if len(known) < len(img_pid) \
-            else imgs.column("image_id").to_pylist()
-        fmts = imgs.column("format").to_pylist()
-        ext_of = {f: extension_for(f or "jpeg") for f in set(fmts)}
-        image_ext = [ext_of[fmts[k]] for k in known]
-        image_product = np.asarray([index[img_pid[k]] for k in known], dtype=np.int64)
-        codes = imgs.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)[known] if known \
-            else np.empty(0, np.uint64)
-        # The signatures inspect stored; images inspected before they existed are decoded here, those rows only.
-        signatures = signatures_from_table(imgs.take(pa.array(known, pa.int64())) if len(known) < len(img_pid)
-                                           else imgs) if cfg.image_checks else None
-        columns = {c: products.column(c).to_pylist() for c in ("title", "top_category", "color", "brand")}
-        # The Arrow tables and lookups are not needed any more: at 1M products they are hundreds of MiB.
-        del products, index, imgs, img_pid, fmts, known
-        clock.lap("read")
-        pairs = find_duplicates(product_ids, columns.pop("title"), columns.pop("top_category"), image_product,
-                                image_ids, codes, params=params_from_config(cfg), colors=columns.pop("color"),
-                                brands=columns.pop("brand"),
-                                image_loader=(lambda r: ws.store.get(image_ids[r], image_ext[r]))
-                                if cfg.image_checks else None, signatures=signatures,
-                                embeddings=embedding_lookup(ws, image_ids)
-                                if "embedding_similar" in parse_rule(cfg.rule).names else None,
-                                keep_all=cfg.keep_rejected_edges)  # else only the pairs the edges keep
-        after = PhaseClock()
-        groups = group_products(product_ids, pairs, np.bincount(image_product, minlength=len(product_ids)))
-        after.lap("groups")
-        ws.write_table("product_groups", groups)
-        ws.write_table("duplicate_edges", edge_rows(product_ids, image_ids, pairs, run_id=run.run_id,
-                                                    keep_rejected=cfg.keep_rejected_edges))
-        after.lap("write")
-        res.seconds = {**clock.seconds, **pairs.seconds, **after.seconds}
-        res.peak_rss_mib = {**clock.peak_rss_mib, **pairs.peak_rss_mib, **after.peak_rss_mib}
-        sizes = groups.column("group_size").to_numpy()
-        res.products = len(product_ids)
-        res.groups = len(set(groups.column("group_id").to_pylist()))
-        res.products_in_groups = int((sizes > 1).sum())
-        res.accepted_pairs = int(pairs.accepted.sum())
-        res.counts = pairs.counts
-        run.counts = {**pairs.counts, "groups": res.groups, "products_in_groups": res.products_in_groups}
-    return res
+    res = DedupResult(run_id=run.run_id)
+    clock = PhaseClock()
+    products = ws.read_table("products", ["product_id", "title", "top_category", "color", "brand"])
+    product_ids = products.column("product_id").to_pylist()
+    index = {p: k for k, p in enumerate(product_ids)}
+    imgs = hashed_images(ws)
+    img_pid = imgs.column("product_id").to_pylist()
+    known = [k for k, p in enumerate(img_pid) if p in index]  # product_images of removed products are ignored
+    image_ids = [imgs.column("image_id")[k].as_py() for k in known] if len(known) < len(img_pid) \
+        else imgs.column("image_id").to_pylist()
+    fmts = imgs.column("format").to_pylist()
+    ext_of = {f: extension_for(f or "jpeg") for f in set(fmts)}
+    image_ext = [ext_of[fmts[k]] for k in known]
+    image_product = np.asarray([index[img_pid[k]] for k in known], dtype=np.int64)
+    codes = imgs.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)[known] if known \
+        else np.empty(0, np.uint64)
+    # The signatures inspect stored; images inspected before they existed are decoded here, those rows only.
+    signatures = signatures_from_table(imgs.take(pa.array(known, pa.int64())) if len(known) < len(img_pid)
+                                       else imgs) if cfg.image_checks else None
+    columns = {c: products.column(c).to_pylist() for c in ("title", "top_category", "color", "brand")}
+    # The Arrow tables and lookups are not needed any more: at 1M products they are hundreds of MiB.
+    del products, index, imgs, img_pid, fmts, known
+    clock.lap("read")
+    pairs = find_duplicates(product_ids, columns.pop("title"), columns.pop("top_category"), image_product,
+                            image_ids, codes, params=params_from_config(cfg), colors=columns.pop("color"),
+                            brands=columns.pop("brand"),
+                            image_loader=(lambda r: ws.store.get(image_ids[r], image_ext[r]))
+                            if cfg.image_checks else None, signatures=signatures,
+                            embeddings=embedding_lookup(ws, image_ids)
+                            if "embedding_similar" in parse_rule(cfg.rule).names else None,
+                            keep_all=cfg.keep_rejected_edges)  # else only the pairs the edges keep
+    after = PhaseClock()
+    groups = group_products(product_ids, pairs, np.bincount(image_product, minlength=len(product_ids)))
+    edges = edge_rows(product_ids, image_ids, pairs, run_id=run.run_id, keep_rejected=cfg.keep_rejected_edges)
+    after.lap("groups")
+    res.seconds = {**clock.seconds, **pairs.seconds, **after.seconds}
+    res.peak_rss_mib = {**clock.peak_rss_mib, **pairs.peak_rss_mib, **after.peak_rss_mib}
+    sizes = groups.column("group_size").to_numpy()
+    res.products = len(product_ids)
+    res.groups = len(set(groups.column("group_id").to_pylist()))
+    res.products_in_groups = int((sizes > 1).sum())
+    res.accepted_pairs = int(pairs.accepted.sum())
+    res.counts = pairs.counts
+    return StageOutput(tables={"product_groups": groups, "duplicate_edges": edges}, result=res,
+                       counts={**pairs.counts, "groups": res.groups, "products_in_groups": res.products_in_groups})

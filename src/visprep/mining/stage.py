@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from visprep.config import section_params
-from visprep.mining.miners import MINERS, MiningContext
+from visprep.mining.miners import MINERS, Miner, MiningContext
 from visprep.mining.positives import build_positive_sets
+from visprep.stages import StageOutput
 from visprep.views.items import load_items
-from visprep.workspace import Workspace
+from visprep.workspace import RunRecord, Workspace
 
 
 def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, int]:
@@ -32,33 +32,39 @@ def mine_stage(ws: Workspace, *, feature_model: str | None = None) -> dict[str, 
     if unknown:  # the config checks this when loaded; a miner can be unregistered since
         raise ValueError(f"mining.kinds: no registered miner {', '.join(map(repr, unknown))}")
     miners = [m for m in MINERS.values() if m.name in cfg.kinds]
+    from visprep.pipeline import execute
+
+    return execute(ws, "mine", lambda ws, run: compute_negatives(ws, run, miners, feature_model))
+
+
+def compute_negatives(ws: Workspace, run: RunRecord, miners: list[Miner], feature_model: str | None) -> StageOutput:
+    """The mine stage's computation: each miner's part of `negatives` (a miner that could not run leaves its part as
+    it was), and the counts per miner."""
+    cfg = ws.config.mining
     counts: dict[str, int] = {}
-    with ws.run("mine", section_params(ws.config, "mining")) as run:
-        for miner in miners:  # what a miner reads beyond the declared reads (e.g. the vectors of --model)
-            run.inputs.update(miner.inputs(ws, feature_model))
-        items = load_items(ws)
-        counts["items"] = len(items)
-        splits = sorted(set(items.split.tolist())) if cfg.same_split else [None]
-        pools = [np.flatnonzero(items.split == s) if s is not None else np.arange(len(items)) for s in splits]
-        ctx = MiningContext(ws=ws, items=items, positives=build_positive_sets(items.group, items.product,
-                                                                              items.positive_pairs),
-                            pools=pools, splits=splits, rng=np.random.default_rng(cfg.seed),
-                            feature_model=feature_model)
-        results = {}
-        for miner in miners:
-            result = miner.mine(ctx)
-            for name, v in result.counts.items():
-                counts[f"{miner.name}.{name}"] = int(v)
-            run.notes.extend(result.notes)
-            results[miner.name] = result
-        for kind in dict.fromkeys(cfg.kinds):
-            result = results[kind]
-            if not result.write:
-                continue
-            ws.write_part("negatives", result.rows, kind)
-            counts[f"{kind}.rows"] = result.rows.num_rows
-        run.counts = counts
-    return counts
+    for miner in miners:  # what a miner reads beyond the declared reads (e.g. the vectors of --model)
+        run.inputs.update(miner.inputs(ws, feature_model))
+    items = load_items(ws)
+    counts["items"] = len(items)
+    splits = sorted(set(items.split.tolist())) if cfg.same_split else [None]
+    pools = [np.flatnonzero(items.split == s) if s is not None else np.arange(len(items)) for s in splits]
+    ctx = MiningContext(ws=ws, items=items, positives=build_positive_sets(items.group, items.product,
+                                                                          items.positive_pairs),
+                        pools=pools, splits=splits, rng=np.random.default_rng(cfg.seed), feature_model=feature_model)
+    results = {}
+    notes: list[str] = []
+    for miner in miners:
+        result = miner.mine(ctx)
+        for name, v in result.counts.items():
+            counts[f"{miner.name}.{name}"] = int(v)
+        notes.extend(result.notes)
+        results[miner.name] = result
+    parts = {}
+    for kind in dict.fromkeys(cfg.kinds):
+        if results[kind].write:
+            parts[kind] = results[kind].rows
+            counts[f"{kind}.rows"] = results[kind].rows.num_rows
+    return StageOutput(parts={"negatives": parts}, counts=counts, notes=notes, result=counts)
 
 
 def ann_model_id(ws: Workspace, feature_model: str | None = None) -> str:

@@ -8,12 +8,12 @@ from itertools import combinations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from visprep.config import section_params
 from visprep.pairs.titles import REFUSAL_REASONS, TitleCategoryChecker, get_title_checker, judge_titles
 from visprep.schema import PAIRS
+from visprep.stages import StageOutput
 from visprep.views.catalog import all_products, flagged_products
 from visprep.views.images import USABLE_COLUMNS, judged_images
-from visprep.workspace import QuarantineRecord, Workspace
+from visprep.workspace import QuarantineRecord, RunRecord, Workspace
 
 
 @dataclass
@@ -79,53 +79,56 @@ def same_product_pairs(product_ids: list[str], image_ids: list[str], sources: li
 def pairs_stage(ws: Workspace) -> PairsResult:
     """Write `pairs` from products with usable images (other-category negatives are a miner of the mine stage)."""
     cfg = ws.config.pairs
-    res = PairsResult()
     # Resolved before the run starts: an unknown checker name fails here, listing the valid ones.
     checker = get_title_checker(cfg.title_consistency) if cfg.image_title and cfg.title_filter else None
-    # quality.policy decides what label_issues does to the pairs: the section is a parameter of this stage.
-    with ws.run("pairs", section_params(ws.config, "pairs", "quality")) as run:
-        judged = judged_images(ws)
-        below = images_below_floors(judged, min_side=cfg.min_side, min_blur=cfg.min_blur)
-        ws.quarantine(below, stage="pairs", run_id=run.run_id, key="images")
-        res.images_too_small = sum(r.reason == "too_small" for r in below)
-        res.images_too_blurry = sum(r.reason == "too_blurry" for r in below)
-        imgs = judged.filter(pc.is_null(judged.column("floor_reason"))).select(list(USABLE_COLUMNS))
-        pid = imgs.column("product_id").to_pylist()
-        iid = imgs.column("image_id").to_pylist()
-        src = imgs.column("source").to_pylist()
-        split = imgs.column("split").to_pylist()
-        title = imgs.column("title").to_pylist()
-        res.images = len(iid)
-        res.products = len(set(pid))
-        split_of = dict(zip(pid, split))
-        title_of = dict(zip(pid, title))
-        rows = []
-        for p, a, b, w in same_product_pairs(pid, iid, src, max_per_product=cfg.max_pairs_per_product,
-                                             weight=cfg.same_product_weight, synthetic_weight=cfg.synthetic_weight):
-            rows.append({"anchor_id": a, "positive_id": b, "kind": "same_product", "weight": w,
-                         "anchor_product_id": p, "positive_product_id": p, "split": split_of[p]})
-        res.same_product = len(rows)
-        res.products_single_image = res.products - len({r["anchor_product_id"] for r in rows})
-        titles = title_outcome(ws, set(pid), checker=checker)
-        ws.quarantine(titles.refused, stage="pairs", run_id=run.run_id, key="titles")
-        res.image_title_refused, res.image_title_downweighted = titles.counts, titles.downweighted
-        if cfg.image_title:
-            for p, a in zip(pid, iid):
-                if titles.weight[p] > 0:
-                    rows.append({"anchor_id": a, "positive_text": title_of[p], "kind": "image_title",
-                                 "weight": titles.weight[p], "anchor_product_id": p, "positive_product_id": p,
-                                 "split": split_of[p]})
-                    res.image_title += 1
-        pairs, res.label_issue_pairs = apply_label_issues(ws, pa.Table.from_pylist(rows, schema=PAIRS))
-        ws.write_table("pairs", pairs)
+    from visprep.pipeline import execute
 
-        run.counts = {"images_in": res.images, "products_in": res.products, "same_product": res.same_product,
-                      "image_title": res.image_title, "products_single_image": res.products_single_image,
-                      "images_too_small": res.images_too_small, "images_too_blurry": res.images_too_blurry,
-                      "image_title_downweighted": res.image_title_downweighted,
-                      "label_issue_pairs": res.label_issue_pairs,
-                      **{f"image_title_refused_{k}": v for k, v in res.image_title_refused.items()}}
-    return res
+    return execute(ws, "pairs", lambda ws, run: compute_pairs(ws, run, checker))
+
+
+def compute_pairs(ws: Workspace, run: RunRecord, checker: TitleCategoryChecker | None) -> StageOutput:
+    """The pairs stage's computation: `pairs` under `quality.policy` (a section of this stage), and the images
+    and titles its floors and filters refused, as quarantine parts "images" and "titles"."""
+    cfg = ws.config.pairs
+    res = PairsResult()
+    judged = judged_images(ws)
+    below = images_below_floors(judged, min_side=cfg.min_side, min_blur=cfg.min_blur)
+    res.images_too_small = sum(r.reason == "too_small" for r in below)
+    res.images_too_blurry = sum(r.reason == "too_blurry" for r in below)
+    imgs = judged.filter(pc.is_null(judged.column("floor_reason"))).select(list(USABLE_COLUMNS))
+    pid = imgs.column("product_id").to_pylist()
+    iid = imgs.column("image_id").to_pylist()
+    src = imgs.column("source").to_pylist()
+    split = imgs.column("split").to_pylist()
+    title = imgs.column("title").to_pylist()
+    res.images = len(iid)
+    res.products = len(set(pid))
+    split_of = dict(zip(pid, split))
+    title_of = dict(zip(pid, title))
+    rows = []
+    for p, a, b, w in same_product_pairs(pid, iid, src, max_per_product=cfg.max_pairs_per_product,
+                                         weight=cfg.same_product_weight, synthetic_weight=cfg.synthetic_weight):
+        rows.append({"anchor_id": a, "positive_id": b, "kind": "same_product", "weight": w,
+                     "anchor_product_id": p, "positive_product_id": p, "split": split_of[p]})
+    res.same_product = len(rows)
+    res.products_single_image = res.products - len({r["anchor_product_id"] for r in rows})
+    titles = title_outcome(ws, set(pid), checker=checker)
+    res.image_title_refused, res.image_title_downweighted = titles.counts, titles.downweighted
+    if cfg.image_title:
+        for p, a in zip(pid, iid):
+            if titles.weight[p] > 0:
+                rows.append({"anchor_id": a, "positive_text": title_of[p], "kind": "image_title",
+                             "weight": titles.weight[p], "anchor_product_id": p, "positive_product_id": p,
+                             "split": split_of[p]})
+                res.image_title += 1
+    pairs, res.label_issue_pairs = apply_label_issues(ws, pa.Table.from_pylist(rows, schema=PAIRS))
+    return StageOutput(
+        tables={"pairs": pairs}, quarantine={"images": below, "titles": titles.refused}, result=res,
+        counts={"images_in": res.images, "products_in": res.products, "same_product": res.same_product,
+                "image_title": res.image_title, "products_single_image": res.products_single_image,
+                "images_too_small": res.images_too_small, "images_too_blurry": res.images_too_blurry,
+                "image_title_downweighted": res.image_title_downweighted, "label_issue_pairs": res.label_issue_pairs,
+                **{f"image_title_refused_{k}": v for k, v in res.image_title_refused.items()}})
 
 
 def apply_label_issues(ws: Workspace, pairs: pa.Table) -> tuple[pa.Table, int]:

@@ -27,18 +27,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from visprep.config import section_params
 from visprep.schema import PAIRS
+from visprep.stages import StageOutput
 from visprep.views.catalog import flagged_products
-from visprep.workspace import Workspace
+from visprep.workspace import RunRecord, Workspace
 
 KIND = "user_photo"
 TABLE = "user_pairs"
 STAGE = "mix"
-# The config it reads: its own section; quality.policy / quality.down_weight (the label-issue policy applies to its
-# pairs as to the catalog pairs); labels.eval_split (never given user photos); pairs.min_side / pairs.min_blur (the
-# image floors of `usable_images`, which choose the catalog photo each user photo is paired with).
-SECTIONS = ("mix", "quality", "labels", "pairs")
+# Its config sections are declared in `visprep.stages`: its own; quality.policy and down_weight (they reach its pairs
+# as the catalog pairs); labels.eval_split (never given user photos); the [pairs] floors of `usable_images`.
 
 
 def _empty_links() -> pa.Table:
@@ -97,10 +95,16 @@ def all_pairs(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
 
 
 def mix_user_photos(ws: Workspace) -> dict[str, Any]:
-    """Rewrite `user_pairs` per the `[mix]` section; return what was linked, wanted and added.
+    """Rewrite `user_pairs` per the `[mix]` section without a run record; return what was linked, wanted and
+    added (`mix_stage` is the stage: the runner writes the table)."""
+    table, out = user_photo_pairs(ws)
+    ws.write_table(TABLE, table)
+    return out
 
-    The library call behind `mix_stage` (which adds the run record); `pairs` is only read.
-    """
+
+def user_photo_pairs(ws: Workspace) -> tuple[pa.Table, dict[str, Any]]:
+    """The `user_pairs` rows the `[mix]` section asks for, and what was linked, wanted and added (`pairs` is only
+    read)."""
     from visprep.quality.policy import apply_policy
     from visprep.views.images import usable_images
 
@@ -111,8 +115,7 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
     new_rows = PAIRS.empty_table()
     if not ws.has_table("pairs"):
         out["note"] = "no pairs table: run `visprep pairs` first; nothing mixed"
-        ws.write_table(TABLE, new_rows)
-        return out
+        return new_rows, out
     links = linked_user_photos(ws, list(cfg.kinds))
     out["linked"] = links.num_rows
     if links.num_rows == 0:
@@ -162,20 +165,23 @@ def mix_user_photos(ws: Workspace) -> dict[str, Any]:
                            f"{n} of the {out['target']} the fraction asks for")
     elif links.num_rows and imgs is None:
         out["note"] = "no splits table: run `visprep split` and `visprep pairs` first; nothing mixed"
-    ws.write_table(TABLE, new_rows)
-    return out
+    return new_rows, out
 
 
 def mix_stage(ws: Workspace) -> dict[str, Any]:
-    """Run the user-photo mix with a run record (its inputs and the config SECTIONS it reads), for `visprep run`."""
-    with ws.run(STAGE, section_params(ws.config, *SECTIONS)) as run:
-        out = mix_user_photos(ws)
-        run.counts = {"linked": out["linked"], "eligible": out["eligible"], "catalog_pairs": out["catalog_pairs"],
-                      "target": out["target"], "user_pairs": out["added"]}
-        run.metrics = {"mix": out}
-        if out["note"]:
-            run.notes.append(out["note"])
-    return out
+    """Run the user-photo mix as a stage (a run record with the sections it reads; the runner writes the table)."""
+    from visprep.pipeline import execute
+
+    return execute(ws, STAGE, compute_mix)
+
+
+def compute_mix(ws: Workspace, run: RunRecord) -> StageOutput:
+    """The mix stage's computation: `user_pairs` and what was linked, wanted and added."""
+    table, out = user_photo_pairs(ws)
+    return StageOutput(tables={TABLE: table}, result=out, metrics={"mix": out},
+                       notes=[out["note"]] if out["note"] else [], counts={"linked": out["linked"], "eligible": out["eligible"],
+                               "catalog_pairs": out["catalog_pairs"], "target": out["target"],
+                               "user_pairs": out["added"]})
 
 
 def export_user_pairs(ws: Workspace, split_of: dict[str, str]) -> pa.Table:

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from visprep.config import section_params
 from visprep.schema import POPULARITY
+from visprep.stages import StageOutput
 from visprep.views.catalog import all_products
-from visprep.workspace import Workspace
+from visprep.workspace import RunRecord, Workspace
 
 
 def gini_coefficient(values: np.ndarray) -> float:
@@ -161,34 +161,37 @@ def events_pair_concentration(ws: Workspace) -> dict[str, float]:
 def popularity_stage(ws: Workspace) -> PopularityResult:
     """Write `tables/popularity` (per-product exposure, interactions, re-sampling weight, logQ before and after)
     and record the before/after concentration in the run record."""
+    from visprep.pipeline import execute
+
+    return execute(ws, "popularity", compute_popularity)
+
+
+def compute_popularity(ws: Workspace, run: RunRecord) -> StageOutput:
+    """The popularity stage's computation: the `popularity` table and its concentration figures."""
     qc = ws.config.popularity
-    res = PopularityResult(temperature=qc.temperature)
-    with ws.run("popularity", section_params(ws.config, "popularity")) as run:
-        res.run_id = run.run_id
-        t = product_popularity(ws)
-        inter = t.column("interactions").to_numpy(zero_copy_only=False).astype(np.float64)
-        expo = t.column("exposures").to_numpy(zero_copy_only=False).astype(np.float64)
-        lq = t.column("log_q_raw").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
-        weight = resampling_weights(inter, qc.temperature)
-        table = pa.table({
-            "product_id": t.column("product_id"),
-            "exposures": t.column("exposures"),
-            "interactions": t.column("interactions"),
-            "weight": pa.array(weight, pa.float64()),
-            "log_q_raw": pa.array(lq, pa.float64(), mask=~np.isfinite(lq)),
-            "log_q": pa.array(resampled_log_q(lq, weight), pa.float64(), mask=~np.isfinite(lq)),
-            "run_id": pa.array([run.run_id] * t.num_rows, pa.string()),
-        }, schema=POPULARITY)
-        ws.write_table("popularity", table)
-        res.products = t.num_rows
-        res.products_with_interactions = int((inter > 0).sum())
-        res.before = concentration_figures(inter, qc.head_fraction)
-        res.after = concentration_figures(inter * weight, qc.head_fraction)
-        res.exposure = concentration_figures(expo, qc.head_fraction)
-        res.events_pair_weights = events_pair_concentration(ws)
-        run.counts = {"products": res.products, "products_with_interactions": res.products_with_interactions}
-        run.metrics = res.as_dict()
-    return res
+    res = PopularityResult(temperature=qc.temperature, run_id=run.run_id)
+    t = product_popularity(ws)
+    inter = t.column("interactions").to_numpy(zero_copy_only=False).astype(np.float64)
+    expo = t.column("exposures").to_numpy(zero_copy_only=False).astype(np.float64)
+    lq = t.column("log_q_raw").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    weight = resampling_weights(inter, qc.temperature)
+    table = pa.table({
+        "product_id": t.column("product_id"),
+        "exposures": t.column("exposures"),
+        "interactions": t.column("interactions"),
+        "weight": pa.array(weight, pa.float64()),
+        "log_q_raw": pa.array(lq, pa.float64(), mask=~np.isfinite(lq)),
+        "log_q": pa.array(resampled_log_q(lq, weight), pa.float64(), mask=~np.isfinite(lq)),
+        "run_id": pa.array([run.run_id] * t.num_rows, pa.string()),
+    }, schema=POPULARITY)
+    res.products = t.num_rows
+    res.products_with_interactions = int((inter > 0).sum())
+    res.before = concentration_figures(inter, qc.head_fraction)
+    res.after = concentration_figures(inter * weight, qc.head_fraction)
+    res.exposure = concentration_figures(expo, qc.head_fraction)
+    res.events_pair_weights = events_pair_concentration(ws)
+    return StageOutput(tables={"popularity": table}, result=res, metrics=res.as_dict(),
+                       counts={"products": res.products, "products_with_interactions": res.products_with_interactions})
 
 
 def popularity_weight_of(ws: Workspace, product_ids: list[str]) -> np.ndarray:

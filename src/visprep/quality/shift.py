@@ -25,9 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from visprep.config import ShiftConfig, section_params
+from visprep.config import ShiftConfig
 from visprep.schema import DOMAIN_SHIFT
-from visprep.workspace import QuarantineRecord, Workspace
+from visprep.stages import StageOutput
+from visprep.workspace import QuarantineRecord, RunRecord, Workspace
 
 FEATURES = ("brightness", "blur", "resolution", "aspect")
 _SWAPPED = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90 degrees
@@ -303,43 +304,47 @@ def shift_applies(ws: Workspace) -> bool:
 
 def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:
     """Measure catalog-vs-user-photo shift into `tables/domain_shift` (the user-photo mix is the mix stage)."""
+    from visprep.pipeline import execute
+
+    return execute(ws, "shift", lambda ws, run: compute_shift(ws, run, embedder=embedder))
+
+
+def compute_shift(ws: Workspace, run: RunRecord, *, embedder: Any = None) -> StageOutput:
+    """The shift stage's computation: `domain_shift`, and the photos it could not measure (quarantine "shift").
+    The user photos' vectors it lacks go into the feature store (parts tagged "shift", its `user_features`)."""
     from visprep.images.sniff import extension_for
 
     cfg = ws.config.shift
-    res = ShiftResult()
-    with ws.run("shift", section_params(ws.config, "shift", "embed")) as run:
-        res.run_id = run.run_id
-        rng = np.random.default_rng(cfg.seed)
-        cat = catalog_images(ws)
-        ext_of = {i: extension_for(f) for i, f in zip(cat.column("image_id").to_pylist(),
-                                                     cat.column("format").to_pylist())}
-        cat_ids = _sample(sorted(ext_of), cfg.max_images, rng)
-        usr_ids = _sample(user_images(ws), cfg.max_images, rng)
-        if len(usr_ids) < cfg.folds or len(cat_ids) < cfg.folds:
-            raise ValueError(f"shift needs at least shift.folds = {cfg.folds} catalog photos and user "
-                             f"photos; have {len(cat_ids)} catalog, {len(usr_ids)} accepted in tables/queries "
-                             f"(run `visprep queries PHOTOS`)")
-        ids = cat_ids + usr_ids
-        exts = [ext_of[i] for i in cat_ids] + ["jpg"] * len(usr_ids)  # the queries stage stores JPEG
-        vecs, found, res.embedded, failures, res.model_id = vectors_for(ws, ids, exts, embedder=embedder)
-        stats, bad = _stats(ws, ids, exts)
-        failures += bad
-        ok = found & np.isfinite(stats).all(axis=1)
-        is_cat = np.arange(len(ids)) < len(cat_ids)
-        report = shift_report(vecs[ok & is_cat], vecs[ok & ~is_cat], stats[ok & is_cat], stats[ok & ~is_cat],
-                              cfg=cfg)
-        res.report, res.failed = report, len(failures)
-        ws.quarantine(failures, stage="shift", run_id=run.run_id, key="shift")
-        rules = report.rules
-        rows = [{"check": "domain_auc", "value": report.auc, "p_value": report.auc_p, "threshold": rules["domain_auc"],
-                 "shift": report.auc >= cfg.auc and report.auc_p < cfg.p}]
-        rows += [{"check": f.feature, "value": f.ks, "p_value": f.p_value, "psi": f.psi,
-                  "catalog_median": f.catalog_median, "user_median": f.user_median, "threshold": rules["feature"],
-                  "shift": f.shift} for f in report.features]
-        for r in rows:
-            r.update(n_catalog=report.n_catalog, n_user=report.n_user, run_id=run.run_id)
-        ws.write_table("domain_shift", pa.Table.from_pylist(rows, schema=DOMAIN_SHIFT))
-        run.counts = {"catalog_images": report.n_catalog, "user_images": report.n_user, "embedded": res.embedded,
-                      "failed": res.failed}
-        run.metrics = {"shift": report.as_dict(), "model_id": res.model_id}
-    return res
+    res = ShiftResult(run_id=run.run_id)
+    rng = np.random.default_rng(cfg.seed)
+    cat = catalog_images(ws)
+    ext_of = {i: extension_for(f) for i, f in zip(cat.column("image_id").to_pylist(),
+                                                 cat.column("format").to_pylist())}
+    cat_ids = _sample(sorted(ext_of), cfg.max_images, rng)
+    usr_ids = _sample(user_images(ws), cfg.max_images, rng)
+    if len(usr_ids) < cfg.folds or len(cat_ids) < cfg.folds:
+        raise ValueError(f"shift needs at least shift.folds = {cfg.folds} catalog photos and user "
+                         f"photos; have {len(cat_ids)} catalog, {len(usr_ids)} accepted in tables/queries "
+                         f"(run `visprep queries PHOTOS`)")
+    ids = cat_ids + usr_ids
+    exts = [ext_of[i] for i in cat_ids] + ["jpg"] * len(usr_ids)  # the queries stage stores JPEG
+    vecs, found, res.embedded, failures, res.model_id = vectors_for(ws, ids, exts, embedder=embedder)
+    stats, bad = _stats(ws, ids, exts)
+    failures += bad
+    ok = found & np.isfinite(stats).all(axis=1)
+    is_cat = np.arange(len(ids)) < len(cat_ids)
+    report = shift_report(vecs[ok & is_cat], vecs[ok & ~is_cat], stats[ok & is_cat], stats[ok & ~is_cat], cfg=cfg)
+    res.report, res.failed = report, len(failures)
+    rules = report.rules
+    rows = [{"check": "domain_auc", "value": report.auc, "p_value": report.auc_p, "threshold": rules["domain_auc"],
+             "shift": report.auc >= cfg.auc and report.auc_p < cfg.p}]
+    rows += [{"check": f.feature, "value": f.ks, "p_value": f.p_value, "psi": f.psi,
+              "catalog_median": f.catalog_median, "user_median": f.user_median, "threshold": rules["feature"],
+              "shift": f.shift} for f in report.features]
+    for r in rows:
+        r.update(n_catalog=report.n_catalog, n_user=report.n_user, run_id=run.run_id)
+    return StageOutput(tables={"domain_shift": pa.Table.from_pylist(rows, schema=DOMAIN_SHIFT)},
+                       quarantine={"shift": failures}, result=res,
+                       metrics={"shift": report.as_dict(), "model_id": res.model_id},
+                       counts={"catalog_images": report.n_catalog, "user_images": report.n_user,
+                               "embedded": res.embedded, "failed": res.failed})

@@ -15,10 +15,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from visprep.config import section_params
 from visprep.quality.label_noise import find_label_noise
 from visprep.schema import LABEL_ISSUES
-from visprep.workspace import Workspace
+from visprep.stages import StageOutput
+from visprep.workspace import RunRecord, Workspace
 
 
 @dataclass
@@ -96,14 +96,6 @@ def quality_applies(ws: Workspace) -> bool:
             and importlib.util.find_spec("cleanlab") is not None)
 
 
-def _same_issues(ws: Workspace, table: pa.Table) -> bool:
-    """Whether `label_issues` already holds these flags (run ids aside)."""
-    if not ws.has_table("label_issues"):
-        return False
-    cols = [c for c in table.column_names if c != "run_id"]
-    return ws.read_table("label_issues", cols).equals(table.select(cols))
-
-
 def product_vectors(ws: Workspace, ids: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Per-product vectors: rows already keyed by product id are used as they are; rows keyed by image id are
     averaged over each product's images (and re-normalised)."""
@@ -140,59 +132,63 @@ def quality_stage(ws: Workspace, *, embeddings: str | Path | None = None,
         FileNotFoundError: no embeddings, or the given path does not exist.
         ValueError: too few labels (with "raise").
     """
-    from visprep.evaluate.embeddings import read_embeddings
-
     if on_too_few_labels not in ("raise", "skip"):
         raise ValueError(f"on_too_few_labels must be 'raise' or 'skip', got {on_too_few_labels!r}")
     cfg = ws.config.quality
     source = Path(embeddings or cfg.embeddings or default_embeddings(ws))
     if not source.exists():
         raise FileNotFoundError(f"quality embeddings {source} do not exist (--embeddings or quality.embeddings)")
-    res = QualityResult(policy=cfg.policy, embeddings=str(source))
-    # Only config sections go in params: the pipeline compares each recorded section with the config.
-    with ws.run("quality", section_params(ws.config, "quality")) as run:
-        res.run_id = run.run_id
-        run.notes.append(f"embeddings: {source}")
-        ids, vectors = read_embeddings(source)
-        pids, mat = product_vectors(ws, ids, vectors)
-        products = ws.read_table("products", ["product_id", cfg.label_column])
-        label_of = dict(zip(products.column("product_id").to_pylist(), products.column(cfg.label_column).to_pylist()))
-        given = [label_of.get(p) for p in pids]
-        names, counts = np.unique(np.asarray([g for g in given if g is not None], dtype=object).astype(str),
-                                  return_counts=True)
-        big = set(names[counts >= max(cfg.min_class_size, cfg.folds)].tolist())
-        use = [k for k, g in enumerate(given) if g in big]
-        classes = sorted(big)
-        flagged: list[str] = []
-        table = LABEL_ISSUES.empty_table()
-        if len(classes) < 2:
-            why = (f"quality needs at least 2 {cfg.label_column} labels with >= {max(cfg.min_class_size, cfg.folds)} "
-                   f"embedded products; found {dict(zip(names.tolist(), counts.tolist()))}")
-            if on_too_few_labels == "raise":
-                raise ValueError(why)
-            res.skipped = why
-            run.notes.append(f"not checked: {why}")
-            use = []
-        else:
-            code = {c: k for k, c in enumerate(classes)}
-            labels = np.asarray([code[given[k]] for k in use], np.int64)
-            noise = find_label_noise(mat[use], labels, folds=cfg.folds, seed=cfg.seed, filter_by=cfg.filter_by)
-            issues = noise.issues.tolist()
-            flagged = [pids[use[k]] for k in issues]
-            table = pa.table({
-                "product_id": pa.array(flagged, pa.string()),
-                "given_label": pa.array([given[use[k]] for k in issues], pa.string()),
-                "predicted_label": pa.array([classes[noise.predicted[k]] for k in issues], pa.string()),
-                "label_quality": pa.array(noise.label_quality[noise.issues], pa.float32()),
-                "rank": pa.array(np.arange(1, len(flagged) + 1, dtype=np.int32)),
-                "action": pa.array([cfg.policy] * len(flagged), pa.string()),
-                "run_id": pa.array([run.run_id] * len(flagged), pa.string()),
-            }, schema=LABEL_ISSUES)
-        if not _same_issues(ws, table):
-            # Unchanged flags leave the table (and so the pairs that read it) as they are: a rerun for new
-            # embeddings of user photos (shift) must not make pairs stale.
-            ws.write_table("label_issues", table)
-        run.inputs = {"embeddings": str(source)}  # which file or store; its fingerprint is in the declared reads
-        res.checked, res.flagged = len(use), len(flagged)
-        run.counts = {"embedded_products": len(pids), "checked": res.checked, "flagged": res.flagged}
-    return res
+    from visprep.pipeline import execute
+
+    return execute(ws, "quality", lambda ws, run: compute_quality(ws, run, source, on_too_few_labels))
+
+
+def compute_quality(ws: Workspace, run: RunRecord, source: Path,
+                    on_too_few_labels: Literal["raise", "skip"]) -> StageOutput:
+    """The quality stage's computation: the flagged products of the embeddings at `source` (`label_issues`)."""
+    from visprep.evaluate.embeddings import read_embeddings
+
+    cfg = ws.config.quality
+    res = QualityResult(policy=cfg.policy, embeddings=str(source), run_id=run.run_id)
+    notes = [f"embeddings: {source}"]
+    ids, vectors = read_embeddings(source)
+    pids, mat = product_vectors(ws, ids, vectors)
+    products = ws.read_table("products", ["product_id", cfg.label_column])
+    label_of = dict(zip(products.column("product_id").to_pylist(), products.column(cfg.label_column).to_pylist()))
+    given = [label_of.get(p) for p in pids]
+    names, counts = np.unique(np.asarray([g for g in given if g is not None], dtype=object).astype(str),
+                              return_counts=True)
+    big = set(names[counts >= max(cfg.min_class_size, cfg.folds)].tolist())
+    use = [k for k, g in enumerate(given) if g in big]
+    classes = sorted(big)
+    flagged: list[str] = []
+    table = LABEL_ISSUES.empty_table()
+    if len(classes) < 2:
+        why = (f"quality needs at least 2 {cfg.label_column} labels with >= {max(cfg.min_class_size, cfg.folds)} "
+               f"embedded products; found {dict(zip(names.tolist(), counts.tolist()))}")
+        if on_too_few_labels == "raise":
+            raise ValueError(why)
+        res.skipped = why
+        notes.append(f"not checked: {why}")
+        use = []
+    else:
+        code = {c: k for k, c in enumerate(classes)}
+        labels = np.asarray([code[given[k]] for k in use], np.int64)
+        noise = find_label_noise(mat[use], labels, folds=cfg.folds, seed=cfg.seed, filter_by=cfg.filter_by)
+        issues = noise.issues.tolist()
+        flagged = [pids[use[k]] for k in issues]
+        table = pa.table({
+            "product_id": pa.array(flagged, pa.string()),
+            "given_label": pa.array([given[use[k]] for k in issues], pa.string()),
+            "predicted_label": pa.array([classes[noise.predicted[k]] for k in issues], pa.string()),
+            "label_quality": pa.array(noise.label_quality[noise.issues], pa.float32()),
+            "rank": pa.array(np.arange(1, len(flagged) + 1, dtype=np.int32)),
+            "action": pa.array([cfg.policy] * len(flagged), pa.string()),
+            "run_id": pa.array([run.run_id] * len(flagged), pa.string()),
+        }, schema=LABEL_ISSUES)
+    run.inputs = {"embeddings": str(source)}  # which file or store; its fingerprint is in the declared reads
+    res.checked, res.flagged = len(use), len(flagged)
+    # Unchanged flags leave the table (and so the pairs that read it) as they are (the runner compares): a rerun
+    # for new embeddings of user photos (shift) must not make pairs stale.
+    return StageOutput(tables={"label_issues": table}, result=res, notes=notes,
+                       counts={"embedded_products": len(pids), "checked": res.checked, "flagged": res.flagged})

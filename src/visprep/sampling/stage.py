@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from visprep.config import section_params
 from visprep.sampling.planner import plan_epoch
 from visprep.schema import BATCH_PLAN
-from visprep.workspace import Workspace
+from visprep.stages import StageOutput
+from visprep.workspace import RunRecord, Workspace
 
 if TYPE_CHECKING:
     from visprep.config import SamplingConfig
@@ -116,30 +116,35 @@ def sampling_items(ws: Workspace) -> tuple[MiningItems, int]:
 
 def sample_stage(ws: Workspace) -> dict[str, int]:
     """Plan `sampling.epochs` epochs of P x K batches per split; return counts (also in the run record)."""
+    from visprep.pipeline import execute
+
+    return execute(ws, "sample", compute_sample)
+
+
+def compute_sample(ws: Workspace, run: RunRecord) -> StageOutput:
+    """The sample stage's computation: the `batch_plan` table and its counts."""
     cfg = ws.config.sampling
     counts: dict[str, int] = {}
-    with ws.run("sample", section_params(ws.config, "sampling")) as run:
-        # pairs: rewritten whenever the pairs stage's quality floors (which `usable_images` applies) change.
-        items, counts["user_photos"] = sampling_items(ws)
-        tables = []
-        for split in cfg.splits:
-            planned = split_rows(ws, items, split)
-            if len(planned[0]) == 0:
-                run.notes.append(f"split {split!r}: no usable images")
-                continue
-            p = classes_per_batch(items, planned[0], cfg)
-            if p < cfg.p:
-                run.notes.append(f"split {split!r} has {p} product groups, fewer than sampling.p = {cfg.p}: its "
-                                 f"batches hold {p} classes")
-            counts[f"{split}.p"] = p
-            for epoch in range(cfg.epochs):
-                table = plan_table(items, split, epoch, planned, cfg)
-                tables.append(table)
-                counts[f"{split}.epoch{epoch}.batches"] = int(table.num_rows // (p * cfg.k))
-                counts[f"{split}.epoch{epoch}.repeats"] = int(np.sum(table.column("repeat").to_numpy(
-                    zero_copy_only=False)))
-                counts[f"{split}.epoch{epoch}.same_image_slots"] = same_image_slots(table, cfg.k)
-            counts[f"{split}.items"] = len(planned[0])
-        ws.write_table("batch_plan", pa.concat_tables(tables) if tables else BATCH_PLAN.empty_table())
-        run.counts = counts
-    return counts
+    notes: list[str] = []
+    items, counts["user_photos"] = sampling_items(ws)
+    tables = []
+    for split in cfg.splits:
+        planned = split_rows(ws, items, split)
+        if len(planned[0]) == 0:
+            notes.append(f"split {split!r}: no usable images")
+            continue
+        p = classes_per_batch(items, planned[0], cfg)
+        if p < cfg.p:
+            notes.append(f"split {split!r} has {p} product groups, fewer than sampling.p = {cfg.p}: its batches "
+                         f"hold {p} classes")
+        counts[f"{split}.p"] = p
+        for epoch in range(cfg.epochs):
+            table = plan_table(items, split, epoch, planned, cfg)
+            tables.append(table)
+            counts[f"{split}.epoch{epoch}.batches"] = int(table.num_rows // (p * cfg.k))
+            counts[f"{split}.epoch{epoch}.repeats"] = int(np.sum(table.column("repeat").to_numpy(
+                zero_copy_only=False)))
+            counts[f"{split}.epoch{epoch}.same_image_slots"] = same_image_slots(table, cfg.k)
+        counts[f"{split}.items"] = len(planned[0])
+    plan = pa.concat_tables(tables) if tables else BATCH_PLAN.empty_table()
+    return StageOutput(tables={"batch_plan": plan}, counts=counts, notes=notes, result=counts)

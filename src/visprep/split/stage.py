@@ -11,9 +11,9 @@ import hashlib
 
 import pyarrow as pa
 
-from visprep.config import section_params
 from visprep.schema import SPLITS, TABLES
-from visprep.workspace import Workspace
+from visprep.stages import StageOutput
+from visprep.workspace import RunRecord, Workspace
 
 
 def assign_split(group_id: str, fractions: dict[str, float], *, seed: int = 0) -> str:
@@ -48,37 +48,35 @@ def pinned_eval_products(ws: Workspace, *, min_grade: int) -> set[str]:
     return {p for p, g in zip(q.column("product_id").to_pylist(), q.column("grade").to_pylist()) if g >= min_grade}
 
 
-SPLIT_PARAMS = ("split", "labels")
-"""Config sections the split depends on (labels: which judged products are pinned to eval)."""
-
-
 def split_stage(ws: Workspace) -> dict[str, int]:
     """Write `splits` (product_id, group_id, split) for every catalog product; return products per split.
 
     Synth's colour variants are not read here (the split comes before synth): a variant's split is its source's,
-    given by `visprep.views.catalog.all_splits`.
-
-    The table is rewritten only when an assignment changed, so downstream stages stay up to date otherwise.
+    given by `visprep.views.catalog.all_splits`. The runner rewrites the table only when an assignment changed, so
+    downstream stages stay up to date otherwise.
     """
+    from visprep.pipeline import execute
+
+    return execute(ws, "split", compute_split)
+
+
+def compute_split(ws: Workspace, run: RunRecord) -> StageOutput:
+    """The split stage's computation: the `splits` table and products per split."""
     cfg = ws.config.split
     labels = ws.config.labels
-    with ws.run("split", section_params(ws.config, *SPLIT_PARAMS)) as run:
-        pids = ws.read_table("products", ["product_id"]).column("product_id").to_pylist()
-        groups = product_groups(ws, pids)
-        pinned = pinned_eval_products(ws, min_grade=labels.pin_min_grade)
-        if pinned and labels.eval_split not in cfg.fractions:
-            raise ValueError(f"labels.eval_split {labels.eval_split!r} is not a split; splits: {list(cfg.fractions)}")
-        pinned_groups = {groups[p] for p in pinned if p in groups}
-        rows = [{"product_id": pid, "group_id": groups[pid],
-                 "split": labels.eval_split if groups[pid] in pinned_groups
-                 else assign_split(groups[pid], cfg.fractions, seed=cfg.seed)}
-                for pid in pids]
-        table = pa.Table.from_pylist(rows, schema=SPLITS)
-        if not ws.has_table("splits") or not ws.read_table("splits").equals(table):
-            ws.write_table("splits", table)
-        counts: dict[str, int] = {name: 0 for name in cfg.fractions}
-        for r in rows:
-            counts[r["split"]] += 1
-        run.counts = {"products_in": len(pids), "pinned_eval_groups": len(pinned_groups),
-                      **{f"split_{k}": v for k, v in counts.items()}}
-    return counts
+    pids = ws.read_table("products", ["product_id"]).column("product_id").to_pylist()
+    groups = product_groups(ws, pids)
+    pinned = pinned_eval_products(ws, min_grade=labels.pin_min_grade)
+    if pinned and labels.eval_split not in cfg.fractions:
+        raise ValueError(f"labels.eval_split {labels.eval_split!r} is not a split; splits: {list(cfg.fractions)}")
+    pinned_groups = {groups[p] for p in pinned if p in groups}
+    rows = [{"product_id": pid, "group_id": groups[pid],
+             "split": labels.eval_split if groups[pid] in pinned_groups
+             else assign_split(groups[pid], cfg.fractions, seed=cfg.seed)}
+            for pid in pids]
+    counts: dict[str, int] = {name: 0 for name in cfg.fractions}
+    for r in rows:
+        counts[r["split"]] += 1
+    return StageOutput(tables={"splits": pa.Table.from_pylist(rows, schema=SPLITS)}, result=counts,
+                       counts={"products_in": len(pids), "pinned_eval_groups": len(pinned_groups),
+                               **{f"split_{k}": v for k, v in counts.items()}})

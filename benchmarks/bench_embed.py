@@ -1,6 +1,6 @@
 """The embed stage's images/s on real stored JPEGs at 224 px (EfficientNet-Lite0), against, in the same run,
 (a) the bare ONNX Runtime forward on ready tensors (the floor of this model on this CPU) and (b) the bare torch
-forward, plus the stage on the torch backend (what the stage did before issue 19) and the incremental no-op run.
+forward, plus the stage on the torch backend (what the stage did before ONNX Runtime) and the incremental no-op run.
 
     PYTHONPATH=src python benchmarks/bench_embed.py [--quick] [--products N]
 
@@ -9,7 +9,7 @@ JPEGs of 256-480 px) run through catalog, fetch and inspect; the embed stage dec
 it at the imagenet-224 profile (resize 256, centre crop 224, normalise) and runs the model, with decode overlapped
 with the model in a read-ahead thread. The bare forwards get the same images already preprocessed, batch 32, with
 the thread plan's model threads. Rates are medians of interleaved repeats (each stage repeat embeds into an empty
-feature store; the torch stage runs once). Target (issue 19): the stage >= 0.8x the bare ONNX Runtime forward, >= 5x the torch stage.
+feature store; the torch stage runs once). Target: the stage >= 0.8x the bare ONNX Runtime forward, >= 5x the torch stage.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def section(result: dict) -> list[str]:
             f"{med['stage_onnxruntime']} |",
             f"| bare ONNX Runtime forward on ready tensors (the floor) | {med['bare_onnxruntime']} |",
             f"| bare torch forward on ready tensors | {med['bare_torch']} |",
-            f"| embed stage, torch backend (before issue 19) | {med['stage_torch']} |"]
+            f"| embed stage, torch backend (before ONNX Runtime) | {med['stage_torch']} |"]
     verdict = (f"Stage / bare ONNX Runtime forward = **{result['stage_vs_bare_ort']}x** (target >= {FLOOR_TARGET}: "
                f"{fmt_met(result['floor_met'])}); stage ONNX Runtime / stage torch = "
                f"**{result['stage_vs_torch_stage']}x** (target >= {TORCH_STAGE_TARGET}: "

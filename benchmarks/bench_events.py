@@ -8,7 +8,7 @@ Simulated inputs (seeded, 1% duplicate records) are cached in benchmarks/.work/e
 its own process (peak RSS = that process's ru_maxrss). Baselines, bare DuckDB with default settings over the same
 file: a dedup by event_id (DISTINCT ON, then a group-by) and a skip-above join. The stage is the whole thing:
 validation, dedup, day parts + id index written, then every pair kind with position and popularity weights written
-to Parquet (`ingest_event_files`, timed as ingest + pairs). Target (issue 3): stage <= 2x (dedup + skip-above),
+to Parquet (`ingest_event_files`, timed as ingest + pairs). Target: stage <= 2x (dedup + skip-above),
 peak RSS under 2 GiB at 10M and not growing with input size.
 """
 

@@ -1,4 +1,4 @@
-"""Model-holding steps besides the image embedder (issue 19): the MiniLM title embedder on ONNX Runtime against
+"""Model-holding steps besides the image embedder: the MiniLM title embedder on ONNX Runtime against
 eager torch, and the NudeNet NSFW classifier with the thread plan's session options against its former ones.
 
     PYTHONPATH=src python benchmarks/bench_model_steps.py [--quick]
@@ -28,7 +28,7 @@ from bench_common import fmt_met, interleaved_medians, load_average, write_resul
 
 TITLE = "Model-holding steps: MiniLM on ONNX Runtime vs torch; NudeNet session options"
 MINILM_TARGET = 1.5
-"""ONNX Runtime must be at least this many times eager torch to be the MiniLM default (issue 19)."""
+"""ONNX Runtime must be at least this many times eager torch to be the MiniLM default."""
 BATCH = 32
 
 

@@ -10,7 +10,7 @@ no synthetic views: they do not change what the reader does). All three readers 
 with simplejpeg on 2 processes (DataLoader workers, or a process pool for the floor); visprep also reads each member
 by offset, assembles the P x K batch dict and its metadata. Rates are medians of interleaved repeats. Also: the
 rate with the `full` augmentation policy (kornia, 224 px) on the batches.
-Targets (issue 14): visprep >= 0.7x the floor and >= 1x the sequential webdataset loop.
+Targets: visprep >= 0.7x the floor and >= 1x the sequential webdataset loop.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile catalog input (issue 15): one bad value refuses its row, never the run; an emptied snapshot does not
+"""Hostile catalog input: one bad value refuses its row, never the run; an emptied snapshot does not
 silently delete a file's products; product ids stay exact; fuzzed CSV / JSONL / Parquet always account for every
 record."""
 

@@ -1,4 +1,4 @@
-"""The docs name only config keys, tables and stages that exist (issue 20): a renamed option or table fails here
+"""The docs name only config keys, tables and stages that exist: a renamed option or table fails here
 instead of leaving a page that sends readers to something that is not there."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend of the bundled EfficientNet-Lite0 (issue 19): same vectors as torch on real images,
+"""The ONNX Runtime backend of the bundled EfficientNet-Lite0: same vectors as torch on real images,
 exported once per (model, size) and cached, the staged embed stage (decode overlapped with the model), the thread
 plan recorded in the run record."""
 

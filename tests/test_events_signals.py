@@ -1,4 +1,4 @@
-"""Which events count as which signal (issue 20): an add-to-cart the session buys is part of the purchase, not a
+"""Which events count as which signal: an add-to-cart the session buys is part of the purchase, not a
 weak positive; a click left within seconds (a bounce) is discounted or dropped, and on the simulator, whose truth is
 known, that moves the per-(query, product) click weights towards the true relevance."""
 

@@ -159,7 +159,7 @@ def test_refuses_a_leaking_workspace(ws: Workspace) -> None:
 
 
 def test_remine_variant_mines_with_the_head_being_trained(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ann_hard+guard+remine re-mines every `remine_every` steps from the head's embeddings (issue 20.7) and is
+    """ann_hard+guard+remine re-mines every `remine_every` steps from the head's embeddings and is
     compared against mining once with the frozen backbone."""
     import visprep.experiment.stage as stage
 

@@ -1,4 +1,4 @@
-"""Local paths in fetch (issue 15, item 4): the catalog-folder policy, special files refused before they are
+"""Local paths in fetch: the catalog-folder policy, special files refused before they are
 opened, and no file or body content in any reason, table or run record."""
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ exact rows for the seeded miners, and for `ann` exact counts per split plus a bo
 (anchor, negative) pairs, because an ANN band over near-tied cosines (views and colour variants of one garment)
 may swap members on another CPU while a changed miner, guard or band moves far more than `ANN_MIN_JACCARD` allows.
 
-Layout changes of the one-writer redesign (issue 16) are accepted through `LAYOUT`: a golden table is compared with
+Layout changes of the one-writer redesign are accepted through `LAYOUT`: a golden table is compared with
 the union of the tables (and views) that hold its rows now; a source that does not exist yet is skipped (a view
 until the table it derives from exists) and a golden table none of whose sources exists is read under its own
 name, so the same mapping works before and after. The workspace builder reads products and images through the
@@ -119,7 +119,7 @@ max_count = 40
 
 # Golden (old layout) table -> where its rows are now: the union of these tables, and of "module:function" views
 # taking the workspace. A view applies only where the table VIEW_NEEDS names exists (its module may land before its
-# tables); where no source applies, the golden table's own name is read. Issue 16 moves synth's rows out of the
+# tables); where no source applies, the golden table's own name is read. The one-writer redesign moved synth's rows out of the
 # catalog's tables into its own (same schemas) and derives its URL rows from a view; agent C's work in progress
 # (visprep.views.catalog) also derives the colour variants' split rows (`all_splits`, which includes `splits`).
 # Before those changes the synthetic_* tables are absent and each golden table is itself.

@@ -1,4 +1,4 @@
-"""A corpus of hostile files, generated here, through `visprep run` (issue 15): decompression bombs of every format
+"""A corpus of hostile files, generated here, through `visprep run`: decompression bombs of every format
 the store accepts, a byte bomb under the pixel limit, broken files, special files, symlinks and secrets. Every
 record ends accounted for (stored and usable, or refused with a reason), nothing hangs, no secret is copied."""
 

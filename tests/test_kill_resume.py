@@ -1,5 +1,5 @@
 """kill -9 at random points in every writing stage of `visprep run`, then resume: the workspace ends identical to an
-uninterrupted run's (issue 15). One chain: each restart is killed inside the next stage, the last one finishes."""
+uninterrupted run's. One chain: each restart is killed inside the next stage, the last one finishes."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def test_sample_stage_plans_covering_batches(tmp_path) -> None:
 
 def test_mining_from_a_trainers_checkpoint_embeddings(tmp_path) -> None:
     """A trainer exports its checkpoint's vectors; `visprep embed --import` puts them in a store and `visprep mine
-    --model` mines from them; a second checkpoint that moves a few vectors appends only those (issue 20.7)."""
+    --model` mines from them; a second checkpoint that moves a few vectors appends only those."""
     import pyarrow.parquet as pq
 
     (tmp_path / "ws").mkdir()

@@ -1,4 +1,4 @@
-"""Model-holding steps at the model's speed (issue 19): the MiniLM title embedder on ONNX Runtime gives
+"""Model-holding steps at the model's speed: the MiniLM title embedder on ONNX Runtime gives
 torch's vectors; every ONNX Runtime session of the query cleaner (NudeNet, yolo, super-resolution) takes its intra-op
 threads from the thread plan and never spins; the queries stage records the plan it applied."""
 

@@ -1,4 +1,4 @@
-"""Issue 20 items 4 and 8: catalog image quality floors (blur, shorter side) on what enters pairs, negatives and
+"""Catalog image quality floors (blur, shorter side) on what enters pairs, negatives and
 shards, and the filtering and weighting of image-title pairs, on images and titles crafted here."""
 
 from __future__ import annotations

@@ -518,7 +518,7 @@ def test_report_renders_in_chromium_without_errors(built: tuple, tmp_path: Path)
     assert small.std() > 20 and len(np.unique(small.reshape(-1, 3), axis=0)) > 200  # not a blank page
 
 
-# --- progress bars (issue 18, "the rest of a newcomer's first hour") -----------------------------------------------
+# --- progress bars -----------------------------------------------
 
 
 def test_progress_bars_count_each_stage_run_and_stop_their_clocks(monkeypatch: pytest.MonkeyPatch) -> None:

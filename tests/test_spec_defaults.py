@@ -1,4 +1,4 @@
-"""Defaults that follow the spec and the stored evidence (issue 20, items 1, 5 and 6).
+"""Defaults that follow the spec and the stored evidence.
 
 Colour is identity in visprep (a recoloured product is another product), so the default augmentation must not
 move hue or drop colour; the label-noise policy must not throw away correct pairs on a precision of 0.24; the quality

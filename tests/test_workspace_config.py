@@ -122,7 +122,7 @@ def test_cli_demo_runs_and_reruns_incrementally(tmp_path: Path) -> None:
 
 
 def test_a_stage_may_write_only_the_tables_it_owns(tmp_path) -> None:
-    """One writer per table (issue 16): `schema.WRITERS` is enforced where a stage run writes."""
+    """One writer per table: `schema.WRITERS` is enforced where a stage run writes."""
     import pyarrow as pa
 
     from visprep.schema import TABLES, WRITERS

@@ -1,4 +1,4 @@
-"""One writer per workspace (issue 15): every writing command takes the lock at its start, a second writer is refused
+"""One writer per workspace: every writing command takes the lock at its start, a second writer is refused
 at once naming the holder (or queues with --wait), a dead holder's lock is taken over, readers never block."""
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def test_two_runs_at_once_one_writes_and_the_tables_stay_whole(tmp_path: Path) -
 
 
 def test_a_stage_command_runs_only_its_stage_or_its_stale_upstream_with_deps(tmp_path: Path) -> None:
-    """`visprep pairs` with a stale split names it and stops; --with-deps runs the split first (issue 16)."""
+    """`visprep pairs` with a stale split names it and stops; --with-deps runs the split first."""
     src = write_demo_sources(tmp_path / "src", n_products=20, seed=2)
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()

@@ -5,6 +5,7 @@ stage wrote for the same records (the stage bodies run through them)."""
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from photo_fixtures import IN_DEMO, OPENCV
 
 from visprep import stages
 from visprep.demo.sources import write_demo_sources
@@ -38,8 +40,7 @@ CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "dedup", "split", "synth", 
           '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n'
           "max_images_per_product = 1\n")
 MISSING = "/nonexistent/visprep-per-batch/missing.jpg"
-# queries' function cleans one photo with a cleaner built by its caller; that stage is not composable yet.
-NOT_BATCHED = {"queries"}
+NOT_BATCHED: set[str] = set()  # every per_batch function has a case below
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +219,34 @@ def test_export_batch_matches_the_stage(ws: Workspace, garbage: str) -> None:
     assert all(isinstance(o, bytes) and o[:2] == b"\xff\xd8" for o in out[:3])
     assert isinstance(out[3], PreprocessFailure) and out[3].reason == "missing_bytes" and MISSING in out[3].detail
     assert isinstance(out[4], PreprocessFailure) and garbage in out[4].detail
+
+
+def test_queries_batch_matches_the_stage(tmp_path: Path, garbage: str) -> None:
+    """The queries stage's rows (cleaned photos stored by content, a refused one with its reason) are what
+    `clean_query_batch` gives for the same bytes with the section as plain data."""
+    from visprep.queries.clean import clean_query_batch
+    from visprep.queries.stage import queries_stage
+
+    photos = sorted(p for p in OPENCV.glob("*.jpg") if p.name not in IN_DEMO)[:3] if OPENCV.exists() else []
+    if not photos:
+        pytest.skip(f"no sample photos in {OPENCV} (Debian's opencv-doc)")
+    qws = Workspace(tmp_path / "q")
+    qws.root.mkdir()
+    qws.config_path.write_text('[queries]\nnsfw = "none"\nblur_threshold = 5.0\n')
+    sources = [str(p) for p in photos] + [garbage]
+    queries_stage(qws, sources)
+    stored = {r["source"]: r for r in qws.read_table("queries").to_pylist()}
+    store = tmp_path / "store"
+    got = _call(clean_query_batch, [(src, Path(src).read_bytes()) for src in sources],
+                qws.config.queries.model_dump(mode="json"), store_root=str(store),
+                jpeg_quality=qws.config.queries.jpeg_quality)
+    assert [r["source"] for r in got] == sources
+    for row in got:
+        want = stored[row["source"]]
+        assert {k: want[k] for k in row if k != "steps"} == {k: v for k, v in row.items() if k != "steps"}
+        assert [st["step"] for st in json.loads(row["steps"])] == [st["step"] for st in json.loads(want["steps"])]
+        if row["status"] == "accepted":
+            assert (store / Path(qws.store.path(row["image_id"], "jpg")).relative_to(qws.store.root)).read_bytes() \
+                == qws.store.get(row["image_id"], "jpg")
+    assert got[-1]["status"] == "rejected" and got[-1]["reason"]
+    assert any(r["status"] == "accepted" for r in got)

@@ -112,7 +112,7 @@ STAGES: tuple[Stage, ...] = (
           _B + "not_composable", in_run=False),
     Stage("queries", "Clean user query photos into the image store and queries.",
           ("queries",), (), ("queries",), _B + "not_composable", in_run=False,
-          per_batch="visprep.queries.clean:clean_query_image"),
+          per_batch="visprep.queries.clean:clean_query_batch"),
     # --- the pipeline ---
     Stage("fetch", "Fetch every image not yet in the store (resumable).",
           ("fetch",), ("product_images", "products"), ("urls",), _B + "fetch", incremental=True,

@@ -8,8 +8,11 @@ and threshold, upsampling factor, NSFW score), so a rejected or altered photo ca
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -276,6 +279,42 @@ def _takes_threads(factory: Any) -> bool:
 def clean_query_image(data: bytes, *, cleaner: QueryCleaner) -> CleanedQuery:
     """Clean one encoded query photo with a cleaner built once (`QueryCleaner.from_config`)."""
     return cleaner.clean(data)
+
+
+_CLEANERS: dict[str, QueryCleaner] = {}
+"""Cleaners built from `[queries]` sections in this process, by section: a worker loads its models once."""
+
+
+def cleaner_for(spec: dict[str, Any], *, threads: int = 0) -> QueryCleaner:
+    """The cleaner of a `[queries]` section given as plain data (`QueriesConfig.model_dump()`), built once per
+    process."""
+    key = json.dumps([spec, threads], sort_keys=True, default=str)
+    if key not in _CLEANERS:
+        _CLEANERS[key] = QueryCleaner.from_config(QueriesConfig.model_validate(spec), threads=threads)
+    return _CLEANERS[key]
+
+
+def clean_query_batch(items: Sequence[tuple[str, bytes]], cleaner: dict[str, Any] | QueryCleaner, *,
+                      store_root: str, jpeg_quality: int, threads: int = 0) -> list[dict[str, Any]]:
+    """Clean a batch of (source, encoded photo) into one row each: source, input_sha256, status, reason, detail,
+    steps (JSON), and for an accepted photo its image_id, width and height, the cleaned JPEG stored by content under
+    `store_root`. A photo that fails is a rejected row with its reason, never an exception. `cleaner`: a `[queries]`
+    section as plain data (built once per process, for an engine's workers) or a cleaner built by the caller."""
+    from visprep.workspace import ImageStore
+
+    built = cleaner if isinstance(cleaner, QueryCleaner) else cleaner_for(cleaner, threads=threads)
+    store = ImageStore(Path(store_root))
+    rows = []
+    for source, data in items:
+        out = built.clean(data)
+        row: dict[str, Any] = {"source": source, "input_sha256": hashlib.sha256(data).hexdigest(),
+                               "status": out.status, "reason": out.reason, "detail": out.detail or None,
+                               "steps": json.dumps(out.steps, sort_keys=True)}
+        if out.accepted:
+            row.update(image_id=store.put(out.encode(quality=jpeg_quality), "jpg"),
+                       width=int(out.image.shape[1]), height=int(out.image.shape[0]))
+        rows.append(row)
+    return rows
 
 
 def _ms(t0: float) -> float:

@@ -9,7 +9,6 @@ shards) can pick them up.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import pyarrow.compute as pc
 from visprep.config import section_params
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.fetch import Fetcher, FetchSettings
-from visprep.queries.clean import QueryCleaner
+from visprep.queries.clean import QueryCleaner, clean_query_batch
 from visprep.queries.inputs import QuerySource, expand_sources
 from visprep.schema import QUERIES
 from visprep.workspace import QuarantineRecord, Workspace, utcnow
@@ -73,13 +72,9 @@ def queries_stage(ws: Workspace, items: Iterable[str | Path], *, cleaner: QueryC
             if not fetched.ok:
                 row.update(status="rejected", reason=f"fetch_{fetched.status}", detail=fetched.reason, steps="[]")
             else:
-                row["input_sha256"] = hashlib.sha256(fetched.data).hexdigest()
-                out = cleaner.clean(fetched.data)
-                row.update(status=out.status, reason=out.reason, detail=out.detail or None,
-                           steps=json.dumps(out.steps, sort_keys=True))
-                if out.accepted:
-                    image_id = ws.store.put(out.encode(quality=cfg.jpeg_quality), "jpg")
-                    row.update(image_id=image_id, width=int(out.image.shape[1]), height=int(out.image.shape[0]))
+                [cleaned] = clean_query_batch([(src.source, fetched.data)], cleaner, store_root=str(ws.store.root),
+                                              jpeg_quality=cfg.jpeg_quality)
+                row.update(cleaned)
             if row["status"] == "accepted":
                 res.accepted += 1
             else:

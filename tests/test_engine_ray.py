@@ -16,7 +16,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 from test_golden_pipeline import snapshot  # the golden test's canonical form of every table
+from typer.testing import CliRunner
 
+from visprep.cli import app
 from visprep.config import EngineConfig, VisprepConfig, load_config
 from visprep.demo.sources import write_demo_sources
 from visprep.engines import LocalEngine, get_engine
@@ -162,3 +164,14 @@ def test_a_worker_killed_mid_stage_is_retried_and_the_tables_are_identical(
     want = snapshot(local_ws, local_ws.root)["images"]
     got = snapshot(ws, ws.root)["images"]
     assert got["sha256"] == want["sha256"], _differences({"images": want}, {"images": got})
+
+
+def test_the_engine_option_of_run_overrides_the_config(runs: tuple[Workspace, Workspace], tmp_path: Path) -> None:
+    _, ray_ws = runs
+    ws_root = tmp_path / "ws"
+    shutil.copytree(ray_ws.root, ws_root)
+    bad = CliRunner().invoke(app, ["run", "-w", str(ws_root), "--engine", "spark"])
+    assert bad.exit_code == 1 and "--engine must be 'local' or 'ray', got 'spark'" in bad.output
+    ok = CliRunner().invoke(app, ["run", "-w", str(ws_root), "--engine", "local", "--force"])
+    assert ok.exit_code == 0, ok.output
+    assert Workspace(ws_root).last_run("export")["metrics"]["engine"] == "local"

@@ -29,9 +29,10 @@ from visprep.workspace import Workspace
 
 pytestmark = pytest.mark.timeout(240)
 
-# The per-record stages the Ray engine runs today are inspect and export: the core stages cover both.
-CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "split", "pairs", "export"]\n'
-          "[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 8\n")
+# The per-record stages the Ray engine runs today: inspect, synth and export (the core stages and synth).
+CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "synth", "split", "pairs", "export"]\n'
+          "[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 8\n"
+          '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,8 @@ def test_both_engines_write_identical_tables(runs: tuple[Workspace, Workspace]) 
     want, got = snapshot(local_ws, local_ws.root), snapshot(ray_ws, ray_ws.root)
     assert {"images", "urls", "pairs"} <= set(want) and any(n.startswith("shards") or "samples" in n for n in want)
     assert not _differences(want, got)
-    for stage in ("inspect", "export"):
+    assert want["synthetic_views"]["count"] > 0
+    for stage in ("inspect", "synth", "export"):
         assert local_ws.last_run(stage)["metrics"]["engine"] == "local"
         assert ray_ws.last_run(stage)["metrics"]["engine"] == "ray"
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -21,17 +22,20 @@ from typer.testing import CliRunner
 from visprep.cli import app
 from visprep.config import EngineConfig, VisprepConfig, load_config
 from visprep.demo.sources import write_demo_sources
+from visprep.embed.store import FeatureStore
 from visprep.engines import LocalEngine, get_engine
 from visprep.images import stage as images_stage
 from visprep.images.stage import inspect_batch, inspect_stage
 from visprep.pipeline import run_pipeline
+from visprep.views.features import features_root
 from visprep.workspace import Workspace
 
 pytestmark = pytest.mark.timeout(240)
 
-# The per-record stages the Ray engine runs today: inspect, synth and export (the core stages and synth).
-CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "synth", "split", "pairs", "export"]\n'
+# The per-record stages the Ray engine runs today: inspect, synth, embed, embed_views and export.
+CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "synth", "embed", "embed_views", "split", "pairs", "export"]\n'
           "[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 8\n"
+          '[embed]\nbatch_size = 16\noptions = { profile = "imagenet-64" }\n'
           '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
 
 
@@ -145,9 +149,18 @@ def test_both_engines_write_identical_tables(runs: tuple[Workspace, Workspace]) 
     assert {"images", "urls", "pairs"} <= set(want) and any(n.startswith("shards") or "samples" in n for n in want)
     assert not _differences(want, got)
     assert want["synthetic_views"]["count"] > 0
-    for stage in ("inspect", "synth", "export"):
+    for stage in ("inspect", "synth", "embed", "embed_views", "export"):
         assert local_ws.last_run(stage)["metrics"]["engine"] == "local"
         assert ray_ws.last_run(stage)["metrics"]["engine"] == "ray"
+
+
+def test_both_engines_store_the_same_vectors(runs: tuple[Workspace, Workspace]) -> None:
+    stores = [sorted(p.name for p in features_root(ws).iterdir()) for ws in runs]
+    assert stores[0] == stores[1] and len(stores[0]) == 1  # the same model id: the actors' threads are not in it
+    local, on_ray = (FeatureStore.open_existing(features_root(ws), stores[0][0]) for ws in runs)
+    ids = local.ids()
+    assert sorted(ids) == sorted(on_ray.ids()) and len(ids) > 100
+    np.testing.assert_allclose(on_ray.get(ids)[0], local.get(ids)[0], atol=1e-5)
 
 
 def test_a_worker_killed_mid_stage_is_retried_and_the_tables_are_identical(

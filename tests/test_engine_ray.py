@@ -110,9 +110,8 @@ def test_a_stateful_function_runs_in_a_pool_of_workers_actors(cluster: Cluster) 
 def test_a_batch_that_kills_every_worker_fails_after_max_retries(cluster: Cluster, tmp_path: Path) -> None:
     log = tmp_path / "attempts"
     engine = get_engine(EngineConfig(kind="ray", max_retries=1))
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
         list(engine.map_batches(partial(_die_always, log=str(log)), [1, 2], batch_size=2))
-    assert "crash" in str(raised.value).lower() or "died" in str(raised.value).lower(), raised.value
     assert len(log.read_text().split()) == 2  # the first run and one retry, each in a process of its own
 
 

@@ -787,9 +787,10 @@ class EngineConfig(_Section):
     kind: Literal["local", "ray"] = Field("local", description="local (a process pool on this machine) or ray "
                                                                "(Ray Data map_batches, pip install 'visprep[ray]').")
     address: str | None = Field(None, description="Ray cluster to join (\"auto\", \"host:6379\", "
-                                                  "\"ray://host:10001\"); null starts a local Ray with num_cpus "
-                                                  "CPUs. Unused when kind = local or Ray is already initialised.")
-    num_cpus: int = Field(0, ge=0, description="CPUs of the local Ray that visprep starts (address = null); 0 means "
+                                                  "\"ray://host:10001\"); left out, visprep starts a local Ray "
+                                                  "with num_cpus CPUs. Unused when kind = local or this process "
+                                                  "already called ray.init.")
+    num_cpus: int = Field(0, ge=0, description="CPUs of the local Ray that visprep starts (no address); 0 means "
                                                "one per usable core.")
     max_retries: int = Field(3, ge=0, description="Times Ray reruns a batch whose worker died (killed, out of "
                                                   "memory, node lost) before the stage fails.")

@@ -102,12 +102,13 @@ class RayEngine:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
             if stateful:
-                size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-                out = ds.map_batches(_BatchActor, fn_constructor_args=(fn,), concurrency=size, max_restarts=retries,
+                size = min(workers or max(1, int(ray.cluster_resources().get("CPU", 1))), len(rows))
+                out = ds.map_batches(_BatchActor, fn_constructor_args=(fn,),
+                                     compute=ray.data.ActorPoolStrategy(size=size), max_restarts=retries,
                                      max_task_retries=retries, **common)
             else:
-                out = ds.map_batches(_run, fn_args=(fn,), concurrency=min(workers, len(rows)) or None,
-                                     max_retries=retries, **common)
+                out = ds.map_batches(_run, fn_args=(fn,), compute=ray.data.TaskPoolStrategy(
+                    size=min(workers, len(rows)) or None), max_retries=retries, **common)
         for expected, row in enumerate(out.iter_rows()):
             if row["seq"] != expected:  # preserve_order is a promise of Ray Data; the tables depend on it
                 raise RuntimeError(f"Ray returned batch {row['seq']} where batch {expected} was due")

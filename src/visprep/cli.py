@@ -159,11 +159,17 @@ def catalog(files: Annotated[list[Path], typer.Argument(help="Catalog files: CSV
 def run(files: Annotated[Optional[list[Path]], typer.Argument(help="Catalog files to ingest first.")] = None,
         workspace: WorkspaceOpt = Path("."),
         force: Annotated[bool, typer.Option(help="Rerun table stages even when up to date.")] = False,
-        allow_removals: AllowRemovalsOpt = False) -> None:
+        allow_removals: AllowRemovalsOpt = False,
+        engine: Annotated[Optional[str], typer.Option(
+            help="local or ray: where the per-record stages run (overrides [engine] kind).")] = None) -> None:
     """Run all stages in order, skipping work already done."""
     from visprep.pipeline import run_pipeline
 
     ws = _open(workspace)
+    if engine is not None:
+        if engine not in ("local", "ray"):
+            _fail(ValueError(f"--engine must be 'local' or 'ray', got {engine!r}"))
+        ws.set_config(ws.config.model_copy(update={"engine": ws.config.engine.model_copy(update={"kind": engine})}))
     t0 = time.perf_counter()
     try:
         with _progress() as bar:

@@ -780,6 +780,22 @@ class PipelineConfig(_Section):
         return v
 
 
+class EngineConfig(_Section):
+    """Where the per-record stages run their per-batch functions: a local process pool, or Ray Data on a Ray
+    cluster (docs/scaling.md, "Engines"). Table stages run on the driver either way; the choice changes no table."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local (a process pool on this machine) or ray "
+                                                               "(Ray Data map_batches, pip install 'visprep[ray]').")
+    address: str | None = Field(None, description="Ray cluster to join (\"auto\", \"host:6379\", "
+                                                  "\"ray://host:10001\"); left out, visprep starts a local Ray "
+                                                  "with num_cpus CPUs. Unused when kind = local or this process "
+                                                  "already called ray.init.")
+    num_cpus: int = Field(0, ge=0, description="CPUs of the local Ray that visprep starts (no address); 0 means "
+                                               "one per usable core.")
+    max_retries: int = Field(3, ge=0, description="Times Ray reruns a batch whose worker died (killed, out of "
+                                                  "memory, node lost) before the stage fails.")
+
+
 class VisprepConfig(_Section):
     """The whole configuration of a workspace."""
 
@@ -791,6 +807,7 @@ class VisprepConfig(_Section):
     pairs: PairsConfig = PairsConfig()
     export: ExportConfig = ExportConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    engine: EngineConfig = EngineConfig()
     # --- events config ---
     events: EventsConfig = EventsConfig()
     # --- labels / evaluation config ---

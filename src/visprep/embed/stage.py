@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from visprep.embed.registry import (
     registered_factory,
 )
 from visprep.embed.store import FeatureStore
+from visprep.engines import get_engine
 from visprep.engines.local import batched, prefetch
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
@@ -179,19 +181,35 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
         todo = [(i, f) for i, f, c in zip(ids, fmts, current.tolist()) if not c]
         res.skipped = len(ids) - len(todo)
         failures: list[QuarantineRecord] = []
+        engine = get_engine(ws.config)
+        # An embedder handed in (tests, notebooks) is a live object: it runs here, whatever the engine.
+        on_ray = engine.name != "local" and embedder is None
+        run.metrics["engine"] = engine.name if on_ray else "local"
         if todo:
-            apply_threads(plan)
-            if embedder is None:
-                embedder = get_embedder(spec.name, **spec.options)
-            run.metrics["threads"] = plan.as_dict()
-            run.metrics["backend"] = getattr(embedder, "backend", None)
-            if store is None:
-                store = FeatureStore(root, embedder.model_id, embedder.dim, index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
+            items = [(i, str(ws.store.path(i, extension_for(f)))) for i, f in todo]
+            results: Iterator[tuple[list[tuple[str, str]], tuple[list[str], np.ndarray, list[dict]]]]
+            if on_ray:
+                # One model per actor, each actor one CPU: the model runs single-threaded there.
+                actor_spec = embedder_spec(cfg, model_threads=1)
+                run.metrics["threads"] = {"model": 1, "per": "Ray actor"}
+                run.metrics["backend"] = actor_spec.options.get("backend")
+                results = engine.map_batches(partial(embed_batch, embedder_spec=actor_spec), items,
+                                             batch_size=cfg.batch_size, stateful=True)
+            else:
+                apply_threads(plan)
+                if embedder is None:
+                    embedder = get_embedder(spec.name, **spec.options)
+                run.metrics["threads"] = plan.as_dict()
+                run.metrics["backend"] = getattr(embedder, "backend", None)
+                if store is None:
+                    store = FeatureStore(root, embedder.model_id, embedder.dim, index_kind=cfg.index,
+                                         hnsw_m=cfg.hnsw_m)
+                results = _local_results(embedder, items, cfg.batch_size)
             done_ids: list[str] = []
             done_vecs: list[np.ndarray] = []
-            items = [(i, str(ws.store.path(i, extension_for(f)))) for i, f in todo]
-            for batch, read in _batches(embedder, items, cfg.batch_size):
-                batch_ids, vecs, failed = finish_embed_batch(embedder, read)
+            for batch, (batch_ids, vecs, failed) in results:
+                if store is None:  # a new store on Ray: its dimension is the first vectors'
+                    store = FeatureStore(root, res.model_id, vecs.shape[1], index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
                 failures.extend(QuarantineRecord(reason=f["reason"], detail=f["detail"], record_id=f["image_id"],
                                                  field="image_id", value=f["image_id"]) for f in failed)
                 done_ids.extend(batch_ids)
@@ -210,6 +228,13 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
         run.counts = {"images_in": res.images, "embedded": res.embedded, "skipped": res.skipped,
                       "failed": res.failed, "store_total": res.store_total}
     return res
+
+
+def _local_results(embedder: Embedder, items: list[tuple[str, str]], batch_size: int
+                   ) -> Iterator[tuple[list[tuple[str, str]], tuple[list[str], np.ndarray, list[dict]]]]:
+    """Yield `(batch, embed_batch of it)` in this process, each batch read ahead while the model runs (`_batches`)."""
+    for batch, read in _batches(embedder, items, batch_size):
+        yield batch, finish_embed_batch(embedder, read)
 
 
 def _batches(embedder: Embedder, items: list[tuple[str, str]], batch_size: int

@@ -22,7 +22,7 @@ from functools import partial
 import pyarrow.compute as pc
 
 from visprep.config import PreprocessConfig, section_params
-from visprep.engines.local import map_batches
+from visprep.engines import get_engine
 from visprep.export.shards import ShardSample, write_shards
 from visprep.images.decode import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
@@ -141,6 +141,8 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
                              max_decoded_bytes=cfg.inspect.max_decoded_bytes)
         if progress:
             progress(0, len(rows) + n_user)
+        engine = get_engine(cfg)
+        run.metrics["engine"] = engine.name
         for split in splits:
             chosen = [r for r in rows if r["split"] == split] + user_rows.get(split, [])
 
@@ -148,7 +150,7 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
                 items = [(str(ws.store.path(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]]))),
                           profile, cfg.preprocess.jpeg_quality) for r in chosen]
                 done = 0
-                for batch, outs in map_batches(preprocess, items, batch_size=64, workers=plan.used):
+                for batch, outs in engine.map_batches(preprocess, items, batch_size=64, workers=plan.used):
                     for out in outs:
                         r = chosen[done]
                         done += 1

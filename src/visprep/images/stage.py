@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from visprep.config import InspectConfig, section_params
-from visprep.engines.local import WorkerPlan, map_batches, plan_workers
+from visprep.engines import get_engine
+from visprep.engines.local import WorkerPlan, plan_workers
 from visprep.images.decode import ImageDecodeError, decode_worker_bytes
 from visprep.images.facts import facts_row, inspect_image
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
@@ -122,8 +123,10 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
                   cfg.max_decoded_bytes) for i in todo]
         if progress:
             progress(0, len(items) + len(backfill))
-        for seq, (batch, rows) in enumerate(map_batches(inspect_batch, items, batch_size=cfg.batch_size,
-                                                        workers=plan.used)):
+        engine = get_engine(ws.config)
+        run.metrics["engine"] = engine.name
+        for seq, (batch, rows) in enumerate(engine.map_batches(inspect_batch, items, batch_size=cfg.batch_size,
+                                                               workers=plan.used)):
             for r in rows:
                 r["run_id"] = run.run_id
                 result.inspected += 1
@@ -139,8 +142,8 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
         # skips them), and are merged into `images` in one rewrite below, so no reader ever sees an image twice.
         fill = [(i, str(ws.store.path(i, extension_for(stored[i]))), cfg.max_pixels, cfg.max_decoded_bytes)
                 for i in backfill]
-        for seq, (batch, rows) in enumerate(map_batches(signature_batch, fill, batch_size=cfg.batch_size,
-                                                        workers=plan.used)):
+        for seq, (batch, rows) in enumerate(engine.map_batches(signature_batch, fill, batch_size=cfg.batch_size,
+                                                               workers=plan.used)):
             atomic_write_parquet(staging / f"part-{run.run_id}-{seq:06d}.parquet",
                                  pa.Table.from_pylist(rows, schema=SIGNATURE_SCHEMA))
             result.backfilled += len(rows)

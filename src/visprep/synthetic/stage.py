@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import section_params
+from visprep.engines import get_engine
 from visprep.engines.local import batched
 from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.images.facts import facts_row
@@ -229,21 +231,30 @@ def render_batch(sources: Sequence[tuple[str, str, str, str | None]], generator_
     return out
 
 
-def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, run_id: str, res: SynthResult,
-                taken: set[str], progress: Callable[[int, int], None] | None
+def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, spec: GeneratorSpec | None,
+                run_id: str, res: SynthResult, taken: set[str], progress: Callable[[int, int], None] | None
                 ) -> tuple[list[dict], dict[str, dict], list[QuarantineRecord]]:
     """Generate and store the views of `todo`'s images (`render_batch`, a batch at a time): synthetic_views rows,
-    each view's `images` facts, refused sources."""
+    each view's `images` facts, refused sources. On the Ray engine each batch is a task that builds the generator
+    from `spec` (once per worker), or unpickles `generator` when it was handed in rather than configured."""
     cfg = ws.config.synthetic
     views: list[dict] = []
     facts: dict[str, dict] = {}
     refused: list[QuarantineRecord] = []
     sources = [(pid, iid, str(ws.store.path(iid, extension_for(fmt))), split) for pid, iid, fmt, split in zip(
         *(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format", "split")))]
-    for batch in batched(sources, RENDER_BATCH):
-        for row in render_batch(batch, generator, store_root=ws.store.root, seed=cfg.seed,
-                                jpeg_quality=cfg.jpeg_quality, max_pixels=ws.config.inspect.max_pixels,
-                                max_decoded_bytes=ws.config.inspect.max_decoded_bytes, taken=taken):
+    engine = get_engine(ws.config)
+    render = partial(render_batch, store_root=str(ws.store.root), seed=cfg.seed, jpeg_quality=cfg.jpeg_quality,
+                     max_pixels=ws.config.inspect.max_pixels, max_decoded_bytes=ws.config.inspect.max_decoded_bytes,
+                     taken=taken)
+    if engine.name == "local":  # synth has no workers setting: it renders in this process, as it always has
+        results: Iterable[tuple[list, list[dict]]] = (
+            (batch, render(batch, generator)) for batch in batched(sources, RENDER_BATCH))
+    else:
+        results = engine.map_batches(partial(render, generator_spec=spec or generator), sources,
+                                     batch_size=RENDER_BATCH)
+    for batch, rows in results:
+        for row in rows:
             if row["status"] != "ok":
                 res.failed += 1
             refused.extend(QuarantineRecord(**r) for r in row["refused"])
@@ -269,6 +280,7 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
     written only when its content changes, so a rerun with nothing new writes nothing (fingerprints stay).
     """
     cfg = ws.config.synthetic
+    spec = generator_spec(ws) if generator is None else None
     generator = generator or _generator_from_config(ws)
     res = SynthResult()
     params = {**section_params(ws.config, "synthetic"), "resolved_generator": generator.describe()}
@@ -296,8 +308,9 @@ def synth_stage(ws: Workspace, *, generator: ViewGenerator | None = None,
         taken = set(products.column("product_id").to_pylist())
         if progress:
             progress(0, pending.num_rows)
-        made, facts, refused = _make_views(ws, pending, generator, run_id=run.run_id, res=res, taken=taken,
-                                           progress=progress)
+        run.metrics["engine"] = ws.config.engine.kind
+        made, facts, refused = _make_views(ws, pending, generator, spec=spec, run_id=run.run_id, res=res,
+                                           taken=taken, progress=progress)
         views = pa.concat_tables([reused, pa.Table.from_pylist(made, schema=SYNTHETIC_VIEWS)])
         views = views.filter(pc.invert(pc.and_(pc.equal(views["relation"], "color_variant"),
                                                pc.is_in(views["product_id"], pa.array(sorted(taken), pa.string())))))

@@ -1,0 +1,191 @@
+"""The engines: `[engine] kind` picks one; the Ray engine (Ray Data map_batches on a real two-node Ray cluster on
+loopback) gives the same batches in the same order as the local one, the same tables over a whole demo run, and
+the same tables when a worker is killed (kill -9) mid-stage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from test_golden_pipeline import snapshot  # the golden test's canonical form of every table
+from typer.testing import CliRunner
+
+from visprep.cli import app
+from visprep.config import EngineConfig, VisprepConfig, load_config
+from visprep.demo.sources import write_demo_sources
+from visprep.embed.store import FeatureStore
+from visprep.engines import LocalEngine, get_engine
+from visprep.images import stage as images_stage
+from visprep.images.stage import inspect_batch, inspect_stage
+from visprep.pipeline import run_pipeline
+from visprep.views.features import features_root
+from visprep.workspace import Workspace
+
+pytestmark = pytest.mark.timeout(240)
+
+# The per-record stages the Ray engine runs today: inspect, synth, embed, embed_views and export.
+CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "synth", "embed", "embed_views", "split", "pairs", "export"]\n'
+          "[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 8\n"
+          '[embed]\nbatch_size = 16\noptions = { profile = "imagenet-64" }\n'
+          '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Two Ray nodes of one CPU each on loopback, this process connected as the driver."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        c.add_node(num_cpus=1)
+        c.wait_for_nodes(timeout=60)
+        ray.init(address=c.address, log_to_driver=False)
+        # The test-only batch functions below live in this module, which the workers cannot import by name.
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        yield c
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.shutdown()
+        c.shutdown()
+
+
+def _square_each(batch: Sequence[int]) -> list[int]:
+    return [x * x for x in batch]
+
+
+def _pid_of(batch: Sequence[int]) -> tuple[int, list[int]]:
+    return os.getpid(), list(batch)
+
+
+def _inspect_or_die_once(items: Sequence[tuple], *, marker: str) -> list[dict]:
+    """inspect_batch, except that the first call anywhere kills its own worker process (kill -9) instead."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return inspect_batch(items)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: the process was killed")
+
+
+def _die_always(batch: Sequence[int], *, log: str) -> list[int]:
+    with open(log, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: the process was killed")
+
+
+def test_engine_kind_picks_the_engine_and_a_bad_kind_is_refused(tmp_path: Path) -> None:
+    assert isinstance(get_engine(VisprepConfig()), LocalEngine)
+    assert get_engine(VisprepConfig(engine=EngineConfig(kind="ray"))).name == "ray"
+    (tmp_path / "visprep.toml").write_text('[engine]\nkind = "spark"\n')
+    with pytest.raises(ValueError, match=r"engine\.kind = 'spark'"):
+        load_config(tmp_path / "visprep.toml")
+
+
+def test_ray_batches_equal_the_local_ones_in_order(cluster: Cluster) -> None:
+    items = list(range(23))
+    ray_engine = get_engine(EngineConfig(kind="ray"))
+    want = list(LocalEngine().map_batches(_square_each, items, batch_size=5, workers=1))
+    assert [b for b, _ in want] == [items[i:i + 5] for i in range(0, 23, 5)]
+    assert list(ray_engine.map_batches(_square_each, items, batch_size=5)) == want
+    assert list(ray_engine.map_batches(_square_each, [], batch_size=5)) == []
+
+
+def test_a_stateful_function_runs_in_a_pool_of_workers_actors(cluster: Cluster) -> None:
+    out = list(get_engine(EngineConfig(kind="ray")).map_batches(_pid_of, range(12), batch_size=2, workers=2,
+                                                                stateful=True))
+    assert [b for b, _ in out] == [r[1] for _, r in out] == [[i, i + 1] for i in range(0, 12, 2)]
+    assert 1 <= len({pid for _, (pid, _) in out}) <= 2  # one process per actor, never more than the pool
+
+
+def test_a_batch_that_kills_every_worker_fails_after_max_retries(cluster: Cluster, tmp_path: Path) -> None:
+    log = tmp_path / "attempts"
+    engine = get_engine(EngineConfig(kind="ray", max_retries=1))
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        list(engine.map_batches(partial(_die_always, log=str(log)), [1, 2], batch_size=2))
+    assert len(log.read_text().split()) == 2  # the first run and one retry, each in a process of its own
+
+
+def _demo_workspace(root: Path, kind: str, catalog_files: list[Path]) -> Workspace:
+    ws = Workspace(root / f"ws-{kind}")
+    ws.root.mkdir(parents=True)
+    ws.config_path.write_text(CONFIG + f'[engine]\nkind = "{kind}"\n')
+    run_pipeline(ws, catalog_files)
+    return ws
+
+
+def _differences(want: dict, got: dict) -> list[str]:
+    problems = [f"table {n}: only in the {side} run" for side, a, b in (("local", want, got), ("ray", got, want))
+                for n in sorted(set(a) - set(b))]
+    for name in sorted(set(want) & set(got)):
+        if want[name]["sha256"] != got[name]["sha256"]:
+            w, g = want[name]["rows"], got[name]["rows"]
+            problems.append(f"table {name}: {len(w)} vs {len(g)} rows; first differing: "
+                            f"{next(((a, b) for a, b in zip(w, g) if a != b), None)}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def runs(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Workspace]:
+    root = tmp_path_factory.mktemp("engines")
+    # One source folder: the tables record the catalog's local image paths.
+    files = write_demo_sources(root / "src", n_products=60, seed=5).catalog_files
+    return _demo_workspace(root, "local", files), _demo_workspace(root, "ray", files)
+
+
+def test_both_engines_write_identical_tables(runs: tuple[Workspace, Workspace]) -> None:
+    local_ws, ray_ws = runs
+    want, got = snapshot(local_ws, local_ws.root), snapshot(ray_ws, ray_ws.root)
+    assert {"images", "urls", "pairs"} <= set(want) and any(n.startswith("shards") or "samples" in n for n in want)
+    assert not _differences(want, got)
+    assert want["synthetic_views"]["count"] > 0
+    for stage in ("inspect", "synth", "embed", "embed_views", "export"):
+        assert local_ws.last_run(stage)["metrics"]["engine"] == "local"
+        assert ray_ws.last_run(stage)["metrics"]["engine"] == "ray"
+
+
+def test_both_engines_store_the_same_vectors(runs: tuple[Workspace, Workspace]) -> None:
+    stores = [sorted(p.name for p in features_root(ws).iterdir()) for ws in runs]
+    assert stores[0] == stores[1] and len(stores[0]) == 1  # the same model id: the actors' threads are not in it
+    local, on_ray = (FeatureStore.open_existing(features_root(ws), stores[0][0]) for ws in runs)
+    ids = local.ids()
+    assert sorted(ids) == sorted(on_ray.ids()) and len(ids) > 100
+    np.testing.assert_allclose(on_ray.get(ids)[0], local.get(ids)[0], atol=1e-5)
+
+
+def test_a_worker_killed_mid_stage_is_retried_and_the_tables_are_identical(
+        runs: tuple[Workspace, Workspace], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local_ws, _ = runs
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(local_ws.root, ws.root)
+    (ws.root / "visprep.toml").write_text(CONFIG + '[engine]\nkind = "ray"\nmax_retries = 2\n')
+    ws = Workspace(ws.root)
+    shutil.rmtree(ws.table_path("images")) if ws.table_path("images").is_dir() else ws.table_path("images").unlink()
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(images_stage, "inspect_batch", partial(_inspect_or_die_once, marker=str(marker)))
+    result = inspect_stage(ws)
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a Ray worker died, not this process
+    assert result.inspected == result.stored > 0
+    want = snapshot(local_ws, local_ws.root)["images"]
+    got = snapshot(ws, ws.root)["images"]
+    assert got["sha256"] == want["sha256"], _differences({"images": want}, {"images": got})
+
+
+def test_the_engine_option_of_run_overrides_the_config(runs: tuple[Workspace, Workspace], tmp_path: Path) -> None:
+    _, ray_ws = runs
+    ws_root = tmp_path / "ws"
+    shutil.copytree(ray_ws.root, ws_root)
+    bad = CliRunner().invoke(app, ["run", "-w", str(ws_root), "--engine", "spark"])
+    assert bad.exit_code == 1 and "--engine must be 'local' or 'ray', got 'spark'" in bad.output
+    ok = CliRunner().invoke(app, ["run", "-w", str(ws_root), "--engine", "local", "--force"])
+    assert ok.exit_code == 0, ok.output
+    assert Workspace(ws_root).last_run("export")["metrics"]["engine"] == "local"

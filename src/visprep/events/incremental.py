@@ -58,6 +58,12 @@ PARTIAL_FIELDS = ("coview_window_s", "bounce_policy", "bounce_s", "bounce_weight
 #: Layout of the partial files; bump to rebuild partials written by an older layout.
 PARTIALS_VERSION = 1
 _TABLES = {"acc": "uacc", "hs": "uhs", "pop": "upop", "sig": "usig"}
+#: Each partial's key and summed columns. The `g_` files hold the sums over all users under the same keys: the
+#: combine reads them, and an update moves them by (touched users' new rows - their old rows).
+_SUMS = {"acc": (("anchor_id", "anchor_type", "anchor_image_id", "product_id", "kind", "position"), ("cnt", "nb")),
+         "hs": (("query_id", "product_id", "position", "query_image_id"), ("n", "k", "s")),
+         "pop": (("product_id",), ("n",)),
+         "sig": ((), ("bounced_clicks", "carts_with_purchase", "purchases_via_cart"))}
 _SIGNALS = ("bounced_clicks", "carts_with_purchase", "purchases_via_cart")
 
 
@@ -100,7 +106,7 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         changed = sorted(k for k in key if state["key"].get(k) != key[k])
         reason = "partials depend on changed " + ", ".join(changed)
     seq = int((state or {}).get("seq", 0)) + 1
-    files = {name: f"{name}-{seq:08d}.parquet" for name in _TABLES}
+    files = {f"{pre}{name}": f"{pre}{name}-{seq:08d}.parquet" for name in _TABLES for pre in ("", "g_")}
     log.pairs_dir.mkdir(parents=True, exist_ok=True)
     rep = IncrementalReport(pairs=PairsReport())
     t0 = time.perf_counter()
@@ -116,6 +122,7 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         t1 = time.perf_counter()
         for name, table in _TABLES.items():
             copy_to(con, f"SELECT * FROM {table}", log.pairs_dir / files[name])
+            copy_to(con, _sum_sql(name, [(table, 1)]), log.pairs_dir / files[f"g_{name}"])
         rep.touched_users = int(scalar(con, f"SELECT count(DISTINCT hash(user_id)) FROM read_parquet({sql_list(parts)})"
                                            )) if parts else 0
     else:
@@ -137,11 +144,16 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
                             only="hash(user_id) IN (SELECT uh FROM touched)")
         rep.phases_s["recompute"] = time.perf_counter() - t1
         t1 = time.perf_counter()
-        old = state["files"]  # type: ignore[index]
+        old = {k: f"read_parquet({sql_str(str(log.pairs_dir / v))})" for k, v in state["files"].items()}  # type: ignore[index]
         for name, table in _TABLES.items():
-            copy_to(con, f"""SELECT o.* FROM read_parquet({sql_str(str(log.pairs_dir / old[name]))}) o
-                             ANTI JOIN touched t ON t.uh = o.uh
-                             UNION ALL SELECT * FROM {table}""", log.pairs_dir / files[name])
+            # The touched users' old rows leave the sums and the per-user file; their new rows enter both.
+            con.execute(f"CREATE OR REPLACE TEMP TABLE was AS SELECT o.* FROM {old[name]} o "
+                        "SEMI JOIN touched t ON t.uh = o.uh")
+            copy_to(con, f"SELECT o.* FROM {old[name]} o ANTI JOIN touched t ON t.uh = o.uh "
+                         f"UNION ALL SELECT * FROM {table}", log.pairs_dir / files[name])
+            copy_to(con, _sum_sql(name, [(old[f"g_{name}"], 1), ("was", -1), (table, 1)]),
+                    log.pairs_dir / files[f"g_{name}"])
+        con.execute("DROP TABLE IF EXISTS was")
         con.execute("DROP TABLE IF EXISTS touched")
     rep.phases_s["write_partials"] = time.perf_counter() - t1
     for t in _TABLES.values():
@@ -150,7 +162,7 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
     if crash:
         crash("pairs_after_partials")
     t1 = time.perf_counter()
-    read = {name: f"read_parquet({sql_str(str(log.pairs_dir / files[name]))})" for name in _TABLES}
+    read = {name: f"read_parquet({sql_str(str(log.pairs_dir / files['g_' + name]))})" for name in _TABLES}
     load_user_partials(con, read["acc"], read["hs"], read["pop"], cfg=cfg)
     sig = con.execute(f"SELECT {', '.join(f'coalesce(sum({s}), 0)' for s in _SIGNALS)} FROM {read['sig']}").fetchone()
     rep.pairs.signals = {s: int(v) for s, v in zip(_SIGNALS, sig)}
@@ -161,6 +173,21 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
     log.commit_pairs(files, key, seq)
     rep.phases_s["total"] = time.perf_counter() - t0
     return rep
+
+
+def _sum_sql(name: str, terms: list[tuple[str, int]]) -> str:
+    """SELECT of partial `name`'s sums over the relations of `terms` (relation, sign: +1 adds, -1 subtracts), by
+    its key; keys whose sums fall to zero are dropped, as a build from scratch would never have produced them."""
+    keys, sums = _SUMS[name]
+    cols = ", ".join(keys)
+    union = " UNION ALL ".join(
+        f"SELECT {cols + ', ' if keys else ''}{', '.join(f'{sign} * {c} AS {c}' for c in sums)} FROM {rel}"
+        for rel, sign in terms)
+    totals = ", ".join(f"coalesce(sum({c}), 0)::BIGINT AS {c}" for c in sums)
+    if not keys:
+        return f"SELECT {totals} FROM ({union})"
+    # Every row of a partial counts at least one event in its first sum (a list, an event, a product's event).
+    return f"SELECT {cols}, {totals} FROM ({union}) GROUP BY {cols} HAVING sum({sums[0]}) <> 0"
 
 
 def _user_group(con: Any, parts: list[Path], g: int, groups: int, *, cfg: EventsConfig, trust_buckets: bool,

@@ -448,15 +448,12 @@ def user_partials(con: Any, *, cfg: EventsConfig) -> None:
 
 
 def load_user_partials(con: Any, acc: str, hs: str, pop: str, *, cfg: EventsConfig) -> None:
-    """Fill the temp tables `acc`, `hstats` and `pop` that `write_pairs` reads from per-user partials (SQL
-    relations with the columns of `uacc`, `uhs`, `upop`), adding the users up."""
+    """Fill the temp tables `acc`, `hstats` and `pop` that `write_pairs` reads from partials summed over users
+    (SQL relations with the columns of `uacc`, `uhs`, `upop` but `uh`). `write_pairs` adds rows of one key up
+    itself, so they are copied as they are; a row's float weight is made here from its integer counts."""
     bw = 0.0 if cfg.bounce_policy == "drop" else float(cfg.bounce_weight)
     _partial_tables(con)
-    con.execute(f"""INSERT INTO acc
-        SELECT anchor_id, anchor_type, anchor_image_id, product_id, kind, position, sum(cnt),
-               (sum(cnt) - sum(nb))::DOUBLE + sum(nb)::DOUBLE * {bw!r}
-        FROM {acc} GROUP BY anchor_id, anchor_type, anchor_image_id, product_id, kind, position""")
-    con.execute(f"""INSERT INTO hstats
-        SELECT query_id, product_id, position, sum(n), sum(k), sum(s), min(query_image_id)
-        FROM {hs} GROUP BY query_id, product_id, position""")
-    con.execute(f"INSERT INTO pop SELECT product_id, sum(n) FROM {pop} GROUP BY 1")
+    con.execute(f"""INSERT INTO acc SELECT anchor_id, anchor_type, anchor_image_id, product_id, kind, position, cnt,
+                       (cnt - nb)::DOUBLE + nb::DOUBLE * {bw!r} FROM {acc}""")
+    con.execute(f"INSERT INTO hstats SELECT query_id, product_id, position, n, k, s, query_image_id FROM {hs}")
+    con.execute(f"INSERT INTO pop SELECT product_id, n FROM {pop}")

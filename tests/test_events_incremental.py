@@ -126,7 +126,7 @@ def test_an_update_recomputes_only_the_touched_users(tmp_path: Path) -> None:
     r = ingest_event_files(inc, [_write(tmp_path / "b.jsonl", late)])
     assert r.events_new == len(late) and r.pairs_rebuilt
     first, update = _build(inc, r0.run_id), _build(inc, r.run_id)
-    assert first["mode"] == "full" and first["full_reason"] == "no per-user partials yet"
+    assert first["mode"] == "full" and first["full_reason"] == "no partial sums yet"
     assert update["mode"] == "incremental" and update["full_reason"] is None and update["touched_users"] == 2
     events = inc.read_table("events")
     assert first["touched_events"] == events.num_rows - len(late)

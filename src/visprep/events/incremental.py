@@ -1,30 +1,32 @@
 """Incremental `interaction_pairs`: recompute only the users that new events touched, exactly.
 
 Every list-level signal (result lists, sessions, bounces, cart/purchase links, co-views, skip-above) belongs to
-one user, so the pairs build's partial aggregates are kept *per user hash* (`uh` = hash(user_id)) as Parquet
-files under `tables/events.parquet/_pairs/` (`interactions.user_partials`): `uacc` (anchor, product, kind, rank:
-events counted and bounced clicks among them), `uhs` (query, product, rank: lists showing it, clicking it,
-skipping it above a click), `upop` (product: popularity events) and `usig` (the signal-rule counts). Every column
-is a sum of integers, and the image ids the table takes a min() of are part of the keys, so replacing a user's rows
-and adding all users up gives exactly the sums a build over the whole log gives.
+one user, so the pairs build's partial aggregates add up over users (`interactions.user_partials`, computed per
+user hash `uh` = hash(user_id)): `acc` (anchor, image, product, kind, rank: events counted and bounced clicks
+among them), `hs` (query, product, rank, skipped-list image: lists showing it, clicking it, skipping it above a
+click), `pop` (product: popularity events) and `sig` (the signal-rule counts). Their sums over all users are kept
+as Parquet files under `tables/events.parquet/_pairs/` (`g_acc`, `g_hs`, `g_pop`, `g_sig`). Every column is an
+integer count and the image ids the table takes a min() of are part of the keys, so sums move exactly.
 
-An update reads the users of the parts committed since the last build (`EventLog.pairs_pending`), loads *all*
-events of those users (old and new: a session that spans the old/new boundary, a late event for an old user and
-a duplicate across batches all come out as a whole-log build would see them), recomputes their partials, and
-writes the partials with those users' rows replaced. Its cost is the touched users' events plus a filtered scan
-of the log and a copy of the partials.
+An update takes the users of the parts committed since the last build (`EventLog.pairs_pending`: the touched
+users) and recomputes their partials twice: over the settled parts (what the sums hold for them; compaction never
+merges a pending part with a settled one) and over all parts (old and new events together: a session spanning
+the old/new boundary, a late event for an old user and a duplicate across batches come out as a whole-log build
+sees them). The sums move by (new - old); keys whose sums reach zero are dropped, as a build from scratch would
+never have made them. Its cost is twice the touched users' events, a scan of the parts that may hold them, and a
+rewrite of the sums.
 
 The global terms (`interactions.write_pairs`) are recomputed from the summed partials on every update, never
 patched: the rank propensities (intervention harvesting over every (query, product, rank) count), each pair's
 exposures, each product's popularity and the popularity total and mean (log_q, debiased weight). Their sufficient
-statistics are those sums (`hstats`, `pop`), which the per-user partials hold exactly; a new event anywhere moves
-them, so every row's weights are rewritten (the combine step, linear in the partials, not in the events).
+statistics are those sums (`g_hs`, `g_pop`), kept exactly; a new event anywhere moves them, so every row's
+weights are rewritten (the combine step, linear in the sums, not in the events).
 
-Commit: new partial files (unlisted), then the table (temp file, rename), then one atomic checkpoint rewrite that
-lists the new partials and marks the pairs current. A kill before that rewrite leaves the old partials listed and
-the parts still pending: `EventLog.recover` deletes the unlisted files and the next run redoes the update, which
+Commit: new sum files (unlisted), then the table (temp file, rename), then one atomic checkpoint rewrite that
+lists the new sums, empties the pending list and marks the pairs current. A kill before that rewrite leaves the
+old sums listed and the parts still pending: `EventLog.recover` deletes the unlisted files and the next run redoes the update, which
 gives the same table. Partials depend on the co-view window and the bounce rule (and DuckDB's `hash()`): when one
-of those changed, the update is a full rebuild of the partials (the run record says why); the weights, the
+of those changed, the update is a full rebuild of the sums (the run record says why); the weights, the
 propensity and popularity options only enter the combine, so changing them costs a combine only.
 """
 
@@ -53,13 +55,13 @@ from visprep.events.interactions import (
     write_pairs,
 )
 
-#: The options the per-user partials depend on: a change to one rebuilds them from the whole log.
+#: The options the partials depend on: a change to one rebuilds their sums from the whole log.
 PARTIAL_FIELDS = ("coview_window_s", "bounce_policy", "bounce_s", "bounce_weight")
 #: Layout of the partial files; bump to rebuild partials written by an older layout.
-PARTIALS_VERSION = 1
+PARTIALS_VERSION = 2
 _TABLES = {"acc": "uacc", "hs": "uhs", "pop": "upop", "sig": "usig"}
-#: Each partial's key and summed columns. The `g_` files hold the sums over all users under the same keys: the
-#: combine reads them, and an update moves them by (touched users' new rows - their old rows).
+#: Each partial's key and summed columns: the `g_` files hold the sums over all users by these keys; the combine
+#: reads them, and an update moves them by (touched users' new rows - their old rows).
 _SUMS = {"acc": (("anchor_id", "anchor_type", "anchor_image_id", "product_id", "kind", "position"), ("cnt", "nb")),
          "hs": (("query_id", "product_id", "position", "query_image_id"), ("n", "k", "s")),
          "pop": (("product_id",), ("n",)),
@@ -86,27 +88,27 @@ class IncrementalReport:
 
 
 def partials_key(con: Any, cfg: EventsConfig) -> dict[str, Any]:
-    """What the per-user partials depend on: the options in `PARTIAL_FIELDS`, the layout, DuckDB's `hash()`."""
+    """What the partial sums depend on: the options in `PARTIAL_FIELDS`, the layout, DuckDB's `hash()`."""
     return {**{f: getattr(cfg, f) for f in PARTIAL_FIELDS}, "version": PARTIALS_VERSION,
             "hash_canary": content_hash_canary(con)}
 
 
 def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust_buckets: bool, force_full: bool = False,
                  crash: Callable[[str], None] | None = None) -> IncrementalReport:
-    """Bring the per-user partials and `interaction_pairs` (`out`) up to the committed log, recomputing only the
-    users of the pending parts when the partials allow it, else all of them; commit both (module docstring)."""
+    """Bring the partial sums and `interaction_pairs` (`out`) up to the committed log, recomputing only the users
+    of the pending parts when the sums allow it, else all users; commit both (module docstring)."""
     key = partials_key(con, cfg)
     state = log.pairs_state()
     reason = None
     if force_full:
         reason = "requested"
     elif state is None:
-        reason = "no per-user partials yet"
+        reason = "no partial sums yet"
     elif state["key"] != key:
         changed = sorted(k for k in key if state["key"].get(k) != key[k])
         reason = "partials depend on changed " + ", ".join(changed)
     seq = int((state or {}).get("seq", 0)) + 1
-    files = {f"{pre}{name}": f"{pre}{name}-{seq:08d}.parquet" for name in _TABLES for pre in ("", "g_")}
+    files = {name: f"g_{name}-{seq:08d}.parquet" for name in _TABLES}
     log.pairs_dir.mkdir(parents=True, exist_ok=True)
     rep = IncrementalReport(pairs=PairsReport())
     t0 = time.perf_counter()
@@ -121,8 +123,7 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         rep.phases_s["recompute"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         for name, table in _TABLES.items():
-            copy_to(con, f"SELECT * FROM {table}", log.pairs_dir / files[name])
-            copy_to(con, _sum_sql(name, [(table, 1)]), log.pairs_dir / files[f"g_{name}"])
+            copy_to(con, _sum_sql(name, [(table, 1)]), log.pairs_dir / files[name])
         rep.touched_users = int(scalar(con, f"SELECT count(DISTINCT hash(user_id)) FROM read_parquet({sql_list(parts)})"
                                            )) if parts else 0
     else:
@@ -132,37 +133,35 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         rep.touched_users = int(scalar(con, "SELECT count(*) FROM touched"))
         rep.phases_s["touched_users"] = time.perf_counter() - t0
         t1 = time.perf_counter()
+        old = {k: f"read_parquet({sql_str(str(log.pairs_dir / v))})" for k, v in state["files"].items()}  # type: ignore[index]
         if rep.touched_users:
             # Parts named for a user bucket that no touched user falls in are not read at all.
             wanted = _touched_buckets(con, parts, trust_buckets=trust_buckets)
             mine = [p for p in parts if wanted(p)]
-            n = sum(pq.ParquetFile(p).metadata.num_rows for p in mine)
-            # Touched users' events load in user groups as a whole build's do, sized by the parts read (bounds memory).
-            groups = pair_groups(n, cfg.pairs_group_events)
-            for g in range(groups):
-                _user_group(con, mine, g, groups, cfg=cfg, trust_buckets=trust_buckets, rep=rep,
-                            only="hash(user_id) IN (SELECT uh FROM touched)")
+            new_parts = set(pending)
+            # What the sums hold for the touched users: their partials over the parts the sums were built from
+            # (compaction never mixes pending and settled parts), recomputed rather than stored per user.
+            _touched_partials(con, [p for p in mine if p not in new_parts], cfg=cfg, trust_buckets=trust_buckets,
+                              rep=None)
+            for table in _TABLES.values():
+                con.execute(f"CREATE OR REPLACE TEMP TABLE was_{table} AS SELECT * FROM {table}")
+            user_partial_tables(con)
+            _touched_partials(con, mine, cfg=cfg, trust_buckets=trust_buckets, rep=rep)
         rep.phases_s["recompute"] = time.perf_counter() - t1
         t1 = time.perf_counter()
-        old = {k: f"read_parquet({sql_str(str(log.pairs_dir / v))})" for k, v in state["files"].items()}  # type: ignore[index]
         for name, table in _TABLES.items():
-            # The touched users' old rows leave the sums and the per-user file; their new rows enter both.
-            con.execute(f"CREATE OR REPLACE TEMP TABLE was AS SELECT o.* FROM {old[name]} o "
-                        "SEMI JOIN touched t ON t.uh = o.uh")
-            copy_to(con, f"SELECT o.* FROM {old[name]} o ANTI JOIN touched t ON t.uh = o.uh "
-                         f"UNION ALL SELECT * FROM {table}", log.pairs_dir / files[name])
-            copy_to(con, _sum_sql(name, [(old[f"g_{name}"], 1), ("was", -1), (table, 1)]),
-                    log.pairs_dir / files[f"g_{name}"])
-        con.execute("DROP TABLE IF EXISTS was")
+            terms = [(old[name], 1)] + ([(f"was_{table}", -1), (table, 1)] if rep.touched_users else [])
+            copy_to(con, _sum_sql(name, terms), log.pairs_dir / files[name])
+            con.execute(f"DROP TABLE IF EXISTS was_{table}")
         con.execute("DROP TABLE IF EXISTS touched")
-    rep.phases_s["write_partials"] = time.perf_counter() - t1
+    rep.phases_s["write_sums"] = time.perf_counter() - t1
     for t in _TABLES.values():
         con.execute(f"DROP TABLE IF EXISTS {t}")
     con.execute("DROP TABLE IF EXISTS ev")
     if crash:
         crash("pairs_after_partials")
     t1 = time.perf_counter()
-    read = {name: f"read_parquet({sql_str(str(log.pairs_dir / files['g_' + name]))})" for name in _TABLES}
+    read = {name: f"read_parquet({sql_str(str(log.pairs_dir / files[name]))})" for name in _TABLES}
     load_user_partials(con, read["acc"], read["hs"], read["pop"], cfg=cfg)
     sig = con.execute(f"SELECT {', '.join(f'coalesce(sum({s}), 0)' for s in _SIGNALS)} FROM {read['sig']}").fetchone()
     rep.pairs.signals = {s: int(v) for s, v in zip(_SIGNALS, sig)}
@@ -188,6 +187,18 @@ def _sum_sql(name: str, terms: list[tuple[str, int]]) -> str:
         return f"SELECT {totals} FROM ({union})"
     # Every row of a partial counts at least one event in its first sum (a list, an event, a product's event).
     return f"SELECT {cols}, {totals} FROM ({union}) GROUP BY {cols} HAVING sum({sums[0]}) <> 0"
+
+
+def _touched_partials(con: Any, parts: list[Path], *, cfg: EventsConfig, trust_buckets: bool,
+                      rep: IncrementalReport | None) -> None:
+    """Add the per-user partials of the touched users' events in `parts` to `uacc` etc., in user groups sized by
+    the parts read (bounds memory as a whole build does); count the events in `rep` when given."""
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    groups = pair_groups(n, cfg.pairs_group_events)
+    scratch = IncrementalReport(pairs=PairsReport())
+    for g in range(groups):
+        _user_group(con, parts, g, groups, cfg=cfg, trust_buckets=trust_buckets, rep=rep or scratch,
+                    only="hash(user_id) IN (SELECT uh FROM touched)")
 
 
 def _user_group(con: Any, parts: list[Path], g: int, groups: int, *, cfg: EventsConfig, trust_buckets: bool,

@@ -379,9 +379,9 @@ def user_partial_tables(con: Any) -> None:
     """Create the empty per-user partial tables `uacc`, `uhs`, `upop` and `usig` (all keyed by `uh`).
 
     They hold what `_group_partials` adds to `acc`, `hstats` and `pop`, split by user hash and with every column
-    a sum of integers, so replacing a user's rows and adding the tables up gives exactly what a build over the
-    whole log gives (`visprep.events.incremental`): `acc`'s float weight becomes (cnt - nb) + nb x bounce_weight
-    (nb = bounced clicks counted), and the image ids that `acc` and `hstats` take a min() of are part of the key.
+    a sum of integers, so sums over users can be moved by a user's rows exactly (`visprep.events.incremental`):
+    `acc`'s float weight becomes (cnt - nb) + nb x bounce_weight (nb = bounced clicks counted), and the image ids
+    that `acc` and `hstats` take a min() of are part of the key.
     """
     con.execute("""CREATE OR REPLACE TEMP TABLE uacc (uh UBIGINT, anchor_id VARCHAR, anchor_type VARCHAR,
                        anchor_image_id VARCHAR, product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT,

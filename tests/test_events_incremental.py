@@ -173,3 +173,26 @@ def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, point: str) 
     listed = set(log.pairs_state()["files"].values())
     assert {p.name for p in log.pairs_dir.iterdir()} == listed
     assert _tables(ws) == _tables(ref)
+
+
+def test_compaction_keeps_pending_parts_apart_from_settled_ones(tmp_path: Path) -> None:
+    records = _sim_records(40, 10, seed=4)
+    few = [r for r in records[200:] if int(r["user_id"][1:]) < 10]  # later batches from 10 of the 40 users
+    ws = _ws(tmp_path / "ws")
+    ingest_event_files(ws, [_write(tmp_path / "a.jsonl", records[:200])])
+    ingest_event_files(ws, [_write(tmp_path / "b.jsonl", few[:20])], rebuild_pairs=False)
+    ingest_event_files(ws, [_write(tmp_path / "c.jsonl", few[20:])], rebuild_pairs=False)
+    log = EventLog(ws)
+    pending = {p.name for p in log.pairs_pending()}
+    settled = set(log.state["parts"]) - pending
+    # b's and c's small parts merged with each other, never into a's.
+    assert len(pending) == 1 and next(iter(pending)).startswith("part-2024-03-01-m") and len(settled) == 1
+    r = ingest_event_files(ws, [_write(tmp_path / "d.jsonl", [{**few[0], "event_id": "late"}])])
+    touched = {x["user_id"] for x in few}
+    assert r.pairs_rebuilt and _build(ws, r.run_id)["touched_users"] == len(touched) < 40
+    # Once the pairs are current every part is settled, and the next compaction merges them all.
+    ingest_event_files(ws, [_write(tmp_path / "e.jsonl", [{**records[0], "event_id": "later"}])])
+    assert len(EventLog(ws).state["parts"]) == 1
+    ev, p = _tables(ws)
+    build_interaction_pairs(ws)
+    assert _tables(ws) == (ev, p)

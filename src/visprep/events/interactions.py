@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from visprep.config import EventsConfig
 from visprep.events.checkpoint import part_bucket, user_bucket_sql
-from visprep.events.debias import Propensities, concentration, estimate_propensities
+from visprep.events.debias import Propensities, concentration, estimate_propensities, ordered_sum
 from visprep.events.duck import sql_list, sql_str
 
 #: The signal rules' counts a pairs build reports (`PairsReport.signals`).
@@ -148,13 +148,13 @@ def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) 
         WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM hstats GROUP BY ALL),
         all_pairs AS (
             SELECT a.anchor_id, a.anchor_type, min(a.anchor_image_id) AS anchor_image_id, a.product_id, a.kind,
-                   sum(a.cnt) AS cnt, sum(a.w) AS w,
+                   sum(a.cnt) AS cnt, {ordered_sum('a.w')} AS w,
                    sum(a.position * a.cnt) / sum(CASE WHEN a.position IS NOT NULL THEN a.cnt END) AS mean_position,
-                   sum(a.w * {inv_prop}) AS ips
+                   {ordered_sum(f'a.w * {inv_prop}')} AS ips
             FROM acc a LEFT JOIN prop p ON p.rank = a.position
             GROUP BY a.anchor_id, a.anchor_type, a.product_id, a.kind),
         popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1),
-        pop_stats AS (SELECT sum(n) AS total, avg(n) AS mean FROM popularity)
+        pop_stats AS (SELECT sum(n)::BIGINT::DOUBLE AS total, sum(n)::BIGINT / count(*) AS mean FROM popularity)
         SELECT x.anchor_id, x.anchor_type, x.anchor_image_id, x.product_id, x.kind, x.cnt AS count,
                CASE WHEN x.anchor_type = 'query' THEN coalesce(e.exposures, 0) END AS exposures,
                x.mean_position,

@@ -1,6 +1,6 @@
 """Incremental interaction pairs: a new hour of events onto a 30-day log, against a full rebuild of the pairs.
 
-    python benchmarks/bench_events_incremental.py                  # 10M-event log + 100k new events
+    python benchmarks/bench_events_incremental.py                  # 1M, 2M and 10M-event logs + 1% new events
     python benchmarks/bench_events_incremental.py --quick          # 1M + 10k (1%)
     python benchmarks/bench_events_incremental.py --sizes 1M,2M    # each log + 1% of it as new events
 
@@ -145,7 +145,7 @@ def _measure(base: Path, hour: Path, work: Path) -> dict:
 def main() -> None:
     """Run the sizes (each in its own process) and write the JSON result."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default=None, help="log sizes; the new events are 1%% of each (default 10M + 100k)")
+    ap.add_argument("--sizes", default=None, help="log sizes; the new events are 1%% of each (default 1M,2M,10M)")
     ap.add_argument("--quick", action="store_true", help="1M + 10k")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
@@ -161,7 +161,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_common import run_phase
 
-    sizes = [1_000_000] if a.quick else [_size(s) for s in (a.sizes or "10M").split(",")]
+    sizes = [1_000_000] if a.quick else [_size(s) for s in (a.sizes or "1M,2M,10M").split(",")]
     command = "python benchmarks/bench_events_incremental.py" + (
         " --quick" if a.quick else (f" --sizes {a.sizes}" if a.sizes else ""))
     rows = []

@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from visprep.config import EventsConfig
-from visprep.events.checkpoint import EventLog, content_hash_canary, part_bucket
+from visprep.events.checkpoint import EventLog, content_hash_canary, part_bucket, user_bucket_sql
 from visprep.events.duck import copy_to, scalar, sql_list, sql_str
 from visprep.events.interactions import (
     _EMPTY_EVENTS,
@@ -138,15 +138,28 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
             # Parts named for a user bucket that no touched user falls in are not read at all.
             wanted = _touched_buckets(con, parts, trust_buckets=trust_buckets)
             mine = [p for p in parts if wanted(p)]
-            new_parts = set(pending)
-            # What the sums hold for the touched users: their partials over the parts the sums were built from
-            # (compaction never mixes pending and settled parts), recomputed rather than stored per user.
-            _touched_partials(con, [p for p in mine if p not in new_parts], cfg=cfg, trust_buckets=trust_buckets,
-                              rep=None)
-            for table in _TABLES.values():
-                con.execute(f"CREATE OR REPLACE TEMP TABLE was_{table} AS SELECT * FROM {table}")
-            user_partial_tables(con)
-            _touched_partials(con, mine, cfg=cfg, trust_buckets=trust_buckets, rep=rep)
+            # One scan: the touched users' events, flagged by whether the sums already hold them (compaction never
+            # mixes pending and settled parts). Their share in the sums is recomputed from the settled ones rather
+            # than stored per user; their new partials from all of them.
+            fresh = ", ".join(sql_str(str(p)) for p in pending)
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE tev AS
+                SELECT * EXCLUDE (filename), filename IN ({fresh}) AS fresh
+                FROM read_parquet({sql_list(mine)}, filename = true) WHERE hash(user_id) IN (SELECT uh FROM touched)""")
+            n = int(scalar(con, "SELECT count(*) FROM tev"))
+            groups = pair_groups(n, cfg.pairs_group_events)
+            scratch = IncrementalReport(pairs=PairsReport())
+            for src, into in (("(SELECT * FROM tev WHERE NOT fresh)", scratch), ("tev", rep)):
+                for g in range(groups):
+                    where = f"WHERE {user_bucket_sql('user_id', groups)} = {g}" if groups > 1 else ""
+                    into.pairs.key_retries += _load_group(con, src, where, by_user=True)
+                    user_partials(con, cfg=cfg)
+                if into is scratch:
+                    for table in _TABLES.values():
+                        con.execute(f"CREATE OR REPLACE TEMP TABLE was_{table} AS SELECT * FROM {table}")
+                    user_partial_tables(con)
+            rep.pairs.key_retries += scratch.pairs.key_retries
+            rep.touched_events = n
+            con.execute("DROP TABLE IF EXISTS tev")
         rep.phases_s["recompute"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         for name, table in _TABLES.items():
@@ -189,24 +202,10 @@ def _sum_sql(name: str, terms: list[tuple[str, int]]) -> str:
     return f"SELECT {cols}, {totals} FROM ({union}) GROUP BY {cols} HAVING sum({sums[0]}) <> 0"
 
 
-def _touched_partials(con: Any, parts: list[Path], *, cfg: EventsConfig, trust_buckets: bool,
-                      rep: IncrementalReport | None) -> None:
-    """Add the per-user partials of the touched users' events in `parts` to `uacc` etc., in user groups sized by
-    the parts read (bounds memory as a whole build does); count the events in `rep` when given."""
-    n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-    groups = pair_groups(n, cfg.pairs_group_events)
-    scratch = IncrementalReport(pairs=PairsReport())
-    for g in range(groups):
-        _user_group(con, parts, g, groups, cfg=cfg, trust_buckets=trust_buckets, rep=rep or scratch,
-                    only="hash(user_id) IN (SELECT uh FROM touched)")
-
-
 def _user_group(con: Any, parts: list[Path], g: int, groups: int, *, cfg: EventsConfig, trust_buckets: bool,
                 rep: IncrementalReport, only: str | None = None) -> None:
     """Add user group g's per-user partials (restricted to the users `only` selects) to `uacc` etc.; count its
     events and key retries in `rep`."""
-    from visprep.events.checkpoint import user_bucket_sql
-
     mine = group_parts(parts, g, groups, trust_buckets=trust_buckets)
     src = f"read_parquet({sql_list(mine)})" if mine else f"({_EMPTY_EVENTS})"
     exact = trust_buckets and all(part_bucket(p.name) == (g, groups) for p in mine)

@@ -177,7 +177,7 @@ def main() -> None:
         r.update(size=_label(n_target), events=n, new_events=n_new)
         r["ratio"] = r["update_s"] / r["full_whole_log_s"]
         r["ratio_partials"] = r["update_s"] / r["full_partials_s"]
-        print(f"  full rebuild: whole-log {r['full_whole_log_s']:.2f} s, per-user partials {r['full_partials_s']:.2f}"
+        print(f"  full rebuild: whole-log {r['full_whole_log_s']:.2f} s, partial sums {r['full_partials_s']:.2f}"
               f" s; incremental update {r['update_s']:.2f} s ({r['update']['touched_users']:,} users, "
               f"{r['update']['touched_events']:,} events; phases {r['update']['phases_s']}) = {r['ratio']:.1%} "
               f"of the whole-log rebuild; identical: {r['identical']}", flush=True)
@@ -196,8 +196,8 @@ def section(result: dict) -> list[str]:
     """Markdown lines of this benchmark for docs/benchmarks.md."""
     lines = [(f"`{result['command']}` — a simulated {DAYS}-day log (seeded, 200k users, 50k products, 1% duplicate "
               f"records) plus 1% new events in the hour after it (same user pool), {result.get('cpus', '?')} cores. "
-              "Full rebuild: the pairs from the whole log (`incremental = false`), and the per-user partials "
-              "rebuilt from the whole log (`incremental = true`, `build_interaction_pairs`); incremental: the pairs "
+              "Full rebuild: the pairs from the whole log (`incremental = false`), and the partial sums rebuilt "
+              "from the whole log (`incremental = true`, `build_interaction_pairs`); incremental: the pairs "
               "update of the ingest of the new hour, by phase (finding the touched users, recomputing them, "
               "moving the partial sums, the combine that reweighs every pair). Measured in the same process, "
               "one after the other; identical = the updated table equals a full rebuild, row for row."), "",

@@ -34,7 +34,7 @@ from visprep.workspace import Workspace, atomic_write_bytes, utcnow
 
 CHECKPOINT_NAME = "_checkpoint.json"
 IDS_DIR = "_ids"
-#: The per-user partials of the incremental pairs build (`visprep.events.incremental`), listed in the checkpoint.
+#: The partial sums of the incremental pairs build (`visprep.events.incremental`), listed in the checkpoint.
 PAIRS_DIR = "_pairs"
 #: Batches whose record (parts, counts, commit time) the checkpoint keeps: the most recent ones.
 BATCH_HISTORY = 200
@@ -183,7 +183,7 @@ class EventLog:
             keep = sorted(s["batches"].items(), key=lambda kv: int(kv[1].get("generation", 0)))[-BATCH_HISTORY:]
             s["batches"] = dict(keep)
         s["parts"] = sorted(set(s["parts"]) | set(c.parts))
-        # The parts whose users the per-user pair partials do not reflect yet (`visprep.events.incremental`).
+        # The parts whose users the partial sums of the pairs do not reflect yet (`visprep.events.incremental`).
         s["pairs_pending"] = sorted(set(s.get("pairs_pending", [])) | set(c.parts))
         s["ids"] = sorted(set(s["ids"]) | set(c.ids))
         if c.file is not None:
@@ -266,7 +266,7 @@ class EventLog:
 
     def mark_pairs(self) -> None:
         """Record that `interaction_pairs` was rebuilt from the current generation (by the whole-log build, so
-        the per-user partials, if any, no longer follow the log: the next incremental build starts over)."""
+        the partial sums, if any, no longer follow the log: the next incremental build starts over)."""
         self.state["pairs_generation"] = self.generation
         self.state["pairs_pending"] = []
         old = self._pairs_files()
@@ -276,16 +276,16 @@ class EventLog:
             p.unlink(missing_ok=True)
 
     def pairs_pending(self) -> list[Path]:
-        """The committed parts holding users whose events the per-user pair partials do not reflect yet."""
+        """The committed parts holding users whose events the partial sums of the pairs do not reflect yet."""
         live = set(self.state["parts"])
         return [self.dir / n for n in sorted(self.state.get("pairs_pending", [])) if n in live]
 
     def pairs_state(self) -> dict[str, Any] | None:
-        """The committed per-user pair partials: {"files": {name: file}, "key": what they depend on, "seq": n}."""
+        """The committed partial sums of the pairs: {"files": {name: file}, "key": what they depend on, "seq": n}."""
         return self.state.get("pairs_state")
 
     def commit_pairs(self, files: dict[str, str], key: dict[str, Any], seq: int) -> None:
-        """Make new per-user pair partials (already written under `pairs_dir`) and the `interaction_pairs` built
+        """Make new partial sums of the pairs (already written under `pairs_dir`) and the `interaction_pairs` built
         from them current: one atomic checkpoint rewrite, then the replaced partials go."""
         old = self._pairs_files()
         self.state["pairs_state"] = {"files": files, "key": key, "seq": seq}

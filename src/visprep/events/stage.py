@@ -188,7 +188,7 @@ def ingest_kafka(ws: Workspace, *, bootstrap: str, topic: str, group: str = "vis
 
 def build_interaction_pairs(ws: Workspace) -> PairsReport:
     """Recompute `interaction_pairs` from the committed events (whatever the log says); with `[events]
-    incremental`, the per-user partials are rebuilt from the whole log too."""
+    incremental`, the partial sums are rebuilt from the whole log too."""
     with ws.writer("events"):
         log = EventLog(ws)
         log.recover()

@@ -45,6 +45,7 @@ from visprep.events.checkpoint import EventLog, content_hash_canary, part_bucket
 from visprep.events.duck import copy_to, scalar, sql_list, sql_str
 from visprep.events.interactions import (
     _EMPTY_EVENTS,
+    _EV_COLUMNS,
     PairsReport,
     _load_group,
     group_parts,
@@ -93,8 +94,8 @@ def partials_key(con: Any, cfg: EventsConfig) -> dict[str, Any]:
             "hash_canary": content_hash_canary(con)}
 
 
-def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust_buckets: bool, force_full: bool = False,
-                 crash: Callable[[str], None] | None = None) -> IncrementalReport:
+def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust_buckets: bool,
+                 force_full: bool = False, crash: Callable[[str], None] | None = None) -> IncrementalReport:
     """Bring the partial sums and `interaction_pairs` (`out`) up to the committed log, recomputing only the users
     of the pending parts when the sums allow it, else all users; commit both (module docstring)."""
     key = partials_key(con, cfg)
@@ -124,8 +125,8 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         t1 = time.perf_counter()
         for name, table in _TABLES.items():
             copy_to(con, _sum_sql(name, [(table, 1)]), log.pairs_dir / files[name])
-        rep.touched_users = int(scalar(con, f"SELECT count(DISTINCT hash(user_id)) FROM read_parquet({sql_list(parts)})"
-                                           )) if parts else 0
+        every = f"SELECT count(DISTINCT hash(user_id)) FROM read_parquet({sql_list(parts)})"
+        rep.touched_users = int(scalar(con, every)) if parts else 0
     else:
         pending = log.pairs_pending()
         con.execute("CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT hash(user_id) AS uh FROM "
@@ -133,7 +134,8 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         rep.touched_users = int(scalar(con, "SELECT count(*) FROM touched"))
         rep.phases_s["touched_users"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        old = {k: f"read_parquet({sql_str(str(log.pairs_dir / v))})" for k, v in state["files"].items()}  # type: ignore[index]
+        assert state is not None  # no reason for a full build: the sums exist
+        old = {k: f"read_parquet({sql_str(str(log.pairs_dir / v))})" for k, v in state["files"].items()}
         if rep.touched_users:
             # Parts named for a user bucket that no touched user falls in are not read at all.
             wanted = _touched_buckets(con, parts, trust_buckets=trust_buckets)
@@ -143,8 +145,9 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
             # than stored per user; their new partials from all of them.
             fresh = ", ".join(sql_str(str(p)) for p in pending)
             con.execute(f"""CREATE OR REPLACE TEMP TABLE tev AS
-                SELECT * EXCLUDE (filename), filename IN ({fresh}) AS fresh
-                FROM read_parquet({sql_list(mine)}, filename = true) WHERE hash(user_id) IN (SELECT uh FROM touched)""")
+                SELECT user_id, session_id, {_EV_COLUMNS}, filename IN ({fresh}) AS fresh
+                FROM read_parquet({sql_list(mine)}, filename = true)
+                WHERE hash(user_id) IN (SELECT uh FROM touched)""")
             n = int(scalar(con, "SELECT count(*) FROM tev"))
             groups = pair_groups(n, cfg.pairs_group_events)
             scratch = IncrementalReport(pairs=PairsReport())
@@ -176,7 +179,8 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
     t1 = time.perf_counter()
     read = {name: f"read_parquet({sql_str(str(log.pairs_dir / files[name]))})" for name in _TABLES}
     load_user_partials(con, read["acc"], read["hs"], read["pop"], cfg=cfg)
-    sig = con.execute(f"SELECT {', '.join(f'coalesce(sum({s}), 0)' for s in _SIGNALS)} FROM {read['sig']}").fetchone()
+    sums = ", ".join(f"coalesce(sum({s}), 0)" for s in _SIGNALS)
+    sig = con.execute(f"SELECT {sums} FROM {read['sig']}").fetchone()
     rep.pairs.signals = {s: int(v) for s, v in zip(_SIGNALS, sig)}
     write_pairs(con, out, cfg=cfg, report=rep.pairs)
     rep.phases_s["combine"] = time.perf_counter() - t1

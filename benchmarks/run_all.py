@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ROOT, WORK, load_average, machine  # noqa: E402
 
 # Order of the sections in docs/benchmarks.md.
-BENCHES = ("bench_preprocess", "bench_inspect", "bench_fetch", "bench_events", "bench_events_kafka", "bench_embed",
+BENCHES = ("bench_preprocess", "bench_inspect", "bench_fetch", "bench_events", "bench_events_kafka",
+           "bench_events_incremental", "bench_embed",
            "bench_model_steps", "bench_mining", "bench_dedup", "bench_quality", "bench_queries", "bench_training", "bench_experiment")
 DOC = ROOT / "docs" / "benchmarks.md"
 STORE = ROOT / "docs" / "bench-results"

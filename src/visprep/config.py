@@ -268,6 +268,9 @@ class EventsConfig(_Section):
     # 4M: at 10M events, 4 groups cost 25 % more CPU than one and peak at 1.4 GB; 8 groups of 2M cost 45 % more.
     pairs_group_events: int = Field(4_000_000, ge=1000, description="The pairs build runs in user-hash groups "
                                                                    "of about this many events (bounds memory).")
+    incremental: bool = Field(True, description="Keep the pairs build's partial aggregates per user and, after "
+                                                "new events, recompute only their users (same table as a whole-log "
+                                                "build); false rebuilds from the whole log each time.")
 
 # --- labels / evaluation config ---
 

@@ -34,6 +34,8 @@ from visprep.workspace import Workspace, atomic_write_bytes, utcnow
 
 CHECKPOINT_NAME = "_checkpoint.json"
 IDS_DIR = "_ids"
+#: The partial sums of the incremental pairs build (`visprep.events.incremental`), listed in the checkpoint.
+PAIRS_DIR = "_pairs"
 #: Batches whose record (parts, counts, commit time) the checkpoint keeps: the most recent ones.
 BATCH_HISTORY = 200
 #: Layout of the id-index files: 2 added the id hash `h`. A log whose index is older is re-indexed on open.
@@ -61,10 +63,12 @@ class EventLog:
         self.ws = ws
         self.dir = ws.table_path("events")
         self.ids_dir = self.dir / IDS_DIR
+        self.pairs_dir = self.dir / PAIRS_DIR
         self.path = self.dir / CHECKPOINT_NAME
         self.state: dict[str, Any] = {"generation": 0, "pairs_generation": 0, "batches": {}, "files": {},
                                       "kafka": {}, "parts": [], "ids": [], "merges": 0, "hash_canary": None,
-                                      "events": 0, "quarantined_batches": [], "id_index_version": ID_INDEX_VERSION}
+                                      "events": 0, "quarantined_batches": [], "id_index_version": ID_INDEX_VERSION,
+                                      "pairs_pending": [], "pairs_state": None}
         if self.path.exists():
             saved = json.loads(self.path.read_text())
             self.state.update(saved)
@@ -121,6 +125,13 @@ class EventLog:
                 if p.name not in live_ids:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
                     n += p.suffix == ".parquet"
+        state = self.state.get("pairs_state") or {}
+        live_pairs = set((state.get("files") or {}).values())
+        if self.pairs_dir.is_dir():
+            for p in self.pairs_dir.iterdir():
+                if p.name not in live_pairs:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    n += p.suffix == ".parquet"
         qdir = self.ws.table_path("quarantine")
         for p in qdir.glob("part-events-*.parquet") if qdir.is_dir() else []:
             if p.name[len("part-events-"):-len(".parquet")] not in committed:
@@ -172,6 +183,8 @@ class EventLog:
             keep = sorted(s["batches"].items(), key=lambda kv: int(kv[1].get("generation", 0)))[-BATCH_HISTORY:]
             s["batches"] = dict(keep)
         s["parts"] = sorted(set(s["parts"]) | set(c.parts))
+        # The parts whose users the partial sums of the pairs do not reflect yet (`visprep.events.incremental`).
+        s["pairs_pending"] = sorted(set(s.get("pairs_pending", [])) | set(c.parts))
         s["ids"] = sorted(set(s["ids"]) | set(c.ids))
         if c.file is not None:
             s["files"][c.file["sha256"]] = {**c.file, "batch": c.batch}
@@ -192,26 +205,32 @@ class EventLog:
         before the swap leaves the merged file unlisted (deleted by `recover`), after it the old ones. The
         generation does not move: the table's content is unchanged, so `interaction_pairs` stays current.
         """
-        # Small parts merge per (day, user bucket), so a merged part keeps the bucket its inputs declared.
-        by_day: dict[tuple[str, tuple[int, int]], list[str]] = defaultdict(list)
+        # Small parts merge per (day, user bucket), so a merged part keeps the bucket its inputs declared; and
+        # parts whose users the pair partials do not reflect yet merge only with each other, so an incremental
+        # pairs build recomputes the new batches' users, not every user of an old part they were merged into.
+        pending = set(self.state.get("pairs_pending", []))
+        by_day: dict[tuple[str, tuple[int, int], bool], list[str]] = defaultdict(list)
         for name in self.state["parts"]:
             if _rows(self.dir / name) < small_rows:
-                by_day[(name[5:15], part_bucket(name))].append(name)
+                by_day[(name[5:15], part_bucket(name), name in pending)].append(name)
         small_ids = [n for n in self.state["ids"] if _rows(self.ids_dir / n) < small_rows]
         plan = {day: names for day, names in by_day.items() if len(names) > 1}
         if not plan and len(small_ids) < 2:
             return 0
         m = int(self.state.get("merges", 0)) + 1
-        added, removed = [], []
-        for (day, bucket), names in sorted(plan.items()):
+        added, removed, added_pending = [], [], []
+        # Each merge gets its own segment number: two merges of one day (a settled and a pending group, or a
+        # bucketed group and the split of unbucketed parts into that bucket) must not write one file name.
+        for seg, ((day, bucket, is_pending), names) in enumerate(sorted(plan.items())):
             date = dt.date.fromisoformat(day)
             if bucket == (0, 1) and buckets > 1:
-                outs = {g: self.dir / part_name(date, f"m{m:09d}", 0, (g, buckets)) for g in range(buckets)}
-                added += [p.name for p in _merge_bucketed(con, [self.dir / n for n in names], outs)]
+                outs = {g: self.dir / part_name(date, f"m{m:09d}", seg, (g, buckets)) for g in range(buckets)}
+                written = [p.name for p in _merge_bucketed(con, [self.dir / n for n in names], outs)]
             else:
-                out = part_name(date, f"m{m:09d}", 0, bucket)
-                _merge([self.dir / n for n in names], self.dir / out)
-                added.append(out)
+                written = [part_name(date, f"m{m:09d}", seg, bucket)]
+                _merge([self.dir / n for n in names], self.dir / written[0])
+            added += written
+            added_pending += written if is_pending else []
             removed += names
         new_ids: list[str] = []
         if len(small_ids) > 1:
@@ -223,6 +242,7 @@ class EventLog:
         s = self.state
         s["merges"] = m
         s["parts"] = sorted((set(s["parts"]) - set(removed)) | set(added))
+        s["pairs_pending"] = sorted((pending - set(removed)) | set(added_pending))
         if new_ids:
             s["ids"] = sorted((set(s["ids"]) - set(small_ids)) | set(new_ids))
         self._save()
@@ -245,9 +265,40 @@ class EventLog:
         return int(self.state["events"])
 
     def mark_pairs(self) -> None:
-        """Record that `interaction_pairs` was rebuilt from the current generation."""
+        """Record that `interaction_pairs` was rebuilt from the current generation (by the whole-log build, so
+        the partial sums, if any, no longer follow the log: the next incremental build starts over)."""
+        self.state["pairs_generation"] = self.generation
+        self.state["pairs_pending"] = []
+        old = self._pairs_files()
+        self.state["pairs_state"] = None
+        self._save()
+        for p in old:
+            p.unlink(missing_ok=True)
+
+    def pairs_pending(self) -> list[Path]:
+        """The committed parts holding users whose events the partial sums of the pairs do not reflect yet."""
+        live = set(self.state["parts"])
+        return [self.dir / n for n in sorted(self.state.get("pairs_pending", [])) if n in live]
+
+    def pairs_state(self) -> dict[str, Any] | None:
+        """The committed partial sums of the pairs: {"files": {name: file}, "key": what they depend on, "seq": n}."""
+        return self.state.get("pairs_state")
+
+    def commit_pairs(self, files: dict[str, str], key: dict[str, Any], seq: int) -> None:
+        """Make new partial sums of the pairs (already written under `pairs_dir`) and the `interaction_pairs` built
+        from them current: one atomic checkpoint rewrite, then the replaced partials go."""
+        old = self._pairs_files()
+        self.state["pairs_state"] = {"files": files, "key": key, "seq": seq}
+        self.state["pairs_pending"] = []
         self.state["pairs_generation"] = self.generation
         self._save()
+        for p in old:
+            if p.name not in files.values():
+                p.unlink(missing_ok=True)
+
+    def _pairs_files(self) -> list[Path]:
+        state = self.state.get("pairs_state") or {}
+        return [self.pairs_dir / n for n in (state.get("files") or {}).values()]
 
     def pairs_current(self) -> bool:
         """Tell whether `interaction_pairs` reflects every committed batch."""

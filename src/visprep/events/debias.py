@@ -26,6 +26,12 @@ class Propensities:
                 "harvested_ranks": sum(1 for m in self.method.values() if m == "harvested")}
 
 
+def ordered_sum(expr: str) -> str:
+    """DuckDB aggregate of the sum of DOUBLE `expr` added in ascending order: the same bits whatever order the
+    rows arrive in (a plain sum() adds in thread order, so two builds over the same events could differ)."""
+    return f"list_sum(list({expr} ORDER BY {expr}))"
+
+
 def model_propensity(rank: int, *, eta: float) -> float:
     """The examination model: 1 / rank^eta."""
     return 1.0 / rank ** eta
@@ -49,7 +55,8 @@ def estimate_propensities(con: Any, *, cfg: EventsConfig) -> Propensities:
                 SELECT query_id, product_id, position, sum(n) AS n, sum(k) AS k FROM hstats
                 WHERE position <= {top} GROUP BY ALL)
             SELECT a.position, sum(least(a.n, b.n)) AS support,
-                   sum(least(a.n, b.n) * a.k / a.n) AS ctr_a, sum(least(a.n, b.n) * b.k / b.n) AS ctr_b
+                   {ordered_sum('least(a.n, b.n) * a.k / a.n')} AS ctr_a,
+                   {ordered_sum('least(a.n, b.n) * b.k / b.n')} AS ctr_b
             FROM s a JOIN s b
               ON a.query_id = b.query_id AND a.product_id = b.product_id AND b.position = a.position + 1
             GROUP BY a.position""").fetchall()

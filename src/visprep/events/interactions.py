@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from visprep.config import EventsConfig
 from visprep.events.checkpoint import part_bucket, user_bucket_sql
-from visprep.events.debias import Propensities, concentration, estimate_propensities
+from visprep.events.debias import Propensities, concentration, estimate_propensities, ordered_sum
 from visprep.events.duck import sql_list, sql_str
 
 #: The signal rules' counts a pairs build reports (`PairsReport.signals`).
@@ -116,6 +116,18 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         report.key_retries += _group(con, parts, g, groups, cfg=cfg, signals=report.signals,
                                      trust_buckets=trust_buckets, key_mod=_key_mod)
     con.execute("DROP TABLE IF EXISTS ev")
+    write_pairs(con, out, cfg=cfg, report=report)
+    return report
+
+
+def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) -> None:
+    """Weigh the summed partials in temp tables `acc`, `hstats` and `pop` (skip-above negatives, propensities,
+    exposures, popularity) and write `interaction_pairs` to `out` atomically; fill `report`'s counts.
+
+    Every term here is global (a sum over all users): the propensities (from all of `hstats`), a pair's exposures,
+    a product's popularity and the popularity total and mean. So this step reads all the partials, however few
+    users changed (`visprep.events.incremental` keeps the partials per user so that only they are recomputed).
+    """
     con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position, s, s
                    FROM hstats WHERE s > 0""")
 
@@ -136,13 +148,13 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM hstats GROUP BY ALL),
         all_pairs AS (
             SELECT a.anchor_id, a.anchor_type, min(a.anchor_image_id) AS anchor_image_id, a.product_id, a.kind,
-                   sum(a.cnt) AS cnt, sum(a.w) AS w,
+                   sum(a.cnt) AS cnt, {ordered_sum('a.w')} AS w,
                    sum(a.position * a.cnt) / sum(CASE WHEN a.position IS NOT NULL THEN a.cnt END) AS mean_position,
-                   sum(a.w * {inv_prop}) AS ips
+                   {ordered_sum(f'a.w * {inv_prop}')} AS ips
             FROM acc a LEFT JOIN prop p ON p.rank = a.position
             GROUP BY a.anchor_id, a.anchor_type, a.product_id, a.kind),
         popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1),
-        pop_stats AS (SELECT sum(n) AS total, avg(n) AS mean FROM popularity)
+        pop_stats AS (SELECT sum(n)::BIGINT::DOUBLE AS total, sum(n)::BIGINT / count(*) AS mean FROM popularity)
         SELECT x.anchor_id, x.anchor_type, x.anchor_image_id, x.product_id, x.kind, x.cnt AS count,
                CASE WHEN x.anchor_type = 'query' THEN coalesce(e.exposures, 0) END AS exposures,
                x.mean_position,
@@ -169,7 +181,6 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     report.concentration = concentration(con, str(out))
     for t in ("acc", "hstats", "pop", "prop"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
-    return report
 
 
 def _partial_tables(con: Any) -> None:
@@ -204,7 +215,7 @@ def _other(col: str) -> str:
     return f"({col} || chr(31))"
 
 
-def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -> int:
+def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None, by_user: bool = False) -> int:
     """Materialise one user group's events as temp table `ev`, with integer keys for its result lists and sessions.
 
     `lk` = hash(user, session, query) names a result list and `sk` = hash(user, session) a session, so the joins
@@ -216,13 +227,14 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None) -
     strings it needs a second, independent 64-bit collision. On a collision the keys are rebuilt with another
     salt. The salt is hashed first: appended last it would be combined with an already colliding hash and collide
     again. Returns the salt used. `key_mod` (tests) reduces the first salt's keys modulo it, forcing collisions.
+    `by_user` adds `uh` = hash(user_id), the key of the per-user partials (`visprep.events.incremental`).
     """
     for salt in range(_KEY_SALTS):
         mod = f" % {int(key_mod)}" if key_mod and salt == 0 else ""
         check = 1000 + salt
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE ev AS
-            SELECT {_EV_COLUMNS},
+            SELECT {_EV_COLUMNS},{" hash(user_id) AS uh," if by_user else ""}
                    hash({salt}, user_id, session_id, query_id){mod} AS lk,
                    hash({salt}, user_id, session_id){mod} AS sk,
                    hash({check}, {_other('user_id')}, {_other('session_id')}, {_other('query_id')}) AS lk2,
@@ -259,15 +271,17 @@ def _bounced_clicks_sql(bounce_s: float) -> str:
         ANTI JOIN engaged g ON g.sk = c.sk AND g.product_id = c.product_id"""
 
 
-def _signal_events(con: Any, cfg: EventsConfig) -> None:
+def _signal_events(con: Any, cfg: EventsConfig, *, by_user: bool = False) -> None:
     """Temp table `act`: one group's query-attributed clicks, carts and purchases as they count (module docstring).
 
     Columns: kind, lk, query_id, product_id, query_image_id, position (its own, else the product's rank in the
-    list), cnt (events), w (their weight in signal units: 0 for a dropped bounce), bounced, via_cart.
+    list), cnt (events), w (their weight in signal units: 0 for a dropped bounce), bounced, via_cart; and the user
+    hash `uh` first when `by_user`.
     """
-    con.execute("""
+    u = "uh, " if by_user else ""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE act0 AS
-        SELECT e.type AS kind, e.lk, e.sk, e.ts, e.query_id, e.product_id,
+        SELECT {"e.uh, " if by_user else ""}e.type AS kind, e.lk, e.sk, e.ts, e.query_id, e.product_id,
                coalesce(e.query_image_id, i.query_image_id) AS query_image_id,
                coalesce(e.position, i.position) AS position
         FROM ev e LEFT JOIN imp i ON i.lk = e.lk AND i.product_id = e.product_id
@@ -290,14 +304,15 @@ def _signal_events(con: Any, cfg: EventsConfig) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE act AS
         WITH flagged AS ({flagged})
-        SELECT a.kind, a.lk, a.query_id, a.product_id, a.query_image_id, a.position, 1 AS cnt,
+        SELECT {"a.uh, " if by_user else ""}a.kind, a.lk, a.query_id, a.product_id, a.query_image_id, a.position,
+               1 AS cnt,
                CASE WHEN a.bounced THEN {bounce_w!r} ELSE 1.0 END AS w, a.bounced, false AS via_cart
         FROM flagged a
         WHERE a.kind <> 'add_to_cart'
            OR NOT EXISTS (SELECT 1 FROM engaged b WHERE b.sk = a.sk AND b.product_id = a.product_id
                                                       AND b.purchases > 0)
         UNION ALL
-        SELECT 'purchase', lk, query_id, product_id, query_image_id, position, unattributed,
+        SELECT {u}'purchase', lk, query_id, product_id, query_image_id, position, unattributed,
                unattributed::DOUBLE, false, true
         FROM (SELECT a.*, b.unattributed,
                      row_number() OVER (PARTITION BY a.sk, a.product_id
@@ -358,3 +373,87 @@ def _group_partials(con: Any, *, cfg: EventsConfig, signals: dict[str, int]) -> 
         FROM coviews GROUP BY anchor_id, product_id""")
     for t in ("imp", "act", "act0", "engaged"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def user_partial_tables(con: Any) -> None:
+    """Create the empty per-user partial tables `uacc`, `uhs`, `upop` and `usig` (all keyed by `uh`).
+
+    They hold what `_group_partials` adds to `acc`, `hstats` and `pop`, split by user hash and with every column
+    a sum of integers, so sums over users can be moved by a user's rows exactly (`visprep.events.incremental`):
+    `acc`'s float weight becomes (cnt - nb) + nb x bounce_weight (nb = bounced clicks counted), and the image ids
+    that `acc` and `hstats` take a min() of are part of the key.
+    """
+    con.execute("""CREATE OR REPLACE TEMP TABLE uacc (uh UBIGINT, anchor_id VARCHAR, anchor_type VARCHAR,
+                       anchor_image_id VARCHAR, product_id VARCHAR, kind VARCHAR, position INTEGER, cnt BIGINT,
+                       nb BIGINT)""")
+    con.execute("CREATE OR REPLACE TEMP TABLE uhs (uh UBIGINT, query_id VARCHAR, product_id VARCHAR, "
+                "position INTEGER, query_image_id VARCHAR, n BIGINT, k BIGINT, s BIGINT)")
+    con.execute("CREATE OR REPLACE TEMP TABLE upop (uh UBIGINT, product_id VARCHAR, n BIGINT)")
+    con.execute("CREATE OR REPLACE TEMP TABLE usig (uh UBIGINT, bounced_clicks BIGINT, carts_with_purchase BIGINT, "
+                "purchases_via_cart BIGINT)")
+
+
+def user_partials(con: Any, *, cfg: EventsConfig) -> None:
+    """Add the per-user partials of the events in temp table `ev` (loaded with `by_user`) to `uacc`, `uhs`, `upop`
+    and `usig`: the same rules as `_group_partials`, grouped by user hash as well."""
+    window = float(cfg.coview_window_s)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE imp AS
+        SELECT uh, lk, product_id, query_id, min(position) AS position, min(query_image_id) AS query_image_id
+        FROM ev WHERE type = 'impression' GROUP BY uh, lk, product_id, query_id""")
+    _signal_events(con, cfg, by_user=True)
+    con.execute("""
+        INSERT INTO usig
+        WITH a AS (SELECT uh, count(*) FILTER (WHERE bounced) AS b,
+                          count(*) FILTER (WHERE kind = 'add_to_cart' AND NOT via_cart) AS kept,
+                          coalesce(sum(cnt) FILTER (WHERE via_cart), 0) AS via FROM act GROUP BY uh),
+             z AS (SELECT uh, count(*) AS carts FROM act0 WHERE kind = 'add_to_cart' GROUP BY uh)
+        SELECT coalesce(a.uh, z.uh), coalesce(a.b, 0), coalesce(z.carts, 0) - coalesce(a.kept, 0),
+               coalesce(a.via, 0)
+        FROM a FULL JOIN z ON z.uh = a.uh""")
+    con.execute("""
+        INSERT INTO uhs
+        WITH clicked AS (SELECT DISTINCT lk, product_id FROM act WHERE kind = 'click'),
+        lists AS (SELECT lk, max(position) AS lowest_click FROM act
+                  WHERE kind = 'click' AND position IS NOT NULL GROUP BY lk),
+        flagged AS (
+            SELECT i.uh, i.query_id, i.product_id, i.position, c.lk IS NOT NULL AS clicked,
+                   l.lowest_click > i.position AND c.lk IS NULL AS skipped, i.query_image_id
+            FROM imp i LEFT JOIN clicked c ON c.lk = i.lk AND c.product_id = i.product_id
+                       LEFT JOIN lists l ON l.lk = i.lk)
+        SELECT uh, query_id, product_id, position, CASE WHEN skipped THEN query_image_id END AS qi,
+               count(*), count(*) FILTER (WHERE clicked), count(*) FILTER (WHERE skipped)
+        FROM flagged GROUP BY uh, query_id, product_id, position, qi""")
+    con.execute("""INSERT INTO upop SELECT uh, product_id, count(*) FROM ev
+                   WHERE type IN ('click', 'add_to_cart', 'purchase', 'view') AND product_id IS NOT NULL
+                   GROUP BY 1, 2""")
+    con.execute(f"""
+        INSERT INTO uacc
+        WITH seen AS (
+            SELECT uh, sk, product_id, ts, type FROM ev
+            WHERE type IN ('view', 'click') AND product_id IS NOT NULL),
+        coviews AS (
+            SELECT DISTINCT a.uh, a.product_id AS anchor_id, b.product_id, a.sk
+            FROM seen a JOIN seen b
+              ON a.sk = b.sk AND b.ts > a.ts AND b.ts <= a.ts + to_seconds({window})
+            WHERE a.type = 'view' AND a.product_id <> b.product_id)
+        SELECT uh, query_id, 'query', query_image_id, product_id, kind, position, sum(cnt),
+               coalesce(sum(cnt) FILTER (WHERE bounced), 0)
+        FROM act WHERE w > 0 GROUP BY uh, query_id, query_image_id, product_id, kind, position
+        UNION ALL
+        SELECT uh, anchor_id, 'product', NULL, product_id, 'coview', NULL, count(*), 0
+        FROM coviews GROUP BY uh, anchor_id, product_id""")
+    for t in ("imp", "act", "act0", "engaged"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def load_user_partials(con: Any, acc: str, hs: str, pop: str, *, cfg: EventsConfig) -> None:
+    """Fill the temp tables `acc`, `hstats` and `pop` that `write_pairs` reads from partials summed over users
+    (SQL relations with the columns of `uacc`, `uhs`, `upop` but `uh`). `write_pairs` adds rows of one key up
+    itself, so they are copied as they are; a row's float weight is made here from its integer counts."""
+    bw = 0.0 if cfg.bounce_policy == "drop" else float(cfg.bounce_weight)
+    _partial_tables(con)
+    con.execute(f"""INSERT INTO acc SELECT anchor_id, anchor_type, anchor_image_id, product_id, kind, position, cnt,
+                       (cnt - nb)::DOUBLE + nb::DOUBLE * {bw!r} FROM {acc}""")
+    con.execute(f"INSERT INTO hstats SELECT query_id, product_id, position, n, k, s, query_image_id FROM {hs}")
+    con.execute(f"INSERT INTO pop SELECT product_id, n FROM {pop}")

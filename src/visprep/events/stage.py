@@ -6,8 +6,9 @@ then commits by one atomic rewrite of `tables/events.parquet/_checkpoint.json` t
 carries the file checkpoint (path + sha256) or the Kafka offsets. Files no commit lists are deleted on the next
 start (`EventLog.recover`). Duplicate event ids are dropped against the committed id index, so they count once
 across batches and runs. Kafka's small parts are compacted (same commit protocol). `interaction_pairs` is
-recomputed from the whole events table whenever the log moved on, so incremental runs give exactly the table a
-single run over all the input would.
+brought up to date whenever the log moved on: with `[events] incremental` (the default) only the users of the new
+batches are recomputed (`visprep.events.incremental`), else the whole events table is; either way incremental runs
+give exactly the table a single run over all the input would.
 One writer at a time: every entry point holds the workspace lock `events`.
 """
 
@@ -24,13 +25,15 @@ from typing import Any
 from visprep.config import section_params
 from visprep.events.batch import BatchCounts, BatchWriter
 from visprep.events.checkpoint import EventLog
+from visprep.events.incremental import update_pairs
 from visprep.events.interactions import PairsReport, build_pairs
 from visprep.events.readers import detect_format
 from visprep.views.db import connect
 from visprep.workspace import RunRecord, Workspace, file_fingerprint
 
 #: Named crash points for kill-and-resume tests (`_crash_at=`): the process kills itself with SIGKILL there.
-CRASH_POINTS = ("after_output", "after_checkpoint", "compact_after_output", "compact_after_checkpoint")
+CRASH_POINTS = ("after_output", "after_checkpoint", "compact_after_output", "compact_after_checkpoint",
+                "pairs_after_partials", "pairs_after_table")
 
 
 @dataclass
@@ -135,7 +138,7 @@ def ingest_event_files(ws: Workspace, files: Sequence[str | Path], *, rebuild_pa
         result.compacted += log.compact(con, small_rows=ws.config.events.compact_rows, buckets=writer.groups_after(0),
                                         crash=crash)
         if rebuild_pairs:
-            _maybe_rebuild_pairs(ws, log, con, run, result)
+            _maybe_rebuild_pairs(ws, log, con, run, result, crash=crash)
         _record(run, result)
     return result
 
@@ -184,7 +187,8 @@ def ingest_kafka(ws: Workspace, *, bootstrap: str, topic: str, group: str = "vis
 
 
 def build_interaction_pairs(ws: Workspace) -> PairsReport:
-    """Recompute `interaction_pairs` from the committed events (whatever the log says)."""
+    """Recompute `interaction_pairs` from the committed events (whatever the log says); with `[events]
+    incremental`, the partial sums are rebuilt from the whole log too."""
     with ws.writer("events"):
         log = EventLog(ws)
         log.recover()
@@ -192,26 +196,37 @@ def build_interaction_pairs(ws: Workspace) -> PairsReport:
         con = connect(memory_limit=cfg.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
                       threads=cfg.threads or None, preserve_insertion_order=False)
         try:
-            report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=cfg,
-                                 trust_buckets=log.buckets_trusted(con))
-            log.mark_pairs()
-            return report
+            return _pairs(ws, log, con, force_full=True)[0]
         finally:
             con.close()
 
 
-def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord, result: EventsResult) -> None:
+def _pairs(ws: Workspace, log: EventLog, con: Any, *, force_full: bool = False,
+           crash: Callable[[str], None] | None = None) -> tuple[PairsReport, dict[str, Any] | None]:
+    """Build `interaction_pairs` the configured way and commit it; return the report and the incremental
+    build's metrics (None for the whole-log build)."""
+    cfg = ws.config.events
+    out = ws.table_path("interaction_pairs")
+    if cfg.incremental:
+        inc = update_pairs(con, log, out, cfg=cfg, trust_buckets=log.buckets_trusted(con), force_full=force_full,
+                           crash=crash)
+        return inc.pairs, inc.as_metrics()
+    report = build_pairs(con, log.part_files(), out, cfg=cfg, trust_buckets=log.buckets_trusted(con))
+    log.mark_pairs()
+    return report, None
+
+
+def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord, result: EventsResult,
+                         crash: Callable[[str], None] | None = None) -> None:
     if log.pairs_current():
         return
-    report = build_pairs(con, log.part_files(), ws.table_path("interaction_pairs"), cfg=ws.config.events,
-                         trust_buckets=log.buckets_trusted(con))
-    log.mark_pairs()
+    report, incremental = _pairs(ws, log, con, crash=crash)
     result.pairs_rebuilt = True
     result.pairs = report.by_kind
     result.concentration = report.concentration
     run.metrics = {"concentration": report.concentration,
                    "propensities": report.propensities.as_report() if report.propensities else None,
-                   "signals": report.signals}
+                   "signals": report.signals, "pairs_build": incremental or {"mode": "whole_log"}}
 
 
 def _record(run: RunRecord, r: EventsResult) -> None:

@@ -15,7 +15,7 @@ old session id, so sessions can span the boundary). Each size runs in its own pr
 3. check: the updated table equals a full rebuild over log + hour, row for row;
 4. baseline: the same log + hour in a workspace with `incremental = false`, pairs rebuilt from the whole log
    (`build_pairs`): `full_whole_log`.
-Target (issue 17): incremental update <= 5% of the full rebuild (the whole-log build, the faster of the two).
+Target: incremental update <= 5% of the full rebuild (the whole-log build, the faster of the two).
 """
 
 from __future__ import annotations

@@ -668,16 +668,19 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     t = Table(title=f"visprep workspace {ws.root}")
     t.add_column("what")
     t.add_column("count", justify="right")
-    from visprep.views.catalog import all_images, all_products
-
-    products = all_products(ws, ["product_id"]).num_rows  # synth's colour variants included
-    imgs = all_images(ws, ["status"])
     from visprep.quality.mix import all_pairs
 
+    products = ws.read_table("products", ["product_id"]).num_rows
+    variants = ws.read_table("synthetic_products", ["product_id"]).num_rows
+    imgs = ws.read_table("images", ["status"])
+    views = ws.read_table("synthetic_views", ["image_id"]).num_rows
     pairs_t = all_pairs(ws, ["kind"])  # user-photo pairs live beside pairs
     q = ws.read_table("quarantine", ["stage", "reason"])
-    t.add_row("products", str(products))
-    t.add_row("images stored / decoded ok", f"{imgs.num_rows} / {pc.sum(pc.equal(imgs['status'], 'ok')).as_py() or 0}")
+    t.add_row("catalog products", str(products))
+    t.add_row("catalog images stored / decoded ok",
+              f"{imgs.num_rows} / {pc.sum(pc.equal(imgs['status'], 'ok')).as_py() or 0}")
+    if views or variants:
+        t.add_row("synthetic views (colour variants, new products)", f"{views} ({variants})")
     for kind, n in _value_counts(pairs_t.column("kind").to_pylist()):
         t.add_row(f"pairs: {kind}", str(n))
     if ws.has_table("product_groups"):
@@ -688,8 +691,9 @@ def _summary(ws: Workspace, seconds: float, report: dict[str, Any]) -> None:
     t.add_row("negatives", str(negatives.num_rows))
     for kind, n in _value_counts(negatives.column("kind").to_pylist()):
         t.add_row(f"  {kind}", str(n))
-    embedded = report.get("embed")
-    if embedded is not None and hasattr(embedded, "store_total"):
+    # The store's size after its last writer of this run (embed_views follows embed).
+    embedded = next((r for r in (report.get("embed_views"), report.get("embed")) if hasattr(r, "store_total")), None)
+    if embedded is not None:
         t.add_row(f"embeddings ({embedded.model_id})", str(embedded.store_total))
     if ws.has_table("batch_plan"):
         t.add_row("batch plan rows", str(ws.read_table("batch_plan", ["split"]).num_rows))

@@ -10,7 +10,10 @@ Every stage runs in its own process (`--phase`), so its peak RSS is its own: a s
 the process and all its descendants (the local engine's pool, Ray's raylet and workers) from /proc every 0.2 s
 and keeps the largest single process and the largest tree total; `ru_maxrss` of the process is kept too.
 
-Usage: python benchmarks/bench_scale.py [--quick] [--sizes 10000 30000] [--latency-ms 20]
+Usage: python benchmarks/bench_scale.py [--quick] [--sizes 3000 10000 30000 100000] [--latency-ms 20]
+                                       [--max-run-s 720]
+Sizes run smallest first; a size whose predicted wall time (the last size's, scaled linearly) passes --max-run-s
+is skipped and reported. The growth table compares the smallest size run with the largest.
 Results: benchmarks/.work/bench_scale.json (docs/scaling.md reads them for the 100M sizing).
 """
 
@@ -244,7 +247,10 @@ def run_phase(stage: str, ws_root: Path, catalog: Path, engine: str, timeout_s: 
     """Run `phase` in a fresh process; return its JSON result."""
     cmd = [sys.executable, __file__, "--phase", stage, "--ws", str(ws_root), "--catalog", str(catalog),
            "--engine", engine]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    # RAY_ADDRESS=local: Ray's ray.init() without an address joins a cluster some `ray start` on this machine left
+    # in /tmp/ray (another user's tests), and visprep's connect() then fails passing num_cpus to it; the Ray
+    # rows must measure the local Ray visprep starts.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), RAY_ADDRESS="local")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} ({engine}) failed:\n{proc.stderr[-3000:]}")
@@ -293,7 +299,7 @@ def main() -> None:
     """Run every size, smallest first; stop growing when the next size would pass the time limit."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes 2000 and 6000")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 30_000, 100_000])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[3_000, 10_000, 30_000, 100_000])
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--max-run-s", type=float, default=720.0, help="skip a size predicted to run longer")
     parser.add_argument("--phase", choices=STAGES)

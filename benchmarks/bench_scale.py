@@ -30,11 +30,15 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ROOT, WORK, fmt_met, load_average, write_result
+
+if TYPE_CHECKING:
+    from visprep.workspace import Workspace
 
 TITLE = "Scale: every stage's time and peak RSS against catalog size (issue 17)"
 IMAGES_PER_PRODUCT = 2
@@ -220,7 +224,7 @@ def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
             "peak_tree_mib": round(max(peak["tree"], tree) / 1024, 1), **extra}
 
 
-def write_vectors(ws) -> int:
+def write_vectors(ws: Workspace) -> int:
     """Write a DIM-d vector per usable image into the feature store, clustered by product (no model)."""
     import pyarrow.compute as pc
 

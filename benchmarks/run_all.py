@@ -26,7 +26,8 @@ from bench_common import ROOT, WORK, load_average, machine  # noqa: E402
 # Order of the sections in docs/benchmarks.md.
 BENCHES = ("bench_preprocess", "bench_inspect", "bench_fetch", "bench_events", "bench_events_kafka",
            "bench_events_incremental", "bench_embed",
-           "bench_model_steps", "bench_mining", "bench_dedup", "bench_quality", "bench_queries", "bench_training", "bench_experiment")
+           "bench_model_steps", "bench_mining", "bench_dedup", "bench_quality", "bench_queries", "bench_training", "bench_experiment",
+           "bench_scale")
 DOC = ROOT / "docs" / "benchmarks.md"
 STORE = ROOT / "docs" / "bench-results"
 

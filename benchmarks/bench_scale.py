@@ -1,0 +1,398 @@
+"""Scale benchmark (issue 17): catalog -> fetch -> inspect -> dedup -> split -> pairs -> mine -> export on N
+synthetic products, each stage's wall time and peak RSS, local engine and (inspect, export) the Ray engine.
+
+Each product has two small JPEGs (112 px Fashion-MNIST garments from the bundled demo subset, each tinted, shifted
+and flipped by its own seeded draw; about 3 KB each), served by a loopback HTTP server with a fixed latency per
+request. One product in 100 repeats its predecessor's first photo (an exact duplicate for dedup). The vectors mine
+reads are written into the feature store by a setup phase (clustered by product, no model).
+
+Every stage runs in its own process (`--phase`), so its peak RSS is its own: a sampler thread reads the RSS of
+the process and all its descendants (the local engine's pool, Ray's raylet and workers) from /proc every 0.2 s
+and keeps the largest single process and the largest tree total; `ru_maxrss` of the process is kept too.
+
+Usage: python benchmarks/bench_scale.py [--quick] [--sizes 3000 10000 30000 100000] [--latency-ms 20]
+                                       [--max-run-s 720]
+Sizes run smallest first; a size whose predicted wall time (the last size's, scaled linearly) passes --max-run-s
+is skipped and reported. The growth table compares the smallest size run with the largest.
+Results: benchmarks/.work/bench_scale.json (docs/scaling.md reads them for the 100M sizing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, WORK, fmt_met, load_average, write_result
+
+if TYPE_CHECKING:
+    from visprep.workspace import Workspace
+
+TITLE = "Scale: every stage's time and peak RSS against catalog size (issue 17)"
+IMAGES_PER_PRODUCT = 2
+DIM = 64
+MODEL = "bench@1"
+STAGES = ("catalog", "fetch", "inspect", "dedup", "split", "pairs", "vectors", "mine", "export")
+RAY_STAGES = ("inspect", "export")  # the stages with a per-batch engine path
+CONFIG = """[pipeline]
+stages = ["fetch", "inspect", "dedup", "split", "pairs", "mine", "export"]
+[fetch]
+allow_loopback = true
+concurrency = 32
+[mining]
+model = "bench@1"
+[engine]
+kind = "{engine}"
+"""
+# Targets of issue 17, per stage: 10x the products within 12x the time, peak RSS within 1.5x, under 4 GiB,
+# Ray within 1.3x local.
+TIME_GROWTH = 1.2
+RSS_GROWTH = 1.5
+RSS_CAP_MIB = 4096
+RAY_OVERHEAD = 1.3
+GARMENT_PX = 112
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def render_images(n_images: int, path: Path, seed: int = 0) -> None:
+    """Write `n_images` distinct JPEGs into one blob file `path` and their end offsets into `path`.npy."""
+    import cv2
+
+    from visprep.demo import load_fashion_mnist_subset
+
+    subset = load_fashion_mnist_subset()
+    rng = np.random.default_rng(seed)
+    grads = np.linspace(235, 205, GARMENT_PX, dtype=np.float32)[:, None, None]
+    backdrop = np.repeat(np.repeat(grads, GARMENT_PX, axis=1), 3, axis=2)
+    offsets = np.empty(n_images, np.int64)
+    end = 0
+    with path.open("wb") as out:
+        for i in range(n_images):
+            gray = subset.images[(i * 7919) % len(subset.images)]
+            shape = cv2.resize(gray, (GARMENT_PX, GARMENT_PX), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+            alpha = np.clip(shape / 255.0 * 1.4, 0, 1)[..., None]
+            rgb = rng.integers(20, 236, 3).astype(np.float32)
+            noise = rng.normal(0, 4, (GARMENT_PX, GARMENT_PX, 1)).astype(np.float32)
+            image = alpha * (rgb * (0.5 + shape[..., None] / 510.0)) + (1 - alpha) * backdrop + noise
+            image = np.roll(image, tuple(rng.integers(-6, 7, 2)), axis=(0, 1))
+            if rng.random() < 0.5:
+                image = image[:, ::-1]
+            ok, buf = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if not ok:
+                raise RuntimeError(f"image {i}: OpenCV failed to encode")
+            out.write(buf.tobytes())
+            end += len(buf)
+            offsets[i] = end
+    np.save(path.with_suffix(".npy"), offsets)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # bursts of the fetcher's connections must not be refused
+    allow_reuse_address = True
+
+
+def start_server(blob: Path, latency_s: float) -> tuple[_Server, int]:
+    """Serve /img/<i> from the blob after `latency_s`; return the server (in a daemon thread) and its port."""
+    data = blob.read_bytes()
+    ends = np.load(blob.with_suffix(".npy"))
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            index = int(self.path.rsplit("/", 1)[1].split(".")[0])
+            time.sleep(latency_s)
+            start = int(ends[index - 1]) if index else 0
+            body = data[start : int(ends[index])]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def write_catalog(path: Path, n_products: int, port: int) -> None:
+    """A JSON-lines catalog of `n_products`; product i lists images 2i and 2i+1 (every 100th reuses 2i-2)."""
+    tops = ["tops", "trousers", "dresses", "coats", "shoes", "bags"]
+    with path.open("w") as out:
+        for i in range(n_products):
+            first = 2 * i - 2 if i % 100 == 99 else 2 * i
+            top = tops[i % len(tops)]
+            row = {"product_id": f"P{i:08d}", "title": f"{top} item {i} colour {i % 37}",
+                   "category": f"{top}/sub{i % 5}", "brand": f"brand{i % 211}", "price": f"{10 + i % 90}.99",
+                   "image_urls": [f"http://127.0.0.1:{port}/img/{first}.jpg",
+                                  f"http://127.0.0.1:{port}/img/{2 * i + 1}.jpg"]}
+            out.write(json.dumps(row) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ one phase
+
+
+def _tree_rss_kib(root_pid: int) -> tuple[int, int]:
+    """(largest single process, sum) RSS in KiB of `root_pid` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    todo, seen = [root_pid], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo.extend(children.get(pid, []))
+    sizes = [rss.get(p, 0) for p in seen]
+    return max(sizes), sum(sizes)
+
+
+def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
+    """Run one stage in this process (a child of the bench); return its seconds and peak RSS."""
+    from visprep import stages
+    from visprep.pipeline import run_stage
+    from visprep.workspace import Workspace
+
+    peak = {"single": 0, "tree": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            single, tree = _tree_rss_kib(os.getpid())
+            peak["single"], peak["tree"] = max(peak["single"], single), max(peak["tree"], tree)
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    ws = Workspace(ws_root)
+    extra: dict = {}
+    connect_s = 0.0
+    if engine == "ray":  # Ray's start is timed apart: a visprep run pays it once, not per stage
+        from visprep.engines.ray_engine import connect
+
+        t = time.perf_counter()
+        connect(ws.config.engine)
+        connect_s = time.perf_counter() - t
+    if engine == "ray" and stage == "inspect":  # inspect only reads new images: from scratch, as the local run did
+        images = ws.table_path("images")
+        shutil.rmtree(images) if images.is_dir() else images.unlink()
+    t = time.perf_counter()
+    if stage == "catalog":
+        with ws.writer("catalog"), ws.acting_as("catalog"):
+            stages.get("catalog").run(ws, None, files=[str(catalog)], allow_removals=False)
+    elif stage == "vectors":
+        extra["vectors"] = write_vectors(ws)
+    else:
+        outcome = run_stage(ws, stage, force=True, explicit=True)
+        if stage == "inspect":
+            extra["inspected"] = outcome.inspected
+    seconds = time.perf_counter() - t
+    stop.set()
+    sampler.join()
+    single, tree = _tree_rss_kib(os.getpid())
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"stage": stage, "engine": engine, "seconds": round(seconds, 2), "connect_s": round(connect_s, 2),
+            "driver_maxrss_mib": round(own / 1024, 1), "child_maxrss_mib": round(kids / 1024, 1),
+            "peak_single_mib": round(max(peak["single"], single, own) / 1024, 1),
+            "peak_tree_mib": round(max(peak["tree"], tree) / 1024, 1), **extra}
+
+
+def write_vectors(ws: Workspace) -> int:
+    """Write a DIM-d vector per usable image into the feature store, clustered by product (no model)."""
+    import pyarrow.compute as pc
+
+    from visprep.embed.registry import l2_normalize
+    from visprep.embed.store import FeatureStore
+    from visprep.views.features import features_root
+
+    images = ws.read_table("images")
+    ids = images.filter(pc.equal(images.column("status"), "ok")).column("image_id").to_pylist()
+    root = features_root(ws)
+    shutil.rmtree(root / MODEL.replace("@", "_"), ignore_errors=True)
+    store = FeatureStore(root, MODEL, DIM)
+    rng = np.random.default_rng(1)
+    for start in range(0, len(ids), 50_000):
+        chunk = ids[start : start + 50_000]
+        store.append(chunk, l2_normalize(rng.normal(size=(len(chunk), DIM)).astype(np.float32)))
+    return len(ids)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def run_phase(stage: str, ws_root: Path, catalog: Path, engine: str, timeout_s: int) -> dict:
+    """Run `phase` in a fresh process; return its JSON result."""
+    cmd = [sys.executable, __file__, "--phase", stage, "--ws", str(ws_root), "--catalog", str(catalog),
+           "--engine", engine]
+    # RAY_ADDRESS=local: Ray's ray.init() without an address joins a cluster some `ray start` on this machine left
+    # in /tmp/ray (another user's tests), and visprep's connect() then fails passing num_cpus to it; the Ray
+    # rows must measure the local Ray visprep starts.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), RAY_ADDRESS="local")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage} ({engine}) failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["load"] = load_average()
+    print(f"  {stage:8s} {engine:5s} {result['seconds']:8.2f} s  driver {result['driver_maxrss_mib']:7.1f} MiB  "
+          f"tree {result['peak_tree_mib']:7.1f} MiB  load {result['load']}", flush=True)
+    return result
+
+
+def run_size(n_products: int, latency_s: float, timeout_s: int) -> dict:
+    """Build a workspace of `n_products` and run every stage once (local), then inspect and export on Ray."""
+    base = WORK / f"scale-{n_products}"
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "ws").mkdir(parents=True)
+    blob = base / "images.bin"
+    t = time.perf_counter()
+    render_images(n_products * IMAGES_PER_PRODUCT, blob)
+    render_s = time.perf_counter() - t
+    server, port = start_server(blob, latency_s)
+    catalog = base / "catalog.jsonl"
+    write_catalog(catalog, n_products, port)
+    ws_root = base / "ws"
+    print(f"{n_products} products: images rendered in {render_s:.1f}s ({blob.stat().st_size / 2**20:.1f} MiB)",
+          flush=True)
+    stages_out: dict[str, dict] = {}
+    try:
+        (ws_root / "visprep.toml").write_text(CONFIG.format(engine="local"))
+        for stage in STAGES:
+            stages_out[stage] = run_phase(stage, ws_root, catalog, "local", timeout_s)
+        (ws_root / "visprep.toml").write_text(CONFIG.format(engine="ray"))
+        ray_out = {stage: run_phase(stage, ws_root, catalog, "ray", timeout_s) for stage in RAY_STAGES}
+    finally:
+        server.shutdown()
+    sizes = {name: sum(f.stat().st_size for f in (ws_root / name).rglob("*") if f.is_file())
+             for name in ("images", "shards", "features", "tables") if (ws_root / name).exists()}
+    total = sum(f.stat().st_size for f in ws_root.rglob("*") if f.is_file())
+    image_bytes = blob.stat().st_size
+    shutil.rmtree(base, ignore_errors=True)
+    return {"n_products": n_products, "n_images": n_products * IMAGES_PER_PRODUCT,
+            "image_bytes": image_bytes, "workspace_bytes": total, "workspace_dirs": sizes,
+            "local": stages_out, "ray": ray_out}
+
+
+def main() -> None:
+    """Run every size, smallest first; stop growing when the next size would pass the time limit."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="sizes 2000 and 6000")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[3_000, 10_000, 30_000, 100_000])
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--max-run-s", type=float, default=720.0, help="skip a size predicted to run longer")
+    parser.add_argument("--phase", choices=STAGES)
+    parser.add_argument("--ws", type=Path)
+    parser.add_argument("--catalog", type=Path)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.ws, args.catalog, args.engine)))
+        return
+    sizes = [2000, 6000] if args.quick else sorted(args.sizes)
+    runs, skipped = [], []
+    for n in sizes:
+        if runs:
+            last = runs[-1]
+            predicted = last["wall_s"] * n / last["n_products"]
+            if predicted > args.max_run_s:
+                skipped.append({"n_products": n, "predicted_s": round(predicted)})
+                print(f"{n} products skipped: predicted {predicted:.0f}s > {args.max_run_s:.0f}s", flush=True)
+                continue
+        t = time.perf_counter()
+        result = run_size(n, args.latency_ms / 1000, timeout_s=int(args.max_run_s * 2))
+        result["wall_s"] = round(time.perf_counter() - t, 1)
+        runs.append(result)
+        write_result("bench_scale", {"runs": runs, "skipped": skipped, "latency_ms": args.latency_ms,
+                                     "images_per_product": IMAGES_PER_PRODUCT})
+    write_result("bench_scale", {"runs": runs, "skipped": skipped, "latency_ms": args.latency_ms,
+                                 "images_per_product": IMAGES_PER_PRODUCT})
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def growth(result: dict) -> list[dict]:
+    """Per stage: time-per-product and peak-RSS growth from the smallest to the largest size, with verdicts."""
+    runs = result["runs"]
+    if len(runs) < 2:
+        return []
+    small, large = runs[0], runs[-1]
+    factor = large["n_products"] / small["n_products"]
+    out = []
+    for stage in STAGES:
+        a, b = small["local"][stage], large["local"][stage]
+        t_ratio = (b["seconds"] / max(a["seconds"], 1e-3)) / factor
+        rss_ratio = b["peak_single_mib"] / max(a["peak_single_mib"], 1e-3)
+        out.append({"stage": stage, "time_per_product_ratio": round(t_ratio, 2), "rss_ratio": round(rss_ratio, 2),
+                    "time_met": t_ratio <= TIME_GROWTH, "rss_met": rss_ratio <= RSS_GROWTH,
+                    "cap_met": b["peak_single_mib"] < RSS_CAP_MIB})
+    return out
+
+
+def section(result: dict) -> list[str]:
+    """The tables for docs/benchmarks.md."""
+    runs = result["runs"]
+    lines = [(f"`python benchmarks/bench_scale.py`: {result['images_per_product']} JPEGs (112 px, ~3 KB) per "
+             f"product from a loopback server with {result['latency_ms']:.0f} ms latency per request; every stage in "
+             "its own process. RSS: `peak single` is the largest process (driver or a worker; sampled every 0.2 s "
+             "and `ru_maxrss`), `tree` the sampled sum over the stage process and its descendants. `vectors` is "
+             "the setup that writes the feature store mine reads (the embed stage's output, no model). Load "
+             "average after each stage is in docs/bench-results/bench_scale.json."), ""]
+    header = "| stage | engine | " + " | ".join(f"{r['n_products']:,} products: s (µs/product), peak single / tree MiB"
+                                                for r in runs) + " |"
+    lines += [header, "|---|---|" + "---|" * len(runs)]
+    for engine, names in (("local", STAGES), ("ray", RAY_STAGES)):
+        for stage in names:
+            cells = []
+            for r in runs:
+                s = r[engine][stage]
+                cells.append(f"{s['seconds']:.1f} ({s['seconds'] / r['n_products'] * 1e6:.0f}), "
+                             f"{s['peak_single_mib']:.0f} / {s['peak_tree_mib']:.0f}")
+            lines.append(f"| {stage} | {engine} | " + " | ".join(cells) + " |")
+    if runs:
+        lines += ["", "Ray vs local (stage seconds, Ray's start excluded; its start per process in brackets): " +
+                  "; ".join(f"{r['n_products']:,}: " + ", ".join(
+                      f"{st} {r['ray'][st]['seconds'] / max(r['local'][st]['seconds'], 1e-3):.2f}x "
+                      f"({fmt_met(r['ray'][st]['seconds'] <= RAY_OVERHEAD * r['local'][st]['seconds'])}; "
+                      f"start {r['ray'][st]['connect_s']:.1f} s)" for st in RAY_STAGES) for r in runs) + "."]
+    rows = growth(result)
+    if rows:
+        small, large = runs[0]["n_products"], runs[-1]["n_products"]
+        lines += ["", (f"Growth from {small:,} to {large:,} products ({large / small:.0f}x; targets scaled from "
+                  f"the issue's 10x: time per product ≤ {TIME_GROWTH}x, peak RSS ≤ {RSS_GROWTH}x, < 4 GiB):"), "",
+                  "| stage | time per product | verdict | peak RSS (single) | verdict | < 4 GiB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {g['stage']} | {g['time_per_product_ratio']:.2f}x | {fmt_met(g['time_met'])} | "
+                  f"{g['rss_ratio']:.2f}x | {fmt_met(g['rss_met'])} | {fmt_met(g['cap_met'])} |" for g in rows]
+    for s in result.get("skipped", []):
+        lines.append(f"\n{s['n_products']:,} products not run: predicted {s['predicted_s']} s, over the limit.")
+    return lines
+
+
+if __name__ == "__main__":  # the local engine's forkserver workers import this module: no work at import
+    main()

@@ -189,3 +189,22 @@ def test_the_engine_option_of_run_overrides_the_config(runs: tuple[Workspace, Wo
     ok = CliRunner().invoke(app, ["run", "-w", str(ws_root), "--engine", "local", "--force"])
     assert ok.exit_code == 0, ok.output
     assert Workspace(ws_root).last_run("export")["metrics"]["engine"] == "local"
+
+
+def test_without_an_address_visprep_starts_its_own_ray_rather_than_joining_one(monkeypatch) -> None:
+    """With `engine.address` left out, a cluster that `ray start` left on the machine (or RAY_ADDRESS) must not be
+    joined: ray.init would then refuse num_cpus. The local start names address="local"."""
+    import ray
+
+    from visprep.config import EngineConfig
+    from visprep.engines import ray_engine
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray_engine.atexit, "register", lambda fn: None)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster to stay away from
+    ray_engine.connect(EngineConfig(kind="ray", num_cpus=1))
+    ray_engine.connect(EngineConfig(kind="ray", address="auto"))
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 1
+    assert calls[1]["address"] == "auto" and "num_cpus" not in calls[1]

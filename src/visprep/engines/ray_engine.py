@@ -57,7 +57,10 @@ def connect(cfg: EngineConfig) -> None:
         if cfg.address:
             ray.init(address=cfg.address, log_to_driver=False)
         else:
-            ray.init(num_cpus=resolve_workers(cfg.num_cpus), include_dashboard=False, log_to_driver=False)
+            # "local": a new Ray of this process. Without it ray.init joins a cluster that `ray start` left on the
+            # machine (or RAY_ADDRESS names) and then refuses num_cpus; engine.address = "auto" is how to join one.
+            ray.init(address="local", num_cpus=resolve_workers(cfg.num_cpus), include_dashboard=False,
+                     log_to_driver=False)
         atexit.register(ray.shutdown)
 
 

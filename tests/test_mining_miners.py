@@ -249,3 +249,25 @@ def test_a_hub_of_positives_is_mined_in_bounded_blocks_with_the_same_result(monk
     for a, b in zip(whole, small):
         np.testing.assert_array_equal(a, b)
     assert not np.isin(whole[1][whole[0] < 2], np.arange(2, 500)).any()  # the hub's anchors never get its positives
+
+
+def test_auto_search_falls_back_to_exact_where_ivf_does_not_pay() -> None:
+    """Unstructured vectors: IVF needs most of its lists for the recall target, so `auto` builds an exact index
+    (and says why); clustered ones keep IVF (the test above)."""
+    from visprep.mining.ann import AUTO_EXACT_MAX, AUTO_IVF_MAX_SHARE, build_auto_index, build_search_index, ivf_pays
+
+    rng = np.random.default_rng(1)
+    n = AUTO_EXACT_MAX + 5000
+    vecs = l2_normalize(rng.normal(size=(n, 64))).astype(np.float32)
+    index, info = build_auto_index(vecs, k=20)
+    assert info["search"] == "exact" and not hasattr(index, "nprobe")
+    rejected = info["ivf_rejected"]
+    assert not ivf_pays(rejected["calibration"], rejected["ivf_nlist"])
+    assert (rejected["calibration"]["nprobe"] >= AUTO_IVF_MAX_SHARE * rejected["ivf_nlist"]
+            or rejected["calibration"]["recall"] < 0.95)
+    assert build_search_index(vecs, "auto", auto_k=20).ntotal == n and not hasattr(
+        build_search_index(vecs, "auto", auto_k=20), "nprobe")
+    # The exact index is exact: its neighbours are the brute-force ones.
+    _, got = index.search(vecs[:5], 4)
+    truth = np.argsort(-(vecs[:5] @ vecs.T), axis=1)[:, :4]
+    assert (got == truth).all()

@@ -11,7 +11,8 @@ The draw is keyed per (anchor, candidate) pair (`keys.pair_keys`), not by a stre
 negatives do not depend on the block it was searched in: an incremental re-mine can reuse the others' rows.
 
 `search="auto"` picks the index by pool size (`auto_search`): exact below `AUTO_EXACT_MAX` items, else IVF-Flat
-with about sqrt(N) lists and few probes, the setting measured in benchmarks/bench_mining.py (docs/mining.md).
+with about sqrt(N) lists and probes calibrated on the data, the setting measured in benchmarks/bench_mining.py
+(docs/mining.md); when the calibration needs a quarter of the lists or misses its recall target, exact search.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ AUTO_IVF_TRAIN_MAX = 100_000
 AUTO_RECALL_TARGET = 0.95  # on the calibration sample; leaves margin for the 0.9 target on the whole set
 AUTO_CALIBRATION_SAMPLE = 500
 AUTO_MAX_NPROBE = 256
+# An IVF index that needs this share of its lists (or misses the recall target) scans about as much as exact search
+# and pays its list overhead on top: unstructured vectors (random, or an embedding that spreads a pool evenly) took
+# nprobe 256 of 512 lists for recall 0.94 on 54k items, 4x slower than exact search.
+AUTO_IVF_MAX_SHARE = 0.25
 
 
 def auto_search(n: int) -> tuple[str, dict[str, int]]:
@@ -44,6 +49,12 @@ def auto_search(n: int) -> tuple[str, dict[str, int]]:
         return "exact", {}
     nlist = 1 << round(np.log2(2 * np.sqrt(n)))  # 2*sqrt(N), rounded to a power of two: 2048 at 1M
     return "ivf", {"ivf_nlist": nlist, "ivf_train_max": AUTO_IVF_TRAIN_MAX}
+
+
+def ivf_pays(calibration: dict[str, float], nlist: int) -> bool:
+    """Whether a calibrated IVF index is worth it over exact search: it reached the recall target probing less than
+    `AUTO_IVF_MAX_SHARE` of its lists."""
+    return calibration["recall"] >= AUTO_RECALL_TARGET and calibration["nprobe"] < AUTO_IVF_MAX_SHARE * nlist
 
 
 def calibrate_nprobe(index: Any, vectors: np.ndarray, *, k: int, target: float = AUTO_RECALL_TARGET,
@@ -140,8 +151,8 @@ def build_search_index(vectors: np.ndarray, search: str, *, ivf_nlist: int = 0, 
     else:
         raise ValueError(f"unknown search {search!r}; valid: {', '.join(SEARCHES)}")
     index.add(vectors)
-    if auto and search == "ivf":
-        calibrate_nprobe(index, vectors, k=auto_k, seed=seed)
+    if auto and search == "ivf" and not ivf_pays(calibrate_nprobe(index, vectors, k=auto_k, seed=seed), index.nlist):
+        return build_search_index(vectors, "exact")
     return index
 
 
@@ -154,6 +165,9 @@ def build_auto_index(vectors: np.ndarray, *, k: int, seed: int = 0) -> tuple[Any
     if search == "ivf":
         info["calibration"] = calibrate_nprobe(index, vectors, k=k, seed=seed)
         info["ivf_nprobe"] = info["calibration"]["nprobe"]
+        if not ivf_pays(info["calibration"], index.nlist):
+            # Exact search is then as fast or faster, and exact: the calibration stays in the record.
+            return build_search_index(vectors, "exact"), {"search": "exact", "ivf_rejected": info}
     return index, info
 
 

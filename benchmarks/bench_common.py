@@ -10,10 +10,10 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
@@ -55,6 +55,11 @@ def machine() -> dict:
 
 def source_photos(set_name: str) -> list[tuple[str, np.ndarray]]:
     """The set's photos as RGB arrays; a seeded synthetic texture when opencv-doc is not installed."""
+    # Imported here: the events benchmarks import this module in every measured phase, and need no image library.
+    import cv2
+    import numpy as np
+    from PIL import Image
+
     photos = [(name, np.asarray(Image.open(PHOTO_DIR / name).convert("RGB")))
               for name in IMAGE_SETS[set_name] if (PHOTO_DIR / name).exists()]
     if photos:
@@ -69,6 +74,9 @@ def source_photos(set_name: str) -> list[tuple[str, np.ndarray]]:
 def make_jpegs(set_name: str, width: int, progressive: bool, count: int = 4) -> list[bytes]:
     """`count` JPEGs (quality 90) `width` px wide: the set's photos in turn, each a slightly shifted crop, so
     the decoder never sees one file over and over. Photos smaller than `width` are upscaled (bicubic)."""
+    import cv2
+    from PIL import Image
+
     photos = source_photos(set_name)
     out = []
     for index in range(count):
@@ -81,6 +89,18 @@ def make_jpegs(set_name: str, width: int, progressive: bool, count: int = 4) -> 
         Image.fromarray(resized).save(buffer, "JPEG", quality=90, progressive=progressive)
         out.append(buffer.getvalue())
     return out
+
+
+def parse_count(text: str) -> int:
+    """A size given as 1M, 500k or 2500000."""
+    t = text.strip().upper()
+    mult = {"K": 1_000, "M": 1_000_000}.get(t[-1], 1)
+    return int(float(t[:-1] if t[-1] in "KM" else t) * mult)
+
+
+def count_label(n: int) -> str:
+    """A size as 1M / 500k, for file names and result rows."""
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def interleaved_medians(functions: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:

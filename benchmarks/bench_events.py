@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / ".work"
+from bench_common import ROOT, WORK, count_label, parse_count
+
 DATA = WORK / "events"
 RESULT = WORK / "bench_events.json"
 GEN_VERSION = 2  # bump when the simulator's output changes, so cached inputs are regenerated
@@ -76,16 +76,6 @@ SAME_JOB = [
 ]
 
 
-def _size(text: str) -> int:
-    t = text.strip().upper()
-    mult = {"K": 1_000, "M": 1_000_000}.get(t[-1], 1)
-    return int(float(t[:-1] if t[-1] in "KM" else t) * mult)
-
-
-def _label(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
-
-
 def dataset(n_events: int) -> tuple[Path, int, float | None]:
     """The cached simulated input of about `n_events` events: (path, rows, seconds to generate or None if cached)."""
     import pyarrow.parquet as pq
@@ -93,7 +83,7 @@ def dataset(n_events: int) -> tuple[Path, int, float | None]:
     from visprep.events.simulate import SimConfig, iter_event_chunks
 
     DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"sim-v{GEN_VERSION}-{_label(n_events)}.parquet"
+    path = DATA / f"sim-v{GEN_VERSION}-{count_label(n_events)}.parquet"
     if path.exists():
         return path, pq.ParquetFile(path).metadata.num_rows, None
     t0 = time.perf_counter()
@@ -162,16 +152,16 @@ def main() -> None:
         print(json.dumps(res))
         return
     sys.path.insert(0, str(ROOT / "src"))
-    sizes = [1_000_000] if a.quick else [_size(s) for s in a.sizes.split(",")]
+    sizes = [1_000_000] if a.quick else [parse_count(s) for s in a.sizes.split(",")]
     command = "python benchmarks/bench_events.py" + (" --quick" if a.quick else f" --sizes {a.sizes}")
     rows = []
     for n_target in sizes:
         data, n, gen_s = dataset(n_target)
-        print(f"{_label(n_target)}: {n:,} events, {data.stat().st_size / 1e6:.0f} MB"
+        print(f"{count_label(n_target)}: {n:,} events, {data.stat().st_size / 1e6:.0f} MB"
               + (f", generated in {gen_s:.1f} s" if gen_s is not None else " (cached)"), flush=True)
         work = Path(tempfile.mkdtemp(prefix="bench-events-", dir=WORK))
         try:
-            row: dict = {"size": _label(n_target), "events": n, "input_mb": round(data.stat().st_size / 1e6, 1),
+            row: dict = {"size": count_label(n_target), "events": n, "input_mb": round(data.stat().st_size / 1e6, 1),
                          "generate_seconds": gen_s, "load_start": list(os.getloadavg())}
             for phase in ("dedup", "skip_above", "same_job", "stage"):
                 row[phase] = r = _run_phase(phase, data, work)

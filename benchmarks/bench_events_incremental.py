@@ -31,23 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / ".work"
+from bench_common import ROOT, WORK, count_label, parse_count
+
 DATA = WORK / "events-incremental"
 RESULT = WORK / "bench_events_incremental.json"
 GEN_VERSION = 1
 DAYS = 30
 TARGET = 0.05
-
-
-def _size(text: str) -> int:
-    t = text.strip().upper()
-    mult = {"K": 1_000, "M": 1_000_000}.get(t[-1], 1)
-    return int(float(t[:-1] if t[-1] in "KM" else t) * mult)
-
-
-def _label(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def _simulate(path: Path, n_events: int, *, seed: int, days: int, start: dt.datetime, squeeze_to_s: float | None,
@@ -86,8 +76,8 @@ def dataset(n_events: int, n_new: int) -> tuple[Path, Path, int, int]:
     import pyarrow.parquet as pq
 
     DATA.mkdir(parents=True, exist_ok=True)
-    base = DATA / f"log-v{GEN_VERSION}-{_label(n_events)}.parquet"
-    hour = DATA / f"hour-v{GEN_VERSION}-{_label(n_events)}-{_label(n_new)}.parquet"
+    base = DATA / f"log-v{GEN_VERSION}-{count_label(n_events)}.parquet"
+    hour = DATA / f"hour-v{GEN_VERSION}-{count_label(n_events)}-{count_label(n_new)}.parquet"
     start = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
     if not base.exists():
         _simulate(base, n_events, seed=0, days=DAYS, start=start, squeeze_to_s=None, id_prefix="")
@@ -161,20 +151,20 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_common import run_phase
 
-    sizes = [1_000_000] if a.quick else [_size(s) for s in (a.sizes or "1M,2M,10M").split(",")]
+    sizes = [1_000_000] if a.quick else [parse_count(s) for s in (a.sizes or "1M,2M,10M").split(",")]
     command = "python benchmarks/bench_events_incremental.py" + (
         " --quick" if a.quick else (f" --sizes {a.sizes}" if a.sizes else ""))
     rows = []
     for n_target in sizes:
         base, hour, n, n_new = dataset(n_target, n_target // 100)
-        print(f"{_label(n_target)}: log {n:,} events + {n_new:,} new", flush=True)
+        print(f"{count_label(n_target)}: log {n:,} events + {n_new:,} new", flush=True)
         work = Path(tempfile.mkdtemp(prefix="bench-events-inc-", dir=WORK))
         try:
             r = run_phase([__file__, "--phase", "measure", "--base", str(base), "--hour", str(hour),
                            "--work", str(work)], "measure")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        r.update(size=_label(n_target), events=n, new_events=n_new)
+        r.update(size=count_label(n_target), events=n, new_events=n_new)
         r["ratio"] = r["update_s"] / r["full_whole_log_s"]
         r["ratio_partials"] = r["update_s"] / r["full_partials_s"]
         print(f"  full rebuild: whole-log {r['full_whole_log_s']:.2f} s, partial sums {r['full_partials_s']:.2f}"

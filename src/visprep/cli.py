@@ -518,7 +518,8 @@ def stages_command(workspace: WorkspaceOpt = Path("."),
         elif not spec.has_work(ws):
             state = "nothing to do"
         else:
-            state = f"stale: {stale_reason(ws, spec.name)}" if stale_reason(ws, spec.name) else "up to date"
+            why = stale_reason(ws, spec.name)
+            state = f"stale: {why}" if why else "up to date"
         t.add_row(spec.name, ", ".join(spec.all_reads(ws.config)), ", ".join(spec.writes), state)
     console.print(t)
 

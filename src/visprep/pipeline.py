@@ -82,12 +82,12 @@ def run_stage(ws: Workspace, stage: str, *, force: bool = False, progress: Calla
 
 def execute(ws: Workspace, stage: str, compute: Callable[[Workspace, RunRecord], stages.StageOutput],
             *, params: dict[str, Any] | None = None) -> Any:
-    """Run table stage `stage`'s `compute(ws, run)` under a run record the runner opens (its declared sections as
-    parameters, plus `params`), then write what it returns: each table (only a declared write; not rewritten when
+    """Run table stage `stage`'s `compute(ws, run)` under a run record the runner opens (its declared sections and
+    `params` as parameters), then write what it returns: each table (only a declared write; not rewritten when
     equal to the stored one, run ids aside), each quarantine part, the run's counts, metrics and notes. Returns the
     output's `result`. The stage's library function (`dedup_stage(ws)`, ...) is this call: it always runs."""
     spec = stages.get(stage)
-    with ws.run(stage, {**section_params(ws.config, *spec.sections), **(params or {})}) as run:
+    with ws.run(stage, params or {}) as run:  # `Workspace.run` records the declared sections itself
         out = compute(ws, run)
         undeclared = (set(out.tables) | set(out.parts)) - set(spec.writes)
         if undeclared:

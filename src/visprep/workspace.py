@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visprep import __version__
-from visprep.config import CONFIG_FILE, VisprepConfig, load_config
+from visprep.config import CONFIG_FILE, VisprepConfig, load_config, section_params
 from visprep.schema import QUARANTINE, schema_for
 from visprep.views.features import features_root
 
@@ -330,11 +330,7 @@ class Workspace:
 
     def table_fingerprint(self, name: str) -> str:
         """A cheap fingerprint of a table's files (names, sizes, mtimes): what downstream runs depend on."""
-        h = hashlib.sha256()
-        for p in self._part_files(name):
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-        return h.hexdigest()[:16]
+        return files_fingerprint(self._part_files(name))
 
     def table_names(self) -> list[str]:
         """Return the names of the tables present."""
@@ -428,8 +424,8 @@ class Workspace:
         if declared is not None:
             record.reads = stages.fingerprints(self, declared.all_reads(self.config))
             # Every section the stage declares is recorded, whatever its body passed: its freshness compares them.
-            for section in declared.sections:
-                record.params.setdefault(section, getattr(self.config, section).model_dump(mode="json"))
+            for section, values in section_params(self.config, *declared.sections).items():
+                record.params.setdefault(section, values)
         path = self.runs_dir / f"{run_id}.json"
         atomic_write_bytes(path, record.to_json().encode())
         t0 = time.perf_counter()
@@ -656,6 +652,17 @@ def _same_quarantine(old: pa.Table, stage: str, rows: list[QuarantineRecord]) ->
                                                               None if r.value is None else str(r.value)[:1000],
                                                               r.reason, r.detail)) for r in rows)
     return have == want
+
+
+def files_fingerprint(paths: Iterable[Path], *, relative_to: Path | None = None) -> str:
+    """A cheap fingerprint of files: sha256 prefix over each one's name (its path under `relative_to` when given),
+    size and modification time, in the order given. No content is read."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(relative_to) if relative_to is not None else p.name}:{st.st_size}:"
+                 f"{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
 
 
 def _safe_part(key: str) -> str:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visprep.views.features import store_dir_name
-from visprep.workspace import Workspace, atomic_write_bytes, atomic_write_parquet, utcnow
+from visprep.workspace import Workspace, atomic_write_bytes, atomic_write_parquet, files_fingerprint, utcnow
 
 IndexKind = Literal["flat", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw")
@@ -49,18 +49,12 @@ def writer_fingerprint(root: Workspace | Path | str, model_id: str, writer: str)
     """A cheap fingerprint (names, sizes, mtimes) of the parts `writer` appended to `model_id`'s store under the
     `features/` folder `root` (or a workspace, whose `features/` it uses): what a reader of only that writer's
     vectors depends on. Equal while that writer appends nothing, whatever the other writers do."""
-    import hashlib
-
     if writer not in STORE_WRITERS:
         raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(STORE_WRITERS)}")
     root = root.root / "features" if isinstance(root, Workspace) else Path(root)
     parts = root / store_dir_name(model_id) / "parts"
-    h = hashlib.sha256()
-    for p in sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []:
-        if part_writer(p) == writer:
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
+    return files_fingerprint(p for p in (sorted(parts.glob("part-*.parquet")) if parts.is_dir() else [])
+                             if part_writer(p) == writer)
 
 
 def feature_schema(dim: int) -> pa.Schema:

@@ -289,17 +289,12 @@ def _stats(ws: Workspace, ids: list[str], exts: list[str]) -> tuple[np.ndarray, 
 def shift_applies(ws: Workspace) -> bool:
     """Whether `visprep run` has a shift to measure: at least `shift.folds` accepted user photos in
     `tables/queries`, and a feature store of the configured embed model (the embed stage ran)."""
-    from visprep.embed.registry import model_id_of
-    from visprep.views.features import store_dir
+    from visprep.views.features import embed_model_id, store_dir
 
     if not ws.has_table("queries") or len(user_images(ws)) < ws.config.shift.folds:
         return False
-    cfg = ws.config.embed
-    try:
-        model_id = model_id_of(cfg.model, **cfg.options)
-    except (ImportError, ValueError, OSError):  # no embedder to compare with: nothing to measure
-        return False
-    return store_dir(ws, model_id).is_dir()
+    model_id = embed_model_id(ws)  # None: no embedder to compare with, nothing to measure
+    return model_id is not None and store_dir(ws, model_id).is_dir()
 
 
 def shift_stage(ws: Workspace, *, embedder: Any = None) -> ShiftResult:

@@ -7,7 +7,6 @@ the pairs of flagged products when they write their own tables, so a policy is a
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ import pyarrow as pa
 from visprep.quality.label_noise import find_label_noise
 from visprep.schema import LABEL_ISSUES
 from visprep.stages import StageOutput
-from visprep.workspace import RunRecord, Workspace
+from visprep.workspace import RunRecord, Workspace, files_fingerprint
 
 
 @dataclass
@@ -36,13 +35,10 @@ class QualityResult:
 def embed_model_store(ws: Workspace) -> Path | None:
     """The vectors of the configured `[embed]` model (`features/<model_id>/parts/`), or None when the embed stage
     has not written them (or the embedder cannot tell its id here)."""
-    from visprep.embed.registry import model_id_of
-    from visprep.views.features import store_dir
+    from visprep.views.features import embed_model_id, store_dir
 
-    cfg = ws.config.embed
-    try:
-        model_id = model_id_of(cfg.model, **cfg.options)
-    except (ImportError, ValueError, OSError):  # no embedder, no store of it to read
+    model_id = embed_model_id(ws)
+    if model_id is None:  # no embedder, no store of it to read
         return None
     parts = store_dir(ws, model_id) / "parts"
     return parts if parts.is_dir() and any(parts.glob("*.parquet")) else None
@@ -78,12 +74,10 @@ def source_fingerprint(source: Path | None) -> str:
     if source is None:
         return "none"
     source = Path(source).expanduser().resolve()
-    files = [source] if source.is_file() else sorted(source.rglob("*.parquet")) if source.is_dir() else []
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(source) if f != source else f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return f"{source}:{h.hexdigest()[:16]}"
+    if source.is_file():
+        return f"{source}:{files_fingerprint([source])}"
+    parts = sorted(source.rglob("*.parquet")) if source.is_dir() else []
+    return f"{source}:{files_fingerprint(parts, relative_to=source)}"
 
 
 def quality_applies(ws: Workspace) -> bool:

@@ -21,6 +21,18 @@ def store_dir_name(model_id: str) -> str:
     return model_id.replace("/", "_").replace("\\", "_")
 
 
+def embed_model_id(ws: Workspace) -> str | None:
+    """The model id of the `[embed]` model (its store's name), or None when its embedder cannot tell it here (not
+    installed or not registered: nothing of it can have been written)."""
+    from visprep.embed.registry import model_id_of
+
+    cfg = ws.config.embed
+    try:
+        return model_id_of(cfg.model, **cfg.options)
+    except (ImportError, ValueError, OSError):
+        return None
+
+
 def store_dir(ws: Workspace | Path, model_id: str) -> Path:
     """`model_id`'s feature store folder: `features/<model id, separators replaced>/`."""
     return features_root(ws) / store_dir_name(model_id)
@@ -29,11 +41,7 @@ def store_dir(ws: Workspace | Path, model_id: str) -> Path:
 def store_fingerprint(path: Path) -> str:
     """A cheap fingerprint of a feature store folder: its part files' names, sizes and modification times
     (a store only ever gains or replaces whole parts, so any change of its vectors changes this)."""
-    import hashlib
+    from visprep.workspace import files_fingerprint
 
     parts = path / "parts"
-    h = hashlib.sha256()
-    for p in sorted(parts.glob("part-*.parquet")) if parts.exists() else []:
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
+    return files_fingerprint(sorted(parts.glob("part-*.parquet")) if parts.exists() else [])

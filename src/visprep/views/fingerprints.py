@@ -7,32 +7,13 @@ the user photos' (shift) do not make a reader of the catalog's vectors stale.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from visprep.views.features import embed_model_id
+
 if TYPE_CHECKING:
     from visprep.workspace import Workspace
-
-
-def files_fingerprint(paths: list[Path], *, relative_to: Path | None = None) -> str:
-    """sha256 prefix over (name, size, mtime) of `paths`, in the order given."""
-    h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        name = p.relative_to(relative_to) if relative_to is not None else p.name
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
-
-
-def _embed_model_id(ws: Workspace) -> str | None:
-    from visprep.embed.registry import model_id_of
-
-    cfg = ws.config.embed
-    try:
-        return model_id_of(cfg.model, **cfg.options)
-    except (ImportError, ValueError, OSError):  # no embedder here: nothing of it can have been written
-        return None
 
 
 def _writer_parts(ws: Workspace, model_id: str | None, writer: str) -> str | None:
@@ -45,17 +26,17 @@ def _writer_parts(ws: Workspace, model_id: str | None, writer: str) -> str | Non
 
 def catalog_features(ws: Workspace) -> str | None:
     """The `[embed]` model's vectors of catalog images (written by the embed stage)."""
-    return _writer_parts(ws, _embed_model_id(ws), "embed")
+    return _writer_parts(ws, embed_model_id(ws), "embed")
 
 
 def view_features(ws: Workspace) -> str | None:
     """The `[embed]` model's vectors of synthetic views (written by the embed_views stage)."""
-    return _writer_parts(ws, _embed_model_id(ws), "embed_views")
+    return _writer_parts(ws, embed_model_id(ws), "embed_views")
 
 
 def user_features(ws: Workspace) -> str | None:
     """The `[embed]` model's vectors of user photos (written by the shift stage)."""
-    return _writer_parts(ws, _embed_model_id(ws), "shift")
+    return _writer_parts(ws, embed_model_id(ws), "shift")
 
 
 def mining_model_features(ws: Workspace) -> str | None:
@@ -81,4 +62,6 @@ def shards(ws: Workspace) -> str | None:
     if not shards_indexed(ws):
         return None
     files = sorted(p for d in ws.shards_dir.iterdir() if d.is_dir() for p in d.iterdir() if p.is_file())
+    from visprep.workspace import files_fingerprint
+
     return files_fingerprint(files, relative_to=ws.shards_dir)

@@ -5,12 +5,14 @@ the same tables when a worker is killed (kill -9) mid-stage."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +34,8 @@ from visprep.workspace import Workspace
 
 pytestmark = pytest.mark.timeout(240)
 
-# The per-record stages the Ray engine runs today: inspect, synth, embed, embed_views and export.
+# The per-record stages the Ray engine runs today: fetch, inspect, synth, embed, embed_views and export; all but
+# synth with the workers writing their own parts and shards.
 CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "synth", "embed", "embed_views", "split", "pairs", "export"]\n'
           "[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 8\n"
           '[embed]\nbatch_size = 16\noptions = { profile = "imagenet-64" }\n'
@@ -70,6 +73,20 @@ def _inspect_or_die_once(items: Sequence[tuple], *, marker: str) -> list[dict]:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return inspect_batch(items)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: the process was killed")
+
+
+def _preprocess_or_die_once(items: Sequence[tuple], *, marker: str, **limits: int) -> list:
+    """preprocess_batch, except that the first call anywhere kills its own worker process (kill -9) instead."""
+    from visprep.export.stage import preprocess_batch
+
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return preprocess_batch(items, **limits)
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -148,7 +165,7 @@ def test_both_engines_write_identical_tables(runs: tuple[Workspace, Workspace]) 
     assert {"images", "urls", "pairs"} <= set(want) and any(n.startswith("shards") or "samples" in n for n in want)
     assert not _differences(want, got)
     assert want["synthetic_views"]["count"] > 0
-    for stage in ("inspect", "synth", "embed", "embed_views", "export"):
+    for stage in ("fetch", "inspect", "synth", "embed", "embed_views", "export"):
         assert local_ws.last_run(stage)["metrics"]["engine"] == "local"
         assert ray_ws.last_run(stage)["metrics"]["engine"] == "ray"
 
@@ -180,6 +197,26 @@ def test_a_worker_killed_mid_stage_is_retried_and_the_tables_are_identical(
     assert got["sha256"] == want["sha256"], _differences({"images": want}, {"images": got})
 
 
+def test_a_worker_killed_while_staging_shards_is_retried_and_the_shards_are_identical(
+        runs: tuple[Workspace, Workspace], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from visprep.export import stage as export_mod
+
+    local_ws, ray_ws = runs
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ray_ws.root, ws.root)
+    (ws.root / "visprep.toml").write_text(CONFIG + '[engine]\nkind = "ray"\nmax_retries = 2\n')
+    ws = Workspace(ws.root)
+    shutil.rmtree(ws.shards_dir)
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(export_mod, "preprocess_batch", partial(_preprocess_or_die_once, marker=str(marker)))
+    export_mod.export_stage(ws)
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a Ray worker died, not this process
+    want = {n: t for n, t in snapshot(local_ws, local_ws.root).items() if n.startswith("shards/")}
+    got = {n: t for n, t in snapshot(ws, ws.root).items() if n.startswith("shards/")}
+    assert want and not _differences(want, got)
+    assert not any(ws.shards_dir.rglob(".staging"))  # the staged samples are gone once the shards are written
+
+
 def test_the_engine_option_of_run_overrides_the_config(runs: tuple[Workspace, Workspace], tmp_path: Path) -> None:
     _, ray_ws = runs
     ws_root = tmp_path / "ws"
@@ -208,3 +245,66 @@ def test_without_an_address_visprep_starts_its_own_ray_rather_than_joining_one(m
     ray_engine.connect(EngineConfig(kind="ray", address="auto"))
     assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 1
     assert calls[1]["address"] == "auto" and "num_cpus" not in calls[1]
+
+
+class _LocalAsRemote(LocalEngine):
+    """The local pool, taken for an engine whose workers write their own outputs (as Ray's do); keeps what each
+    batch handed back to the driver."""
+
+    remote = True
+
+    def __init__(self) -> None:
+        self.returned: list[object] = []
+
+    def map_batches(self, fn: Callable, items: Iterable, **kwargs: Any) -> Iterator[tuple[list, Any]]:
+        for batch, result in super().map_batches(fn, items, **kwargs):
+            self.returned.append(result)
+            yield batch, result
+
+
+def _jpegs_in(value: object) -> int:
+    """How many JPEG byte strings `value` holds, however deeply nested."""
+    if isinstance(value, bytes | bytearray):
+        return int(bytes(value[:3]) == b"\xff\xd8\xff")
+    if isinstance(value, dict):
+        return sum(_jpegs_in(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_jpegs_in(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(_jpegs_in(getattr(value, f)) for f in value.__dataclass_fields__)
+    return 0
+
+
+def _split_files(ws: Workspace) -> dict[str, bytes]:
+    """Every file under `shards/`, by path: tars, manifests, sample indexes (staging and locks must be gone)."""
+    return {str(p.relative_to(ws.shards_dir)): p.read_bytes() for p in sorted(ws.shards_dir.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_shards_staged_and_written_by_workers_equal_the_drivers_byte_for_byte(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from visprep.export import stage as export_mod
+
+    files = write_demo_sources(tmp_path / "src", n_products=30, seed=5).catalog_files
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    ws.config_path.write_text('[pipeline]\nstages = ["fetch", "inspect", "split", "pairs", "export"]\n'
+                              "[export]\nmax_count = 7\n[inspect]\nworkers = 1\n[preprocess]\nsize = 32\n")
+    run_pipeline(ws, files)
+    want = _split_files(ws)
+    assert sum(n.endswith(".tar") for n in want) > 3
+    shutil.rmtree(ws.shards_dir)
+    engine = _LocalAsRemote()
+    monkeypatch.setattr(export_mod, "get_engine", lambda cfg: engine)
+    export_mod.export_stage(ws)
+    assert _split_files(ws) == want
+    # The driver got sizes, offsets and records back, never a JPEG: the workers wrote every byte of the shards.
+    assert engine.returned and not any(_jpegs_in(r) for r in engine.returned)
+    returned = len(pickle.dumps(engine.returned))
+    jpeg_bytes = sum(len(v) for k, v in want.items() if k.endswith(".tar"))
+    assert returned < jpeg_bytes / 3, (returned, jpeg_bytes)
+    # A rerun keeps every finished shard file (compared, not rewritten), as write_shards does on resume.
+    inodes = {p: p.stat().st_ino for p in ws.shards_dir.rglob("*.tar")}
+    export_mod.export_stage(ws)
+    assert {p: p.stat().st_ino for p in ws.shards_dir.rglob("*.tar")} == inodes
+    assert _split_files(ws) == want

@@ -28,8 +28,8 @@ from visprep.embed.registry import (
     model_id_of,
     registered_factory,
 )
-from visprep.embed.store import FeatureStore
-from visprep.engines import get_engine
+from visprep.embed.store import FeatureStore, parallel_part_name
+from visprep.engines import get_engine, map_parts
 from visprep.engines.local import batched, prefetch
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
@@ -110,6 +110,31 @@ def embed_batch(items: Sequence[tuple[str, str]], embedder_spec: EmbedderSpec | 
     return finish_embed_batch(embedder, read_embed_batch(items, embedder))
 
 
+def embed_part(seq: int, chunk: Sequence[tuple[str, str]], *, embedder_spec: EmbedderSpec, root: str, model_id: str,
+               base: int, writer: str, batch_size: int, index_kind: str = "flat", hnsw_m: int = 32
+               ) -> dict[str, object]:
+    """Embed chunk `seq` of a run (in forward passes of `batch_size`) and append its vectors as one part of the
+    feature store `model_id` under the `features/` folder `root`, named `parallel_part_name(base, seq)`; return
+    only what the driver needs: counts, the dimension and the failure rows (no vectors).
+
+    Run by one of several workers at once (a Ray actor holding the model): each writes its own part, and a chunk
+    rerun after its worker died replaces the part its first attempt may have written.
+    """
+    ids: list[str] = []
+    vecs: list[np.ndarray] = []
+    failures: list[dict] = []
+    for batch in batched(chunk, batch_size):
+        got, v, failed = embed_batch(batch, embedder_spec)
+        ids.extend(got)
+        vecs.append(v)
+        failures.extend(failed)
+    dim = int(vecs[0].shape[1]) if vecs and vecs[0].ndim == 2 else 0
+    if ids:
+        store = FeatureStore(Path(root), model_id, dim, index_kind=index_kind, hnsw_m=hnsw_m)
+        store.append(ids, np.concatenate(vecs), update_index=False, writer=writer, part=parallel_part_name(base, seq))
+    return {"embedded": len(ids), "dim": dim, "failures": failures}
+
+
 def read_embed_batch(items: Sequence[tuple[str, str]], embedder: Embedder) -> ReadBatch:
     """First half of `embed_batch`: read each item's bytes and, for a `StagedEmbedder`, decode them for the model
     (the embed stage runs it in a read-ahead thread, so decoding overlaps the model on the previous batch)."""
@@ -187,14 +212,24 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
         run.metrics["engine"] = engine.name if on_ray else "local"
         if todo:
             items = [(i, str(ws.store.path(i, extension_for(f)))) for i, f in todo]
-            results: Iterator[tuple[list[tuple[str, str]], tuple[list[str], np.ndarray, list[dict]]]]
             if on_ray:
-                # One model per actor, each actor one CPU: the model runs single-threaded there.
+                # One model per actor, each actor one CPU: the model runs single-threaded there. Each actor call
+                # embeds one checkpoint's worth of images and appends them as its own store part: the vectors
+                # never travel back to this process.
                 actor_spec = embedder_spec(cfg, model_threads=1)
                 run.metrics["threads"] = {"model": 1, "per": "Ray actor"}
                 run.metrics["backend"] = actor_spec.options.get("backend")
-                results = engine.map_batches(partial(embed_batch, embedder_spec=actor_spec), items,
-                                             batch_size=cfg.batch_size, stateful=True)
+                write = partial(embed_part, embedder_spec=actor_spec, root=str(root), model_id=res.model_id,
+                                base=store.part_count() if store is not None else 0, writer=stage,
+                                batch_size=cfg.batch_size, index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
+                for chunk, summary in map_parts(engine, write, items, batch_size=cfg.checkpoint_every,
+                                                stateful=True):
+                    failures.extend(_failure_records(summary["failures"]))
+                    res.embedded += summary["embedded"]
+                    if progress:
+                        progress(len(chunk), len(todo))
+                if res.embedded:  # the workers wrote the parts: open the store they made, to index it here
+                    store = FeatureStore.open_existing(root, res.model_id)
             else:
                 apply_threads(plan)
                 if embedder is None:
@@ -204,22 +239,19 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
                 if store is None:
                     store = FeatureStore(root, embedder.model_id, embedder.dim, index_kind=cfg.index,
                                          hnsw_m=cfg.hnsw_m)
-                results = _local_results(embedder, items, cfg.batch_size)
-            done_ids: list[str] = []
-            done_vecs: list[np.ndarray] = []
-            for batch, (batch_ids, vecs, failed) in results:
-                if store is None:  # a new store on Ray: its dimension is the first vectors'
-                    store = FeatureStore(root, res.model_id, vecs.shape[1], index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
-                failures.extend(QuarantineRecord(reason=f["reason"], detail=f["detail"], record_id=f["image_id"],
-                                                 field="image_id", value=f["image_id"]) for f in failed)
-                done_ids.extend(batch_ids)
-                done_vecs.append(vecs)
-                if progress:
-                    progress(len(batch), len(todo))
-                if len(done_ids) >= cfg.checkpoint_every:
-                    res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
-            res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
-            store.index()  # one index update per run
+                done_ids: list[str] = []
+                done_vecs: list[np.ndarray] = []
+                for batch, (batch_ids, vecs, failed) in _local_results(embedder, items, cfg.batch_size):
+                    failures.extend(_failure_records(failed))
+                    done_ids.extend(batch_ids)
+                    done_vecs.append(vecs)
+                    if progress:
+                        progress(len(batch), len(todo))
+                    if len(done_ids) >= cfg.checkpoint_every:
+                        res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
+                res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
+            if store is not None:
+                store.index()  # one index update per run
         res.failed = len(failures)
         for f in failures:
             res.by_reason[f.reason] = res.by_reason.get(f.reason, 0) + 1
@@ -228,6 +260,12 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
         run.counts = {"images_in": res.images, "embedded": res.embedded, "skipped": res.skipped,
                       "failed": res.failed, "store_total": res.store_total}
     return res
+
+
+def _failure_records(failed: list[dict]) -> list[QuarantineRecord]:
+    """Quarantine records of `embed_batch`'s failure rows."""
+    return [QuarantineRecord(reason=f["reason"], detail=f["detail"], record_id=f["image_id"], field="image_id",
+                             value=f["image_id"]) for f in failed]
 
 
 def _local_results(embedder: Embedder, items: list[tuple[str, str]], batch_size: int

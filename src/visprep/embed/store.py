@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,16 @@ STORE_WRITERS = ("embed", "embed_views", "shift", "embed-import")
 """The stages that append to feature stores, each tagging its parts with its name."""
 UNTAGGED_WRITER = "embed"
 """The writer of parts written before parts were tagged (the embed stage embedded everything then)."""
+
+
+PARALLEL_PART = re.compile(r"\d{8}\.\d{6}")
+"""The sequence field of a part that one of several parallel workers wrote: `<base>.<batch>`."""
+
+
+def parallel_part_name(base: int, batch: int) -> str:
+    """The sequence field of batch `batch` of a run that started when the store had `base` parts: it sorts after
+    every part written before the run and in batch order within it, so store order is the batches' order."""
+    return f"{base:08d}.{batch:06d}"
 
 
 def part_writer(path: Path) -> str:
@@ -121,6 +132,10 @@ class FeatureStore:
     def _parts(self) -> list[Path]:
         d = self.path / "parts"
         return sorted(p for p in d.glob("part-*.parquet")) if d.exists() else []
+
+    def part_count(self) -> int:
+        """How many parts the store holds (what `parallel_part_name` of a new run starts from)."""
+        return len(self._parts())
 
     def _load_keys(self) -> None:
         ids: list[str] = []
@@ -218,7 +233,8 @@ class FeatureStore:
 
     # --- writing ------------------------------------------------------------------------------------------
     def append(self, image_ids: Sequence[str], vectors: np.ndarray, *, content_hashes: Sequence[str] | None = None,
-               made_at: dt.datetime | None = None, update_index: bool = True, writer: str = "embed") -> int:
+               made_at: dt.datetime | None = None, update_index: bool = True, writer: str = "embed",
+               part: str | None = None) -> int:
         """Append rows atomically (one new part, tagged with `writer`) and add them to the index; return how many.
 
         With `update_index=False` the index catches up on the next `index()` call (one index write per run
@@ -229,7 +245,12 @@ class FeatureStore:
             vectors: (N, dim) float32, L2-normalised.
             content_hashes: sha256 of the bytes embedded; default the image ids (content-addressed store).
             writer: the stage appending (one of `STORE_WRITERS`), named in the part's file name.
+            part: the part's sequence field, instead of the next number: `parallel_part_name` of a batch, for
+                workers that append at the same time (each its own part; a rerun of the batch replaces it).
+                Needs `update_index=False`: the index is brought up to date by one process afterwards.
         """
+        if part is not None and (update_index or not PARALLEL_PART.fullmatch(part)):
+            raise ValueError(f"part must be a parallel_part_name and go with update_index=False, got {part!r}")
         if writer not in STORE_WRITERS:
             raise ValueError(f"unknown feature store writer {writer!r}; valid: {', '.join(STORE_WRITERS)}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -244,7 +265,7 @@ class FeatureStore:
                     "hnsw_m": self.hnsw_m, "created_at": utcnow().isoformat()}
             atomic_write_bytes(self.path / "meta.json", json.dumps(meta, indent=2).encode())
         index = self.index() if update_index else None  # bring the saved index up to date first
-        seq = len(self._parts())
+        seq = f"{len(self._parts()):08d}" if part is None else part
         when = made_at or utcnow()
         table = pa.table({
             "image_id": pa.array(list(image_ids), pa.string()),
@@ -252,7 +273,7 @@ class FeatureStore:
             "made_at": pa.array([when] * len(image_ids), pa.timestamp("us", tz="UTC")),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
         }, schema=self.schema)
-        atomic_write_parquet(self.path / "parts" / f"part-{seq:08d}-{writer}.parquet", table)
+        atomic_write_parquet(self.path / "parts" / f"part-{seq}-{writer}.parquet", table)
         if index is not None:
             index.add(vectors)
             self._save_index(index)

@@ -1,10 +1,15 @@
 """Execution backends for the per-batch functions of the per-record stages (`Stage.per_batch`): a local process
 pool, or Ray Data on a Ray cluster for catalogs that outgrow a machine. `get_engine(config)` picks one from
-`[engine]`; both map a function over batches and yield `(batch, result)` in input order."""
+`[engine]`; both map a function over batches and yield `(batch, result)` in input order.
+
+`map_parts` numbers the batches for functions that write their own output part per batch (named by that number,
+so a retried batch replaces its part): on Ray the workers write the tables, shards and store parts, and only a
+small summary per batch comes back to the driver."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from visprep.engines import local
@@ -20,6 +25,7 @@ class Engine(Protocol):
     """Maps a picklable per-batch function over batches of items."""
 
     name: str
+    remote: bool  # its workers may run on other machines: they write their outputs there (export's shards)
 
     def map_batches(self, fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_size: int, workers: int = 0,
                     max_in_flight: int | None = None, stateful: bool = False) -> Iterator[tuple[list[T], R]]:
@@ -37,16 +43,45 @@ class Engine(Protocol):
         """
         ...
 
+    def slots(self, workers: int = 0) -> int:
+        """How many batches `map_batches(..., workers=workers)` runs at once at most (0: the engine's default)."""
+        ...
+
 
 class LocalEngine:
     """The local process pool (`visprep.engines.local.map_batches`)."""
 
     name = "local"
+    remote = False
 
     def map_batches(self, fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_size: int, workers: int = 0,
                     max_in_flight: int | None = None, stateful: bool = False) -> Iterator[tuple[list[T], R]]:
         """Yield `(batch, fn(batch))` in input order from a forkserver process pool (`Engine.map_batches`)."""
         return local.map_batches(fn, items, batch_size=batch_size, workers=workers, max_in_flight=max_in_flight)
+
+    def slots(self, workers: int = 0) -> int:
+        """Worker processes of the pool: `workers`, or one per usable core (`Engine.slots`)."""
+        return local.resolve_workers(workers)
+
+
+def _call_numbered(chunk: Sequence[tuple[int, list]], fn: Callable[[int, list], R]) -> R:
+    """Run `fn(seq, batch)` on the one numbered batch an engine hands over (`map_parts`)."""
+    ((seq, batch),) = chunk
+    return fn(seq, batch)
+
+
+def map_parts(engine: Engine, fn: Callable[[int, list[T]], R], items: Iterable[T], *, batch_size: int,
+              workers: int = 0, stateful: bool = False) -> Iterator[tuple[list[T], R]]:
+    """Yield `(batch, fn(seq, batch))` in input order, `seq` numbering the batches from 0: the same batches, in the
+    same order, as `engine.map_batches(fn, items, batch_size=...)` would cut.
+
+    For per-batch functions that write their batch's output part themselves, named after `seq` (so a retried batch
+    replaces its part rather than adding a second) and return a small summary instead of the rows.
+    """
+    numbered = enumerate(local.batched(items, batch_size))
+    for chunk, result in engine.map_batches(partial(_call_numbered, fn=fn), numbered, batch_size=1,
+                                            workers=workers, stateful=stateful):
+        yield chunk[0][1], result
 
 
 def get_engine(config: VisprepConfig | EngineConfig) -> Engine:

@@ -68,6 +68,7 @@ class RayEngine:
     """Ray Data `map_batches` over the per-batch functions (`visprep.engines.Engine`)."""
 
     name = "ray"
+    remote = True
 
     def __init__(self, cfg: EngineConfig) -> None:
         try:
@@ -75,6 +76,15 @@ class RayEngine:
         except ImportError as exc:
             raise ValueError(f"engine.kind = 'ray' needs Ray Data: pip install 'visprep[ray]' ({exc})") from exc
         self.cfg = cfg
+
+    def slots(self, workers: int = 0) -> int:
+        """Tasks at once: `workers`, or the cluster's CPUs (one task per CPU) (`Engine.slots`)."""
+        import ray
+
+        if workers > 0:
+            return workers
+        connect(self.cfg)
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def map_batches(self, fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_size: int, workers: int = 0,
                     max_in_flight: int | None = None, stateful: bool = False) -> Iterator[tuple[list[T], R]]:
@@ -105,7 +115,7 @@ class RayEngine:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
             if stateful:
-                size = min(workers or max(1, int(ray.cluster_resources().get("CPU", 1))), len(rows))
+                size = min(self.slots(workers), len(rows))
                 out = ds.map_batches(_BatchActor, fn_constructor_args=(fn,),
                                      compute=ray.data.ActorPoolStrategy(size=size), max_restarts=retries,
                                      max_task_retries=retries, **common)

@@ -26,7 +26,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -435,3 +436,181 @@ def _previous_records(out_dir: Path, split: str) -> dict[int, ShardRecord]:
         return {}
     return {record.index: record for record in manifest.shards}
 
+
+
+# --- shards written by workers -------------------------------------------------------------------------------
+# On a cluster the preprocessed JPEGs must not pass through the driver. Workers stage each batch's encoded
+# samples (`stage_samples`), the driver plans the shard boundaries from their sizes alone (`plan_shards`: the
+# boundaries `write_shards` would draw), and one worker per shard copies its samples' bytes from the staging
+# segments into the shard (`write_staged_shard`); the driver keeps the manifest and the sample index, which
+# `write_staged_shards` writes exactly as `write_shards` would: same shard numbers, bytes, records and index.
+
+STAGING_DIR = ".staging"
+"""Folder (in a split's folder, hidden) of the staged samples of an export in progress."""
+
+
+@dataclass(frozen=True)
+class StagedSample:
+    """Where one encoded sample (`encode_sample_layout`) lies in a staging segment, and what the index needs."""
+
+    key: str
+    product_id: str | None
+    image_id: str | None
+    segment: int
+    offset: int
+    length: int
+    layout: tuple[tuple[int, int], ...]
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """The staging folder of the split folder `out_dir`."""
+    return Path(out_dir) / STAGING_DIR
+
+
+def _segment_path(out_dir: Path, segment: int) -> Path:
+    return staging_dir(out_dir) / f"segment-{segment:06d}.bin"
+
+
+def stage_samples(samples: Iterable[ShardSample], out_dir: Path, segment: int) -> list[StagedSample]:
+    """Encode `samples` into staging segment `segment` of the split folder `out_dir` (written atomically, so a
+    batch rerun after its worker died replaces it) and return where each one lies.
+
+    Raises:
+        ValueError / TypeError: as `encode_sample` and `ShardSample`, naming the key.
+    """
+    from visprep.workspace import atomic_write_bytes
+
+    blobs: list[bytes] = []
+    staged: list[StagedSample] = []
+    at = 0
+    for sample in samples:
+        if not isinstance(sample, ShardSample):
+            raise TypeError(f"expected ShardSample, got {type(sample).__name__}")
+        blob, layout = encode_sample_layout(sample)
+        staged.append(StagedSample(sample.key, _str_or_none(sample.meta.get("product_id")),
+                                   _str_or_none(sample.meta.get("image_id")), segment, at, len(blob),
+                                   tuple(layout)))
+        blobs.append(blob)
+        at += len(blob)
+    atomic_write_bytes(_segment_path(out_dir, segment), b"".join(blobs), fsync=False)
+    return staged
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    """One shard to write from staged samples: its number, the split's sample count before it, its samples."""
+
+    index: int
+    first_sample: int
+    samples: tuple[StagedSample, ...]
+
+
+def plan_shards(staged: Iterable[StagedSample], *, split: str, max_count: int, max_bytes: int
+                ) -> list[PlannedShard]:
+    """The shards `write_shards` would cut from samples of these sizes, in this order.
+
+    Raises:
+        ValueError: on a duplicate key, naming it.
+    """
+    shards: list[PlannedShard] = []
+    seen: set[str] = set()
+    current: list[StagedSample] = []
+    payload = first = 0
+    for s in staged:
+        if s.key in seen:
+            raise ValueError(f"duplicate sample key {s.key!r} in split {split!r}")
+        seen.add(s.key)
+        if current and (len(current) >= max_count or tarformat.archive_size(payload + s.length) > max_bytes):
+            shards.append(PlannedShard(len(shards), first, tuple(current)))
+            first += len(current)
+            current, payload = [], 0
+        current.append(s)
+        payload += s.length
+    if current:
+        shards.append(PlannedShard(len(shards), first, tuple(current)))
+    return shards
+
+
+def write_staged_shard(out_dir: Path, split: str, shard: PlannedShard, compare_existing: bool) -> ShardRecord:
+    """Write shard `shard` of `split` in `out_dir` from its staged samples; with `compare_existing`, keep the file
+    on disk where its bytes match (as `write_shards` does on resume). Returns its done record."""
+    final = Path(out_dir) / shard_name(split, shard.index)
+    out = _OpenShard(shard.index, final, _temp_path(final), first_sample=shard.first_sample,
+                     compare_existing=compare_existing and final.exists())
+    try:
+        handles: dict[int, BinaryIO] = {}
+        try:
+            for s in shard.samples:
+                fh = handles.get(s.segment)
+                if fh is None:
+                    fh = handles[s.segment] = open(_segment_path(out_dir, s.segment), "rb")  # noqa: SIM115
+                fh.seek(s.offset)
+                blob = fh.read(s.length)
+                if len(blob) != s.length:
+                    raise OSError(f"staging segment {s.segment} of split {split!r} is short at sample {s.key!r}")
+                out.add(s.key, blob)
+        finally:
+            for fh in handles.values():
+                fh.close()
+        return out.commit()
+    except BaseException:
+        out.abort()
+        raise
+
+
+def write_staged_shards(staged: Iterable[StagedSample], out_dir: Path, *, split: str, max_count: int,
+                        max_bytes: int,
+                        write: Callable[[list[tuple[PlannedShard, bool]]], Iterable[ShardRecord]]) -> ShardManifest:
+    """Write the staged samples of `split` as shards, manifest and sample index in `out_dir`: the same files
+    `write_shards` writes for the same samples, the shards written by `write` (which maps `write_staged_shard`
+    over `(shard, compare_existing)` jobs, e.g. as Ray tasks, and yields their records in order). The staging
+    folder is removed at the end.
+
+    Raises:
+        ValueError: as `write_shards`.
+        visprep.workspace.WorkspaceLocked: another process is writing the split.
+    """
+    if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
+        raise ValueError(f"invalid split name {split!r}: use 1-64 characters from [A-Za-z0-9_]")
+    for name, bound in (("max_count", max_count), ("max_bytes", max_bytes)):
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+            raise ValueError(f"{name} must be a positive int, got {bound!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(out_dir / f".{split}.lock", busy=f"split {split!r} in {out_dir}", writer="shard writer"):
+        _remove_temp_files(out_dir, split)
+        previous = _previous_records(out_dir, split)
+        planned = plan_shards(staged, split=split, max_count=max_count, max_bytes=max_bytes)
+        run = _ShardRun(out_dir, split, max_count, max_bytes, previous)
+        jobs = [(p, p.index in previous and _size_matches(out_dir / shard_name(split, p.index),
+                                                          previous[p.index].bytes)) for p in planned]
+        try:
+            for (shard, _), record in zip(jobs, write(jobs), strict=True):
+                start = 0  # the samples are packed in order: each begins where the one before ended
+                for s in shard.samples:
+                    run.index.add(_IndexEntry(s.key, {"product_id": s.product_id, "image_id": s.image_id}),
+                                  shard.index, start, s.layout)
+                    start += s.length
+                run.index.flush_shard()
+                run.records[record.index] = record
+                run.total += record.count
+                write_manifest(out_dir, run._manifest(complete=False))
+        except BaseException:
+            run.abort()
+            raise
+        run.next_index = len(planned)
+        manifest = run.finish()
+    shutil.rmtree(staging_dir(out_dir), ignore_errors=True)
+    return manifest
+
+
+@dataclass(frozen=True)
+class _IndexEntry:
+    """What `SampleIndexWriter.add` reads of a sample: its key and the ids in its metadata."""
+
+    key: str
+    meta: dict

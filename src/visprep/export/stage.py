@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -21,9 +22,19 @@ from functools import partial
 
 import pyarrow.compute as pc
 
-from visprep.config import PreprocessConfig, section_params
-from visprep.engines import get_engine
-from visprep.export.shards import ShardSample, write_shards
+from visprep.config import PreprocessConfig, VisprepConfig, section_params
+from visprep.engines import Engine, get_engine, map_parts
+from visprep.export.manifest import ShardManifest, ShardRecord
+from visprep.export.shards import (
+    PlannedShard,
+    ShardSample,
+    StagedSample,
+    stage_samples,
+    staging_dir,
+    write_shards,
+    write_staged_shard,
+    write_staged_shards,
+)
 from visprep.images.decode import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from visprep.images.preprocess import PreprocessProfile, encode_jpeg, get_profile, preprocess_uint8
 from visprep.images.sniff import extension_for
@@ -75,6 +86,72 @@ def preprocess_batch(items: Sequence[tuple[str, PreprocessProfile, int]], *, max
         except (OSError, ValueError) as exc:
             out.append(PreprocessFailure("preprocess_failed", f"{path}: {type(exc).__name__}: {exc}"))
     return out
+
+
+EXPORT_BATCH = 64
+"""Images per preprocessing task."""
+
+
+def export_part(seq: int, batch: Sequence[tuple[str, str, dict, list[dict]]], *, root: str, split: str,
+                profile: PreprocessProfile, quality: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                preprocess: Callable[..., list[bytes | PreprocessFailure]] = preprocess_batch) -> dict[str, list]:
+    """Preprocess batch `seq` of split `split`'s `(path, key, meta, positives)` samples and stage their encoded
+    bytes as segment `seq` in the workspace at `root` (`visprep.export.shards.stage_samples`), from whichever
+    process or node runs it; return where each sample lies and the failures, never the JPEG bytes.
+
+    Returns:
+        {"staged": [StagedSample, ...] of the samples that preprocessed, "failures": [(position in the batch,
+        reason, detail), ...] of the others}.
+    """
+    outs = preprocess([(path, profile, quality) for path, _, _, _ in batch], max_pixels=max_pixels,
+                      max_decoded_bytes=max_decoded_bytes)
+    samples, failures = [], []
+    for i, ((_, key, meta, pos), out) in enumerate(zip(batch, outs, strict=True)):
+        if isinstance(out, PreprocessFailure):
+            failures.append((i, out.reason, out.detail))
+        else:
+            samples.append(ShardSample(key=key, jpg=out, meta=meta, positives=pos))
+    return {"staged": stage_samples(samples, Workspace(root).shards_dir / split, seq), "failures": failures}
+
+
+def write_shard_job(jobs: Sequence[tuple[PlannedShard, bool]], *, root: str, split: str) -> ShardRecord:
+    """Write the one planned shard of `jobs` from its staged samples in the workspace at `root`; its record."""
+    ((shard, compare_existing),) = jobs
+    return write_staged_shard(Workspace(root).shards_dir / split, split, shard, compare_existing)
+
+
+def _export_split_on_workers(ws: Workspace, engine: Engine, split: str, chosen: list[dict], paths: list[str],
+                             described: Callable[[dict, str], tuple[str, dict, list[dict]]],
+                             failed: Callable[[dict, str, str, str], None], cfg: VisprepConfig,
+                             profile: PreprocessProfile, workers: int, progress: Callable[[int, int], None] | None,
+                             total: int) -> ShardManifest:
+    """Export one split with the preprocessing and the shard files written by the engine's workers: they stage
+    each batch's samples, this process plans the shards from their sizes, then one task per shard writes it; only
+    sizes, offsets and failures come back here. Same shards, manifest and index as `write_shards`."""
+    out_dir = ws.shards_dir / split
+    shutil.rmtree(staging_dir(out_dir), ignore_errors=True)  # a killed export's segments: restaged below
+    items = [(path, *described(r, split)) for r, path in zip(chosen, paths, strict=True)]
+    stage = partial(export_part, root=str(ws.root), split=split, profile=profile,
+                    quality=cfg.preprocess.jpeg_quality, max_pixels=cfg.inspect.max_pixels,
+                    max_decoded_bytes=cfg.inspect.max_decoded_bytes, preprocess=preprocess_batch)
+    staged: list[StagedSample] = []
+    done = 0
+    for batch, summary in map_parts(engine, stage, items, batch_size=EXPORT_BATCH, workers=workers):
+        for i, reason, detail in summary["failures"]:
+            failed(chosen[done + i], split, reason, detail)
+        staged.extend(summary["staged"])
+        done += len(batch)
+        if progress:
+            progress(len(batch), total)
+
+    def write(jobs: list[tuple[PlannedShard, bool]]) -> Iterator[ShardRecord]:
+        for _, record in engine.map_batches(partial(write_shard_job, root=str(ws.root), split=split), jobs,
+                                            batch_size=1, workers=workers):
+            yield record
+
+    return write_staged_shards(staged, out_dir, split=split, max_count=cfg.export.max_count,
+                               max_bytes=cfg.export.max_bytes, write=write)
 
 
 def shards_indexed(ws: Workspace) -> bool:
@@ -143,38 +220,48 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
             progress(0, len(rows) + n_user)
         engine = get_engine(cfg)
         run.metrics["engine"] = engine.name
+        def described(r: dict, split: str) -> tuple[str, dict, list[dict]]:
+            """A sample's key, metadata and positives (everything but its JPEG)."""
+            p = products[r["product_id"]]
+            meta = {"product_id": r["product_id"], "image_id": r["image_id"], "split": split, "source": r["source"],
+                    "position": r["position"], "attributes": json.loads(p["attributes"] or "{}"),
+                    **{k: p[k] for k in _META}}
+            own = r["positives"] if r["source"] == "user" else positives.get((r["product_id"], r["image_id"]), [])
+            pos = own + ([title_pos[r["product_id"]]] if r["product_id"] in title_pos else [])
+            return sample_key(r["product_id"], r["image_id"]), meta, pos
+
+        def failed(r: dict, split: str, reason: str, detail: str) -> None:
+            failures.append(QuarantineRecord(
+                reason=reason, record_id=r["image_id"], field="image_id", value=r["image_id"],
+                detail=f"{r['source']} image of product {r['product_id']} (split {split}): {detail}"))
+
         for split in splits:
             chosen = [r for r in rows if r["split"] == split] + user_rows.get(split, [])
+            paths = [str(ws.store.path(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]])))
+                     for r in chosen]
+            if engine.remote:  # the JPEGs stay on the workers: they stage them and write the shards
+                manifest = _export_split_on_workers(ws, engine, split, chosen, paths, described, failed, cfg,
+                                                    profile, plan.used, progress, len(rows) + n_user)
+            else:
+                def samples(chosen: list[dict] = chosen, split: str = split, paths: list[str] = paths
+                            ) -> Iterator[ShardSample]:
+                    items = [(path, profile, cfg.preprocess.jpeg_quality) for path in paths]
+                    done = 0
+                    for batch, outs in engine.map_batches(preprocess, items, batch_size=EXPORT_BATCH,
+                                                          workers=plan.used):
+                        for out in outs:
+                            r = chosen[done]
+                            done += 1
+                            if isinstance(out, PreprocessFailure):
+                                failed(r, split, out.reason, out.detail)
+                                continue
+                            key, meta, pos = described(r, split)
+                            yield ShardSample(key=key, jpg=out, meta=meta, positives=pos)
+                        if progress:
+                            progress(len(batch), len(rows) + n_user)
 
-            def samples(chosen: list[dict] = chosen, split: str = split) -> Iterator[ShardSample]:
-                items = [(str(ws.store.path(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]]))),
-                          profile, cfg.preprocess.jpeg_quality) for r in chosen]
-                done = 0
-                for batch, outs in engine.map_batches(preprocess, items, batch_size=64, workers=plan.used):
-                    for out in outs:
-                        r = chosen[done]
-                        done += 1
-                        if isinstance(out, PreprocessFailure):
-                            failures.append(QuarantineRecord(
-                                reason=out.reason, record_id=r["image_id"], field="image_id", value=r["image_id"],
-                                detail=f"{r['source']} image of product {r['product_id']} (split {split}): "
-                                       f"{out.detail}"))
-                            continue
-                        p = products[r["product_id"]]
-                        meta = {"product_id": r["product_id"], "image_id": r["image_id"], "split": split,
-                                "source": r["source"], "position": r["position"],
-                                "attributes": json.loads(p["attributes"] or "{}"),
-                                **{k: p[k] for k in _META}}
-                        own = r["positives"] if r["source"] == "user" else \
-                            positives.get((r["product_id"], r["image_id"]), [])
-                        pos = own + ([title_pos[r["product_id"]]] if r["product_id"] in title_pos else [])
-                        yield ShardSample(key=sample_key(r["product_id"], r["image_id"]), jpg=out, meta=meta,
-                                          positives=pos)
-                    if progress:
-                        progress(len(batch), len(rows) + n_user)
-
-            manifest = write_shards(samples(), ws.shards_dir / split, split=split,
-                                    max_count=cfg.export.max_count, max_bytes=cfg.export.max_bytes)
+                manifest = write_shards(samples(), ws.shards_dir / split, split=split,
+                                        max_count=cfg.export.max_count, max_bytes=cfg.export.max_bytes)
             summary[split] = {"samples": manifest.total_samples, "shards": len(manifest.shards),
                               "bytes": manifest.total_bytes}
         # One part for the stage, replaced by every export: the quarantine lists the current failures once.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import FetchClientConfig, FetchConfig, section_params
+from visprep.engines import Engine, get_engine, map_parts
 from visprep.fetch import Fetcher, FetchResult, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
@@ -96,6 +98,35 @@ def fetch_batch(urls: Sequence[str], settings: Mapping[str, Any], local_roots: M
     return [dict(rows[u]) for u in urls]
 
 
+def fetch_part(seq: int, urls: Sequence[str], *, root: str, run_id: str, settings: Mapping[str, Any],
+               local_roots: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Fetch batch `seq` of run `run_id` with a client of its own (`fetch_batch`: the images into the store of the
+    workspace at `root`) and write its rows as the `urls` part `<run_id>-<seq>`, from whichever process or node
+    runs it; return only the counts the driver needs.
+
+    The part name is a function of the run and the batch number, so a batch Ray reruns after its worker died
+    replaces the part its first attempt may have written (the images are content-addressed: stored once).
+
+    Returns:
+        {"rows": rows written, "ok": rows with an image, "status": {status: count}}.
+    """
+    ws = Workspace(root)
+    rows = fetch_batch(urls, settings, {u: local_roots[u] for u in urls if u in local_roots},
+                       store_root=ws.store.root)
+    status: dict[str, int] = {}
+    for row in rows:
+        row["run_id"] = run_id
+        status[row["status"]] = status.get(row["status"], 0) + 1
+    ws.write_part("urls", pa.Table.from_pylist(rows, schema=URLS), f"{run_id}-{seq:06d}")
+    return {"rows": len(rows), "ok": sum(r["image_id"] is not None for r in rows), "status": status}
+
+
+def split_window(settings: Mapping[str, Any], tasks: int) -> dict[str, Any]:
+    """`settings` with the concurrency window split over `tasks` tasks running at once (at least 1 each), so that
+    together they keep the configured limit on requests in flight, per host included."""
+    return {**settings, "concurrency": max(1, int(settings["concurrency"]) // max(1, tasks))}
+
+
 def fetch_rows(fetcher: Fetcher, urls: Iterable[str], local_roots: Mapping[str, Sequence[str]],
                store: ImageStore) -> Iterator[dict]:
     """Yield one `urls` row (without `run_id`) per URL as its fetch finishes, storing the fetched bytes in `store`:
@@ -132,38 +163,18 @@ def fetch_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None = 
 
 def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
            progress: Callable[[int, int], None] | None) -> FetchStageResult:
-    cfg = ws.config.fetch
     with ws.run("fetch", section_params(ws.config, "fetch")) as run:
         run.inputs = {"product_images": ws.table_fingerprint("product_images"), "pending": len(todo)}
         result.run_id = run.run_id
-        buffer: list[dict] = []
-        seq = 0
-
-        def flush() -> None:
-            nonlocal seq
-            if buffer:
-                ws.write_part("urls", pa.Table.from_pylist(buffer, schema=URLS), f"{run.run_id}-{seq:06d}")
-                seq += 1
-                buffer.clear()
-
         if progress:
             progress(0, len(todo))
         local_roots = local_roots_by_url(ws, todo)
-        with Fetcher(FetchSettings(**client_settings(cfg))) as fetcher:
-            for row in fetch_rows(fetcher, todo, local_roots, ws.store):
-                row["run_id"] = run.run_id
-                result.attempted += 1
-                if row["image_id"] is not None:
-                    result.ok += 1
-                else:
-                    result.failed += 1
-                result.by_status[row["status"]] = result.by_status.get(row["status"], 0) + 1
-                buffer.append(row)
-                if len(buffer) >= cfg.checkpoint_every:
-                    flush()
-                if progress:
-                    progress(1, len(todo))
-            flush()
+        engine = get_engine(ws.config)
+        run.metrics["engine"] = engine.name
+        if engine.remote and todo:
+            _fetch_on_workers(ws, engine, todo, local_roots, run.run_id, result, progress)
+        else:
+            _fetch_here(ws, todo, local_roots, run.run_id, result, progress)
         # A killed run left its checkpoint parts behind; an older synth stage left its views' rows.
         if result.attempted or _checkpoint_parts_left(ws) or _legacy_synthetic_rows(ws):
             compact_urls(ws)
@@ -171,6 +182,56 @@ def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
         run.counts = {"urls_in": result.wanted, "already": result.already, "attempted": result.attempted,
                       "ok": result.ok, "failed": result.failed, "quarantined": quarantined}
     return result
+
+
+def _fetch_on_workers(ws: Workspace, engine: Engine, todo: list[str], local_roots: Mapping[str, Sequence[str]],
+                      run_id: str, result: FetchStageResult, progress: Callable[[int, int], None] | None) -> None:
+    """Fetch `todo` in batches of `fetch.checkpoint_every` URLs, each a task with its own client that stores the
+    images and writes its `urls` part itself (`fetch_part`); at most `engine.slots()` tasks run at once, each
+    with that share of `fetch.concurrency`, so the window stays the configured one overall."""
+    cfg = ws.config.fetch
+    tasks = engine.slots(0)
+    settings = split_window(client_settings(cfg), tasks)
+    write = partial(fetch_part, root=str(ws.root), run_id=run_id, settings=settings, local_roots=local_roots)
+    for batch, summary in map_parts(engine, write, todo, batch_size=cfg.checkpoint_every, workers=tasks):
+        result.attempted += summary["rows"]
+        result.ok += summary["ok"]
+        result.failed += summary["rows"] - summary["ok"]
+        for status, n in summary["status"].items():
+            result.by_status[status] = result.by_status.get(status, 0) + n
+        if progress:
+            progress(len(batch), len(todo))
+
+
+def _fetch_here(ws: Workspace, todo: list[str], local_roots: Mapping[str, Sequence[str]], run_id: str,
+                result: FetchStageResult, progress: Callable[[int, int], None] | None) -> None:
+    """Fetch `todo` with one client in this process, its connections and window kept across checkpoints."""
+    cfg = ws.config.fetch
+    buffer: list[dict] = []
+    seq = 0
+
+    def flush() -> None:
+        nonlocal seq
+        if buffer:
+            ws.write_part("urls", pa.Table.from_pylist(buffer, schema=URLS), f"{run_id}-{seq:06d}")
+            seq += 1
+            buffer.clear()
+
+    with Fetcher(FetchSettings(**client_settings(cfg))) as fetcher:
+        for row in fetch_rows(fetcher, todo, local_roots, ws.store):
+            row["run_id"] = run_id
+            result.attempted += 1
+            if row["image_id"] is not None:
+                result.ok += 1
+            else:
+                result.failed += 1
+            result.by_status[row["status"]] = result.by_status.get(row["status"], 0) + 1
+            buffer.append(row)
+            if len(buffer) >= cfg.checkpoint_every:
+                flush()
+            if progress:
+                progress(1, len(todo))
+        flush()
 
 
 def _checkpoint_parts_left(ws: Workspace) -> bool:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from visprep.config import InspectConfig, section_params
-from visprep.engines import get_engine
+from visprep.engines import get_engine, map_parts
 from visprep.engines.local import WorkerPlan, plan_workers
 from visprep.images.decode import ImageDecodeError, decode_worker_bytes
 from visprep.images.facts import facts_row, inspect_image
@@ -76,6 +79,24 @@ def inspect_batch(items: Sequence[tuple[str, str, str, int, int]]) -> list[dict]
     return rows
 
 
+def inspect_part(seq: int, batch: Sequence[tuple[str, str, str, int, int]], *, root: str, run_id: str,
+                 inspect: Callable[[Sequence[tuple]], list[dict]] = inspect_batch) -> dict[str, object]:
+    """Inspect batch `seq` of run `run_id` and write its rows as part `<run_id>-<seq>` of `images` in the workspace
+    at `root`, from whichever process or node runs it; return only the counts the driver needs.
+
+    The part name is a function of the run and the batch number, so a batch Ray reruns after its worker died
+    replaces the part its first attempt may have written.
+
+    Returns:
+        {"rows": rows written, "status": {status: count}}.
+    """
+    rows = inspect(batch)
+    for r in rows:
+        r["run_id"] = run_id
+    Workspace(root).write_part("images", pa.Table.from_pylist(rows, schema=IMAGES), f"{run_id}-{seq:06d}")
+    return {"rows": len(rows), "status": dict(Counter(r["status"] for r in rows))}
+
+
 def signature_batch(items: Sequence[tuple[str, str, int, int]]) -> list[dict]:
     """Signature rows of `(image_id, path, max_pixels, max_decoded_bytes)` items that read and decode; the others
     are left out."""
@@ -125,17 +146,20 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
             progress(0, len(items) + len(backfill))
         engine = get_engine(ws.config)
         run.metrics["engine"] = engine.name
-        for seq, (batch, rows) in enumerate(engine.map_batches(inspect_batch, items, batch_size=cfg.batch_size,
-                                                               workers=plan.used)):
-            for r in rows:
-                r["run_id"] = run.run_id
-                result.inspected += 1
-                if r["status"] == "ok":
-                    result.ok += 1
+        if items and ws.table_path("images").is_file():
+            # A one-file table becomes a folder on its first part: done here, once, before several workers add
+            # parts at the same time. The empty part is batch 0's, which replaces it.
+            ws.write_part("images", IMAGES.empty_table(), f"{run.run_id}-{0:06d}")
+        # Each batch's worker writes its own part (`inspect_part`): the rows never travel back to this process.
+        write = partial(inspect_part, root=str(ws.root), run_id=run.run_id, inspect=inspect_batch)
+        for batch, summary in map_parts(engine, write, items, batch_size=cfg.batch_size, workers=plan.used):
+            result.inspected += summary["rows"]
+            for status, n in summary["status"].items():
+                if status == "ok":
+                    result.ok += n
                 else:
-                    result.refused += 1
-                    result.by_reason[r["status"]] = result.by_reason.get(r["status"], 0) + 1
-            ws.write_part("images", pa.Table.from_pylist(rows, schema=IMAGES), f"{run.run_id}-{seq:06d}")
+                    result.refused += n
+                    result.by_reason[status] = result.by_reason.get(status, 0) + n
             if progress:
                 progress(len(batch), len(items) + len(backfill))
         # Back-fill: each batch's signatures go to a staging part first (a killed run keeps them and the next one
@@ -153,7 +177,7 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
         staged = _read_staging(staging)
         if todo or staged.num_rows or result.dropped:
             kept = ws.read_table("images")
-            kept = kept.filter(pc.is_in(kept.column("image_id"), value_set=named))
+            kept = first_of_each(kept.filter(pc.is_in(kept.column("image_id"), value_set=named)))
             ws.write_table("images", merge_signatures(kept, staged))
         shutil.rmtree(staging, ignore_errors=True)  # merged (or empty): a rerun would only rewrite the same values
         quarantined = refresh_inspect_quarantine(ws, run.run_id)
@@ -162,6 +186,17 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
                       "signature_backfill_failed": result.backfill_failed,
                       "dropped": result.dropped}
     return result
+
+
+def first_of_each(images: pa.Table) -> pa.Table:
+    """`images` with only the first row of each image id. Two rows of one image come only from a batch written
+    twice under two names: a worker of a killed driver that finished its part while the rerun inspected the same
+    images (a retried batch replaces its own part)."""
+    ids = images.column("image_id")
+    if pc.count_distinct(ids).as_py() == images.num_rows:
+        return images
+    _, first = np.unique(np.asarray(ids.to_pylist(), dtype=object), return_index=True)
+    return images.take(pa.array(np.sort(first)))
 
 
 def _missing_signature(images: pa.Table) -> list[str]:

@@ -308,3 +308,44 @@ def test_shards_staged_and_written_by_workers_equal_the_drivers_byte_for_byte(
     export_mod.export_stage(ws)
     assert {p: p.stat().st_ino for p in ws.shards_dir.rglob("*.tar")} == inodes
     assert _split_files(ws) == want
+
+
+def test_parallel_store_parts_sort_in_batch_order_and_a_rerun_batch_replaces_its_part(tmp_path: Path) -> None:
+    from visprep.embed.store import parallel_part_name
+
+    def vec(i: int) -> np.ndarray:
+        v = np.zeros((1, 4), np.float32)
+        v[0, i % 4] = 1.0
+        return v
+
+    store = FeatureStore(tmp_path, "m", 4)
+    store.append(["a"], vec(0), update_index=False)  # a part from before the run
+    base = store.part_count()
+    for batch, image_id in ((2, "d"), (0, "b"), (1, "c"), (0, "b")):  # workers finish out of order; batch 0 twice
+        FeatureStore(tmp_path, "m", 4).append([image_id], vec(batch), update_index=False, writer="embed",
+                                              part=parallel_part_name(base, batch))
+    reopened = FeatureStore.open_existing(tmp_path, "m")
+    assert reopened.ids() == ["a", "b", "c", "d"]
+    reopened.append(["e"], vec(3), update_index=False)  # a later local part still sorts last
+    assert FeatureStore.open_existing(tmp_path, "m").ids() == ["a", "b", "c", "d", "e"]
+    with pytest.raises(ValueError, match="parallel_part_name"):
+        store.append(["x"], vec(0), part="../x", update_index=False)
+
+
+def test_a_batch_written_twice_under_two_runs_names_keeps_one_row_per_image() -> None:
+    import pyarrow as pa
+
+    from visprep.images.stage import first_of_each
+
+    t = pa.table({"image_id": ["b", "a", "c", "a", "b"], "run_id": ["r1", "r1", "r2", "r2", "r2"]})
+    assert first_of_each(t).to_pylist() == [{"image_id": "b", "run_id": "r1"}, {"image_id": "a", "run_id": "r1"},
+                                            {"image_id": "c", "run_id": "r2"}]
+    assert first_of_each(t.slice(0, 3)).equals(t.slice(0, 3))
+
+
+def test_the_fetch_window_is_split_over_the_tasks_that_run_at_once() -> None:
+    from visprep.fetch.stage import split_window
+
+    assert split_window({"concurrency": 32, "retries": 3}, 4) == {"concurrency": 8, "retries": 3}
+    assert split_window({"concurrency": 3}, 8)["concurrency"] == 1  # never none: a task must make progress
+    assert split_window({"concurrency": 32}, 0)["concurrency"] == 32

@@ -217,6 +217,57 @@ def test_a_worker_killed_while_staging_shards_is_retried_and_the_shards_are_iden
     assert not any(ws.shards_dir.rglob(".staging"))  # the staged samples are gone once the shards are written
 
 
+def _copy_as(src: Workspace, dest: Path, kind: str) -> Workspace:
+    shutil.copytree(src.root, dest)
+    (dest / "visprep.toml").write_text(CONFIG + f'[engine]\nkind = "{kind}"\n')
+    return Workspace(dest)
+
+
+def test_dedups_image_checks_run_as_ray_tasks_and_give_the_same_groups(
+        runs: tuple[Workspace, Workspace], tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from visprep.dedup.stage import dedup_stage
+    from visprep.images.stage import SIGNATURE_COLUMNS
+
+    local_ws, _ = runs
+    results, tables = {}, {}
+    for kind in ("local", "ray"):
+        ws = _copy_as(local_ws, tmp_path / kind, kind)
+        # Images inspected before the signature columns existed: dedup decodes those its pairs need.
+        imgs = ws.read_table("images")
+        for c in SIGNATURE_COLUMNS:
+            f = imgs.schema.field(c)
+            imgs = imgs.set_column(imgs.schema.get_field_index(c), f, pa.nulls(imgs.num_rows, f.type))
+        ws.write_table("images", imgs)
+        results[kind] = dedup_stage(ws)
+        assert ws.last_run("dedup")["metrics"]["engine"] == kind
+        tables[kind] = {n: t for n, t in snapshot(ws, ws.root).items() if n in ("product_groups", "duplicate_edges")}
+    assert results["ray"].counts["images_decoded"] == results["local"].counts["images_decoded"] > 0
+    assert results["ray"].counts == results["local"].counts
+    assert len(tables["local"]) == 2 and not _differences(tables["local"], tables["ray"])
+
+
+def test_the_queries_models_run_in_ray_actors_and_write_the_same_rows(
+        runs: tuple[Workspace, Workspace], tmp_path: Path) -> None:
+    from visprep.queries.stage import queries_stage
+
+    local_ws, ray_ws = runs
+    photos = [str(p) for p in sorted((local_ws.root.parent / "src").rglob("*.jpg"))[:5]]
+    photos.append(str(tmp_path / "missing.jpg"))  # a failed fetch: a rejected row, quarantined
+    got = {}
+    for kind, src in (("local", local_ws), ("ray", ray_ws)):
+        ws = _copy_as(src, tmp_path / kind, kind)
+        res = queries_stage(ws, photos)
+        assert res.inputs == 6 and res.rejected >= 1
+        assert ws.last_run("queries")["metrics"]["engine"] == kind
+        got[kind] = {n: t for n, t in snapshot(ws, ws.root).items() if n in ("queries", "quarantine")}
+        got[kind]["accepted"] = res.accepted
+    assert got["ray"]["accepted"] == got["local"]["accepted"] > 0
+    assert not _differences({k: v for k, v in got["local"].items() if k != "accepted"},
+                            {k: v for k, v in got["ray"].items() if k != "accepted"})
+
+
 def test_the_engine_option_of_run_overrides_the_config(runs: tuple[Workspace, Workspace], tmp_path: Path) -> None:
     _, ray_ws = runs
     ws_root = tmp_path / "ws"

@@ -294,7 +294,8 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
                     brands: Sequence[str | None] | None = None, image_loader: Callable[[int], bytes] | None = None,
                     signatures: Signatures | None = None,
                     embeddings: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-                    keep_all: bool = True, pair_chunk: int = PAIR_CHUNK) -> CandidatePairs:
+                    keep_all: bool = True, pair_chunk: int = PAIR_CHUNK,
+                    signature_rows: Callable[[list[int]], list[dict]] | None = None) -> CandidatePairs:
     """Find candidate duplicate product pairs, compute every signal and apply the rule.
 
     Args:
@@ -319,6 +320,9 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         keep_all: return every candidate pair; False returns only the pairs the rule accepted or a veto rejected
             (what `duplicate_edges` keeps by default), so the result stays small with tens of millions of candidates.
         pair_chunk: candidate pairs scored at a time (the verdicts do not depend on it; the memory does).
+        signature_rows: fn(image rows) -> their `visual.signature_row`s, in order: where the signatures of rows
+            `signatures` lacks are computed instead of decoding `image_loader`'s bytes in threads here (the dedup
+            stage passes one that runs `visual.signature_batch` on an engine's workers). Used with `image_loader`.
 
     Returns:
         `CandidatePairs` over every pair any generator signal proposed (or its accepted and vetoed ones), sorted by
@@ -489,7 +493,9 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
                 # Only rows without a stored signature are decoded (inspected before the columns existed).
                 tried[missing] = True
                 got = image_signatures(lambda r: image_loader(int(order[r])), missing.tolist(), m,
-                                       workers=params.workers, tolerance=params.trim_tolerance)
+                                       workers=params.workers, tolerance=params.trim_tolerance,
+                                       compute=None if signature_rows is None
+                                       else (lambda rs: signature_rows([int(order[r]) for r in rs])))
                 sig.codes[got.ok], sig.color[got.ok], sig.ok[got.ok] = got.codes[got.ok], got.color[got.ok], True
                 sums["images_decoded"] += int(got.ok.sum())
                 sums["images_undecodable"] += int(len(missing) - got.ok.sum())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,8 @@ from visprep.config import DedupConfig
 from visprep.dedup.candidates import NO_DISTANCE, CandidatePairs, DedupParams, find_duplicates
 from visprep.dedup.groups import canonical_members, connected_groups
 from visprep.dedup.phases import PhaseClock
-from visprep.dedup.visual import signatures_from_table
+from visprep.dedup.visual import signature_batch, signatures_from_table
+from visprep.engines import get_engine
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
 from visprep.rules import parse_rule
@@ -158,6 +160,25 @@ def dedup_stage(ws: Workspace) -> DedupResult:
     return execute(ws, "dedup", compute_dedup)
 
 
+def _signatures_on_workers(ws: Workspace, run: RunRecord, image_ids: list[str], image_ext: list[str]
+                           ) -> Callable[[list[int]], list[dict]] | None:
+    """With an engine whose workers run elsewhere (Ray), the image checks' decodes as its tasks
+    (`visual.signature_batch`, a batch of `inspect.batch_size` images each; only the signature numbers come
+    back); None for the local engine, whose decodes stay in this process's threads (`dedup.workers`)."""
+    engine = get_engine(ws.config)
+    run.metrics["engine"] = engine.name
+    if not engine.remote:
+        return None
+    task = partial(signature_batch, tolerance=ws.config.dedup.trim_tolerance)
+
+    def rows(image_rows: list[int]) -> list[dict]:
+        items = [(image_ids[r], str(ws.store.path(image_ids[r], image_ext[r]))) for r in image_rows]
+        return [row for _, out in engine.map_batches(task, items, batch_size=ws.config.inspect.batch_size)
+                for row in out]
+
+    return rows
+
+
 def compute_dedup(ws: Workspace, run: RunRecord) -> StageOutput:
     """The dedup stage's computation over the real catalog: its two tables and counts."""
     cfg = ws.config.dedup
@@ -191,7 +212,9 @@ def compute_dedup(ws: Workspace, run: RunRecord) -> StageOutput:
                             if cfg.image_checks else None, signatures=signatures,
                             embeddings=embedding_lookup(ws, image_ids)
                             if "embedding_similar" in parse_rule(cfg.rule).names else None,
-                            keep_all=cfg.keep_rejected_edges)  # else only the pairs the edges keep
+                            keep_all=cfg.keep_rejected_edges,  # else only the pairs the edges keep
+                            signature_rows=_signatures_on_workers(ws, run, image_ids, image_ext)
+                            if cfg.image_checks else None)
     after = PhaseClock()
     groups = group_products(product_ids, pairs, np.bincount(image_product, minlength=len(product_ids)))
     edges = edge_rows(product_ids, image_ids, pairs, run_id=run.run_id, keep_rejected=cfg.keep_rejected_edges)

@@ -112,17 +112,21 @@ def signature_row(image_id: str, read: Callable[[], bytes], *, tolerance: int = 
 
 
 def image_signatures(load: Callable[[int], bytes], rows: Sequence[int], n_rows: int, *, workers: int = 2,
-                     tolerance: int = TRIM_TOLERANCE) -> Signatures:
+                     tolerance: int = TRIM_TOLERANCE,
+                     compute: Callable[[list[int]], list[dict]] | None = None) -> Signatures:
     """Signatures of image rows `rows` (of `n_rows`), loading each row's bytes with `load(row)` (`signature_row`);
     other rows and rows that fail to load or decode get ok = False. Threads: the JPEG decode and OpenCV release the
-    GIL."""
+    GIL. With `compute`, the rows' `signature_row`s come from it instead (one per row, in order: an engine's
+    workers decode them, `signature_batch`), and `load` is not called."""
     out = Signatures.empty(n_rows)
 
     def one(row: int) -> tuple[int, dict]:
         return row, signature_row(str(row), lambda: load(row), tolerance=tolerance)
 
     rows = [int(r) for r in rows]
-    if workers > 1 and len(rows) > 64:
+    if compute is not None:
+        results = list(zip(rows, compute(rows), strict=True))
+    elif workers > 1 and len(rows) > 64:
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(one, rows, chunksize=32))
     else:

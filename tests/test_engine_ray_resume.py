@@ -26,10 +26,12 @@ from visprep.workspace import Workspace
 
 pytestmark = pytest.mark.timeout(90)  # each test with its setup: three runs at most, two Ray starts
 
-# Inspect in batches of 2 on one Ray worker: 50-odd tasks, so the run can be caught between two of its parts.
+# Fetch and inspect in batches of 2 on one Ray worker: 50-odd tasks each, so the run can be caught between two of
+# a stage's parts (each written by the worker that ran the batch).
 # The Ray is the one the run starts itself (no engine.address), the case where the killed driver owned it.
 CONFIG = ('[pipeline]\nstages = ["fetch", "inspect", "split", "pairs", "export"]\n'
           "[inspect]\nworkers = 1\nbatch_size = 2\n[export]\nmax_count = 20\n[preprocess]\nsize = 32\n"
+          "[fetch]\ncheckpoint_every = 2\n"
           '[engine]\nkind = "ray"\nnum_cpus = 1\n')
 
 
@@ -43,16 +45,16 @@ def _start(ws: Workspace, files: list[Path]) -> subprocess.Popen:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _running_inspect(ws: Workspace) -> str | None:
-    """The run id of the inspect run in progress, if one is."""
+def _running_inspect(ws: Workspace, stage: str = "inspect") -> str | None:
+    """The run id of the `stage` run in progress, if one is."""
     for rec in ws.runs():
-        if rec["stage"] == "inspect" and rec["status"] == "running":
+        if rec["stage"] == stage and rec["status"] == "running":
             return rec["run_id"]
     return None
 
 
-def _parts_of(ws: Workspace, run_id: str) -> list[Path]:
-    folder = ws.table_path("images")
+def _parts_of(ws: Workspace, run_id: str, table: str = "images") -> list[Path]:
+    folder = ws.table_path(table)
     return sorted(folder.glob(f"part-{run_id}-*.parquet")) if folder.is_dir() else []
 
 
@@ -200,3 +202,46 @@ def test_a_run_on_a_cluster_killed_mid_inspect_resumes_and_its_workers_end_with_
         assert {p: n for p, n in now.items() if n in RAY_DATA_ACTORS} == actors  # reused by the rerun, not added
     finally:
         cluster.shutdown()
+
+
+def test_a_run_killed_mid_fetch_on_ray_resumes_without_fetching_again(
+        reference: tuple[list[Path], Workspace], tmp_path: Path) -> None:
+    """Fetch on Ray: each task stores its images and writes its `urls` part; a driver killed after two parts keeps
+    them, and the rerun fetches only the other URLs."""
+    files, ref = reference
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    ws.config_path.write_text(CONFIG)
+    proc = _start(ws, files)
+    run_id, procs = None, {}
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        run_id = run_id or _running_inspect(ws, "fetch")
+        if run_id and len(_parts_of(ws, run_id, "urls")) >= 2:
+            procs = _descendants(proc.pid)
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail(f"fetch never reached two parts on Ray (exit {proc.poll()}, run {run_id})")
+    try:
+        assert proc.wait(timeout=10) == -signal.SIGKILL and _running_inspect(ws, "fetch") == run_id
+        before = {}
+        for part in _parts_of(ws, run_id, "urls"):
+            before.update({r["url"]: r["run_id"] for r in pq.read_table(part, columns=["url", "run_id"]).to_pylist()})
+        total = ref.last_run("fetch")["counts"]["attempted"]
+        assert 4 <= len(before) < total
+        rerun = subprocess.run([sys.executable, "-m", "visprep.cli", "run", "-w", str(ws.root), *map(str, files)],
+                               check=False, capture_output=True, text=True, timeout=40)
+        assert rerun.returncode == 0, rerun.stderr
+        assert not _differences(snapshot(ref, ref.root), snapshot(ws, ws.root))
+        kept = {r["url"]: r["run_id"] for r in ws.read_table("urls", ["url", "run_id"]).to_pylist()}
+        assert {u: kept[u] for u in before} == before  # not fetched again: the killed run's rows stand
+        second = ws.last_run("fetch")
+        assert second["run_id"] != run_id and second["metrics"]["engine"] == "ray"
+        assert second["counts"]["already"] == len(before) and second["counts"]["attempted"] == total - len(before)
+    finally:
+        for pid in procs:  # the killed run's Ray agents wait out a 60 s timeout: not to keep them for it
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

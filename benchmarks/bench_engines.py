@@ -1,11 +1,13 @@
-"""Local engine vs Ray engine on one machine: inspect (from scratch) and export over a demo workspace, in one
-process, alternating engines for `rounds` rounds (docs/scaling.md, "Measured").
+"""Local engine vs Ray engine on one machine: fetch, inspect (both from scratch) and export over a demo workspace,
+in one process, alternating engines for `rounds` rounds (docs/scaling.md, "Measured"). Also prints the run's
+load average after each round (the machine is shared).
 
 Usage: python benchmarks/bench_engines.py WORKDIR [N_PRODUCTS [ROUNDS]]
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -15,6 +17,7 @@ from visprep.config import EngineConfig
 from visprep.demo.sources import write_demo_sources
 from visprep.engines.ray_engine import connect
 from visprep.export.stage import export_stage
+from visprep.fetch.stage import fetch_stage
 from visprep.images.stage import inspect_stage
 from visprep.pipeline import run_pipeline
 from visprep.workspace import Workspace
@@ -40,15 +43,21 @@ def main(root: Path, n_products: int, rounds: int) -> None:
         for kind in ("local", "ray"):
             ws.config_path.write_text(CONFIG + f'[engine]\nkind = "{kind}"\n')
             w = Workspace(ws.root)
-            images = w.table_path("images")
-            shutil.rmtree(images) if images.is_dir() else images.unlink()
+            for table in ("urls", "images"):  # fetch and inspect from scratch: the image store emptied too
+                path = w.table_path(table)
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            shutil.rmtree(w.store.root)
+            t = time.perf_counter()
+            f = fetch_stage(w)
+            t_fetch = time.perf_counter() - t
             t = time.perf_counter()
             r = inspect_stage(w)
             t_inspect = time.perf_counter() - t
             t = time.perf_counter()
             export_stage(w)
             t_export = time.perf_counter() - t
-            print(f"round {rnd + 1} {kind}: inspect {r.inspected} images {t_inspect:.2f}s, export {t_export:.2f}s",
+            print(f"round {rnd + 1} {kind}: fetch {f.attempted} urls {t_fetch:.2f}s, inspect {r.inspected} images "
+                  f"{t_inspect:.2f}s, export {t_export:.2f}s; load {' '.join(map(str, os.getloadavg()))}",
                   flush=True)
 
 

@@ -25,7 +25,9 @@ class Engine(Protocol):
     """Maps a picklable per-batch function over batches of items."""
 
     name: str
-    remote: bool  # its workers may run on other machines: they write their outputs there (export's shards)
+    # Its workers may run on other machines: the stages then have them fetch, write their own outputs (export's
+    # shards) and hold the models (the queries stage's), rather than pass bytes through this process.
+    remote: bool
 
     def map_batches(self, fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_size: int, workers: int = 0,
                     max_in_flight: int | None = None, stateful: bool = False) -> Iterator[tuple[list[T], R]]:

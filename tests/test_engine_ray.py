@@ -400,3 +400,23 @@ def test_the_fetch_window_is_split_over_the_tasks_that_run_at_once() -> None:
     assert split_window({"concurrency": 32, "retries": 3}, 4) == {"concurrency": 8, "retries": 3}
     assert split_window({"concurrency": 3}, 8)["concurrency"] == 1  # never none: a task must make progress
     assert split_window({"concurrency": 32}, 0)["concurrency"] == 32
+
+
+def test_a_one_file_table_becomes_a_folder_before_workers_add_parts_to_it(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from visprep.engines import before_parallel_parts
+    from visprep.schema import URLS
+
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    rows = pa.Table.from_pylist([{"url": "http://x/a.jpg", "status": "ok", "image_id": "a" * 64}], schema=URLS)
+    ws.write_table("urls", rows)
+    assert ws.table_path("urls").is_file()
+    before_parallel_parts(ws, "urls", "run-000000")
+    assert ws.table_path("urls").is_dir() and ws.part_count("urls") == 2  # the old file, and the empty part
+    assert ws.read_table("urls", ["url"]).column("url").to_pylist() == ["http://x/a.jpg"]
+    ws.write_part("urls", rows, "run-000000")  # batch 0's own part replaces the empty one
+    assert ws.part_count("urls") == 2 and ws.read_table("urls").num_rows == 2
+    before_parallel_parts(ws, "urls", "run-000000")  # a folder already: nothing written
+    assert ws.part_count("urls") == 2 and ws.read_table("urls").num_rows == 2

@@ -16,6 +16,7 @@ from visprep.engines import local
 
 if TYPE_CHECKING:
     from visprep.config import EngineConfig, VisprepConfig
+    from visprep.workspace import Workspace
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -84,6 +85,16 @@ def map_parts(engine: Engine, fn: Callable[[int, list[T]], R], items: Iterable[T
     for chunk, result in engine.map_batches(partial(_call_numbered, fn=fn), numbered, batch_size=1,
                                             workers=workers, stateful=stateful):
         yield chunk[0][1], result
+
+
+def before_parallel_parts(ws: Workspace, name: str, first_part: str) -> None:
+    """Make table `name` of `ws` safe for several workers adding parts at once: a one-file table becomes a folder
+    on its first `write_part`, which moves the file, a step two workers must not race on. Done here, once, by
+    writing an empty part named `first_part`: the first batch's own part, which replaces it."""
+    from visprep.schema import schema_for
+
+    if ws.table_path(name).is_file():
+        ws.write_part(name, schema_for(name).empty_table(), first_part)
 
 
 def get_engine(config: VisprepConfig | EngineConfig) -> Engine:

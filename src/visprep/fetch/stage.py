@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import FetchClientConfig, FetchConfig, section_params
-from visprep.engines import Engine, get_engine, map_parts
+from visprep.engines import Engine, before_parallel_parts, get_engine, map_parts
 from visprep.fetch import Fetcher, FetchResult, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
@@ -190,6 +190,7 @@ def _fetch_on_workers(ws: Workspace, engine: Engine, todo: list[str], local_root
     images and writes its `urls` part itself (`fetch_part`); at most `engine.slots()` tasks run at once, each
     with that share of `fetch.concurrency`, so the window stays the configured one overall."""
     cfg = ws.config.fetch
+    before_parallel_parts(ws, "urls", f"{run_id}-{0:06d}")
     tasks = engine.slots(0)
     settings = split_window(client_settings(cfg), tasks)
     write = partial(fetch_part, root=str(ws.root), run_id=run_id, settings=settings, local_roots=local_roots)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from visprep.config import InspectConfig, section_params
-from visprep.engines import get_engine, map_parts
+from visprep.engines import before_parallel_parts, get_engine, map_parts
 from visprep.engines.local import WorkerPlan, plan_workers
 from visprep.images.decode import ImageDecodeError, decode_worker_bytes
 from visprep.images.facts import facts_row, inspect_image
@@ -146,10 +146,8 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
             progress(0, len(items) + len(backfill))
         engine = get_engine(ws.config)
         run.metrics["engine"] = engine.name
-        if items and ws.table_path("images").is_file():
-            # A one-file table becomes a folder on its first part: done here, once, before several workers add
-            # parts at the same time. The empty part is batch 0's, which replaces it.
-            ws.write_part("images", IMAGES.empty_table(), f"{run.run_id}-{0:06d}")
+        if items:
+            before_parallel_parts(ws, "images", f"{run.run_id}-{0:06d}")
         # Each batch's worker writes its own part (`inspect_part`): the rows never travel back to this process.
         write = partial(inspect_part, root=str(ws.root), run_id=run.run_id, inspect=inspect_batch)
         for batch, summary in map_parts(engine, write, items, batch_size=cfg.batch_size, workers=plan.used):

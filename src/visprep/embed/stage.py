@@ -29,7 +29,7 @@ from visprep.embed.registry import (
     registered_factory,
 )
 from visprep.embed.store import FeatureStore, parallel_part_name
-from visprep.engines import get_engine, map_parts
+from visprep.engines import get_engine, map_parts, workspace_location
 from visprep.engines.local import batched, prefetch
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
@@ -114,7 +114,7 @@ def embed_part(seq: int, chunk: Sequence[tuple[str, str]], *, embedder_spec: Emb
                base: int, writer: str, batch_size: int, index_kind: str = "flat", hnsw_m: int = 32
                ) -> dict[str, object]:
     """Embed chunk `seq` of a run (in forward passes of `batch_size`) and append its vectors as one part of the
-    feature store `model_id` under the `features/` folder `root`, named `parallel_part_name(base, seq)`; return
+    feature store `model_id` of the workspace at `root`, named `parallel_part_name(base, seq)`; return
     only what the driver needs: counts, the dimension and the failure rows (no vectors).
 
     Run by one of several workers at once (a Ray actor holding the model): each writes its own part, and a chunk
@@ -130,7 +130,7 @@ def embed_part(seq: int, chunk: Sequence[tuple[str, str]], *, embedder_spec: Emb
         failures.extend(failed)
     dim = int(vecs[0].shape[1]) if vecs and vecs[0].ndim == 2 else 0
     if ids:
-        store = FeatureStore(Path(root), model_id, dim, index_kind=index_kind, hnsw_m=hnsw_m)
+        store = FeatureStore(features_root(Workspace(root)), model_id, dim, index_kind=index_kind, hnsw_m=hnsw_m)
         store.append(ids, np.concatenate(vecs), update_index=False, writer=writer, part=parallel_part_name(base, seq))
     return {"embedded": len(ids), "dim": dim, "failures": failures}
 
@@ -219,7 +219,7 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
                 actor_spec = embedder_spec(cfg, model_threads=1)
                 run.metrics["threads"] = {"model": 1, "per": "Ray actor"}
                 run.metrics["backend"] = actor_spec.options.get("backend")
-                write = partial(embed_part, embedder_spec=actor_spec, root=str(root), model_id=res.model_id,
+                write = partial(embed_part, embedder_spec=actor_spec, root=workspace_location(ws), model_id=res.model_id,
                                 base=store.part_count() if store is not None else 0, writer=stage,
                                 batch_size=cfg.batch_size, index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
                 for chunk, summary in map_parts(engine, write, items, batch_size=cfg.checkpoint_every,

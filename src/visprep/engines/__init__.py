@@ -87,6 +87,12 @@ def map_parts(engine: Engine, fn: Callable[[int, list[T]], R], items: Iterable[T
         yield chunk[0][1], result
 
 
+def workspace_location(ws: Workspace) -> str:
+    """What an engine's worker opens `ws` with (`Workspace(location)`), in another process or on another node: the
+    workspace's folder, which every node mounts at the same path."""
+    return str(ws.root)
+
+
 def before_parallel_parts(ws: Workspace, name: str, first_part: str) -> None:
     """Make table `name` of `ws` safe for several workers adding parts at once: a one-file table becomes a folder
     on its first `write_part`, which moves the file, a step two workers must not race on. Done here, once, by

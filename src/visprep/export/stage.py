@@ -23,7 +23,7 @@ from functools import partial
 import pyarrow.compute as pc
 
 from visprep.config import PreprocessConfig, VisprepConfig, section_params
-from visprep.engines import Engine, get_engine, map_parts
+from visprep.engines import Engine, get_engine, map_parts, workspace_location
 from visprep.export.manifest import ShardManifest, ShardRecord
 from visprep.export.shards import (
     PlannedShard,
@@ -132,7 +132,7 @@ def _export_split_on_workers(ws: Workspace, engine: Engine, split: str, chosen: 
     out_dir = ws.shards_dir / split
     shutil.rmtree(staging_dir(out_dir), ignore_errors=True)  # a killed export's segments: restaged below
     items = [(path, *described(r, split)) for r, path in zip(chosen, paths, strict=True)]
-    stage = partial(export_part, root=str(ws.root), split=split, profile=profile,
+    stage = partial(export_part, root=workspace_location(ws), split=split, profile=profile,
                     quality=cfg.preprocess.jpeg_quality, max_pixels=cfg.inspect.max_pixels,
                     max_decoded_bytes=cfg.inspect.max_decoded_bytes, preprocess=preprocess_batch)
     staged: list[StagedSample] = []
@@ -146,7 +146,7 @@ def _export_split_on_workers(ws: Workspace, engine: Engine, split: str, chosen: 
             progress(len(batch), total)
 
     def write(jobs: list[tuple[PlannedShard, bool]]) -> Iterator[ShardRecord]:
-        for _, record in engine.map_batches(partial(write_shard_job, root=str(ws.root), split=split), jobs,
+        for _, record in engine.map_batches(partial(write_shard_job, root=workspace_location(ws), split=split), jobs,
                                             batch_size=1, workers=workers):
             yield record
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import FetchClientConfig, FetchConfig, section_params
-from visprep.engines import Engine, before_parallel_parts, get_engine, map_parts
+from visprep.engines import Engine, before_parallel_parts, get_engine, map_parts, workspace_location
 from visprep.fetch import Fetcher, FetchResult, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
@@ -193,7 +193,7 @@ def _fetch_on_workers(ws: Workspace, engine: Engine, todo: list[str], local_root
     before_parallel_parts(ws, "urls", f"{run_id}-{0:06d}")
     tasks = engine.slots(0)
     settings = split_window(client_settings(cfg), tasks)
-    write = partial(fetch_part, root=str(ws.root), run_id=run_id, settings=settings, local_roots=local_roots)
+    write = partial(fetch_part, root=workspace_location(ws), run_id=run_id, settings=settings, local_roots=local_roots)
     for batch, summary in map_parts(engine, write, todo, batch_size=cfg.checkpoint_every, workers=tasks):
         result.attempted += summary["rows"]
         result.ok += summary["ok"]

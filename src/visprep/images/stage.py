@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from visprep.config import InspectConfig, section_params
-from visprep.engines import before_parallel_parts, get_engine, map_parts
+from visprep.engines import before_parallel_parts, get_engine, map_parts, workspace_location
 from visprep.engines.local import WorkerPlan, plan_workers
 from visprep.images.decode import ImageDecodeError, decode_worker_bytes
 from visprep.images.facts import facts_row, inspect_image
@@ -149,7 +149,7 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
         if items:
             before_parallel_parts(ws, "images", f"{run.run_id}-{0:06d}")
         # Each batch's worker writes its own part (`inspect_part`): the rows never travel back to this process.
-        write = partial(inspect_part, root=str(ws.root), run_id=run.run_id, inspect=inspect_batch)
+        write = partial(inspect_part, root=workspace_location(ws), run_id=run.run_id, inspect=inspect_batch)
         for batch, summary in map_parts(engine, write, items, batch_size=cfg.batch_size, workers=plan.used):
             result.inspected += summary["rows"]
             for status, n in summary["status"].items():

@@ -420,3 +420,12 @@ def test_a_one_file_table_becomes_a_folder_before_workers_add_parts_to_it(tmp_pa
     assert ws.part_count("urls") == 2 and ws.read_table("urls").num_rows == 2
     before_parallel_parts(ws, "urls", "run-000000")  # a folder already: nothing written
     assert ws.part_count("urls") == 2 and ws.read_table("urls").num_rows == 2
+
+
+def test_batches_shrink_so_that_every_worker_gets_one() -> None:
+    from visprep.engines import spread
+
+    assert spread(10_000, 1024, 4) == 1024  # enough items: the configured size
+    assert spread(900, 1024, 4) == 225  # fewer: one batch per worker
+    assert spread(900, 1024, 4, multiple_of=32) == 256  # whole forward passes of 32
+    assert spread(3, 256, 8) == 1 and spread(0, 256, 8) == 1

@@ -29,7 +29,7 @@ from visprep.embed.registry import (
     registered_factory,
 )
 from visprep.embed.store import FeatureStore, parallel_part_name
-from visprep.engines import get_engine, map_parts, workspace_location
+from visprep.engines import get_engine, map_parts, spread, workspace_location
 from visprep.engines.local import batched, prefetch
 from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
@@ -222,8 +222,10 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
                 write = partial(embed_part, embedder_spec=actor_spec, root=workspace_location(ws), model_id=res.model_id,
                                 base=store.part_count() if store is not None else 0, writer=stage,
                                 batch_size=cfg.batch_size, index_kind=cfg.index, hnsw_m=cfg.hnsw_m)
-                for chunk, summary in map_parts(engine, write, items, batch_size=cfg.checkpoint_every,
-                                                stateful=True):
+                # A part per checkpoint_every images, fewer where that would leave actors idle; whole forward
+                # passes, so each pass sees the images the local engine's would.
+                chunk_size = spread(len(items), cfg.checkpoint_every, engine.slots(0), multiple_of=cfg.batch_size)
+                for chunk, summary in map_parts(engine, write, items, batch_size=chunk_size, stateful=True):
                     failures.extend(_failure_records(summary["failures"]))
                     res.embedded += summary["embedded"]
                     if progress:

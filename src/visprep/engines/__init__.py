@@ -87,6 +87,14 @@ def map_parts(engine: Engine, fn: Callable[[int, list[T]], R], items: Iterable[T
         yield chunk[0][1], result
 
 
+def spread(n_items: int, batch: int, slots: int, *, multiple_of: int = 1) -> int:
+    """Items per batch: `batch`, or fewer where `n_items` would otherwise make fewer batches than `slots` (so every
+    worker gets one), rounded up to a multiple of `multiple_of`; at least 1."""
+    even = -(-n_items // max(1, slots))  # ceil
+    size = max(1, min(batch, even))
+    return -(-size // multiple_of) * multiple_of
+
+
 def workspace_location(ws: Workspace) -> str:
     """What an engine's worker opens `ws` with (`Workspace(location)`), in another process or on another node: the
     workspace's folder, which every node mounts at the same path."""

@@ -13,7 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import FetchClientConfig, FetchConfig, section_params
-from visprep.engines import Engine, before_parallel_parts, get_engine, map_parts, workspace_location
+from visprep.engines import (
+    Engine,
+    before_parallel_parts,
+    get_engine,
+    map_parts,
+    spread,
+    workspace_location,
+)
 from visprep.fetch import Fetcher, FetchResult, FetchSettings
 from visprep.images.sniff import extension_for
 from visprep.schema import URLS
@@ -186,15 +193,18 @@ def _fetch(ws: Workspace, todo: list[str], result: FetchStageResult,
 
 def _fetch_on_workers(ws: Workspace, engine: Engine, todo: list[str], local_roots: Mapping[str, Sequence[str]],
                       run_id: str, result: FetchStageResult, progress: Callable[[int, int], None] | None) -> None:
-    """Fetch `todo` in batches of `fetch.checkpoint_every` URLs, each a task with its own client that stores the
-    images and writes its `urls` part itself (`fetch_part`); at most `engine.slots()` tasks run at once, each
-    with that share of `fetch.concurrency`, so the window stays the configured one overall."""
+    """Fetch `todo` in batches of `fetch.checkpoint_every` URLs (fewer when there are not enough for every task
+    to get a batch), each a task with its own client that stores the images and writes its `urls` part itself
+    (`fetch_part`); at most `engine.slots()` tasks run at once, each with that share of `fetch.concurrency`, so
+    the window stays the configured one overall."""
     cfg = ws.config.fetch
     before_parallel_parts(ws, "urls", f"{run_id}-{0:06d}")
     tasks = engine.slots(0)
     settings = split_window(client_settings(cfg), tasks)
     write = partial(fetch_part, root=workspace_location(ws), run_id=run_id, settings=settings, local_roots=local_roots)
-    for batch, summary in map_parts(engine, write, todo, batch_size=cfg.checkpoint_every, workers=tasks):
+    # A part per checkpoint_every URLs, fewer where that would leave tasks (and their share of the window) idle.
+    size = spread(len(todo), cfg.checkpoint_every, tasks)
+    for batch, summary in map_parts(engine, write, todo, batch_size=size, workers=tasks):
         result.attempted += summary["rows"]
         result.ok += summary["ok"]
         result.failed += summary["rows"] - summary["ok"]

@@ -33,7 +33,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prepare training and evaluation data for visual-search embedding models.")
 console = Console()
 
-WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.", file_okay=False)]
+# A folder, or the URL of a workspace on an object store (`s3://bucket/prefix`): a string, since a Path would fold
+# the URL's "//".
+WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="Workspace folder, or the URL of a workspace on "
+                                                                     "an object store (s3://bucket/prefix).")]
 
 
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another visprep command is writing this workspace, wait "
@@ -103,7 +106,7 @@ def _progress() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
         finish_current()
 
 
-def _open(workspace: Path) -> Workspace:
+def _open(workspace: str | Path) -> Workspace:
     ws = Workspace(workspace)
     try:
         ws.config  # validate once, at the boundary
@@ -127,7 +130,7 @@ def init(workspace: WorkspaceOpt = Path("."), force: Annotated[bool, typer.Optio
         console.print(f"{ws.config_path} exists; use --force to overwrite")
         raise typer.Exit(1)
     ws.root.mkdir(parents=True, exist_ok=True)
-    ws.config_path.write_text(render_config(VisprepConfig()), encoding="utf-8")
+    ws.write_config_text(render_config(VisprepConfig()))
     console.print(f"wrote {ws.config_path}")
 
 
@@ -198,7 +201,7 @@ def demo(workspace: WorkspaceOpt = Path("."),
     if not ws.config_path.exists():
         from visprep.demo import demo_config
 
-        ws.config_path.write_text(render_config(demo_config()), encoding="utf-8")
+        ws.write_config_text(render_config(demo_config()))
     source_dir = ws.root / "demo-source"
     manifest = source_dir / "demo_manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["n_products"] == products:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -46,20 +47,24 @@ class CommitFailed(RuntimeError):
 
 
 def _local_files(local: Path) -> dict[str, Path]:
-    """The files of a tree's local copy by rel ("" for a single file); names starting with '.' (temporaries,
-    locks) are not part of it."""
+    """The files of a tree's local copy by rel ("" for a single file), without the temporaries of writes in
+    progress (`.<name>.<pid>.<random>.tmp`, `.<name>.legacy`). Other dot files (a shard folder's lock file) are
+    part of it: the fingerprints readers compare list them."""
     if local.is_file():
         return {"": local}
     if not local.is_dir():
         return {}
     out = {}
-    for dirpath, dirnames, filenames in os.walk(local):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for dirpath, _, filenames in os.walk(local):
         for f in filenames:
-            if not f.startswith("."):
+            if not _temporary(f):
                 p = Path(dirpath) / f
                 out[p.relative_to(local).as_posix()] = p
     return out
+
+
+def _temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith((".tmp", ".legacy"))
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -76,17 +81,25 @@ class Tree:
     no longer commit (it lost the writer lock)."""
 
     def __init__(self, store: ObjectStore, prefix: str, local: Path, index_dir: Path,
-                 fence: Callable[[], None] | None = None) -> None:
+                 fence: Callable[[], None] | None = None, *, natural_keys: bool = False) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
         self.local = local
-        self.index_path = index_dir / (self.prefix.replace("/", "~") + ".json")
+        name = (store.url + "/" + self.prefix) if not self.prefix else self.prefix
+        self.index_path = index_dir / (re.sub(r"[^A-Za-z0-9._-]+", "~", name) + ".json")
         self.fence = fence
+        # Objects named by their path (`<prefix>/<rel>`, what other tools read) instead of immutable blobs: a
+        # publish then first commits a manifest without the files it is about to overwrite, so that no reader
+        # takes a half-published file for the one the manifest names.
+        self.natural_keys = natural_keys
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
 
     @property
     def manifest_key(self) -> str:
         """The manifest's key."""
-        return f"{self.prefix}/{MANIFEST}"
+        return self._key(MANIFEST)
 
     def read(self) -> tuple[dict[str, Any] | None, str | None]:
         """The manifest (None when the tree was never written) and its ETag."""
@@ -177,6 +190,9 @@ class Tree:
         exists_locally = self.local.exists()
         if not dirty and not deleted:
             return False  # (a tree this machine never had stays as it is: an absent copy deletes nothing)
+        if self.natural_keys and any(rel in known for rel in dirty):
+            self.commit(lambda files: {rel: e for rel, e in files.items() if rel not in dirty and rel not in deleted},
+                        exists=exists_locally, drop_blobs=False)
         uploaded = {rel: self._upload(rel, p) for rel, p in dirty.items()}
 
         def change(files: dict[str, Any]) -> dict[str, Any]:
@@ -193,14 +209,18 @@ class Tree:
 
     def _upload(self, rel: str, path: Path) -> dict[str, Any]:
         size, mtime_ns = _stat(path) or (0, 0)
-        name = (rel or self.local.name).replace("/", "~")[-80:]
-        key = f"{self.prefix}/{BLOBS}/{time.time_ns():020d}-{secrets.token_hex(6)}-{name}"
+        if self.natural_keys:
+            key = self._key(rel or self.local.name)
+        else:
+            name = (rel or self.local.name).replace("/", "~")[-80:]
+            key = self._key(BLOBS, f"{time.time_ns():020d}-{secrets.token_hex(6)}-{name}")
         etag = self.store.upload(path, key)
         return {"key": key, "size": size, "etag": etag, "mtime_ns": mtime_ns}
 
-    def commit(self, change: Callable[[dict[str, Any]], dict[str, Any]], *, exists: bool = True) -> dict[str, Any]:
+    def commit(self, change: Callable[[dict[str, Any]], dict[str, Any]], *, exists: bool = True,
+               drop_blobs: bool = True) -> dict[str, Any]:
         """Publish a new manifest whose files are `change(current files)`, retrying on a lost conditional PUT;
-        drop the blobs the new manifest no longer names. Returns the new manifest."""
+        drop the blobs the new manifest no longer names (`drop_blobs`). Returns the new manifest."""
         for attempt in range(MAX_ATTEMPTS):
             manifest, etag = self.read()
             files = manifest.get("files", {}) if manifest and manifest.get("exists") else {}
@@ -216,8 +236,9 @@ class Tree:
             except PreconditionFailed:
                 time.sleep(min(0.5, 0.005 * (attempt + 1)) * (0.5 + secrets.randbelow(1000) / 1000))
                 continue
-            dropped = {e["key"] for e in files.values()} - {e["key"] for e in new_files.values()}
-            self.store.delete(sorted(dropped))
+            if drop_blobs:
+                dropped = {e["key"] for e in files.values()} - {e["key"] for e in new_files.values()}
+                self.store.delete(sorted(dropped))
             self._after_commit(new, new_etag)
             return new
         raise CommitFailed(f"{self.store.uri(self.manifest_key)}: lost the conditional PUT {MAX_ATTEMPTS} times")

@@ -27,8 +27,9 @@ from visprep.storage.remote import ObjectWorkspace
 from visprep.workspace import Workspace, WorkspaceLocked
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-STAGES = '["fetch", "inspect", "dedup", "split", "synth", "pairs", "sample", "export"]'
+STAGES = '["fetch", "inspect", "embed", "dedup", "split", "synth", "pairs", "mine", "sample", "export"]'
 CONFIG = (f"[pipeline]\nstages = {STAGES}\n[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 32\n"
+          '[embed]\noptions = { profile = "imagenet-64" }\n'
           '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
 VOLATILE = {"run_id", "updated_run", "ts", "fetched_at"}  # differ between any two runs
 
@@ -95,6 +96,7 @@ def test_run_on_s3_matches_a_local_folder_and_a_second_machine_redoes_nothing(
     assert image_ids and all(any(k.startswith(f"images/{i[:2]}/{i[2:4]}/{i}.") for k in keys) for i in image_ids)
     assert any(k.startswith("shards/train/") and k.endswith(".tar") for k in keys)
     assert "shards/train/manifest.json" in keys and "visprep.toml" in keys
+    assert "features/_manifest.json" in keys and any(k.startswith("features/blobs/") for k in keys)
     assert {f"runs/{r['run_id']}.json" for r in ws.runs()} <= keys
 
     # A second machine: a new, empty cache, the same URL.
@@ -104,8 +106,9 @@ def test_run_on_s3_matches_a_local_folder_and_a_second_machine_redoes_nothing(
     assert other.root != ws.root and not other.root.exists()
     report = run_pipeline(other)
     assert report["fetch"].attempted == 0 and report["inspect"].inspected == 0
+    assert report["embed"].embedded == 0 and report["embed"].skipped > 0
     assert report["synth"].rendered_images == 0
-    assert all(report[s] == UP_TO_DATE for s in ("dedup", "split", "pairs", "sample", "export")), report
+    assert all(report[s] == UP_TO_DATE for s in ("dedup", "split", "pairs", "mine", "sample", "export")), report
     assert _manifests(other) == before  # no table, feature store or shard set was committed again
     for name in local.table_names():
         assert other.read_table(name).equals(ws.read_table(name)), name
@@ -242,3 +245,32 @@ def test_local_workspace_with_images_and_shards_on_s3(s3: S3Server, sources: obj
     store.path(image_id, ext).unlink()
     again = Workspace(ws.root)
     assert again.store.get(image_id, ext) == data
+
+
+def _events_file(path: Path, ids: range) -> Path:
+    rows = [{"event_id": f"e{i}", "ts": "2024-03-01T10:00:00Z", "user_id": f"u{i % 3}", "session_id": f"s{i % 3}",
+             "type": "view", "product_id": f"p{i % 5}"} for i in ids]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_events_written_into_their_folder_are_published_and_ingested_once_across_machines(
+        s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from visprep.events.stage import ingest_event_files
+
+    url = s3.url("ws-events")
+    first = _events_file(tmp_path / "a.jsonl", range(10))
+    monkeypatch.setenv("VISPREP_CACHE", str(tmp_path / "cache-1"))
+    one = Workspace(url)
+    assert ingest_event_files(one, [first]).events_new == 10
+    # Another machine: the events log (written into the table's folder, not through write_table) is there, so the
+    # same file is not ingested twice, and a new one adds only its own events.
+    monkeypatch.setenv("VISPREP_CACHE", str(tmp_path / "cache-2"))
+    two = Workspace(url)
+    again = ingest_event_files(two, [first])
+    assert again.files_already == 1 and again.events_new == 0
+    assert ingest_event_files(two, [_events_file(tmp_path / "b.jsonl", range(5, 15))]).events_new == 5
+    monkeypatch.setenv("VISPREP_CACHE", str(tmp_path / "cache-1"))
+    assert sorted(Workspace(url).read_table("events").column("event_id").to_pylist()) == sorted(
+        f"e{i}" for i in range(15))
+    assert Workspace(url).read_table("interaction_pairs").equals(two.read_table("interaction_pairs"))

@@ -209,11 +209,11 @@ class Workspace:
     object store instead (`visprep.storage.remote.ObjectWorkspace`): the same methods, with `root` its local cache.
     """
 
-    def __new__(cls, root: str | Path, *args: Any, **kwargs: Any) -> Self:
-        """A `Workspace` for a folder; an `ObjectWorkspace` for a URL."""
+    def __new__(cls, root: str | Path | None = None, *args: Any, **kwargs: Any) -> Self:
+        """A `Workspace` for a folder; an `ObjectWorkspace` for a URL (no `root`: unpickling, the class given)."""
         from visprep.storage.objects import is_url
 
-        if cls is Workspace and is_url(root):
+        if cls is Workspace and root is not None and is_url(root):
             from visprep.storage.remote import ObjectWorkspace
 
             return super().__new__(ObjectWorkspace)

@@ -221,32 +221,27 @@ class ObjectWorkspace(Workspace):
         self.store.push()  # type: ignore[attr-defined]
         self._table_tree(name).publish()
 
-    # --- tables: pulled when read, published when written ---
-    def _part_files(self, name: str) -> list[Path]:
+    # --- tables: pulled when their path is asked for (every read and write asks), published when written ---
+    def table_path(self, name: str) -> Path:
+        """The local copy of table `name` (a file, or a folder of parts), first brought up to date with the store:
+        one HEAD while it is unchanged. Files this process wrote and has not published are kept."""
+        path = super().table_path(name)
         self._table_tree(name).pull()
-        return super()._part_files(name)
-
-    def has_table(self, name: str) -> bool:
-        """Tell whether table `name` has been written (its manifest says it exists)."""
-        self._table_tree(name).pull()
-        return super().has_table(name)
+        return path
 
     def write_table(self, name: str, table: pa.Table) -> None:
         """Replace table `name` with `table`: new blobs, then one conditional manifest PUT."""
-        self._table_tree(name).pull()
         super().write_table(name, table)
         self._commit_table(name)
 
     def write_part(self, name: str, table: pa.Table, part: str) -> Path:
         """Add (or replace) part `part` of table `name`; safe from several processes at once."""
-        self._table_tree(name).pull()
         path = super().write_part(name, table, part)
         self._commit_table(name)
         return path
 
     def delete_parts(self, name: str, prefix: str) -> int:
         """Remove the parts of table `name` whose part name starts with `prefix`; return how many."""
-        self._table_tree(name).pull()
         n = super().delete_parts(name, prefix)
         if n:
             self._commit_table(name)
@@ -254,7 +249,6 @@ class ObjectWorkspace(Workspace):
 
     def quarantine(self, records: Iterable[QuarantineRecord], *, stage: str, run_id: str, key: str) -> int:
         """As `Workspace.quarantine`, published."""
-        self._table_tree("quarantine").pull()
         n = super().quarantine(records, stage=stage, run_id=run_id, key=key)
         self._table_tree("quarantine").publish()
         return n

@@ -126,13 +126,13 @@ class Tree:
         try:
             return json.loads(self.index_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return {"etag": None, "files": {}}
+            return {"etag": None, "files": {}, "manifest": None}
 
-    def _save_index(self, etag: str | None, files: dict[str, Any]) -> None:
+    def _save_index(self, etag: str | None, files: dict[str, Any], manifest: dict[str, Any] | None) -> None:
         from visprep.workspace import atomic_write_bytes
 
-        atomic_write_bytes(self.index_path, json.dumps({"etag": etag, "files": files}, sort_keys=True).encode(),
-                           fsync=False)
+        atomic_write_bytes(self.index_path, json.dumps({"etag": etag, "files": files, "manifest": manifest},
+                                                       sort_keys=True).encode(), fsync=False)
 
     def _path(self, rel: str) -> Path:
         return self.local if rel == "" else self.local / rel
@@ -141,15 +141,18 @@ class Tree:
     def pull(self) -> dict[str, Any] | None:
         """Make the local copy match the manifest (clean files only; local writes are kept); return the manifest."""
         for _ in range(5):
-            manifest, etag = self.read()
+            # One HEAD while nothing changed: the manifest's ETag is what the index took last.
             index = self._index()
-            if etag is not None and etag == index["etag"]:
-                return manifest
+            found = self.store.info(self.manifest_key)
+            if (found.etag if found else None) == index["etag"] and (found is not None or not index["files"]):
+                return index.get("manifest")
+            manifest, etag = self.read()
             try:
                 self._apply(manifest, index)
             except FileNotFoundError:
                 continue  # a blob named by the manifest read was dropped by a newer commit: read it again
-            self._save_index(etag, (manifest or {}).get("files", {}) if manifest and manifest.get("exists") else {})
+            self._save_index(etag, manifest.get("files", {}) if manifest and manifest.get("exists") else {},
+                             manifest)
             return manifest
         raise CommitFailed(f"{self.store.uri(self.manifest_key)}: the manifest kept changing while it was pulled")
 
@@ -248,7 +251,7 @@ class Tree:
         # writers committed meanwhile are fetched by the next pull, which this index lets see a changed manifest.
         files = manifest["files"] if manifest["exists"] else {}
         local = {rel: e for rel, e in files.items() if _stat(self._path(rel)) == (e["size"], e["mtime_ns"])}
-        self._save_index(None if len(local) != len(files) else etag, local)
+        self._save_index(None if len(local) != len(files) else etag, local, manifest)
 
 
 def collect_garbage(store: ObjectStore, prefixes: Iterable[str], *, before: float) -> list[str]:

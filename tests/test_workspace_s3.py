@@ -274,3 +274,25 @@ def test_events_written_into_their_folder_are_published_and_ingested_once_across
     assert sorted(Workspace(url).read_table("events").column("event_id").to_pylist()) == sorted(
         f"e{i}" for i in range(15))
     assert Workspace(url).read_table("interaction_pairs").equals(two.read_table("interaction_pairs"))
+
+
+def test_a_killed_writers_unpublished_local_writes_are_discarded_by_the_next_writer(
+        s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("VISPREP_LOCK_LEASE_S", "2")
+    url = s3.url("ws-discard")
+    ws = Workspace(url)
+    rows = lambda d: pa.Table.from_pylist([{"stage": "t", "reason": "r", "detail": d}], schema=QUARANTINE)
+    with ws.writer("first"):
+        ws.write_part("quarantine", rows("committed"), "one")
+    # A writer killed after writing a part into this cache, before publishing it; and one in flight right now.
+    folder = ws.tables_dir / "quarantine.parquet"
+    stale, fresh = folder / "part-killed.parquet", folder / "part-inflight.parquet"
+    pq.write_table(rows("killed"), stale)
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    pq.write_table(rows("inflight"), fresh)
+    with ws.writer("next"):
+        assert not stale.exists() and fresh.exists()
+        fresh.unlink()
+        assert ws.read_table("quarantine").column("detail").to_pylist() == ["committed"]

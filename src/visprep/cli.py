@@ -57,7 +57,7 @@ def writes(fn: Callable[..., Any]) -> Callable[..., Any]:
         with ExitStack() as stack:
             holder = ws.holder() if wait else None
             if holder:
-                console.print(f"waiting for the visprep writer of {ws.root} to finish: {json.dumps(holder)}")
+                console.print(f"waiting for the visprep writer of {ws.location} to finish: {json.dumps(holder)}")
             try:
                 stack.enter_context(ws.writer(name, wait_s=math.inf if wait else None))
             except WorkspaceLocked as exc:

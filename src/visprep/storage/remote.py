@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -344,11 +345,31 @@ class ObjectWorkspace(Workspace):
             collect_garbage(self.objects, ["tables/", f"{FEATURES_DIR}/"], before=lock.acquired_at - lock.lease_s)
             for folder in (self.runs_dir, self.tables_dir, self.root / FEATURES_DIR):
                 clean_dead_temporaries(folder)
+            # What a killed writer wrote into this cache and never published is superseded by the store's last
+            # commit (recent files are spared: a lock-free process sharing the cache may be about to publish).
+            self._discard_unpublished(older_than=time.time() - lock.lease_s)
             yield self.lock_path
         finally:
             with _HELD_GUARD:
                 _HELD.pop(self.url, None)
             lock.release()
+
+    def _discard_unpublished(self, *, older_than: float) -> list[str]:
+        gone = []
+        for index in sorted(self.sync_dir.glob("*.json")) if self.sync_dir.is_dir() else []:
+            try:
+                found = json.loads(index.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not isinstance(found, dict) or "prefix" not in found or "local" not in found:
+                continue
+            local = Path(found["local"])
+            if self.root not in local.parents:
+                continue
+            tree = Tree(self.objects, found["prefix"], local, self.sync_dir,
+                        natural_keys=found["prefix"] in NATURAL_KEYS)
+            gone += [f"{found['prefix']}/{rel}" for rel in tree.discard_unpublished(older_than=older_than)]
+        return gone
 
     def holder(self) -> dict[str, Any] | None:
         """Return who holds the writer lock now (pid, host, command, since), or None when nobody does."""

@@ -131,7 +131,8 @@ class Tree:
     def _save_index(self, etag: str | None, files: dict[str, Any], manifest: dict[str, Any] | None) -> None:
         from visprep.workspace import atomic_write_bytes
 
-        atomic_write_bytes(self.index_path, json.dumps({"etag": etag, "files": files, "manifest": manifest},
+        atomic_write_bytes(self.index_path, json.dumps({"etag": etag, "files": files, "manifest": manifest,
+                                                        "prefix": self.prefix, "local": str(self.local)},
                                                        sort_keys=True).encode(), fsync=False)
 
     def _path(self, rel: str) -> Path:
@@ -179,6 +180,24 @@ class Tree:
                 continue
             self.store.download(entry["key"], path)
             os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+
+    def discard_unpublished(self, *, older_than: float) -> list[str]:
+        """Delete the local files that differ from what this copy last took from or gave to the store and were
+        written before `older_than` (seconds since the epoch): a killed writer's local writes that never reached
+        the store, which the store's last commit supersedes. Returns their rels; the next `pull` restores the
+        committed files."""
+        known = self._index()["files"]
+        gone = []
+        for rel, path in _local_files(self.local).items():
+            st = _stat(path)
+            if st is None or (rel in known and st == (known[rel]["size"], known[rel]["mtime_ns"])):
+                continue
+            if st[1] / 1e9 < older_than:
+                path.unlink(missing_ok=True)
+                gone.append(rel)
+        if gone:
+            self._save_index(None, known, self._index().get("manifest"))  # makes the next pull look again
+        return gone
 
     # --- writing ---
     def publish(self) -> bool:

@@ -20,7 +20,7 @@ import pytest
 from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, S3Server
 
 from visprep.demo.sources import write_demo_sources
-from visprep.pipeline import UP_TO_DATE, run_pipeline
+from visprep.pipeline import UP_TO_DATE, run_pipeline, stale_reason
 from visprep.schema import QUARANTINE
 from visprep.storage.lock import LockLost, ObjectLock
 from visprep.storage.remote import ObjectWorkspace
@@ -110,6 +110,11 @@ def test_run_on_s3_matches_a_local_folder_and_a_second_machine_redoes_nothing(
     assert report["synth"].rendered_images == 0
     assert all(report[s] == UP_TO_DATE for s in ("dedup", "split", "pairs", "mine", "sample", "export")), report
     assert _manifests(other) == before  # no table, feature store or shard set was committed again
+    # `visprep stages` on a third machine says why each table stage would run: it would not.
+    monkeypatch.setenv("VISPREP_CACHE", str(tmp_path / "cache-c"))
+    third = Workspace(s3.url("ws-run"))
+    assert {s: stale_reason(third, s) for s in ("dedup", "split", "pairs", "mine", "sample", "export")} == dict.fromkeys(
+        ("dedup", "split", "pairs", "mine", "sample", "export"))
     for name in local.table_names():
         assert other.read_table(name).equals(ws.read_table(name)), name
 

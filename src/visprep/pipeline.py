@@ -31,6 +31,7 @@ def stale_reason(ws: Workspace, stage: str) -> str | None:
     spec = stages.get(stage)
     if spec.incremental:
         raise ValueError(f"stage {stage!r} is incremental (always run, does only missing work); it has no freshness")
+    ws.pull((*spec.all_reads(ws.config), *spec.writes))  # on an object store: fingerprint what is there now
     last = ws.last_run(stage)
     if last is None:
         return "it never ran"

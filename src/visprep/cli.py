@@ -126,12 +126,14 @@ def _fail(exc: Exception) -> None:
 def init(workspace: WorkspaceOpt = Path("."), force: Annotated[bool, typer.Option(help="Overwrite.")] = False) -> None:
     """Write `visprep.toml` with every default, commented."""
     ws = Workspace(workspace)
+    # Where the file is: the folder's, or the object in a workspace on object storage (not its local copy).
+    shown = ws.config_path if ws.location == str(ws.root) else f"{ws.location}/{ws.config_path.name}"
     if ws.config_path.exists() and not force:
-        console.print(f"{ws.config_path} exists; use --force to overwrite")
+        console.print(f"{shown} exists; use --force to overwrite")
         raise typer.Exit(1)
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.write_config_text(render_config(VisprepConfig()))
-    console.print(f"wrote {ws.config_path}")
+    console.print(f"wrote {shown}")
 
 
 AllowRemovalsOpt = Annotated[bool, typer.Option(

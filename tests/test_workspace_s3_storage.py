@@ -206,3 +206,20 @@ def test_heartbeat_keeps_a_working_writer_past_its_lease(s3: S3Server) -> None:
         lock.release()
     record = json.loads(store.get("locks/workspace.lock"))
     assert record["released"] is True
+
+
+def test_a_copy_mirrors_an_empty_folder_and_a_deleted_tree(s3: S3Server, tmp_path: Path) -> None:
+    store = _store(s3)
+    a, b = _tree(store, tmp_path, machine="a"), _tree(store, tmp_path, machine="b")
+    _write(a.local / "part-1.parquet", [1])
+    a.publish()
+    b.pull()
+    (a.local / "part-1.parquet").unlink()  # every part deleted: the table exists, with no parts
+    a.publish()
+    b.pull()
+    assert b.local.is_dir() and not list(b.local.iterdir())
+    a.local.rmdir()  # the table deleted
+    a.publish()
+    assert a.read()[0]["exists"] is False
+    b.pull()
+    assert not b.local.exists()

@@ -180,6 +180,12 @@ class Tree:
                 continue
             self.store.download(entry["key"], path)
             os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+        # Existence is part of what a copy mirrors: a folder of no parts exists (`has_table`), a deleted tree not.
+        if manifest is not None and manifest.get("exists") and not files:
+            self.local.mkdir(parents=True, exist_ok=True)
+        elif manifest is not None and not manifest.get("exists") and self.local.is_dir() \
+                and not _local_files(self.local):
+            shutil.rmtree(self.local)
 
     def discard_unpublished(self, *, older_than: float) -> list[str]:
         """Delete the local files that differ from what this copy last took from or gave to the store and were
@@ -210,8 +216,10 @@ class Tree:
                  if rel not in known or _stat(p) != (known[rel]["size"], known[rel]["mtime_ns"])}
         deleted = {rel for rel in known if rel not in local}
         exists_locally = self.local.exists()
-        if not dirty and not deleted:
-            return False  # (a tree this machine never had stays as it is: an absent copy deletes nothing)
+        last = index.get("manifest")
+        if not dirty and not deleted and (exists_locally == bool(last and last.get("exists"))
+                                          or (last is None and not exists_locally)):
+            return False  # (a tree this copy never had stays as it is: an absent copy deletes nothing)
         if self.natural_keys and any(rel in known for rel in dirty):
             self.commit(lambda files: {rel: e for rel, e in files.items() if rel not in dirty and rel not in deleted},
                         exists=exists_locally, drop_blobs=False)

@@ -223,3 +223,24 @@ def test_a_copy_mirrors_an_empty_folder_and_a_deleted_tree(s3: S3Server, tmp_pat
     assert a.read()[0]["exists"] is False
     b.pull()
     assert not b.local.exists()
+
+
+def test_a_lock_put_whose_answer_was_lost_is_recognised_as_ours(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(s3)
+    real = store.put_if
+    calls = []
+
+    def lost_answer(key: str, data: bytes, *, etag: str | None) -> str:
+        real(key, data, etag=etag)
+        calls.append(key)
+        if len(calls) == 1:  # stored, but the client saw its retry fail on its own condition
+            raise PreconditionFailed("retried request met its own write")
+        return store.info(key).etag
+
+    monkeypatch.setattr(store, "put_if", lost_answer)
+    lock = ObjectLock(store, lease_s=30)
+    lock.acquire("run", busy="w")  # not "busy: held by ... (itself)"
+    assert lock.holder()["command"] == "run" and lock.token is not None
+    lock.check()
+    lock.release()
+    assert lock.holder() is None

@@ -98,15 +98,22 @@ class ObjectLock:
         from visprep.workspace import WorkspaceLocked
 
         deadline = None if not wait_s else time.monotonic() + wait_s
+        token = secrets.token_hex(8)
         while True:
             record, etag = self.read()
-            if record is None or _free(record):
-                token = secrets.token_hex(8)
+            if record is not None and record.get("token") == token and not record.get("released"):
+                # Our PUT took effect though its answer was lost (a retried request then met its own condition).
+                self.etag, body = etag, json.dumps(record).encode()
+                record = None
+            elif record is None or _free(record):
                 body = self._body(token, command, since=None)
                 try:
                     self.etag = self.store.put_if(self.key, body, etag=etag)
                 except PreconditionFailed:
                     continue  # another writer moved first: look again
+            else:
+                body = b""
+            if body:
                 self.token = token
                 self.taken_over = _public(record) if record is not None and not record.get("released") else None
                 self.expires_at = json.loads(body)["expires_at"]

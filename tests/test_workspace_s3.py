@@ -103,7 +103,7 @@ def test_run_on_s3_matches_a_local_folder_and_a_second_machine_redoes_nothing(
     before = _manifests(ws)
     monkeypatch.setenv("VISPREP_CACHE", str(tmp_path / "cache-b"))
     other = Workspace(s3.url("ws-run"))
-    assert other.root != ws.root and not other.root.exists()
+    assert other.root != ws.root and not any(other.root.iterdir())
     report = run_pipeline(other)
     assert report["fetch"].attempted == 0 and report["inspect"].inspected == 0
     assert report["embed"].embedded == 0 and report["embed"].skipped > 0

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visprep import __version__
-from visprep.config import CONFIG_FILE, VisprepConfig, load_config, section_params
+from visprep.config import CONFIG_FILE, StorageConfig, VisprepConfig, load_config, section_params
 from visprep.schema import QUARANTINE, schema_for
 from visprep.views.features import features_root
 
@@ -240,15 +240,32 @@ class Workspace:
         """The image store: the workspace's images/ folder, or objects at `storage.images` with images/ their
         local copy."""
         if self._store is None:
-            url = self.config.storage.images
-            if url:
+            storage = self._storage_config()
+            if storage.images:
                 from visprep.storage.objects import ObjectStore
                 from visprep.storage.remote import ObjectImageStore
 
-                self._store = ObjectImageStore(self.root / "images", ObjectStore(url, self.config.storage.options))
+                self._store = ObjectImageStore(self.root / "images", ObjectStore(storage.images, storage.options))
             else:
                 self._store = ImageStore(self.root / "images")
         return self._store
+
+    def _storage_config(self) -> StorageConfig:
+        """The `[storage]` section alone: the image store must not depend on the other sections being valid (a
+        bad one is reported where the configuration is used)."""
+        if self._config is not None:
+            return self._config.storage
+        try:
+            return self.config.storage
+        except ValueError:
+            import tomllib
+
+            try:
+                raw = tomllib.loads(self.config_path.read_text(encoding="utf-8")).get("storage") or {}
+            except (OSError, tomllib.TOMLDecodeError):
+                raw = {}
+            self._config = None
+            return StorageConfig.model_validate(raw)
 
     # --- config -----------------------------------------------------------------------------------------
     @property
@@ -283,13 +300,14 @@ class Workspace:
         """Publish what a stage wrote of the tables and resources `names` to the object store: for a local folder,
         the images a stage stored (`storage.images`) and the shards (`storage.shards`) when configured."""
         names = set(names)
-        if not (self.config.storage.images or self.config.storage.shards):
+        storage = self._storage_config()
+        if not (storage.images or storage.shards):
             return
         from visprep.storage.remote import ObjectImageStore, publish_shards
 
         if isinstance(self.store, ObjectImageStore):
             self.store.push()
-        if "shards" in names and self.config.storage.shards:
+        if "shards" in names and storage.shards:
             publish_shards(self)
 
     # --- tables -----------------------------------------------------------------------------------------

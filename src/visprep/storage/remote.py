@@ -161,6 +161,7 @@ class ObjectWorkspace(Workspace):
         self.url = str(root).rstrip("/")
         self.objects = ObjectStore(self.url)
         super().__init__(cache_root(self.url))
+        self.root.mkdir(parents=True, exist_ok=True)  # the workspace exists (in the store); so does its cache
         self.sync_dir = self.root / SYNC_DIR
         self._config_synced = False
         self._runs_index: dict[str, str] = {}

@@ -33,7 +33,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prepare training and evaluation data for visual-search embedding models.")
 console = Console()
 
-WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.", file_okay=False)]
+# A folder, or the URL of a workspace on an object store (`s3://bucket/prefix`): a string, since a Path would fold
+# the URL's "//".
+WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="Workspace folder, or the URL of a workspace on "
+                                                                     "an object store (s3://bucket/prefix).")]
 
 
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another visprep command is writing this workspace, wait "
@@ -54,7 +57,7 @@ def writes(fn: Callable[..., Any]) -> Callable[..., Any]:
         with ExitStack() as stack:
             holder = ws.holder() if wait else None
             if holder:
-                console.print(f"waiting for the visprep writer of {ws.root} to finish: {json.dumps(holder)}")
+                console.print(f"waiting for the visprep writer of {ws.location} to finish: {json.dumps(holder)}")
             try:
                 stack.enter_context(ws.writer(name, wait_s=math.inf if wait else None))
             except WorkspaceLocked as exc:
@@ -103,7 +106,7 @@ def _progress() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
         finish_current()
 
 
-def _open(workspace: Path) -> Workspace:
+def _open(workspace: str | Path) -> Workspace:
     ws = Workspace(workspace)
     try:
         ws.config  # validate once, at the boundary
@@ -123,12 +126,14 @@ def _fail(exc: Exception) -> None:
 def init(workspace: WorkspaceOpt = Path("."), force: Annotated[bool, typer.Option(help="Overwrite.")] = False) -> None:
     """Write `visprep.toml` with every default, commented."""
     ws = Workspace(workspace)
+    # Where the file is: the folder's, or the object in a workspace on object storage (not its local copy).
+    shown = ws.config_path if ws.location == str(ws.root) else f"{ws.location}/{ws.config_path.name}"
     if ws.config_path.exists() and not force:
-        console.print(f"{ws.config_path} exists; use --force to overwrite")
+        console.print(f"{shown} exists; use --force to overwrite")
         raise typer.Exit(1)
     ws.root.mkdir(parents=True, exist_ok=True)
-    ws.config_path.write_text(render_config(VisprepConfig()), encoding="utf-8")
-    console.print(f"wrote {ws.config_path}")
+    ws.write_config_text(render_config(VisprepConfig()))
+    console.print(f"wrote {shown}")
 
 
 AllowRemovalsOpt = Annotated[bool, typer.Option(
@@ -198,7 +203,7 @@ def demo(workspace: WorkspaceOpt = Path("."),
     if not ws.config_path.exists():
         from visprep.demo import demo_config
 
-        ws.config_path.write_text(render_config(demo_config()), encoding="utf-8")
+        ws.write_config_text(render_config(demo_config()))
     source_dir = ws.root / "demo-source"
     manifest = source_dir / "demo_manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["n_products"] == products:

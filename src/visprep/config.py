@@ -799,6 +799,22 @@ class EngineConfig(_Section):
                                                   "memory, node lost) before the stage fails.")
 
 
+class StorageConfig(_Section):
+    """Object storage for a local workspace's image store and shards (docs/scaling.md, "Workspace on object
+    storage"). A whole workspace on object storage is named by its URL instead (`visprep run -w s3://bucket/ws`)."""
+
+    images: str | None = Field(None, description="fsspec URL of the image store (e.g. s3://bucket/images): images "
+                                                 "are stored there as images/<aa>/<bb>/<sha256>.<ext> objects, the "
+                                                 "workspace's images/ folder keeps a local copy.")
+    shards: str | None = Field(None, description="fsspec URL the export's shards are published to after each "
+                                                 "export (e.g. s3://bucket/shards): <split>/shard-*.tar, manifest "
+                                                 "and sample index, as trainers read them.")
+    options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options for those URLs "
+                                                                      "(endpoint_url, key, secret, client_kwargs); "
+                                                                      "left out, S3 credentials and endpoint come "
+                                                                      "from the AWS_* environment variables.")
+
+
 class VisprepConfig(_Section):
     """The whole configuration of a workspace."""
 
@@ -811,6 +827,7 @@ class VisprepConfig(_Section):
     export: ExportConfig = ExportConfig()
     pipeline: PipelineConfig = PipelineConfig()
     engine: EngineConfig = EngineConfig()
+    storage: StorageConfig = StorageConfig()
     # --- events config ---
     events: EventsConfig = EventsConfig()
     # --- labels / evaluation config ---

@@ -31,6 +31,7 @@ def stale_reason(ws: Workspace, stage: str) -> str | None:
     spec = stages.get(stage)
     if spec.incremental:
         raise ValueError(f"stage {stage!r} is incremental (always run, does only missing work); it has no freshness")
+    ws.pull((*spec.all_reads(ws.config), *spec.writes))  # on an object store: fingerprint what is there now
     last = ws.last_run(stage)
     if last is None:
         return "it never ran"
@@ -71,13 +72,20 @@ def run_stage(ws: Workspace, stage: str, *, force: bool = False, progress: Calla
     """
     spec = stages.get(stage)
     with ws.writer(stage):
+        # A workspace on an object store: its local copy of what the stage reads and writes is brought up to date
+        # first (a no-op for a local folder), and what the stage wrote is published after it, failed or not (an
+        # incremental stage's finished work then resumes from the store on another machine).
+        ws.pull((*spec.all_reads(ws.config), *spec.writes))
         if not explicit and not spec.has_work(ws):
             return NOTHING_TO_DO
         given = {k: v for k, v in options.items() if v is not None}
         if not spec.incremental and not force and not given and is_up_to_date(ws, stage):
             return UP_TO_DATE
-        with ws.overrides(given), ws.acting_as(stage):
-            return spec.run(ws, progress, **options)
+        try:
+            with ws.overrides(given), ws.acting_as(stage):
+                return spec.run(ws, progress, **options)
+        finally:
+            ws.publish(spec.writes)
 
 
 def execute(ws: Workspace, stage: str, compute: Callable[[Workspace, RunRecord], stages.StageOutput],

@@ -15,13 +15,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visprep import __version__
-from visprep.config import CONFIG_FILE, VisprepConfig, load_config, section_params
+from visprep.config import CONFIG_FILE, StorageConfig, VisprepConfig, load_config, section_params
 from visprep.schema import QUARANTINE, schema_for
 from visprep.views.features import features_root
 
@@ -136,6 +136,15 @@ class ImageStore:
             atomic_write_bytes(target, data, fsync=False)
         return image_id
 
+    def uri(self, image_id: str, ext: str) -> str:
+        """Return the URL of image `image_id` (a file:// URI here; the object's URL in an object store)."""
+        return self.path(image_id, ext).as_uri()
+
+    @property
+    def root_uri(self) -> str:
+        """The URL every image's `uri` starts with."""
+        return self.root.as_uri()
+
     def get(self, image_id: str, ext: str) -> bytes:
         """Return the stored bytes of `image_id`."""
         return self.path(image_id, ext).read_bytes()
@@ -194,18 +203,69 @@ class RunRecord:
 
 
 class Workspace:
-    """A visprep workspace folder: tables, image store, shards, runs, config."""
+    """A visprep workspace folder: tables, image store, shards, runs, config.
+
+    `Workspace("s3://bucket/prefix")` (any URL `visprep.storage.objects.is_url` accepts) opens a workspace on an
+    object store instead (`visprep.storage.remote.ObjectWorkspace`): the same methods, with `root` its local cache.
+    """
+
+    def __new__(cls, root: str | Path | None = None, *args: Any, **kwargs: Any) -> Self:
+        """A `Workspace` for a folder; an `ObjectWorkspace` for a URL (no `root`: unpickling, the class given)."""
+        from visprep.storage.objects import is_url
+
+        if cls is Workspace and root is not None and is_url(root):
+            from visprep.storage.remote import ObjectWorkspace
+
+            return super().__new__(ObjectWorkspace)
+        return super().__new__(cls)
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.tables_dir = self.root / "tables"
         self.runs_dir = self.root / "runs"
         self.shards_dir = self.root / "shards"
-        self.store = ImageStore(self.root / "images")
+        self._store: ImageStore | None = None
         self._config: VisprepConfig | None = None
         self._stages: list[str] = []  # the stage runs open in this process, innermost last
         self.read_log: dict[str, set[str]] = {}  # stage -> tables its runs in this process read
         self._overrides: dict[str, Any] = {}  # command-line options of the stage run being made (`overrides`)
+
+    @property
+    def location(self) -> str:
+        """What reopens this workspace in another process or on another machine: its folder, or its URL."""
+        return str(self.root)
+
+    @property
+    def store(self) -> ImageStore:
+        """The image store: the workspace's images/ folder, or objects at `storage.images` with images/ their
+        local copy."""
+        if self._store is None:
+            storage = self._storage_config()
+            if storage.images:
+                from visprep.storage.objects import ObjectStore
+                from visprep.storage.remote import ObjectImageStore
+
+                self._store = ObjectImageStore(self.root / "images", ObjectStore(storage.images, storage.options))
+            else:
+                self._store = ImageStore(self.root / "images")
+        return self._store
+
+    def _storage_config(self) -> StorageConfig:
+        """The `[storage]` section alone: the image store must not depend on the other sections being valid (a
+        bad one is reported where the configuration is used)."""
+        if self._config is not None:
+            return self._config.storage
+        try:
+            return self.config.storage
+        except ValueError:
+            import tomllib
+
+            try:
+                raw = tomllib.loads(self.config_path.read_text(encoding="utf-8")).get("storage") or {}
+            except (OSError, tomllib.TOMLDecodeError):
+                raw = {}
+            self._config = None
+            return StorageConfig.model_validate(raw)
 
     # --- config -----------------------------------------------------------------------------------------
     @property
@@ -223,6 +283,32 @@ class Workspace:
     def set_config(self, config: VisprepConfig) -> None:
         """Use `config` for this process (does not write the file)."""
         self._config = config
+        self._store = None
+
+    def write_config_text(self, text: str) -> None:
+        """Write the workspace's `visprep.toml` (and, on an object store, publish it)."""
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(text, encoding="utf-8")
+        self._config = None
+        self._store = None
+
+    # --- object storage: what the runner pulls before a stage and publishes after it ---------------------
+    def pull(self, names: Iterable[str]) -> None:
+        """Bring the tables and resources `names` up to date with their object store (a local folder has none)."""
+
+    def publish(self, names: Iterable[str]) -> None:
+        """Publish what a stage wrote of the tables and resources `names` to the object store: for a local folder,
+        the images a stage stored (`storage.images`) and the shards (`storage.shards`) when configured."""
+        names = set(names)
+        storage = self._storage_config()
+        if not (storage.images or storage.shards):
+            return
+        from visprep.storage.remote import ObjectImageStore, publish_shards
+
+        if isinstance(self.store, ObjectImageStore):
+            self.store.push()
+        if "shards" in names and storage.shards:
+            publish_shards(self)
 
     # --- tables -----------------------------------------------------------------------------------------
     def table_path(self, name: str) -> Path:
@@ -427,11 +513,12 @@ class Workspace:
             for section, values in section_params(self.config, *declared.sections).items():
                 record.params.setdefault(section, values)
         path = self.runs_dir / f"{run_id}.json"
-        atomic_write_bytes(path, record.to_json().encode())
+        self._save_run(path, record)
         t0 = time.perf_counter()
         try:
             yield record
             if declared is not None:
+                self.publish(declared.writes)  # before the fingerprints: what the record names is published
                 record.writes = stages.fingerprints(self, declared.writes)
         except BaseException as exc:
             record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -442,7 +529,11 @@ class Workspace:
         finally:
             record.seconds = round(time.perf_counter() - t0, 3)
             record.finished_at = utcnow().isoformat()
-            atomic_write_bytes(path, record.to_json().encode())
+            self._save_run(path, record)
+
+    def _save_run(self, path: Path, record: RunRecord) -> None:
+        """Write a run record (`runs/<run_id>.json`)."""
+        atomic_write_bytes(path, record.to_json().encode())
 
     def runs(self) -> list[dict[str, Any]]:
         """Return every run record, oldest first."""

@@ -134,7 +134,7 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
         legacy = is_synthetic_product(products)
         result.synthetic_dropped = pc.sum(legacy).as_py() or 0
         products = products.filter(pc.invert(legacy))
-        legacy_images = is_synth_view_row(keep_images, ws.store.root.as_uri())
+        legacy_images = is_synth_view_row(keep_images, ws.store.root_uri)
         result.synthetic_dropped += pc.sum(legacy_images).as_py() or 0
         keep_images = keep_images.filter(pc.invert(legacy_images))
         images = pa.concat_tables([keep_images, pa.Table.from_pylist(new_images, schema=PRODUCT_IMAGES)])

@@ -41,8 +41,9 @@ def is_synth_view_row(product_images: pa.Table, store_uri: str) -> pa.ChunkedArr
 
 
 def view_url(ws: Workspace, image_id: str) -> str:
-    """The URL of a synth-stage view: its file in the workspace's image store, as a file:// URI."""
-    return ws.store.path(image_id, "jpg").as_uri()
+    """The URL of a synth-stage view: its file in the workspace's image store, as a file:// URI (the object's URL
+    when the store is on an object store, the same on every machine)."""
+    return ws.store.uri(image_id, "jpg")
 
 
 def _union(a: pa.Table, b: pa.Table, keys: list[str]) -> pa.Table:

@@ -130,8 +130,10 @@ def embed_part(seq: int, chunk: Sequence[tuple[str, str]], *, embedder_spec: Emb
         failures.extend(failed)
     dim = int(vecs[0].shape[1]) if vecs and vecs[0].ndim == 2 else 0
     if ids:
-        store = FeatureStore(features_root(Workspace(root)), model_id, dim, index_kind=index_kind, hnsw_m=hnsw_m)
+        ws = Workspace(root)
+        store = FeatureStore(features_root(ws), model_id, dim, index_kind=index_kind, hnsw_m=hnsw_m)
         store.append(ids, np.concatenate(vecs), update_index=False, writer=writer, part=parallel_part_name(base, seq))
+        ws.publish(["features"])  # on object storage the part is this worker's to commit: the driver never sees it
     return {"embedded": len(ids), "dim": dim, "failures": failures}
 
 
@@ -231,6 +233,7 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
                     if progress:
                         progress(len(chunk), len(todo))
                 if res.embedded:  # the workers wrote the parts: open the store they made, to index it here
+                    ws.pull(["features"])  # on object storage they committed them there, from caches of their own
                     store = FeatureStore.open_existing(root, res.model_id)
             else:
                 apply_threads(plan)
@@ -250,8 +253,8 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
                     if progress:
                         progress(len(batch), len(todo))
                     if len(done_ids) >= cfg.checkpoint_every:
-                        res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
-                res.embedded += _checkpoint(store, done_ids, done_vecs, stage)
+                        res.embedded += _checkpoint(ws, store, done_ids, done_vecs, stage)
+                res.embedded += _checkpoint(ws, store, done_ids, done_vecs, stage)
             if store is not None:
                 store.index()  # one index update per run
         res.failed = len(failures)
@@ -286,11 +289,13 @@ def _batches(embedder: Embedder, items: list[tuple[str, str]], batch_size: int
     return prefetch(reads, depth=2) if isinstance(embedder, StagedEmbedder) else reads
 
 
-def _checkpoint(store: FeatureStore, ids: list[str], vecs: list[np.ndarray], writer: str) -> int:
-    """Append what is embedded so far as one store part of `writer` (what a kill can lose); return how many."""
+def _checkpoint(ws: Workspace, store: FeatureStore, ids: list[str], vecs: list[np.ndarray], writer: str) -> int:
+    """Append what is embedded so far as one store part of `writer` (what a kill can lose) and publish it (a
+    workspace on object storage); return how many."""
     n = len(ids)
     if n:
         store.append(list(ids), np.concatenate(vecs), update_index=False, writer=writer)
+        ws.publish(["features"])
     ids.clear()
     vecs.clear()
     return n

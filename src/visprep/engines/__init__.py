@@ -97,8 +97,9 @@ def spread(n_items: int, batch: int, slots: int, *, multiple_of: int = 1) -> int
 
 def workspace_location(ws: Workspace) -> str:
     """What an engine's worker opens `ws` with (`Workspace(location)`), in another process or on another node: the
-    workspace's folder, which every node mounts at the same path."""
-    return str(ws.root)
+    workspace's folder, which every node mounts at the same path, or its URL (each worker then commits its own
+    parts to the object store)."""
+    return ws.location
 
 
 def before_parallel_parts(ws: Workspace, name: str, first_part: str) -> None:

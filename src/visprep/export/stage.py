@@ -239,7 +239,10 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
             chosen = [r for r in rows if r["split"] == split] + user_rows.get(split, [])
             paths = [str(ws.store.path(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]])))
                      for r in chosen]
-            if engine.remote:  # the JPEGs stay on the workers: they stage them and write the shards
+            # The JPEGs stay on the workers, which stage them and write the shards, where the workers share the
+            # workspace's folder. On object storage each node has a cache of its own: the segments one task stages
+            # are not another's to read, so there the bytes come back and this process writes the shards.
+            if engine.remote and ws.location == str(ws.root):
                 manifest = _export_split_on_workers(ws, engine, split, chosen, paths, described, failed, cfg,
                                                     profile, plan.used, progress, len(rows) + n_user)
             else:

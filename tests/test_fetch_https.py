@@ -120,6 +120,16 @@ def test_one_tls_context_for_all_connections(https_server: HttpsLoopbackServer, 
     assert len(loads) == 1
 
 
+def test_unreadable_ca_bundle_is_a_tls_failure_not_retried(https_server: HttpsLoopbackServer,
+                                                           tmp_path: Path) -> None:
+    """A CA file that is no PEM fails each https URL once, as a TLS failure, whenever the store is loaded."""
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("not a certificate\n")
+    with Fetcher(_settings(str(bad))) as fetcher:
+        result = fetcher.fetch(https_server.url("/image/0", host="localhost"))
+    _assert_certificate_failure(result)
+
+
 def test_untrusted_certificate_is_a_clean_failure(
     https_server: HttpsLoopbackServer, untrusting_fetcher: Fetcher
 ) -> None:

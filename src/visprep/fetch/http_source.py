@@ -188,13 +188,19 @@ class HttpSource:
         CPU: with many hosts, or pools per IP, that is paid again and again). urllib3's defaults are kept:
         certificates required, TLS 1.2 or newer; the host name is checked by urllib3 (`assert_hostname`).
         """
+        if self._tls is not None:
+            return self._tls
         with self._tls_lock:
             if self._tls is None:
                 context = create_urllib3_context()
-                if self._settings.ca_bundle is not None:
-                    context.load_verify_locations(cafile=self._settings.ca_bundle)
-                else:
-                    context.load_default_certs()
+                try:
+                    if self._settings.ca_bundle is not None:
+                        context.load_verify_locations(cafile=self._settings.ca_bundle)
+                    else:
+                        context.load_default_certs()
+                except (ssl.SSLError, OSError) as exc:
+                    # A TLS failure, as when urllib3 loaded the store per connection: not retried.
+                    raise u3exc.SSLError(f"cannot load the CA certificates ({_short(exc)})") from exc
                 self._tls = context
             return self._tls
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from visprep.fetch import AddressPolicy
-from visprep.fetch.guard import BlockedAddressError, ResolutionError, resolve_checked
+from visprep.fetch.guard import BlockedAddressError, CheckedResolver, ResolutionError, resolve_checked
 
 STRICT = AddressPolicy()
 
@@ -85,3 +85,50 @@ def test_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ResolutionError) as info:
         resolve_checked("nope.invalid", 80, STRICT)
     assert not info.value.transient and "nope.invalid" in str(info.value)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _counting_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> list[str]:
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:
+        asked.append(host)
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_checked_resolver_reuses_an_answer_until_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _counting_dns(monkeypatch, {"cdn.example": ["93.184.216.34"]})
+    clock = _Clock()
+    resolver = CheckedResolver(STRICT, ttl_s=30.0, clock=clock)
+    assert [str(a) for a in resolver.resolve("cdn.example", 443)] == ["93.184.216.34"]
+    clock.now += 29.0
+    assert [str(a) for a in resolver.resolve("CDN.example", 443)] == ["93.184.216.34"]
+    assert asked == ["cdn.example"]  # the second call (any case) came from the cache
+    resolver.resolve("cdn.example", 80)
+    assert asked == ["cdn.example", "cdn.example"]  # the port is part of the key
+    clock.now += 1.0  # expired: asked again, and a changed answer is followed
+    _counting_dns(monkeypatch, {"cdn.example": ["93.184.216.35"]})
+    assert [str(a) for a in resolver.resolve("cdn.example", 443)] == ["93.184.216.35"]
+
+
+def test_checked_resolver_keeps_no_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _counting_dns(monkeypatch, {"inside.example": ["10.0.0.7"]})
+    resolver = CheckedResolver(STRICT, clock=_Clock())
+    for _ in range(2):
+        with pytest.raises(BlockedAddressError, match="10.0.0.7"):
+            resolver.resolve("inside.example", 80)
+        with pytest.raises(ResolutionError):
+            resolver.resolve("nope.invalid", 80)
+    assert asked == ["inside.example", "nope.invalid"] * 2

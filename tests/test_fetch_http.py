@@ -143,6 +143,21 @@ def test_connection_pinned_to_checked_address(server: LoopbackServer, fetcher: F
     assert server.last_host_header == f"images.example.test:{server.port}"
 
 
+def test_a_host_is_resolved_once_per_fetcher_not_per_request(server: LoopbackServer, fetcher: Fetcher,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checked DNS answer is reused (guard.DNS_CACHE_TTL_S) instead of asking the resolver for every image."""
+    calls: list[str] = []
+
+    def fake_getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list[tuple]:
+        calls.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    results = list(fetcher.fetch_many([f"http://images.example.test:{server.port}/image/{i}" for i in range(6)]))
+    assert all(r.ok for r in results) and len(results) == 6
+    assert calls.count("images.example.test") == 1
+
+
 @pytest.mark.parametrize("path", ["/large?size=1000000", "/chunked?size=1000000"])
 def test_oversized_body_is_too_large(server: LoopbackServer, path: str) -> None:
     with Fetcher(FetchSettings(max_bytes=100_000, allow_loopback=True)) as fetcher:

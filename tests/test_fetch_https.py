@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,38 @@ def test_https_connections_are_reused(https_server: HttpsLoopbackServer, fetcher
     results = [fetcher.fetch(https_server.url(f"/image/{i}", host="localhost")) for i in range(5)]
     assert all(r.ok for r in results)
     assert len(https_server.sni_names) - before == 1  # one handshake, then keep-alive
+
+
+@pytest.mark.usefixtures("fake_dns")
+def test_one_tls_context_for_all_connections(https_server: HttpsLoopbackServer, ca_bundle: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CA bundle is loaded once per fetcher, not once per new connection (tens of ms of CPU each)."""
+    loads: list[object] = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counting(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append(args or kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
+    before = len(https_server.sni_names)
+    with Fetcher(_settings(ca_bundle)) as fetcher:
+        # Three names, three pools, three handshakes (each checks its own name).
+        hosts = ("localhost", "127.0.0.1", FAKE_HOST)
+        results = [fetcher.fetch(https_server.url("/image/0", host=h)) for h in hosts]
+    assert all(r.ok for r in results)
+    assert len(https_server.sni_names) - before == 3  # (an IP literal sends no SNI: None)
+    assert len(loads) == 1
+
+
+def test_unreadable_ca_bundle_is_a_tls_failure_not_retried(https_server: HttpsLoopbackServer,
+                                                           tmp_path: Path) -> None:
+    """A CA file that is no PEM fails each https URL once, as a TLS failure, whenever the store is loaded."""
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("not a certificate\n")
+    with Fetcher(_settings(str(bad))) as fetcher:
+        result = fetcher.fetch(https_server.url("/image/0", host="localhost"))
+    _assert_certificate_failure(result)
 
 
 def test_untrusted_certificate_is_a_clean_failure(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
+from typing import Self
 from urllib.parse import urlsplit
 
 import urllib3
@@ -62,7 +64,7 @@ class Fetcher:
         """URL schemes this fetcher accepts ("" stands for a bare local path)."""
         return tuple(self._sources)
 
-    def __enter__(self) -> Fetcher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -146,6 +148,9 @@ class Fetcher:
         concurrency = self.settings.concurrency
         max_in_flight = 2 * concurrency
         executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="visprep-fetch")
+        # Finished futures arrive on a queue from their done-callbacks: one wake-up per result, where
+        # `concurrent.futures.wait` would hook and unhook a waiter on every pending future each time.
+        finished: queue.SimpleQueue[Future[FetchResult]] = queue.SimpleQueue()
         pending: set[Future[FetchResult]] = set()
         exhausted = False
         try:
@@ -159,12 +164,14 @@ class Fetcher:
                     if not isinstance(url, str):
                         raise TypeError(f"Fetcher.fetch_many: every url must be a str, got {url!r}")
                     roots = None if local_roots is None else local_roots.get(url, ())
-                    pending.add(executor.submit(self.fetch, url, local_roots=roots))
+                    future = executor.submit(self.fetch, url, local_roots=roots)
+                    pending.add(future)
+                    future.add_done_callback(finished.put)
                 if not pending:
                     return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+                future = finished.get()
+                pending.discard(future)
+                yield future.result()
         finally:
             for future in pending:
                 future.cancel()

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DNS_CACHE_TTL_S = 30.0
+"""How long `CheckedResolver` reuses a host's checked answer before asking the resolver again."""
+_DNS_CACHE_MAX_HOSTS = 10_000  # past this many cached hosts, expired answers are dropped (all, if none expired)
 
 _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # CGNAT; some clouds put metadata services here
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
@@ -121,3 +127,38 @@ def resolve_checked(host: str, port: int, policy: AddressPolicy) -> list[IPAddre
         if why is not None:
             raise BlockedAddressError(f"host {host!r} resolves to {why} address {address}")
     return addresses
+
+
+class CheckedResolver:
+    """`resolve_checked` with each allowed answer kept for `ttl_s` seconds, per (host, port).
+
+    Without it every request (and every redirect hop) asks the system resolver again, which without a local DNS
+    cache is a network round trip per image, and re-runs the address checks. Only answers that passed the policy
+    are kept, and the connection still goes to one of those checked addresses, so reusing an answer opens no DNS
+    rebinding window; a host whose DNS changes is followed after at most `ttl_s`. Failures (unresolvable,
+    blocked) are not kept: the next attempt asks again. Thread-safe (one dict read or write per call).
+    """
+
+    def __init__(self, policy: AddressPolicy, *, ttl_s: float = DNS_CACHE_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._answers: dict[tuple[str, int], tuple[float, tuple[IPAddress, ...]]] = {}
+
+    def resolve(self, host: str, port: int) -> list[IPAddress]:
+        """The checked addresses of `host`, from the cache while fresh; raises as `resolve_checked` does."""
+        key = (host.lower(), port)
+        now = self._clock()
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > now:
+            return list(cached[1])
+        addresses = resolve_checked(host, port, self.policy)
+        if len(self._answers) >= _DNS_CACHE_MAX_HOSTS:
+            self._prune(now)
+        self._answers[key] = (now + self._ttl_s, tuple(addresses))
+        return addresses
+
+    def _prune(self, now: float) -> None:
+        fresh = {k: v for k, v in list(self._answers.items()) if v[0] > now}
+        self._answers = fresh if len(fresh) < _DNS_CACHE_MAX_HOSTS else {}

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import ssl
+import threading
 import time
 from urllib.parse import SplitResult, quote, urljoin, urlsplit, urlunsplit
 
 import urllib3
 from urllib3 import exceptions as u3exc
+from urllib3.util.ssl_ import create_urllib3_context
 
 from visprep.fetch.guard import (
     AddressPolicy,
     BlockedAddressError,
+    CheckedResolver,
     IPAddress,
     ResolutionError,
-    resolve_checked,
 )
 from visprep.fetch.settings import FetchSettings
 from visprep.fetch.source import AttemptOutcome, read_image_body
@@ -41,7 +44,11 @@ class HttpSource:
     def __init__(self, settings: FetchSettings, pool: urllib3.PoolManager) -> None:
         self._settings = settings
         self._pool = pool
-        self._policy = AddressPolicy(allow_private=settings.allow_private, allow_loopback=settings.allow_loopback)
+        self._resolver = CheckedResolver(
+            AddressPolicy(allow_private=settings.allow_private, allow_loopback=settings.allow_loopback)
+        )
+        self._tls: ssl.SSLContext | None = None
+        self._tls_lock = threading.Lock()
 
     def fetch_once(self, url: str, *, deadline: float) -> AttemptOutcome:
         """Make one attempt at `url`, following redirects, giving up at `deadline` (monotonic seconds)."""
@@ -90,7 +97,7 @@ class HttpSource:
             return AttemptOutcome("invalid_url", f"{url}: URL has no host", url), None
 
         try:
-            addresses = resolve_checked(host, port, self._policy)
+            addresses = self._resolver.resolve(host, port)
         except BlockedAddressError as exc:
             return AttemptOutcome("blocked_address", f"{url}: {exc}", url), None
         except ResolutionError as exc:
@@ -149,12 +156,10 @@ class HttpSource:
             "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5",
             "Accept-Encoding": "identity",
         }
-        pool_kwargs: dict[str, str] | None = None
+        pool_kwargs: dict[str, object] | None = None
         if scheme == "https":
             # The pool is keyed by the checked IP; SNI and the certificate check must still use the host name.
-            pool_kwargs = {"server_hostname": host, "assert_hostname": host}
-            if self._settings.ca_bundle is not None:
-                pool_kwargs["ca_certs"] = self._settings.ca_bundle
+            pool_kwargs = {"server_hostname": host, "assert_hostname": host, "ssl_context": self._tls_context()}
         timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         last_error: u3exc.NewConnectionError | None = None
         for address in addresses:
@@ -175,6 +180,29 @@ class HttpSource:
                 last_error = exc
         assert last_error is not None  # addresses is never empty (resolve_checked guarantees it)
         raise last_error
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The one TLS context of every https connection, its trust store loaded once.
+
+        Left to urllib3, each new connection builds its own context and loads the CA store into it (tens of ms of
+        CPU: with many hosts, or pools per IP, that is paid again and again). urllib3's defaults are kept:
+        certificates required, TLS 1.2 or newer; the host name is checked by urllib3 (`assert_hostname`).
+        """
+        if self._tls is not None:
+            return self._tls
+        with self._tls_lock:
+            if self._tls is None:
+                context = create_urllib3_context()
+                try:
+                    if self._settings.ca_bundle is not None:
+                        context.load_verify_locations(cafile=self._settings.ca_bundle)
+                    else:
+                        context.load_default_certs()
+                except (ssl.SSLError, OSError) as exc:
+                    # A TLS failure, as when urllib3 loaded the store per connection: not retried.
+                    raise u3exc.SSLError(f"cannot load the CA certificates ({_short(exc)})") from exc
+                self._tls = context
+            return self._tls
 
     def _read_body(self, url: str, response: urllib3.BaseHTTPResponse, deadline: float) -> AttemptOutcome:
         status = response.status

@@ -31,6 +31,7 @@ for the logQ correction of Yi et al. 2019 (a popular product has the larger log_
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,16 +121,23 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     return report
 
 
-def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) -> None:
+def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport,
+                phases: dict[str, float] | None = None) -> None:
     """Weigh the summed partials in temp tables `acc`, `hstats` and `pop` (skip-above negatives, propensities,
     exposures, popularity) and write `interaction_pairs` to `out` atomically; fill `report`'s counts.
 
     Every term here is global (a sum over all users): the propensities (from all of `hstats`), a pair's exposures,
     a product's popularity and the popularity total and mean. So this step reads all the partials, however few
     users changed (`visprep.events.incremental` keeps the partials per user so that only they are recomputed).
+    `phases` (when given) gets each step's seconds: propensities, write (the weighted table), report.
     """
-    con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position, s, s
-                   FROM hstats WHERE s > 0""")
+    t0 = time.perf_counter()
+    # Summed by key first: the incremental build's hstats may hold a key's count in several rows (a base and the
+    # deltas that moved it). Skip-above counts are whole numbers weighed 1.0, so this changes no float.
+    con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position,
+                          sum(s), sum(s)
+                   FROM hstats WHERE s <> 0 GROUP BY query_id, query_image_id, product_id, position
+                   HAVING sum(s) > 0""")
 
     props = estimate_propensities(con, cfg=cfg)
     report.propensities = props
@@ -143,6 +151,7 @@ def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) 
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
+    t1 = time.perf_counter()
     con.execute(f"""
         COPY (
         WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM hstats GROUP BY ALL),
@@ -153,7 +162,7 @@ def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) 
                    {ordered_sum(f'a.w * {inv_prop}')} AS ips
             FROM acc a LEFT JOIN prop p ON p.rank = a.position
             GROUP BY a.anchor_id, a.anchor_type, a.product_id, a.kind),
-        popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1),
+        popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1 HAVING sum(n) <> 0),
         pop_stats AS (SELECT sum(n)::BIGINT::DOUBLE AS total, sum(n)::BIGINT / count(*) AS mean FROM popularity)
         SELECT x.anchor_id, x.anchor_type, x.anchor_image_id, x.product_id, x.kind, x.cnt AS count,
                CASE WHEN x.anchor_type = 'query' THEN coalesce(e.exposures, 0) END AS exposures,
@@ -175,12 +184,15 @@ def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    t2 = time.perf_counter()
     for kind, n in con.sql(f"SELECT kind, count(*) FROM read_parquet({sql_str(str(out))}) GROUP BY 1").fetchall():
         report.by_kind[kind] = int(n)
     report.rows = sum(report.by_kind.values())
     report.concentration = concentration(con, str(out))
     for t in ("acc", "hstats", "pop", "prop"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
+    if phases is not None:
+        phases.update(propensities=t1 - t0, write=t2 - t1, report=time.perf_counter() - t2)
 
 
 def _partial_tables(con: Any) -> None:

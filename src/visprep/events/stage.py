@@ -209,7 +209,7 @@ def _pairs(ws: Workspace, log: EventLog, con: Any, *, force_full: bool = False,
     out = ws.table_path("interaction_pairs")
     if cfg.incremental:
         inc = update_pairs(con, log, out, cfg=cfg, trust_buckets=log.buckets_trusted(con), force_full=force_full,
-                           crash=crash)
+                           crash=crash, engine=ws.config.engine, temp_dir=ws.root / "tmp" / "duckdb")
         return inc.pairs, inc.as_metrics()
     report = build_pairs(con, log.part_files(), out, cfg=cfg, trust_buckets=log.buckets_trusted(con))
     log.mark_pairs()

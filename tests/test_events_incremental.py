@@ -136,6 +136,27 @@ def test_an_update_recomputes_only_the_touched_users(tmp_path: Path) -> None:
     assert _tables(inc) == (ev, p)
 
 
+def test_an_update_recomputes_only_the_touched_sessions(tmp_path: Path) -> None:
+    records = _sim_records(50, 20, seed=6)
+    ws = _ws(tmp_path / "ws")
+    ingest_event_files(ws, [_write(tmp_path / "a.jsonl", records)])
+    # u1 comes back in a new session (s9), and u2 with a late event of one of its old sessions (s0).
+    old_s0 = [r for r in records if r["user_id"] == "u2" and r["session_id"] == "s0"]
+    assert old_s0
+    again = [r for r in records if r["user_id"] == "u1"][:5]
+    assert again
+    late = [{**r, "event_id": f"new{i}", "session_id": "s9"} for i, r in enumerate(again)]
+    late.append({**old_s0[0], "event_id": "late"})
+    r = ingest_event_files(ws, [_write(tmp_path / "b.jsonl", late)])
+    build = _build(ws, r.run_id)
+    assert build["touched_users"] == 2 and build["touched_sessions"] == 2
+    # Only those two sessions' events are read: u1's older sessions are not.
+    assert build["touched_events"] == len(late) + len(old_s0)
+    ev, p = _tables(ws)
+    build_interaction_pairs(ws)
+    assert _tables(ws) == (ev, p)
+
+
 def test_a_changed_option_the_partials_depend_on_rebuilds_them_and_says_why(tmp_path: Path) -> None:
     records = _sim_records(50, 10, seed=2)
     ws = _ws(tmp_path / "ws")

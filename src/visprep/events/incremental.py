@@ -1,33 +1,38 @@
-"""Incremental `interaction_pairs`: recompute only the users that new events touched, exactly.
+"""Incremental `interaction_pairs`: recompute only the sessions that new events touched, exactly.
 
-Every list-level signal (result lists, sessions, bounces, cart/purchase links, co-views, skip-above) belongs to
-one user, so the pairs build's partial aggregates add up over users (`interactions.user_partials`, computed per
-user hash `uh` = hash(user_id)): `acc` (anchor, image, product, kind, rank: events counted and bounced clicks
-among them), `hs` (query, product, rank, skipped-list image: lists showing it, clicking it, skipping it above a
-click), `pop` (product: popularity events) and `sig` (the signal-rule counts). Their sums over all users are kept
-as Parquet files under `tables/events.parquet/_pairs/` (`g_acc`, `g_hs`, `g_pop`, `g_sig`). Every column is an
-integer count and the image ids the table takes a min() of are part of the keys, so sums move exactly.
+Every list-level signal (result lists, bounces, cart/purchase links, co-views, skip-above) belongs to one (user,
+session), so the pairs build's partial aggregates add up over sessions (`interactions.user_partials`): `acc`
+(anchor, image, product, kind, rank: events counted and bounced clicks among them), `hs` (query, product, rank,
+skipped-list image: lists showing it, clicking it, skipping it above a click), `pop` (product: popularity events)
+and `sig` (the signal-rule counts). Their sums over all sessions are kept as Parquet files under
+`tables/events.parquet/_pairs/`: per partial a base (`g_acc`, ...) and the deltas of later updates (`d_acc`, ...),
+whose rows add up by key. Every column is an integer count and the image ids the table takes a min() of are part
+of the keys, so sums move exactly.
 
-An update takes the users of the parts committed since the last build (`EventLog.pairs_pending`: the touched
-users) and recomputes their partials twice: over the settled parts (what the sums hold for them; compaction never
-merges a pending part with a settled one) and over all parts (old and new events together: a session spanning
-the old/new boundary, a late event for an old user and a duplicate across batches come out as a whole-log build
-sees them). The sums move by (new - old); keys whose sums reach zero are dropped, as a build from scratch would
-never have made them. Its cost is twice the touched users' events, a scan of the parts that may hold them, and a
-rewrite of the sums.
+An update takes the (user, session)s of the parts committed since the last build (`EventLog.pairs_pending`: the
+touched sessions) and recomputes their partials twice: over the settled parts (what the sums hold for them;
+compaction never merges a pending part with a settled one) and over all parts (old and new events together: a
+session spanning the old/new boundary, a late event of an old session and a duplicate across batches come out as
+a whole-log build sees them). The sums move by (new - old), written as one more delta file (`_move_sums`); once
+the deltas reach `DELTA_SHARE` of the base's rows (or `MAX_DELTAS` files) they are merged into a new base, where
+keys whose counts reach zero are dropped, as a build from scratch would never have made them. Its cost is twice
+the touched sessions' events, a scan of the user_id / session_id columns of the parts that may hold them, and a
+write of the change (a merge every few updates).
 
 The global terms (`interactions.write_pairs`) are recomputed from the summed partials on every update, never
 patched: the rank propensities (intervention harvesting over every (query, product, rank) count), each pair's
 exposures, each product's popularity and the popularity total and mean (log_q, debiased weight). Their sufficient
-statistics are those sums (`g_hs`, `g_pop`), kept exactly; a new event anywhere moves them, so every row's
-weights are rewritten (the combine step, linear in the sums, not in the events).
+statistics are those sums, kept exactly; a new event anywhere moves them (log_q moves on every row), so every
+row's weights are rewritten: the combine step, linear in the sums and the table, not in the events; at 10M events
+it is most of an update (docs/events.md, "Incremental pairs").
 
 Commit: new sum files (unlisted), then the table (temp file, rename), then one atomic checkpoint rewrite that
 lists the new sums, empties the pending list and marks the pairs current. A kill before that rewrite leaves the
-old sums listed and the parts still pending: `EventLog.recover` deletes the unlisted files and the next run redoes the update, which
-gives the same table. Partials depend on the co-view window and the bounce rule (and DuckDB's `hash()`): when one
-of those changed, the update is a full rebuild of the sums (the run record says why); the weights, the
-propensity and popularity options only enter the combine, so changing them costs a combine only.
+old sums listed and the parts still pending: `EventLog.recover` deletes the unlisted files and the next run redoes
+the update, which gives the same table. Partials depend on the co-view window and the bounce rule (and DuckDB's
+`hash()`): when one of those changed, the update is a full rebuild of the sums (the run record says why; with
+`[engine] kind = "ray"` one Ray task per user group, `visprep.events.ray_pairs`); the weights, the propensity and
+popularity options only enter the combine, so changing them costs a combine only.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ PARTIAL_FIELDS = ("coview_window_s", "bounce_policy", "bounce_s", "bounce_weight
 PARTIALS_VERSION = 2
 _TABLES = {"acc": "uacc", "hs": "uhs", "pop": "upop", "sig": "usig"}
 #: Each partial's key and summed columns: the `g_` files hold the sums over all users by these keys; the combine
-#: reads them, and an update moves them by (touched users' new rows - their old rows).
+#: reads them, and an update moves them by (touched sessions' new rows - their old rows).
 _SUMS = {"acc": (("anchor_id", "anchor_type", "anchor_image_id", "product_id", "kind", "position"), ("cnt", "nb")),
          "hs": (("query_id", "product_id", "position", "query_image_id"), ("n", "k", "s")),
          "pop": (("product_id",), ("n",)),
@@ -83,6 +88,7 @@ class IncrementalReport:
     mode: str = "incremental"
     full_reason: str | None = None
     touched_users: int = 0
+    touched_sessions: int = 0
     touched_events: int = 0
     groups: int = 1  # user groups of a full rebuild of the sums
     engine: str = "local"  # where they ran: local (this DuckDB) or ray (one task per group)
@@ -91,7 +97,7 @@ class IncrementalReport:
     def as_metrics(self) -> dict[str, Any]:
         """JSON-able summary for the run record."""
         return {"mode": self.mode, "full_reason": self.full_reason, "touched_users": self.touched_users,
-                "touched_events": self.touched_events, "groups": self.groups, "engine": self.engine,
+                "touched_sessions": self.touched_sessions, "touched_events": self.touched_events, "groups": self.groups, "engine": self.engine,
                 "phases_s": {k: round(v, 4) for k, v in self.phases_s.items()}}
 
 
@@ -153,9 +159,14 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         rep.touched_users = int(scalar(con, every)) if parts else 0
     else:
         pending = log.pairs_pending()
-        con.execute("CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT hash(user_id) AS uh FROM "
+        # Every signal belongs to one (user, session): a result list, a bounce, a cart's purchase, a co-view. So
+        # only the sessions the new events fall in are recomputed, not their users' whole history. (A hash
+        # collision only adds a session whose old and new partials are equal: it moves nothing.)
+        con.execute("CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT hash(user_id) AS uh, "
+                    "hash(user_id, session_id) AS sh FROM "
                     + (f"read_parquet({sql_list(pending)})" if pending else f"({_EMPTY_EVENTS})"))
-        rep.touched_users = int(scalar(con, "SELECT count(*) FROM touched"))
+        rep.touched_sessions = int(scalar(con, "SELECT count(*) FROM touched"))
+        rep.touched_users = int(scalar(con, "SELECT count(DISTINCT uh) FROM touched"))
         rep.phases_s["touched_users"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         assert state is not None  # no reason for a full build: the sums exist
@@ -163,14 +174,14 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
             # Parts named for a user bucket that no touched user falls in are not read at all.
             wanted = _touched_buckets(con, parts, trust_buckets=trust_buckets)
             mine = [p for p in parts if wanted(p)]
-            # One scan: the touched users' events, flagged by whether the sums already hold them (compaction never
-            # mixes pending and settled parts). Their share in the sums is recomputed from the settled ones rather
-            # than stored per user; their new partials from all of them.
+            # One scan: the touched sessions' events, flagged by whether the sums already hold them (compaction
+            # never mixes pending and settled parts). Their share in the sums is recomputed from the settled ones
+            # rather than stored per session; their new partials from all of them.
             fresh = ", ".join(sql_str(str(p)) for p in pending)
             con.execute(f"""CREATE OR REPLACE TEMP TABLE tev AS
                 SELECT user_id, session_id, {_EV_COLUMNS}, filename IN ({fresh}) AS fresh
                 FROM read_parquet({sql_list(mine)}, filename = true)
-                WHERE hash(user_id) IN (SELECT uh FROM touched)""")
+                WHERE hash(user_id, session_id) IN (SELECT sh FROM touched)""")
             n = int(scalar(con, "SELECT count(*) FROM tev"))
             groups = pair_groups(n, cfg.pairs_group_events)
             scratch = IncrementalReport(pairs=PairsReport())
@@ -224,8 +235,8 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
 
 def _move_sums(con: Any, folder: Path, name: str, listed: list[str], seq: int,
                terms: list[tuple[str, int]]) -> list[str]:
-    """Move partial `name`'s sums (files `listed` in `folder`: a base, then deltas) by `terms` (the touched users'
-    new rows, +1, and old rows, -1); return the files that hold the moved sums.
+    """Move partial `name`'s sums (files `listed` in `folder`: a base, then deltas) by `terms` (the touched
+    sessions' new rows, +1, and old rows, -1); return the files that hold the moved sums.
 
     The change is written as one more delta file, as small as what changed. Once the deltas hold more than
     `DELTA_SHARE` of the base's rows, or there would be more than `MAX_DELTAS` of them, the base and every delta

@@ -183,6 +183,7 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
                 FROM read_parquet({sql_list(mine)}, filename = true)
                 WHERE hash(user_id, session_id) IN (SELECT sh FROM touched)""")
             n = int(scalar(con, "SELECT count(*) FROM tev"))
+            rep.phases_s["recompute_scan"] = time.perf_counter() - t1
             groups = pair_groups(n, cfg.pairs_group_events)
             scratch = IncrementalReport(pairs=PairsReport())
             for src, into in (("(SELECT * FROM tev WHERE NOT fresh)", scratch), ("tev", rep)):

@@ -241,8 +241,8 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None, b
     again. Returns the salt used. `key_mod` (tests) reduces the first salt's keys modulo it, forcing collisions.
     `by_user` adds the column `uh` that `user_partials` groups by, as a constant: the incremental build keeps
     only sums over users (of all users, or of the touched ones), so a per-user key (hash(user_id)) would only
-    multiply the rows its aggregates carry, by the users sharing a (query, product, rank) key: with it, the
-    rebuild of the sums took 1.35x the whole-log build (docs/events.md).
+    multiply the rows its aggregates carry, by the users sharing a (query, product, rank) key (docs/events.md,
+    "Full rebuild").
     """
     for salt in range(_KEY_SALTS):
         mod = f" % {int(key_mod)}" if key_mod and salt == 0 else ""

@@ -172,8 +172,15 @@ def test_a_changed_option_the_partials_depend_on_rebuilds_them_and_says_why(tmp_
     assert _tables(one) == (ev, p)
 
 
+@pytest.mark.parametrize("deltas", [False, True], ids=["merged", "delta"])
 @pytest.mark.parametrize("point", ["pairs_after_partials", "pairs_after_table"])
-def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, point: str) -> None:
+def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str,
+                                                    deltas: bool) -> None:
+    import visprep.events.incremental as inc_mod
+
+    # delta: the update writes its change as a delta file (the killed run and the one that redoes it).
+    share = 1e9 if deltas else 0.0
+    monkeypatch.setattr(inc_mod, "DELTA_SHARE", share)
     records = _sim_records(100, 12, seed=3)
     # Sessions that span the boundary: the second batch continues the first one's sessions.
     first, second = _write(tmp_path / "a.jsonl", records[:800]), _write(tmp_path / "b.jsonl", records[780:])
@@ -181,8 +188,9 @@ def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, point: str) 
     ingest_event_files(ref, [first, second])
     ws = _ws(tmp_path / "ws")
     ingest_event_files(ws, [first])
-    code = ("import sys; from visprep.workspace import Workspace; from visprep.events.stage import "
-            f"ingest_event_files as f; f(Workspace(sys.argv[1]), sys.argv[2:], _crash_at={point!r})")
+    code = ("import sys; import visprep.events.incremental as m; from visprep.workspace import Workspace; "
+            f"from visprep.events.stage import ingest_event_files as f; m.DELTA_SHARE = {share!r}; "
+            f"f(Workspace(sys.argv[1]), sys.argv[2:], _crash_at={point!r})")
     proc = subprocess.run([sys.executable, "-c", code, str(ws.root), str(second)], check=False, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     log = EventLog(ws)
@@ -191,7 +199,9 @@ def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, point: str) 
     assert r.files_already == 2 and r.pairs_rebuilt
     assert r.recovered_parts > 0  # the killed run's partial files, never listed
     log = EventLog(ws)
-    listed = {f for names in log.pairs_state()["files"].values() for f in names}
+    files = log.pairs_state()["files"]
+    assert len(files["hs"]) == (2 if deltas else 1)
+    listed = {f for names in files.values() for f in names}
     assert {p.name for p in log.pairs_dir.iterdir()} == listed
     assert _tables(ws) == _tables(ref)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from visprep.config import EventsConfig
+from visprep.config import EngineConfig, EventsConfig
 from visprep.events.checkpoint import part_bucket, user_bucket_sql
 from visprep.events.debias import Propensities, concentration, estimate_propensities, ordered_sum
 from visprep.events.duck import sql_list, sql_str
@@ -56,6 +56,8 @@ class PairsReport:
     propensities: Propensities | None = None
     concentration: dict[str, float] = field(default_factory=dict)
     key_retries: int = 0  # user groups whose list keys were rebuilt after a hash collision
+    groups: int = 0  # user groups of the whole-log build (`build_pairs`)
+    engine: str = "local"  # where they ran: local (this DuckDB) or ray (one task per group)
     #: bounced_clicks (found, whatever the policy), carts_with_purchase (carts not counted: the session bought the
     #: product), purchases_via_cart (purchases naming no query, counted under a cart's query).
     signals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SIGNALS, 0))
@@ -91,7 +93,8 @@ def group_parts(parts: list[Path], g: int, groups: int, *, trust_buckets: bool) 
 
 
 def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, groups: int | None = None,
-                trust_buckets: bool = True, _key_mod: int | None = None) -> PairsReport:
+                trust_buckets: bool = True, engine: EngineConfig | None = None, temp_dir: Path | None = None,
+                _key_mod: int | None = None) -> PairsReport:
     """Compute `interaction_pairs` from event `parts` and write it to `out` atomically (temp file, rename).
 
     Every list-level signal (a result list is one user's, a co-view one user's session) is computed per group of
@@ -106,6 +109,8 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         cfg: weights, co-view window, bounce rule, propensity and popularity options.
         groups: user-hash groups; default from the event count and `cfg.pairs_group_events`.
         trust_buckets: read for each group only the parts whose names declare its users (`EventLog.buckets_trusted`).
+        engine: with kind ray, each group is one Ray task (`visprep.events.ray_pairs`; its DuckDB spills to
+            `temp_dir`), its partials added to this connection's; the table is the same.
         _key_mod: test hook: reduce the list keys modulo this, to force hash collisions (see `_load_group`).
     """
     report = PairsReport()
@@ -113,9 +118,24 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         groups = pair_groups(n, cfg.pairs_group_events)
     _partial_tables(con)
-    for g in range(groups):
-        report.key_retries += _group(con, parts, g, groups, cfg=cfg, signals=report.signals,
-                                     trust_buckets=trust_buckets, key_mod=_key_mod)
+    if engine is not None and engine.kind == "ray" and _key_mod is None:
+        from visprep.events.ray_pairs import ray_group_partials
+
+        for tables, signals, salt in ray_group_partials(engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets,
+                                                        temp_dir=temp_dir):
+            for name, t in tables.items():
+                con.register("_rg", t)
+                con.execute(f"INSERT INTO {name} SELECT * FROM _rg")
+                con.unregister("_rg")
+            for k, v in signals.items():
+                report.signals[k] += v
+            report.key_retries += salt
+        report.engine = "ray"
+    else:
+        for g in range(groups):
+            report.key_retries += _group(con, parts, g, groups, cfg=cfg, signals=report.signals,
+                                         trust_buckets=trust_buckets, key_mod=_key_mod)
+    report.groups = groups
     con.execute("DROP TABLE IF EXISTS ev")
     write_pairs(con, out, cfg=cfg, report=report)
     return report

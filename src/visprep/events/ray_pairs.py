@@ -45,12 +45,46 @@ def ray_group_sums(engine: EngineConfig, parts: list[Path], groups: int, *, cfg:
                    trust_buckets: bool, temp_dir: Path | None) -> list[tuple[dict[str, pa.Table], int, int]]:
     """`group_sums` of every group 0..groups-1, one Ray task each (on the cluster `engine` names, or a local
     Ray), in group order."""
+    return _ray_map(group_sums, engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets, temp_dir=temp_dir)
+
+
+def group_partials(parts: list[str], g: int, groups: int, *, cfg: EventsConfig, trust_buckets: bool,
+                   temp_dir: str | None) -> tuple[dict[str, pa.Table], dict[str, int], int]:
+    """User group g's partial aggregates of the whole-log build (`incremental = false`), in a DuckDB of its own:
+    ({"acc" | "hstats" | "pop": its rows}, its signal counts, its key salt). What a Ray task runs."""
+    from visprep.events.duck import to_arrow
+    from visprep.events.interactions import _SIGNALS, _group, _partial_tables
+    from visprep.views.db import connect as duck
+
+    con = duck(memory_limit=cfg.duckdb_memory_limit, temp_dir=Path(temp_dir) if temp_dir else None,
+               threads=cfg.threads or None, preserve_insertion_order=False)
+    try:
+        _partial_tables(con)
+        signals = dict.fromkeys(_SIGNALS, 0)
+        salt = _group(con, [Path(p) for p in parts], g, groups, cfg=cfg, signals=signals,
+                      trust_buckets=trust_buckets, key_mod=None)
+        return {t: to_arrow(con.sql(f"SELECT * FROM {t}")) for t in ("acc", "hstats", "pop")}, signals, salt
+    finally:
+        con.close()
+
+
+def ray_group_partials(engine: EngineConfig, parts: list[Path], groups: int, *, cfg: EventsConfig,
+                       trust_buckets: bool,
+                       temp_dir: Path | None) -> list[tuple[dict[str, pa.Table], dict[str, int], int]]:
+    """`group_partials` of every group 0..groups-1, one Ray task each, in group order."""
+    return _ray_map(group_partials, engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets, temp_dir=temp_dir)
+
+
+def _ray_map(fn: Any, engine: EngineConfig, parts: list[Path], groups: int, *, cfg: EventsConfig,
+             trust_buckets: bool, temp_dir: Path | None) -> list[Any]:
+    """`fn(parts, g, groups, ...)` for every group, one Ray task each (retried `engine.max_retries` times when
+    its worker dies), on the cluster `engine` names or a local Ray; results in group order."""
     import ray
 
     from visprep.engines.ray_engine import connect
 
     connect(engine)
-    task = ray.remote(max_retries=engine.max_retries, retry_exceptions=False)(group_sums)
+    task = ray.remote(max_retries=engine.max_retries, retry_exceptions=False)(fn)
     names = [str(p) for p in parts]
     refs = [task.remote(names, g, groups, cfg=cfg, trust_buckets=trust_buckets,
                         temp_dir=str(temp_dir) if temp_dir else None) for g in range(groups)]

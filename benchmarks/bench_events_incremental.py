@@ -196,18 +196,21 @@ def section(result: dict) -> list[str]:
               "writing the change of the partial sums, the combine that reweighs every pair: loading the sums, "
               "the propensities, writing the table, its report). Measured in the same process, one after the "
               "other; identical = the updated table equals a full rebuild, row for row."), "",
-             ("| log events | new | touched users / sessions / their events | full rebuild s: whole log / partial "
-              "sums | update s (touched + recompute + sums + combine) | combine s (load + propensities + write + "
-              "report) | update / full (whole log) | pairs rows | identical | peak RSS MB | load avg start → end |"),
+             ("| log events | new | touched users / sessions / their events | full rebuild s: whole log / "
+              "partial sums | update s (touched + recompute + sums + combine) | combine s (load + propensities "
+              "+ write + report) | update / full (whole log) | pairs rows | identical | peak RSS MB | "
+              "load avg start → end |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         u, ph = r["update"], r["update"]["phases_s"]
         lines.append(f"| {r['events']:,} | {r['new_events']:,} | {u['touched_users']:,} / "
-                     f"{u.get('touched_sessions', 0):,} / {u['touched_events']:,} | {r['full_whole_log_s']:.2f} / "
-                     f"{r['full_partials_s']:.2f} | {r['update_s']:.2f} ({ph.get('touched_users', 0):.2f} + "
+                     f"{u.get('touched_sessions', 0):,} / {u['touched_events']:,} | "
+                     f"{r['full_whole_log_s']:.2f} / {r['full_partials_s']:.2f} | "
+                     f"{r['update_s']:.2f} ({ph.get('touched_users', 0):.2f} + "
                      f"{ph['recompute']:.2f} + {ph['write_sums']:.2f} + {ph['combine']:.2f}) | "
                      f"{ph.get('combine_load', 0):.2f} + {ph.get('combine_propensities', 0):.2f} + "
-                     f"{ph.get('combine_write', 0):.2f} + {ph.get('combine_report', 0):.2f} | {r['ratio']:.1%} | "
+                     f"{ph.get('combine_write', 0):.2f} + {ph.get('combine_report', 0):.2f} | "
+                     f"{r['ratio']:.1%} | "
                      f"{r['pair_rows']:,} | {'yes' if r['identical'] else '**no**'} | {r['peak_rss_mb']:.0f} | "
                      f"{r.get('load_start', ['?'])[0]} → {r.get('load_end', ['?'])[0]} |")
     met = "**met**" if result["ratio_met"] else "**missed**"

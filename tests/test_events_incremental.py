@@ -233,11 +233,12 @@ def test_compaction_keeps_pending_parts_apart_from_settled_ones(tmp_path: Path) 
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(_event, min_size=2, max_size=50), cuts=st.lists(st.integers(1, 49), min_size=1, max_size=4),
-       dups=st.lists(st.integers(0, 49), max_size=4), max_deltas=st.sampled_from([1, 2, 8]))
-def test_updates_kept_as_delta_sums_give_the_rebuilt_tables(monkeypatch: pytest.MonkeyPatch, events: list[tuple],
-                                                              cuts: list[int], dups: list[int],
-                                                              max_deltas: int) -> None:
+@given(events=st.lists(_event, min_size=2, max_size=50),
+       cuts=st.lists(st.integers(1, 49), min_size=1, max_size=4), dups=st.lists(st.integers(0, 49), max_size=4),
+       max_deltas=st.sampled_from([1, 2, 8]))
+def test_updates_kept_as_delta_sums_give_the_rebuilt_tables(monkeypatch: pytest.MonkeyPatch,
+                                                              events: list[tuple], cuts: list[int],
+                                                              dups: list[int], max_deltas: int) -> None:
     # Every update writes a delta (never a merge for its size), up to `max_deltas` of them, then merges: random
     # batches whose sessions span the boundaries (small pools), late events (timestamps in any order across
     # batches) and duplicates of earlier batches' records.
@@ -282,8 +283,9 @@ def test_a_delta_that_moves_a_count_but_not_the_key_count_is_kept(monkeypatch: p
              "type": typ, "query_id": "q0"}
         return r | ({"product_id": f"p{product}"} if product is not None else {}) | (
             {"position": position} if position is not None else {})
-    first = [ev(0, 0, "search"), ev(1, 1, "impression", 1, 1), ev(2, 1, "impression", 2, 2), ev(3, 5, "click", 1),
-             {**ev(4, 0, "search"), "user_id": "u1"}, {**ev(5, 1, "impression", 1, 1), "user_id": "u1"}]
+    first = [ev(0, 0, "search"), ev(1, 1, "impression", 1, 1), ev(2, 1, "impression", 2, 2),
+             ev(3, 5, "click", 1), {**ev(4, 0, "search"), "user_id": "u1"},
+             {**ev(5, 1, "impression", 1, 1), "user_id": "u1"}]
     ws = _ws(tmp_path / "ws")
     ingest_event_files(ws, [_write(tmp_path / "a.jsonl", first)])
     ingest_event_files(ws, [_write(tmp_path / "b.jsonl", [ev(6, 9, "click", 2)])])

@@ -1,5 +1,5 @@
-"""The events pairs on Ray: with `[engine] kind = "ray"` a rebuild of the partial sums (and the whole-log build of
-`incremental = false`) runs one Ray task per user group (a local Ray of 2 CPUs), and the tables equal the local
+"""The events pairs on Ray: with `[engine] kind = "ray"` a rebuild of the partial sums (and the whole-log build
+of `incremental = false`) runs one Ray task per user group (a local Ray of 2 CPUs), and the tables equal the local
 build's, after a rebuild and after an update."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_pairs_per_user_group_on_ray_give_the_local_tables(tmp_path: Path, local
     assert _tables(on_ray) == _tables(local)
 
 
-def test_the_whole_log_build_per_user_group_on_ray_gives_the_local_table(tmp_path: Path, local_ray: None) -> None:
+def test_the_whole_log_build_per_group_on_ray_gives_the_local_table(tmp_path: Path, local_ray: None) -> None:
     records = _write(tmp_path / "a.jsonl", _sim_records(300, 12, seed=7))
     config = "pairs_group_events = 1000\nincremental = false\n"
     local = _ws(tmp_path / "local", config)

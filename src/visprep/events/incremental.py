@@ -97,7 +97,8 @@ class IncrementalReport:
     def as_metrics(self) -> dict[str, Any]:
         """JSON-able summary for the run record."""
         return {"mode": self.mode, "full_reason": self.full_reason, "touched_users": self.touched_users,
-                "touched_sessions": self.touched_sessions, "touched_events": self.touched_events, "groups": self.groups, "engine": self.engine,
+                "touched_sessions": self.touched_sessions, "touched_events": self.touched_events,
+                "groups": self.groups, "engine": self.engine,
                 "phases_s": {k: round(v, 4) for k, v in self.phases_s.items()}}
 
 
@@ -110,10 +111,10 @@ def partials_key(con: Any, cfg: EventsConfig) -> dict[str, Any]:
 def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust_buckets: bool,
                  force_full: bool = False, crash: Callable[[str], None] | None = None,
                  engine: EngineConfig | None = None, temp_dir: Path | None = None) -> IncrementalReport:
-    """Bring the partial sums and `interaction_pairs` (`out`) up to the committed log, recomputing only the users
-    of the pending parts when the sums allow it, else all users; commit both (module docstring). With `engine`
-    kind ray, a rebuild of every user's sums runs one Ray task per user group (`visprep.events.ray_pairs`;
-    DuckDB spills to `temp_dir` there)."""
+    """Bring the partial sums and `interaction_pairs` (`out`) up to the committed log, recomputing only the
+    sessions of the pending parts when the sums allow it, else all of them; commit both (module docstring).
+    With `engine` kind ray, a rebuild of every user's sums runs one Ray task per user group
+    (`visprep.events.ray_pairs`; DuckDB spills to `temp_dir` there)."""
     key = partials_key(con, cfg)
     state = log.pairs_state()
     reason = None
@@ -139,7 +140,8 @@ def update_pairs(con: Any, log: EventLog, out: Path, *, cfg: EventsConfig, trust
         if engine is not None and engine.kind == "ray":
             from visprep.events.ray_pairs import ray_group_sums, register_sums
 
-            results = ray_group_sums(engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets, temp_dir=temp_dir)
+            results = ray_group_sums(engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets,
+                                     temp_dir=temp_dir)
             rep.engine = "ray"
             rep.touched_events = sum(r[1] for r in results)
             rep.pairs.key_retries = sum(r[2] for r in results)

@@ -121,8 +121,9 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
     if engine is not None and engine.kind == "ray" and _key_mod is None:
         from visprep.events.ray_pairs import ray_group_partials
 
-        for tables, signals, salt in ray_group_partials(engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets,
-                                                        temp_dir=temp_dir):
+        results = ray_group_partials(engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets,
+                                     temp_dir=temp_dir)
+        for tables, signals, salt in results:
             for name, t in tables.items():
                 con.register("_rg", t)
                 con.execute(f"INSERT INTO {name} SELECT * FROM _rg")
@@ -414,7 +415,8 @@ def user_partial_tables(con: Any) -> None:
     """Create the empty partial tables `uacc`, `uhs`, `upop` and `usig` (all keyed by `uh`, a constant: see
     `_load_group`).
 
-    They hold what `_group_partials` adds to `acc`, `hstats` and `pop`, with every column a sum of integers, so sums over users can be moved by a user's rows exactly (`visprep.events.incremental`):
+    They hold what `_group_partials` adds to `acc`, `hstats` and `pop`, with every column a sum of integers, so
+    sums over sessions can be moved by a session's rows exactly (`visprep.events.incremental`):
     `acc`'s float weight becomes (cnt - nb) + nb x bounce_weight (nb = bounced clicks counted), and the image ids
     that `acc` and `hstats` take a min() of are part of the key.
     """

@@ -1,11 +1,12 @@
-"""The partial sums of the incremental pairs build per user bucket, one Ray task per bucket (`[engine] kind = "ray"`).
+"""The events pairs' full builds per user bucket, one Ray task per bucket (`[engine] kind = "ray"`).
 
 A rebuild of the partial sums (`incremental.update_pairs` with no usable sums) runs in user groups: group g of G
 holds the users with `hash(user_id) % G == g`, and a committed part named for a bucket holds only its users, so a
 group reads only its own parts. Every list-level signal belongs to one user, so a group's sums are final for its
 users. Each group is one Ray task here: it opens its own DuckDB, reads its parts from the shared workspace, and
 returns its sums (`g_` rows by key, as Arrow tables); the driver adds the groups' sums up, writes the sum files and
-runs the combine, as the local build does, so the tables are the same. A task whose worker died is rerun up to
+runs the combine, as the local build does, so the tables are the same. The whole-log build (`incremental =
+false`) runs its groups the same way (`group_partials`). A task whose worker died is rerun up to
 `engine.max_retries` times; nothing is written before every group is back, so a killed run leaves the previous
 commit (`EventLog.recover`).
 """
@@ -72,7 +73,8 @@ def ray_group_partials(engine: EngineConfig, parts: list[Path], groups: int, *, 
                        trust_buckets: bool,
                        temp_dir: Path | None) -> list[tuple[dict[str, pa.Table], dict[str, int], int]]:
     """`group_partials` of every group 0..groups-1, one Ray task each, in group order."""
-    return _ray_map(group_partials, engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets, temp_dir=temp_dir)
+    return _ray_map(group_partials, engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets,
+                    temp_dir=temp_dir)
 
 
 def _ray_map(fn: Any, engine: EngineConfig, parts: list[Path], groups: int, *, cfg: EventsConfig,

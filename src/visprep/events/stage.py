@@ -227,8 +227,9 @@ def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord,
     result.concentration = report.concentration
     run.metrics = {"concentration": report.concentration,
                    "propensities": report.propensities.as_report() if report.propensities else None,
-                   "signals": report.signals, "pairs_build": incremental or {"mode": "whole_log", "groups": report.groups,
-                                                   "engine": report.engine}}
+                   "signals": report.signals,
+                   "pairs_build": incremental or {"mode": "whole_log", "groups": report.groups,
+                                                  "engine": report.engine}}
 
 
 def _record(run: RunRecord, r: EventsResult) -> None:

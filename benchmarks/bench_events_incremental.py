@@ -10,8 +10,9 @@ old session id, so sessions can span the boundary). Each size runs in its own pr
 1. ingest the log into a workspace (pairs not built), then the full rebuild of the pairs with `[events]
    incremental = true` (every user's partials summed, then the combine): `full_partials`;
 2. ingest the new hour with `rebuild_pairs=True`: the pairs update is incremental (its phases come from the run
-   record: `touched_users`, `recompute` (the touched users, over the settled parts and over all), `write_sums`,
-   `combine`);
+   record: `touched_users` (finding the touched sessions), `recompute` (the touched sessions, over the settled
+   parts and over all), `write_sums` (the delta files), `combine` (`combine_load` of the sums,
+   `combine_propensities`, `combine_write` of the weighted table, `combine_report`));
 3. check: the updated table equals a full rebuild over log + hour, row for row;
 4. baseline: the same log + hour in a workspace with `incremental = false`, pairs rebuilt from the whole log
    (`build_pairs`): `full_whole_log`.
@@ -159,18 +160,21 @@ def main() -> None:
         base, hour, n, n_new = dataset(n_target, n_target // 100)
         print(f"{count_label(n_target)}: log {n:,} events + {n_new:,} new", flush=True)
         work = Path(tempfile.mkdtemp(prefix="bench-events-inc-", dir=WORK))
+        load_start = [round(x, 2) for x in os.getloadavg()]
         try:
             r = run_phase([__file__, "--phase", "measure", "--base", str(base), "--hour", str(hour),
                            "--work", str(work)], "measure")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        r.update(size=count_label(n_target), events=n, new_events=n_new)
+        r.update(size=count_label(n_target), events=n, new_events=n_new, load_start=load_start,
+                 load_end=[round(x, 2) for x in os.getloadavg()])
         r["ratio"] = r["update_s"] / r["full_whole_log_s"]
         r["ratio_partials"] = r["update_s"] / r["full_partials_s"]
         print(f"  full rebuild: whole-log {r['full_whole_log_s']:.2f} s, partial sums {r['full_partials_s']:.2f}"
               f" s; incremental update {r['update_s']:.2f} s ({r['update']['touched_users']:,} users, "
-              f"{r['update']['touched_events']:,} events; phases {r['update']['phases_s']}) = {r['ratio']:.1%} "
-              f"of the whole-log rebuild; identical: {r['identical']}", flush=True)
+              f"{r['update'].get('touched_sessions', 0):,} sessions, {r['update']['touched_events']:,} events; "
+              f"phases {r['update']['phases_s']}) = {r['ratio']:.1%} of the whole-log rebuild; identical: "
+              f"{r['identical']}; load {r['load_start']} -> {r['load_end']}", flush=True)
         rows.append(r)
     result = {"command": command, "rows": rows, "target_ratio": TARGET, "cpus": os.cpu_count(),
               "ratio_met": all(r["ratio"] <= TARGET for r in rows), "identical": all(r["identical"] for r in rows)}
@@ -188,24 +192,30 @@ def section(result: dict) -> list[str]:
               f"records) plus 1% new events in the hour after it (same user pool), {result.get('cpus', '?')} cores. "
               "Full rebuild: the pairs from the whole log (`incremental = false`), and the partial sums rebuilt "
               "from the whole log (`incremental = true`, `build_interaction_pairs`); incremental: the pairs "
-              "update of the ingest of the new hour, by phase (finding the touched users, recomputing them, "
-              "moving the partial sums, the combine that reweighs every pair). Measured in the same process, "
-              "one after the other; identical = the updated table equals a full rebuild, row for row."), "",
-             ("| log events | new | touched users / their events | full rebuild s: whole log / partial sums | "
-              "update s (touched + recompute + sums + combine) | update / full (whole log) | pairs rows | "
-              "identical | peak RSS MB |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+              "update of the ingest of the new hour, by phase (finding the touched sessions, recomputing them, "
+              "writing the change of the partial sums, the combine that reweighs every pair: loading the sums, "
+              "the propensities, writing the table, its report). Measured in the same process, one after the "
+              "other; identical = the updated table equals a full rebuild, row for row."), "",
+             ("| log events | new | touched users / sessions / their events | full rebuild s: whole log / "
+              "partial sums | update s (touched + recompute + sums + combine) | combine s (load + propensities "
+              "+ write + report) | update / full (whole log) | pairs rows | identical | peak RSS MB | "
+              "load avg start → end |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        ph = r["update"]["phases_s"]
-        lines.append(f"| {r['events']:,} | {r['new_events']:,} | {r['update']['touched_users']:,} / "
-                     f"{r['update']['touched_events']:,} | {r['full_whole_log_s']:.2f} / {r['full_partials_s']:.2f} | "
-                     f"{r['update_s']:.2f} ({ph.get('touched_users', 0):.2f} + {ph['recompute']:.2f} + "
-                     f"{ph['write_sums']:.2f} + {ph['combine']:.2f}) | {r['ratio']:.1%} | {r['pair_rows']:,} | "
-                     f"{'yes' if r['identical'] else '**no**'} | {r['peak_rss_mb']:.0f} |")
+        u, ph = r["update"], r["update"]["phases_s"]
+        lines.append(f"| {r['events']:,} | {r['new_events']:,} | {u['touched_users']:,} / "
+                     f"{u.get('touched_sessions', 0):,} / {u['touched_events']:,} | "
+                     f"{r['full_whole_log_s']:.2f} / {r['full_partials_s']:.2f} | "
+                     f"{r['update_s']:.2f} ({ph.get('touched_users', 0):.2f} + "
+                     f"{ph['recompute']:.2f} + {ph['write_sums']:.2f} + {ph['combine']:.2f}) | "
+                     f"{ph.get('combine_load', 0):.2f} + {ph.get('combine_propensities', 0):.2f} + "
+                     f"{ph.get('combine_write', 0):.2f} + {ph.get('combine_report', 0):.2f} | "
+                     f"{r['ratio']:.1%} | "
+                     f"{r['pair_rows']:,} | {'yes' if r['identical'] else '**no**'} | {r['peak_rss_mb']:.0f} | "
+                     f"{r.get('load_start', ['?'])[0]} → {r.get('load_end', ['?'])[0]} |")
     met = "**met**" if result["ratio_met"] else "**missed**"
     lines += ["", f"Target update <= {result['target_ratio']:.0%} of the full rebuild: {met}."]
     return lines
-
 
 if __name__ == "__main__":
     main()

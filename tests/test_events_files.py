@@ -17,12 +17,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from visprep.cli import app
+from visprep.cli import EXIT_BUSY, app
 from visprep.events.checkpoint import EventLog, part_bucket
 from visprep.events.interactions import pair_groups
 from visprep.events.simulate import SimConfig, simulate
 from visprep.events.stage import ingest_event_files
-from visprep.cli import EXIT_BUSY
 from visprep.workspace import Workspace, WorkspaceLocked
 
 

@@ -136,6 +136,27 @@ def test_an_update_recomputes_only_the_touched_users(tmp_path: Path) -> None:
     assert _tables(inc) == (ev, p)
 
 
+def test_an_update_recomputes_only_the_touched_sessions(tmp_path: Path) -> None:
+    records = _sim_records(50, 20, seed=6)
+    ws = _ws(tmp_path / "ws")
+    ingest_event_files(ws, [_write(tmp_path / "a.jsonl", records)])
+    # u1 comes back in a new session (s9), and u2 with a late event of one of its old sessions (s0).
+    old_s0 = [r for r in records if r["user_id"] == "u2" and r["session_id"] == "s0"]
+    assert old_s0
+    again = [r for r in records if r["user_id"] == "u1"][:5]
+    assert again
+    late = [{**r, "event_id": f"new{i}", "session_id": "s9"} for i, r in enumerate(again)]
+    late.append({**old_s0[0], "event_id": "late"})
+    r = ingest_event_files(ws, [_write(tmp_path / "b.jsonl", late)])
+    build = _build(ws, r.run_id)
+    assert build["touched_users"] == 2 and build["touched_sessions"] == 2
+    # Only those two sessions' events are read: u1's older sessions are not.
+    assert build["touched_events"] == len(late) + len(old_s0)
+    ev, p = _tables(ws)
+    build_interaction_pairs(ws)
+    assert _tables(ws) == (ev, p)
+
+
 def test_a_changed_option_the_partials_depend_on_rebuilds_them_and_says_why(tmp_path: Path) -> None:
     records = _sim_records(50, 10, seed=2)
     ws = _ws(tmp_path / "ws")
@@ -151,8 +172,15 @@ def test_a_changed_option_the_partials_depend_on_rebuilds_them_and_says_why(tmp_
     assert _tables(one) == (ev, p)
 
 
+@pytest.mark.parametrize("deltas", [False, True], ids=["merged", "delta"])
 @pytest.mark.parametrize("point", ["pairs_after_partials", "pairs_after_table"])
-def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, point: str) -> None:
+def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str,
+                                                    deltas: bool) -> None:
+    import visprep.events.incremental as inc_mod
+
+    # delta: the update writes its change as a delta file (the killed run and the one that redoes it).
+    share = 1e9 if deltas else 0.0
+    monkeypatch.setattr(inc_mod, "DELTA_SHARE", share)
     records = _sim_records(100, 12, seed=3)
     # Sessions that span the boundary: the second batch continues the first one's sessions.
     first, second = _write(tmp_path / "a.jsonl", records[:800]), _write(tmp_path / "b.jsonl", records[780:])
@@ -160,8 +188,9 @@ def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, point: str) 
     ingest_event_files(ref, [first, second])
     ws = _ws(tmp_path / "ws")
     ingest_event_files(ws, [first])
-    code = ("import sys; from visprep.workspace import Workspace; from visprep.events.stage import "
-            f"ingest_event_files as f; f(Workspace(sys.argv[1]), sys.argv[2:], _crash_at={point!r})")
+    code = ("import sys; import visprep.events.incremental as m; from visprep.workspace import Workspace; "
+            f"from visprep.events.stage import ingest_event_files as f; m.DELTA_SHARE = {share!r}; "
+            f"f(Workspace(sys.argv[1]), sys.argv[2:], _crash_at={point!r})")
     proc = subprocess.run([sys.executable, "-c", code, str(ws.root), str(second)], check=False, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     log = EventLog(ws)
@@ -170,7 +199,9 @@ def test_a_killed_update_resumes_to_the_same_tables(tmp_path: Path, point: str) 
     assert r.files_already == 2 and r.pairs_rebuilt
     assert r.recovered_parts > 0  # the killed run's partial files, never listed
     log = EventLog(ws)
-    listed = set(log.pairs_state()["files"].values())
+    files = log.pairs_state()["files"]
+    assert len(files["hs"]) == (2 if deltas else 1)
+    listed = {f for names in files.values() for f in names}
     assert {p.name for p in log.pairs_dir.iterdir()} == listed
     assert _tables(ws) == _tables(ref)
 
@@ -199,3 +230,68 @@ def test_compaction_keeps_pending_parts_apart_from_settled_ones(tmp_path: Path) 
     ev, p = _tables(ws)
     build_interaction_pairs(ws)
     assert _tables(ws) == (ev, p)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(_event, min_size=2, max_size=50),
+       cuts=st.lists(st.integers(1, 49), min_size=1, max_size=4), dups=st.lists(st.integers(0, 49), max_size=4),
+       max_deltas=st.sampled_from([1, 2, 8]))
+def test_updates_kept_as_delta_sums_give_the_rebuilt_tables(monkeypatch: pytest.MonkeyPatch,
+                                                              events: list[tuple], cuts: list[int],
+                                                              dups: list[int], max_deltas: int) -> None:
+    # Every update writes a delta (never a merge for its size), up to `max_deltas` of them, then merges: random
+    # batches whose sessions span the boundaries (small pools), late events (timestamps in any order across
+    # batches) and duplicates of earlier batches' records.
+    import visprep.events.incremental as inc_mod
+
+    monkeypatch.setattr(inc_mod, "DELTA_SHARE", 1e9)
+    monkeypatch.setattr(inc_mod, "MAX_DELTAS", max_deltas)
+    records = [_record(i, e) for i, e in enumerate(events)]
+    bounds = sorted({0, len(records), *(min(c, len(records)) for c in cuts)})
+    batches = [records[a:b] for a, b in itertools.pairwise(bounds)]
+    for n in range(1, len(batches)):
+        batches[n] = batches[n] + [records[d] for d in dups if d < bounds[n]]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ws = _ws(root / "inc")
+        deltas_seen = 0
+        for n, batch in enumerate(batches):
+            ingest_event_files(ws, [_write(root / f"b{n}.jsonl", batch)])
+            files = EventLog(ws).pairs_state()["files"]
+            assert all(len(f) <= max_deltas + 1 for f in files.values())
+            deltas_seen = max(deltas_seen, len(files["hs"]) - 1)
+            listed = {f for names in files.values() for f in names}
+            assert {p.name for p in EventLog(ws).pairs_dir.iterdir()} == listed
+        shown = [any(r["type"] == "impression" for r in b) for b in batches]
+        if shown[0] and any(shown[1:]):  # a base of impression counts, moved by a later batch's impression
+            assert deltas_seen >= 1
+        ev, p = _tables(ws)
+        build_interaction_pairs(ws)
+        assert _tables(ws) == (ev, p)
+
+
+def test_a_delta_that_moves_a_count_but_not_the_key_count_is_kept(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    # A late click on another result of the list turns an earlier click into a bounce: its key's event count
+    # stays, its bounce count moves. The delta must carry it (a delta kept by its first count only would not).
+    import visprep.events.incremental as inc_mod
+
+    monkeypatch.setattr(inc_mod, "DELTA_SHARE", 1e9)
+
+    def ev(i: int, second: int, typ: str, product: int | None = None, position: int | None = None) -> dict:
+        r = {"event_id": f"e{i}", "ts": f"2024-03-01T10:00:{second:02d}Z", "user_id": "u0", "session_id": "s0",
+             "type": typ, "query_id": "q0"}
+        return r | ({"product_id": f"p{product}"} if product is not None else {}) | (
+            {"position": position} if position is not None else {})
+    first = [ev(0, 0, "search"), ev(1, 1, "impression", 1, 1), ev(2, 1, "impression", 2, 2),
+             ev(3, 5, "click", 1), {**ev(4, 0, "search"), "user_id": "u1"},
+             {**ev(5, 1, "impression", 1, 1), "user_id": "u1"}]
+    ws = _ws(tmp_path / "ws")
+    ingest_event_files(ws, [_write(tmp_path / "a.jsonl", first)])
+    ingest_event_files(ws, [_write(tmp_path / "b.jsonl", [ev(6, 9, "click", 2)])])
+    assert len(EventLog(ws).pairs_state()["files"]["acc"]) == 2  # base + one delta
+    ev_inc, p_inc = _tables(ws)
+    assert {(p["product_id"], p["kind"], p["raw_weight"]) for p in p_inc if p["kind"] == "click"} == {
+        ("p1", "click", 0.1), ("p2", "click", 1.0)}  # bounce_weight 0.1 (the default): p1's click bounced
+    build_interaction_pairs(ws)
+    assert _tables(ws) == (ev_inc, p_inc)

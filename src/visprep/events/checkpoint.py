@@ -125,8 +125,7 @@ class EventLog:
                 if p.name not in live_ids:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
                     n += p.suffix == ".parquet"
-        state = self.state.get("pairs_state") or {}
-        live_pairs = set((state.get("files") or {}).values())
+        live_pairs = {p.name for p in self._pairs_files()}
         if self.pairs_dir.is_dir():
             for p in self.pairs_dir.iterdir():
                 if p.name not in live_pairs:
@@ -281,10 +280,15 @@ class EventLog:
         return [self.dir / n for n in sorted(self.state.get("pairs_pending", [])) if n in live]
 
     def pairs_state(self) -> dict[str, Any] | None:
-        """The committed partial sums of the pairs: {"files": {name: file}, "key": what they depend on, "seq": n}."""
-        return self.state.get("pairs_state")
+        """The committed partial sums of the pairs: {"files": {name: [base file, delta files...]}, "key": what they
+        depend on, "seq": n} (a log written before deltas lists one file per sum: read as [file])."""
+        state = self.state.get("pairs_state")
+        if state is None:
+            return None
+        files = {k: [v] if isinstance(v, str) else list(v) for k, v in (state.get("files") or {}).items()}
+        return {**state, "files": files}
 
-    def commit_pairs(self, files: dict[str, str], key: dict[str, Any], seq: int) -> None:
+    def commit_pairs(self, files: dict[str, list[str]], key: dict[str, Any], seq: int) -> None:
         """Make new partial sums of the pairs (already written under `pairs_dir`) and the `interaction_pairs` built
         from them current: one atomic checkpoint rewrite, then the replaced partials go."""
         old = self._pairs_files()
@@ -292,13 +296,14 @@ class EventLog:
         self.state["pairs_pending"] = []
         self.state["pairs_generation"] = self.generation
         self._save()
+        live = {n for names in files.values() for n in names}
         for p in old:
-            if p.name not in files.values():
+            if p.name not in live:
                 p.unlink(missing_ok=True)
 
     def _pairs_files(self) -> list[Path]:
-        state = self.state.get("pairs_state") or {}
-        return [self.pairs_dir / n for n in (state.get("files") or {}).values()]
+        state = self.pairs_state() or {}
+        return [self.pairs_dir / n for names in (state.get("files") or {}).values() for n in names]
 
     def pairs_current(self) -> bool:
         """Tell whether `interaction_pairs` reflects every committed batch."""

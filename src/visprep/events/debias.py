@@ -53,7 +53,7 @@ def estimate_propensities(con: Any, *, cfg: EventsConfig) -> Propensities:
         rows = con.sql(f"""
             WITH s AS (
                 SELECT query_id, product_id, position, sum(n) AS n, sum(k) AS k FROM hstats
-                WHERE position <= {top} GROUP BY ALL)
+                WHERE position <= {top} GROUP BY ALL HAVING sum(n) > 0)
             SELECT a.position, sum(least(a.n, b.n)) AS support,
                    {ordered_sum('least(a.n, b.n) * a.k / a.n')} AS ctr_a,
                    {ordered_sum('least(a.n, b.n) * b.k / b.n')} AS ctr_b

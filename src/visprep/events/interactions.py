@@ -31,13 +31,14 @@ for the logQ correction of Yi et al. 2019 (a popular product has the larger log_
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from visprep.config import EventsConfig
+from visprep.config import EngineConfig, EventsConfig
 from visprep.events.checkpoint import part_bucket, user_bucket_sql
 from visprep.events.debias import Propensities, concentration, estimate_propensities, ordered_sum
 from visprep.events.duck import sql_list, sql_str
@@ -55,6 +56,8 @@ class PairsReport:
     propensities: Propensities | None = None
     concentration: dict[str, float] = field(default_factory=dict)
     key_retries: int = 0  # user groups whose list keys were rebuilt after a hash collision
+    groups: int = 0  # user groups of the whole-log build (`build_pairs`)
+    engine: str = "local"  # where they ran: local (this DuckDB) or ray (one task per group)
     #: bounced_clicks (found, whatever the policy), carts_with_purchase (carts not counted: the session bought the
     #: product), purchases_via_cart (purchases naming no query, counted under a cart's query).
     signals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SIGNALS, 0))
@@ -90,7 +93,8 @@ def group_parts(parts: list[Path], g: int, groups: int, *, trust_buckets: bool) 
 
 
 def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, groups: int | None = None,
-                trust_buckets: bool = True, _key_mod: int | None = None) -> PairsReport:
+                trust_buckets: bool = True, engine: EngineConfig | None = None, temp_dir: Path | None = None,
+                _key_mod: int | None = None) -> PairsReport:
     """Compute `interaction_pairs` from event `parts` and write it to `out` atomically (temp file, rename).
 
     Every list-level signal (a result list is one user's, a co-view one user's session) is computed per group of
@@ -105,6 +109,8 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         cfg: weights, co-view window, bounce rule, propensity and popularity options.
         groups: user-hash groups; default from the event count and `cfg.pairs_group_events`.
         trust_buckets: read for each group only the parts whose names declare its users (`EventLog.buckets_trusted`).
+        engine: with kind ray, each group is one Ray task (`visprep.events.ray_pairs`; its DuckDB spills to
+            `temp_dir`), its partials added to this connection's; the table is the same.
         _key_mod: test hook: reduce the list keys modulo this, to force hash collisions (see `_load_group`).
     """
     report = PairsReport()
@@ -112,24 +118,47 @@ def build_pairs(con: Any, parts: list[Path], out: Path, *, cfg: EventsConfig, gr
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         groups = pair_groups(n, cfg.pairs_group_events)
     _partial_tables(con)
-    for g in range(groups):
-        report.key_retries += _group(con, parts, g, groups, cfg=cfg, signals=report.signals,
-                                     trust_buckets=trust_buckets, key_mod=_key_mod)
+    if engine is not None and engine.kind == "ray" and _key_mod is None:
+        from visprep.events.ray_pairs import ray_group_partials
+
+        results = ray_group_partials(engine, parts, groups, cfg=cfg, trust_buckets=trust_buckets,
+                                     temp_dir=temp_dir)
+        for tables, signals, salt in results:
+            for name, t in tables.items():
+                con.register("_rg", t)
+                con.execute(f"INSERT INTO {name} SELECT * FROM _rg")
+                con.unregister("_rg")
+            for k, v in signals.items():
+                report.signals[k] += v
+            report.key_retries += salt
+        report.engine = "ray"
+    else:
+        for g in range(groups):
+            report.key_retries += _group(con, parts, g, groups, cfg=cfg, signals=report.signals,
+                                         trust_buckets=trust_buckets, key_mod=_key_mod)
+    report.groups = groups
     con.execute("DROP TABLE IF EXISTS ev")
     write_pairs(con, out, cfg=cfg, report=report)
     return report
 
 
-def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) -> None:
+def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport,
+                phases: dict[str, float] | None = None) -> None:
     """Weigh the summed partials in temp tables `acc`, `hstats` and `pop` (skip-above negatives, propensities,
     exposures, popularity) and write `interaction_pairs` to `out` atomically; fill `report`'s counts.
 
     Every term here is global (a sum over all users): the propensities (from all of `hstats`), a pair's exposures,
     a product's popularity and the popularity total and mean. So this step reads all the partials, however few
     users changed (`visprep.events.incremental` keeps the partials per user so that only they are recomputed).
+    `phases` (when given) gets each step's seconds: propensities, write (the weighted table), report.
     """
-    con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position, s, s
-                   FROM hstats WHERE s > 0""")
+    t0 = time.perf_counter()
+    # Summed by key first: the incremental build's hstats may hold a key's count in several rows (a base and the
+    # deltas that moved it). Skip-above counts are whole numbers weighed 1.0, so this changes no float.
+    con.execute("""INSERT INTO acc SELECT query_id, 'query', query_image_id, product_id, 'skip_above', position,
+                          sum(s), sum(s)
+                   FROM hstats WHERE s <> 0 GROUP BY query_id, query_image_id, product_id, position
+                   HAVING sum(s) > 0""")
 
     props = estimate_propensities(con, cfg=cfg)
     report.propensities = props
@@ -143,6 +172,7 @@ def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) 
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
+    t1 = time.perf_counter()
     con.execute(f"""
         COPY (
         WITH exposure AS (SELECT query_id, product_id, sum(n) AS exposures FROM hstats GROUP BY ALL),
@@ -153,7 +183,7 @@ def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) 
                    {ordered_sum(f'a.w * {inv_prop}')} AS ips
             FROM acc a LEFT JOIN prop p ON p.rank = a.position
             GROUP BY a.anchor_id, a.anchor_type, a.product_id, a.kind),
-        popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1),
+        popularity AS (SELECT product_id, sum(n)::DOUBLE AS n FROM pop GROUP BY 1 HAVING sum(n) <> 0),
         pop_stats AS (SELECT sum(n)::BIGINT::DOUBLE AS total, sum(n)::BIGINT / count(*) AS mean FROM popularity)
         SELECT x.anchor_id, x.anchor_type, x.anchor_image_id, x.product_id, x.kind, x.cnt AS count,
                CASE WHEN x.anchor_type = 'query' THEN coalesce(e.exposures, 0) END AS exposures,
@@ -175,12 +205,15 @@ def write_pairs(con: Any, out: Path, *, cfg: EventsConfig, report: PairsReport) 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    t2 = time.perf_counter()
     for kind, n in con.sql(f"SELECT kind, count(*) FROM read_parquet({sql_str(str(out))}) GROUP BY 1").fetchall():
         report.by_kind[kind] = int(n)
     report.rows = sum(report.by_kind.values())
     report.concentration = concentration(con, str(out))
     for t in ("acc", "hstats", "pop", "prop"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
+    if phases is not None:
+        phases.update(propensities=t1 - t0, write=t2 - t1, report=time.perf_counter() - t2)
 
 
 def _partial_tables(con: Any) -> None:
@@ -227,14 +260,17 @@ def _load_group(con: Any, src: str, where: str, *, key_mod: int | None = None, b
     strings it needs a second, independent 64-bit collision. On a collision the keys are rebuilt with another
     salt. The salt is hashed first: appended last it would be combined with an already colliding hash and collide
     again. Returns the salt used. `key_mod` (tests) reduces the first salt's keys modulo it, forcing collisions.
-    `by_user` adds `uh` = hash(user_id), the key of the per-user partials (`visprep.events.incremental`).
+    `by_user` adds the column `uh` that `user_partials` groups by, as a constant: the incremental build keeps
+    only sums over users (of all users, or of the touched ones), so a per-user key (hash(user_id)) would only
+    multiply the rows its aggregates carry, by the users sharing a (query, product, rank) key (docs/events.md,
+    "Full rebuild").
     """
     for salt in range(_KEY_SALTS):
         mod = f" % {int(key_mod)}" if key_mod and salt == 0 else ""
         check = 1000 + salt
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE ev AS
-            SELECT {_EV_COLUMNS},{" hash(user_id) AS uh," if by_user else ""}
+            SELECT {_EV_COLUMNS},{" 0::UBIGINT AS uh," if by_user else ""}
                    hash({salt}, user_id, session_id, query_id){mod} AS lk,
                    hash({salt}, user_id, session_id){mod} AS sk,
                    hash({check}, {_other('user_id')}, {_other('session_id')}, {_other('query_id')}) AS lk2,
@@ -376,10 +412,11 @@ def _group_partials(con: Any, *, cfg: EventsConfig, signals: dict[str, int]) -> 
 
 
 def user_partial_tables(con: Any) -> None:
-    """Create the empty per-user partial tables `uacc`, `uhs`, `upop` and `usig` (all keyed by `uh`).
+    """Create the empty partial tables `uacc`, `uhs`, `upop` and `usig` (all keyed by `uh`, a constant: see
+    `_load_group`).
 
-    They hold what `_group_partials` adds to `acc`, `hstats` and `pop`, split by user hash and with every column
-    a sum of integers, so sums over users can be moved by a user's rows exactly (`visprep.events.incremental`):
+    They hold what `_group_partials` adds to `acc`, `hstats` and `pop`, with every column a sum of integers, so
+    sums over sessions can be moved by a session's rows exactly (`visprep.events.incremental`):
     `acc`'s float weight becomes (cnt - nb) + nb x bounce_weight (nb = bounced clicks counted), and the image ids
     that `acc` and `hstats` take a min() of are part of the key.
     """

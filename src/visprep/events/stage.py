@@ -209,9 +209,10 @@ def _pairs(ws: Workspace, log: EventLog, con: Any, *, force_full: bool = False,
     out = ws.table_path("interaction_pairs")
     if cfg.incremental:
         inc = update_pairs(con, log, out, cfg=cfg, trust_buckets=log.buckets_trusted(con), force_full=force_full,
-                           crash=crash)
+                           crash=crash, engine=ws.config.engine, temp_dir=ws.root / "tmp" / "duckdb")
         return inc.pairs, inc.as_metrics()
-    report = build_pairs(con, log.part_files(), out, cfg=cfg, trust_buckets=log.buckets_trusted(con))
+    report = build_pairs(con, log.part_files(), out, cfg=cfg, trust_buckets=log.buckets_trusted(con),
+                         engine=ws.config.engine, temp_dir=ws.root / "tmp" / "duckdb")
     log.mark_pairs()
     return report, None
 
@@ -226,7 +227,9 @@ def _maybe_rebuild_pairs(ws: Workspace, log: EventLog, con: Any, run: RunRecord,
     result.concentration = report.concentration
     run.metrics = {"concentration": report.concentration,
                    "propensities": report.propensities.as_report() if report.propensities else None,
-                   "signals": report.signals, "pairs_build": incremental or {"mode": "whole_log"}}
+                   "signals": report.signals,
+                   "pairs_build": incremental or {"mode": "whole_log", "groups": report.groups,
+                                                  "engine": report.engine}}
 
 
 def _record(run: RunRecord, r: EventsResult) -> None:

@@ -300,7 +300,12 @@ def run_size(n_products: int, latency_s: float, timeout_s: int, stages: tuple[st
     try:
         (ws_root / "visprep.toml").write_text(CONFIG.format(engine="local"))
         for stage in todo:
-            stages_out[stage] = run_phase(stage, ws_root, catalog, "local", timeout_s)
+            root = ws_root
+            if reuse and stage == "catalog":  # a first ingest, as in a fresh run, not a rerun finding it unchanged
+                root = base / "catalog-ws"
+                shutil.rmtree(root, ignore_errors=True)
+                root.mkdir()
+            stages_out[stage] = run_phase(stage, root, catalog, "local", timeout_s)
         if ray and any(s in todo for s in RAY_STAGES):
             (ws_root / "visprep.toml").write_text(CONFIG.format(engine="ray"))
             ray_out = {s: run_phase(s, ws_root, catalog, "ray", timeout_s) for s in RAY_STAGES if s in todo}

@@ -42,3 +42,19 @@ def query_arrow(con: Any, query: str) -> Any:
     rel = con.sql(query)
     # DuckDB 2 renamed `arrow()` (which now returns a reader) to `to_arrow_table()`.
     return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+
+
+def read_columns(ws: Workspace, table: str, columns: list[str]) -> Any:
+    """`columns` of `table` as an Arrow table, read from its Parquet parts column by column (`Workspace.read_table`
+    reads every column, then selects); a column a part lacks reads as nulls, as `conform` fills it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([schema_for(table).field(c) for c in columns])
+    parts = []
+    for path in ws.part_paths(table):
+        have = set(pq.read_schema(path).names)
+        part = pq.read_table(path, columns=[c for c in columns if c in have])
+        parts.append(pa.table({c: part.column(c).cast(schema.field(c).type) if c in have
+                               else pa.nulls(part.num_rows, schema.field(c).type) for c in columns}, schema=schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()

@@ -18,6 +18,7 @@ from visprep.images.sniff import extension_for
 from visprep.rules import parse_rule
 from visprep.schema import DUPLICATE_EDGES, PRODUCT_GROUPS
 from visprep.stages import StageOutput
+from visprep.views.scan import read_columns
 from visprep.workspace import RunRecord, Workspace
 
 SIGNATURE_COLUMNS = CODE_COLUMNS + COLOR_COLUMNS
@@ -45,19 +46,29 @@ def params_from_config(cfg: DedupConfig) -> DedupParams:
 def hashed_images(ws: Workspace) -> pa.Table:
     """(product_id, image_id, phash, format, the signature columns) of every product image whose newest fetch
     succeeded and that decoded, a product's images in listing order (its hero image first)."""
+    from visprep.views.db import connect
+    from visprep.views.scan import query_arrow, scan_view
+
     sig = ", ".join(f"any_value(i.{c}) AS {c}" for c in SIGNATURE_COLUMNS)
-    return ws.sql(
-        f"""
-        SELECT pi.product_id, u.image_id, any_value(i.phash) AS phash, any_value(u.format) AS format, {sig}
-        FROM pi
-        JOIN u ON u.url = pi.url AND u.status = 'ok'
-        JOIN i ON i.image_id = u.image_id AND i.status = 'ok' AND i.phash IS NOT NULL
-        GROUP BY pi.product_id, u.image_id
-        ORDER BY pi.product_id, min(pi.position), u.image_id
-        """,
-        pi=ws.read_table("product_images", ["product_id", "position", "url"]), u=ws.latest_urls(),
-        i=ws.read_table("images", ["image_id", "status", "phash", *SIGNATURE_COLUMNS]),
-    )
+    # DuckDB reads the three tables' Parquet parts itself, only these columns: the urls table with every fetch
+    # attempt and the images table with every inspect figure never sit in memory whole.
+    con = connect(preserve_insertion_order=False)
+    try:
+        scan_view(con, ws, "product_images", ["product_id", "position", "url"], name="pi")
+        scan_view(con, ws, "urls", ["url", "status", "image_id", "format", "fetched_at"], name="fetched")
+        scan_view(con, ws, "images", ["image_id", "status", "phash", *SIGNATURE_COLUMNS], name="i")
+        return query_arrow(con, f"""
+            WITH u AS (SELECT url, status, image_id, format FROM fetched
+                       QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1)
+            SELECT pi.product_id, u.image_id, any_value(i.phash) AS phash, any_value(u.format) AS format, {sig}
+            FROM pi
+            JOIN u ON u.url = pi.url AND u.status = 'ok'
+            JOIN i ON i.image_id = u.image_id AND i.status = 'ok' AND i.phash IS NOT NULL
+            GROUP BY pi.product_id, u.image_id
+            ORDER BY pi.product_id, min(pi.position), u.image_id
+            """)
+    finally:
+        con.close()
 
 
 def embedding_lookup(ws: Workspace, image_ids: list[str]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -163,7 +174,7 @@ def compute_dedup(ws: Workspace, run: RunRecord) -> StageOutput:
     cfg = ws.config.dedup
     res = DedupResult(run_id=run.run_id)
     clock = PhaseClock()
-    products = ws.read_table("products", ["product_id", "title", "top_category", "color", "brand"])
+    products = read_columns(ws, "products", ["product_id", "title", "top_category", "color", "brand"])
     product_ids = products.column("product_id").to_pylist()
     index = {p: k for k, p in enumerate(product_ids)}
     imgs = hashed_images(ws)

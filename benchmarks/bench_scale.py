@@ -426,8 +426,32 @@ def section(result: dict) -> list[str]:
                   f"{g['rss_ratio']:.2f}x | {fmt_met(g['rss_met'])} | {fmt_met(g['cap_met'])} |" for g in rows]
     for s in result.get("skipped", []):
         lines.append(f"\n{s['n_products']:,} products not run: predicted {s['predicted_s']} s, over the limit.")
+    return lines + memory_section()
+
+
+MEMORY_RESULT = ROOT / "docs" / "bench-results" / "bench_scale_memory.json"
+"""Before/after peak RSS of the table stages (`--reuse` runs of two source trees on the same kept workspaces)."""
+
+
+def memory_section() -> list[str]:
+    """The table stages' driver memory before and after the flat-memory work, from `MEMORY_RESULT`."""
+    if not MEMORY_RESULT.exists():
+        return []
+    m = json.loads(MEMORY_RESULT.read_text())
+    sizes = [str(n) for n in m["sizes"]]
+    first, last = sizes[0], sizes[-1]
+    span = (int(last) - int(first)) / 1024  # KiB per product from MiB over the products added
+    at = " / ".join(f"{int(n):,}" for n in sizes)
+    lines = ["", f"### Table stages' driver memory, before and after ({m['date']})", "", m["how"], "",
+             (f"| stage | before: peak MiB at {at} | after: peak MiB at {at} | KiB per product {int(first):,} to "
+              f"{int(last):,}, before / after | seconds at {int(last):,}, before / after |"),
+             "|---|---|---|---|---|"]
+    for stage in m["stages"]:
+        b, a = m["before"], m["after"]
+        cells = [" / ".join(f"{side[n][stage]['peak_single_mib']:.0f}" for n in sizes) for side in (b, a)]
+        slopes = [(side[last][stage]["peak_single_mib"] - side[first][stage]["peak_single_mib"]) / span
+                  for side in (b, a)]
+        cells.append(" / ".join(f"{k:.1f}" for k in slopes))
+        cells.append(f"{b[last][stage]['seconds']:.1f} / {a[last][stage]['seconds']:.1f}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return lines
-
-
-if __name__ == "__main__":  # the local engine's forkserver workers import this module: no work at import
-    main()

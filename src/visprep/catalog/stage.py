@@ -67,6 +67,23 @@ class _Batches:
         return pa.Table.from_batches(self.batches, schema=self.schema)
 
 
+def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
+    """`table` sorted by `keys` (ascending; unique together): as it is when it is in that order already (a catalog
+    file in product order, the usual case, and a first ingest), else a sorted copy. The check costs a few boolean
+    arrays; the sort a second copy of the table."""
+    n = table.num_rows
+    if n > 1:
+        ordered = None
+        for key in reversed(keys):  # lexicographic: a key decides where the keys before it are equal
+            a, b = table.column(key).slice(0, n - 1), table.column(key).slice(1)
+            less = pc.fill_null(pc.less(a, b), False)
+            ordered = less if ordered is None else pc.or_(less, pc.and_(pc.fill_null(pc.equal(a, b), False),
+                                                                         ordered))
+        if not pc.all(ordered).as_py():
+            return table.sort_by([(k, "ascending") for k in keys])
+    return table
+
+
 def _counts(values: pa.ChunkedArray) -> dict[str, int]:
     """value -> how many times it occurs (nulls left out)."""
     vc = pc.value_counts(values)
@@ -188,8 +205,7 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
         replaced = pa.concat_arrays([new.column("product_id").combine_chunks(), removed.combine_chunks()])
         keep_old = old.filter(pc.invert(pc.is_in(old.column("product_id"), value_set=replaced)))
         del old
-        products = pa.concat_tables([keep_old, new])
-        products = products.sort_by("product_id")
+        products = _sorted(pa.concat_tables([keep_old, new]), ["product_id"])
         del keep_old
         new_images = images.table()
         if len(accepted) < rows.rows:
@@ -211,8 +227,7 @@ def ingest_catalog(ws: Workspace, files: Sequence[str | Path], *,
         if dropped_images:
             keep_images = keep_images.filter(pc.invert(legacy_images))
         result.synthetic_dropped += dropped_images
-        all_images = pa.concat_tables([keep_images, new_images]).sort_by([("product_id", "ascending"),
-                                                                          ("position", "ascending")])
+        all_images = _sorted(pa.concat_tables([keep_images, new_images]), ["product_id", "position"])
 
         if (result.new or result.changed or result.removed or result.synthetic_dropped
                 or not ws.has_table("products")):

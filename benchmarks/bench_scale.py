@@ -455,3 +455,7 @@ def memory_section() -> list[str]:
         cells.append(f"{b[last][stage]['seconds']:.1f} / {a[last][stage]['seconds']:.1f}")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return lines
+
+
+if __name__ == "__main__":  # the local engine's forkserver workers import this module: no work at import
+    main()

@@ -24,8 +24,12 @@ def scan_view(con: Any, ws: Workspace, table: str, columns: list[str], *, name: 
         con.register(name, schema.empty_table().select(columns))
         return name
     files = "[" + ", ".join(_quote(str(p)) for p in paths) + "]"
+    # Each column cast to the table's own type, as `conform` casts a part (an older part may hold another width).
+    con.register(f"{name}__types", schema.empty_table().select(columns))
+    types = {row[0]: row[1] for row in con.execute(f'DESCRIBE "{name}__types"').fetchall()}
+    con.unregister(f"{name}__types")
     # union_by_name: a part written before a column existed reads it as NULL, as `conform` fills it.
-    cols = ", ".join(f'"{c}"' for c in columns)
+    cols = ", ".join(f'CAST("{c}" AS {types[c]}) AS "{c}"' for c in columns)
     con.execute(f'CREATE VIEW "{name}" AS SELECT {cols} FROM read_parquet({files}, union_by_name = true)')
     return name
 

@@ -11,8 +11,11 @@ the process and all its descendants (the local engine's pool, Ray's raylet and w
 and keeps the largest single process and the largest tree total; `ru_maxrss` of the process is kept too.
 
 Usage: python benchmarks/bench_scale.py [--quick] [--sizes 3000 10000 30000 100000] [--latency-ms 20]
-                                       [--max-run-s 720]
-Sizes run smallest first; a size whose predicted wall time (the last size's, scaled linearly) passes --max-run-s
+                                       [--max-run-s 720] [--stages dedup mine ...] [--no-ray] [--keep | --reuse]
+--stages runs only the stages up to the last one named (each needs the ones before it); --keep leaves each size's
+workspace, catalog and image blob in benchmarks/.work/scale-N, and --reuse runs only the named stages on such a
+kept workspace (no images rendered, nothing fetched): a stage measured again after a change, at sizes whose fetch
+alone takes minutes. Sizes run smallest first; a size whose predicted wall time (the last size's, scaled linearly) passes --max-run-s
 is skipped and reported. The growth table compares the smallest size run with the largest.
 Results: benchmarks/.work/bench_scale.json (docs/scaling.md reads them for the 100M sizing).
 """
@@ -176,6 +179,19 @@ def _tree_rss_kib(root_pid: int) -> tuple[int, int]:
     return max(sizes), sum(sizes)
 
 
+def _own_peak_kib() -> int:
+    """This process's peak RSS in KiB: VmHWM, the high-water mark of its own memory since its exec. Not
+    `ru_maxrss`, which Linux carries over an exec from the forking parent: a phase forked by a bench process
+    holding the image blob (585 MiB at 100k products) reported at least that much, whatever it used itself."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
     """Run one stage in this process (a child of the bench); return its seconds and peak RSS."""
     from visprep import stages
@@ -219,7 +235,7 @@ def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
     stop.set()
     sampler.join()
     single, tree = _tree_rss_kib(os.getpid())
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    own = _own_peak_kib()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"stage": stage, "engine": engine, "seconds": round(seconds, 2), "connect_s": round(connect_s, 2),
             "driver_maxrss_mib": round(own / 1024, 1), "child_maxrss_mib": round(kids / 1024, 1),
@@ -268,35 +284,57 @@ def run_phase(stage: str, ws_root: Path, catalog: Path, engine: str, timeout_s: 
     return result
 
 
-def run_size(n_products: int, latency_s: float, timeout_s: int) -> dict:
-    """Build a workspace of `n_products` and run every stage once (local), then inspect and export on Ray."""
+def run_size(n_products: int, latency_s: float, timeout_s: int, stages: tuple[str, ...] = STAGES,
+             ray: bool = True, keep: bool = False, reuse: bool = False) -> dict:
+    """Build a workspace of `n_products` and run `stages` once (local), then inspect and export on Ray.
+
+    With `reuse`, run only `stages` on the workspace a `keep` run left (its catalog and fetched images).
+    """
     base = WORK / f"scale-{n_products}"
-    shutil.rmtree(base, ignore_errors=True)
-    (base / "ws").mkdir(parents=True)
     blob = base / "images.bin"
-    t = time.perf_counter()
-    render_images(n_products * IMAGES_PER_PRODUCT, blob)
-    render_s = time.perf_counter() - t
-    server, port = start_server(blob, latency_s)
     catalog = base / "catalog.jsonl"
-    write_catalog(catalog, n_products, port)
     ws_root = base / "ws"
-    print(f"{n_products} products: images rendered in {render_s:.1f}s ({blob.stat().st_size / 2**20:.1f} MiB)",
-          flush=True)
+    server = None
+    if reuse:
+        if not (ws_root / "tables").is_dir():
+            raise SystemExit(f"--reuse: no kept workspace at {ws_root} (run with --keep first)")
+        todo = stages
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+        ws_root.mkdir(parents=True)
+        t = time.perf_counter()
+        render_images(n_products * IMAGES_PER_PRODUCT, blob)
+        render_s = time.perf_counter() - t
+        server, port = start_server(blob, latency_s)
+        write_catalog(catalog, n_products, port)
+        print(f"{n_products} products: images rendered in {render_s:.1f}s ({blob.stat().st_size / 2**20:.1f} MiB)",
+              flush=True)
+        # Every stage reads its predecessors' tables: a fresh workspace runs all of them up to the last one named.
+        todo = STAGES[: max(STAGES.index(s) for s in stages) + 1]
     stages_out: dict[str, dict] = {}
+    ray_out: dict[str, dict] = {}
     try:
         (ws_root / "visprep.toml").write_text(CONFIG.format(engine="local"))
-        for stage in STAGES:
-            stages_out[stage] = run_phase(stage, ws_root, catalog, "local", timeout_s)
-        (ws_root / "visprep.toml").write_text(CONFIG.format(engine="ray"))
-        ray_out = {stage: run_phase(stage, ws_root, catalog, "ray", timeout_s) for stage in RAY_STAGES}
+        for stage in todo:
+            root = ws_root
+            if reuse and stage == "catalog":  # a first ingest, as in a fresh run, not a rerun finding it unchanged
+                root = base / "catalog-ws"
+                shutil.rmtree(root, ignore_errors=True)
+                root.mkdir()
+            stages_out[stage] = run_phase(stage, root, catalog, "local", timeout_s)
+        if ray and any(s in todo for s in RAY_STAGES):
+            (ws_root / "visprep.toml").write_text(CONFIG.format(engine="ray"))
+            ray_out = {s: run_phase(s, ws_root, catalog, "ray", timeout_s) for s in RAY_STAGES if s in todo}
+            (ws_root / "visprep.toml").write_text(CONFIG.format(engine="local"))
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
     sizes = {name: sum(f.stat().st_size for f in (ws_root / name).rglob("*") if f.is_file())
              for name in ("images", "shards", "features", "tables") if (ws_root / name).exists()}
     total = sum(f.stat().st_size for f in ws_root.rglob("*") if f.is_file())
     image_bytes = blob.stat().st_size
-    shutil.rmtree(base, ignore_errors=True)
+    if not (keep or reuse):
+        shutil.rmtree(base, ignore_errors=True)
     return {"n_products": n_products, "n_images": n_products * IMAGES_PER_PRODUCT,
             "image_bytes": image_bytes, "workspace_bytes": total, "workspace_dirs": sizes,
             "local": stages_out, "ray": ray_out}
@@ -313,11 +351,19 @@ def main() -> None:
     parser.add_argument("--ws", type=Path)
     parser.add_argument("--catalog", type=Path)
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="run the stages up to the last one named (with --reuse: only those named)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine's inspect and export")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--keep", action="store_true", help="keep each size's workspace in benchmarks/.work")
+    group.add_argument("--reuse", action="store_true", help="run --stages on the workspaces --keep left")
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(phase(args.phase, args.ws, args.catalog, args.engine)))
         return
     sizes = [2000, 6000] if args.quick else sorted(args.sizes)
+    # A run of some stages only leaves the full run's results (docs/bench-results/bench_scale.json) alone.
+    name = "bench_scale" if set(args.stages) == set(STAGES) and not args.reuse else "bench_scale_stages"
     runs, skipped = [], []
     for n in sizes:
         if runs:
@@ -328,12 +374,14 @@ def main() -> None:
                 print(f"{n} products skipped: predicted {predicted:.0f}s > {args.max_run_s:.0f}s", flush=True)
                 continue
         t = time.perf_counter()
-        result = run_size(n, args.latency_ms / 1000, timeout_s=int(args.max_run_s * 2))
+        result = run_size(n, args.latency_ms / 1000, timeout_s=int(args.max_run_s * 2),
+                          stages=tuple(s for s in STAGES if s in args.stages), ray=not args.no_ray,
+                          keep=args.keep, reuse=args.reuse)
         result["wall_s"] = round(time.perf_counter() - t, 1)
         runs.append(result)
-        write_result("bench_scale", {"runs": runs, "skipped": skipped, "latency_ms": args.latency_ms,
+        write_result(name, {"runs": runs, "skipped": skipped, "latency_ms": args.latency_ms,
                                      "images_per_product": IMAGES_PER_PRODUCT, "server_nodelay": True})
-    write_result("bench_scale", {"runs": runs, "skipped": skipped, "latency_ms": args.latency_ms,
+    write_result(name, {"runs": runs, "skipped": skipped, "latency_ms": args.latency_ms,
                                  "images_per_product": IMAGES_PER_PRODUCT, "server_nodelay": True})
 
 
@@ -348,7 +396,7 @@ def growth(result: dict) -> list[dict]:
     small, large = runs[0], runs[-1]
     factor = large["n_products"] / small["n_products"]
     out = []
-    for stage in STAGES:
+    for stage in (s for s in STAGES if s in small["local"] and s in large["local"]):
         a, b = small["local"][stage], large["local"][stage]
         t_ratio = (b["seconds"] / max(a["seconds"], 1e-3)) / factor
         rss_ratio = b["peak_single_mib"] / max(a["peak_single_mib"], 1e-3)
@@ -375,14 +423,14 @@ def section(result: dict) -> list[str]:
                    "fetcher's time."), ""]
     lines += [header, "|---|---|" + "---|" * len(runs)]
     for engine, names in (("local", STAGES), ("ray", RAY_STAGES)):
-        for stage in names:
+        for stage in (s for s in names if all(s in r[engine] for r in runs)):
             cells = []
             for r in runs:
                 s = r[engine][stage]
                 cells.append(f"{s['seconds']:.1f} ({s['seconds'] / r['n_products'] * 1e6:.0f}), "
                              f"{s['peak_single_mib']:.0f} / {s['peak_tree_mib']:.0f}")
             lines.append(f"| {stage} | {engine} | " + " | ".join(cells) + " |")
-    if runs:
+    if runs and all(st in r["ray"] for r in runs for st in RAY_STAGES):
         lines += ["", "Ray vs local (stage seconds, Ray's start excluded; its start per process in brackets): " +
                   "; ".join(f"{r['n_products']:,}: " + ", ".join(
                       f"{st} {r['ray'][st]['seconds'] / max(r['local'][st]['seconds'], 1e-3):.2f}x "
@@ -398,6 +446,37 @@ def section(result: dict) -> list[str]:
                   f"{g['rss_ratio']:.2f}x | {fmt_met(g['rss_met'])} | {fmt_met(g['cap_met'])} |" for g in rows]
     for s in result.get("skipped", []):
         lines.append(f"\n{s['n_products']:,} products not run: predicted {s['predicted_s']} s, over the limit.")
+    return lines + memory_section()
+
+
+MEMORY_RESULT = ROOT / "docs" / "bench-results" / "bench_scale_memory.json"
+"""Before/after peak RSS of the table stages (`--reuse` runs of two source trees on the same kept workspaces)."""
+
+
+def memory_section() -> list[str]:
+    """The table stages' driver memory before and after the flat-memory work, from `MEMORY_RESULT`."""
+    if not MEMORY_RESULT.exists():
+        return []
+    m = json.loads(MEMORY_RESULT.read_text())
+    sizes = [str(n) for n in m["sizes"]]
+    first, last = sizes[-2], sizes[-1]  # the slope between the two largest sizes: fixed costs weigh least there
+    span = (int(last) - int(first)) / 1024  # KiB per product from MiB over the products added
+    at = " / ".join(f"{int(n):,}" for n in sizes)
+    lines = ["", ("The peaks of the full run above are floored at the bench process's own RSS (it holds the image "
+                  "blob it serves): a phase's `ru_maxrss` carries its forking parent's over the exec. Phases read "
+                  "their own high-water mark (VmHWM) since."),
+             "", f"### Table stages' driver memory, before and after ({m['date']})", "", m["how"], "",
+             (f"| stage | before: peak MiB at {at} | after: peak MiB at {at} | KiB per product {int(first):,} to "
+              f"{int(last):,}, before / after | seconds at {int(last):,}, before / after |"),
+             "|---|---|---|---|---|"]
+    for stage in m["stages"]:
+        b, a = m["before"], m["after"]
+        cells = [" / ".join(f"{side[n][stage]['peak_single_mib']:,.0f}" for n in sizes) for side in (b, a)]
+        slopes = [(side[last][stage]["peak_single_mib"] - side[first][stage]["peak_single_mib"]) / span
+                  for side in (b, a)]
+        cells.append(" / ".join(f"{k:.1f}" for k in slopes))
+        cells.append(f"{b[last][stage]['seconds']:.1f} / {a[last][stage]['seconds']:.1f}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return lines
 
 

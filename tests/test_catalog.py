@@ -120,3 +120,25 @@ def test_unknown_format_and_missing_file_raise(tmp_path: Path) -> None:
         ingest_catalog(ws, [bad])
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         ingest_catalog(ws, [tmp_path / "nope.csv"])
+
+
+def test_tables_come_out_in_product_order_without_a_copy_when_the_file_is_in_order(tmp_path: Path) -> None:
+    """The products and product_images tables are in (product, position) order whatever the file's order; a table
+    already in that order is kept as it is (no sorted copy: at 1M products a copy is hundreds of MiB)."""
+    from visprep.catalog.stage import _sorted
+
+    ws = Workspace(tmp_path / "ws")
+    f = _csv(tmp_path / "c.csv", ['B2,Shirt two,Apparel,"[""b1.jpg"",""b2.jpg""]",1,1,Acme,',
+                                  'A1,Shirt one,Apparel,"[""a1.jpg""]",1,1,Acme,',
+                                  'A10,Shirt ten,Apparel,"[""c1.jpg"",""c2.jpg""]",1,1,Acme,'])
+    ingest_catalog(ws, [f])
+    assert ws.read_table("products").column("product_id").to_pylist() == ["A1", "A10", "B2"]
+    images = ws.read_table("product_images")
+    assert list(zip(images.column("product_id").to_pylist(), images.column("position").to_pylist())) == [
+        ("A1", 0), ("A10", 0), ("A10", 1), ("B2", 0), ("B2", 1)]
+    in_order = pa.table({"product_id": ["a", "a", "b"], "position": [0, 1, 0]})
+    assert _sorted(in_order, ["product_id", "position"]) is in_order
+    shuffled = pa.table({"product_id": ["a", "b", "a"], "position": [1, 0, 0]})
+    assert _sorted(shuffled, ["product_id", "position"]).to_pylist() == in_order.to_pylist()
+    tie_broken_by_position = pa.table({"product_id": ["a", "a"], "position": [1, 0]})
+    assert _sorted(tie_broken_by_position, ["product_id", "position"]).column("position").to_pylist() == [0, 1]

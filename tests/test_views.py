@@ -50,3 +50,48 @@ def test_one_features_path(tmp_path) -> None:
     assert features_root(ws) == features_root(tmp_path) == tmp_path / "features"
     assert store_dir(ws, "org/model@v1") == tmp_path / "features" / "org_model@v1"
     assert store_fingerprint(store_dir(ws, "absent")) == store_fingerprint(store_dir(ws, "absent too"))
+
+
+def test_lazy_reads_take_only_the_named_columns_and_fill_a_missing_one(tmp_path) -> None:
+    """`read_columns` and `scan_view` read a table's parts column by column: a part written before a column
+    existed reads it as nulls (as `Workspace.read_table` conforms it), and a table never written is empty."""
+    import pyarrow.parquet as pq
+
+    from visprep.views.scan import query_arrow, read_columns, scan_view
+
+    ws = Workspace(tmp_path)
+    ws.write_part("splits", pa.table({"product_id": ["b"], "group_id": ["g"], "split": ["train"]}), "1")
+    pq.write_table(pa.table({"product_id": pa.array(["a"], pa.large_string()), "split": ["test"]}),
+                   ws.table_path("splits") / "part-0-old.parquet")  # an older part: no group_id, wider ids
+    got = read_columns(ws, "splits", ["product_id", "group_id"])
+    assert got.column_names == ["product_id", "group_id"]
+    assert sorted(zip(*(got.column(c).to_pylist() for c in got.column_names))) == [("a", None), ("b", "g")]
+    assert got.equals(ws.read_table("splits", ["product_id", "group_id"]))
+    assert read_columns(ws, "pairs", ["anchor_id"]).num_rows == 0
+    con = connect()
+    scan_view(con, ws, "splits", ["product_id", "group_id"], name="s")
+    scan_view(con, ws, "pairs", ["anchor_id"])
+    got = query_arrow(con, "SELECT * FROM s ORDER BY product_id")
+    assert got.to_pylist() == [{"product_id": "a", "group_id": None}, {"product_id": "b", "group_id": "g"}]
+    assert got.schema.field("product_id").type == pa.string()
+    assert query_arrow(con, "SELECT count(*) AS n FROM pairs").to_pylist() == [{"n": 0}]
+
+
+def test_lazy_scan_casts_an_older_parts_column_to_the_tables_type(tmp_path) -> None:
+    """A part that stored a column wider than the schema (position as int64) reads back as the table's type
+    (int32), as `Workspace.read_table` conforms it, not as the union of the parts' types."""
+    import pyarrow.parquet as pq
+
+    from visprep.views.scan import query_arrow, read_columns, scan_view
+
+    ws = Workspace(tmp_path)
+    ws.write_part("product_images", pa.table({"product_id": ["b"], "position": pa.array([0], pa.int32()),
+                                              "url": ["u1"]}), "1")
+    pq.write_table(pa.table({"product_id": ["a"], "position": pa.array([1], pa.int64()), "url": ["u2"]}),
+                   ws.table_path("product_images") / "part-0-old.parquet")
+    con = connect()
+    scan_view(con, ws, "product_images", ["product_id", "position"], name="pi")
+    got = query_arrow(con, "SELECT * FROM pi ORDER BY product_id")
+    assert got.schema.field("position").type == pa.int32()
+    assert got.to_pylist() == [{"product_id": "a", "position": 1}, {"product_id": "b", "position": 0}]
+    assert read_columns(ws, "product_images", ["position"]).schema.field("position").type == pa.int32()

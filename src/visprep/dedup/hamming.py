@@ -28,7 +28,7 @@ Codes = np.ndarray
 PairArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(i, j, distance): int64 index arrays with i < j, and uint8 Hamming distances, one entry per pair."""
 
-_CHUNK = 4_000_000  # candidate pairs expanded and verified at a time
+_CHUNK = 500_000  # candidate pairs expanded and verified at a time (about 40 B each in the arrays of one chunk)
 _MAX_PROBES = 100_000  # bit-flip patterns per block key, at most
 _DENSE_BITS = 24  # blocks up to this wide use a direct-address bucket table (2^24 x 8 bytes = 128 MiB)
 

@@ -20,6 +20,7 @@ from visprep.images.sniff import extension_for
 from visprep.rules import parse_rule
 from visprep.schema import DUPLICATE_EDGES, PRODUCT_GROUPS
 from visprep.stages import StageOutput
+from visprep.views.scan import read_columns
 from visprep.workspace import RunRecord, Workspace
 
 SIGNATURE_COLUMNS = CODE_COLUMNS + COLOR_COLUMNS
@@ -47,19 +48,29 @@ def params_from_config(cfg: DedupConfig) -> DedupParams:
 def hashed_images(ws: Workspace) -> pa.Table:
     """(product_id, image_id, phash, format, the signature columns) of every product image whose newest fetch
     succeeded and that decoded, a product's images in listing order (its hero image first)."""
+    from visprep.views.db import connect
+    from visprep.views.scan import query_arrow, scan_view
+
     sig = ", ".join(f"any_value(i.{c}) AS {c}" for c in SIGNATURE_COLUMNS)
-    return ws.sql(
-        f"""
-        SELECT pi.product_id, u.image_id, any_value(i.phash) AS phash, any_value(u.format) AS format, {sig}
-        FROM pi
-        JOIN u ON u.url = pi.url AND u.status = 'ok'
-        JOIN i ON i.image_id = u.image_id AND i.status = 'ok' AND i.phash IS NOT NULL
-        GROUP BY pi.product_id, u.image_id
-        ORDER BY pi.product_id, min(pi.position), u.image_id
-        """,
-        pi=ws.read_table("product_images", ["product_id", "position", "url"]), u=ws.latest_urls(),
-        i=ws.read_table("images", ["image_id", "status", "phash", *SIGNATURE_COLUMNS]),
-    )
+    # DuckDB reads the three tables' Parquet parts itself, only these columns: the urls table with every fetch
+    # attempt and the images table with every inspect figure never sit in memory whole.
+    con = connect(preserve_insertion_order=False)
+    try:
+        scan_view(con, ws, "product_images", ["product_id", "position", "url"], name="pi")
+        scan_view(con, ws, "urls", ["url", "status", "image_id", "format", "fetched_at"], name="fetched")
+        scan_view(con, ws, "images", ["image_id", "status", "phash", *SIGNATURE_COLUMNS], name="i")
+        return query_arrow(con, f"""
+            WITH u AS (SELECT url, status, image_id, format FROM fetched
+                       QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1)
+            SELECT pi.product_id, u.image_id, any_value(i.phash) AS phash, any_value(u.format) AS format, {sig}
+            FROM pi
+            JOIN u ON u.url = pi.url AND u.status = 'ok'
+            JOIN i ON i.image_id = u.image_id AND i.status = 'ok' AND i.phash IS NOT NULL
+            GROUP BY pi.product_id, u.image_id
+            ORDER BY pi.product_id, min(pi.position), u.image_id
+            """)
+    finally:
+        con.close()
 
 
 def embedding_lookup(ws: Workspace, image_ids: list[str]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -102,54 +113,48 @@ def edge_rows(product_ids: list[str], image_ids: list[str], pairs: CandidatePair
     sel = np.flatnonzero(pairs.accepted | pairs.vetoed | keep_rejected)
     pid = np.asarray(product_ids, dtype=object)
     iid = np.asarray(list(image_ids) + [None], dtype=object)  # index -1 -> None
-    cols: dict[str, list] = {k: [] for k in ("product_a", "product_b", "signal", "distance", "similarity",
-                                             "image_a", "image_b", "accepted")}
+    # One Arrow table per signal, not Python lists of every edge's values: vetoed pairs alone are tens of
+    # thousands at 30k products, each edge nine Python objects.
+    blocks: list[pa.Table] = []
 
-    def add(rows: np.ndarray, signal: str, distance, similarity, ia, ib) -> None:
+    def add(rows: np.ndarray, signal: str, distance: np.ndarray | None, similarity: np.ndarray | None,
+            ia: np.ndarray | None, ib: np.ndarray | None) -> None:
+        n = len(rows)
         first, second = pid[pairs.a[rows]], pid[pairs.b[rows]]
         swap = first > second  # product_a < product_b, by id
-        cols["product_a"].extend(np.where(swap, second, first))
-        cols["product_b"].extend(np.where(swap, first, second))
-        cols["signal"].extend([signal] * len(rows))
-        cols["distance"].extend(distance)
-        cols["similarity"].extend(similarity)
-        ia, ib = np.asarray(ia, dtype=object), np.asarray(ib, dtype=object)
-        cols["image_a"].extend(np.where(swap, ib, ia))
-        cols["image_b"].extend(np.where(swap, ia, ib))
-        cols["accepted"].extend(pairs.accepted[rows].tolist())
+        none = np.full(n, None, dtype=object)
+        ia = none if ia is None else np.asarray(ia, dtype=object)
+        ib = none if ib is None else np.asarray(ib, dtype=object)
+        blocks.append(pa.table({
+            "product_a": pa.array(np.where(swap, second, first), pa.string()),
+            "product_b": pa.array(np.where(swap, first, second), pa.string()),
+            "signal": pa.array(np.full(n, signal, dtype=object), pa.string()),
+            "distance": pa.nulls(n, pa.int16()) if distance is None else pa.array(distance.astype(np.int64),
+                                                                                   pa.int16()),
+            "similarity": pa.nulls(n, pa.float32()) if similarity is None else pa.array(similarity, pa.float32()),
+            "image_a": pa.array(np.where(swap, ib, ia), pa.string()),
+            "image_b": pa.array(np.where(swap, ia, ib), pa.string()),
+            "accepted": pa.array(pairs.accepted[rows], pa.bool_()),
+        }))
 
     ident = sel[pairs.identical_image[sel]]
-    add(ident, "identical_image", [0] * len(ident), [None] * len(ident), [None] * len(ident), [None] * len(ident))
+    add(ident, "identical_image", np.zeros(len(ident), np.int64), None, None, None)
     hashed = sel[pairs.distance[sel] != NO_DISTANCE]
-    add(hashed, "phash", pairs.distance[hashed].astype(int).tolist(), [None] * len(hashed),
-        iid[pairs.image_a[hashed]], iid[pairs.image_b[hashed]])
+    add(hashed, "phash", pairs.distance[hashed], None, iid[pairs.image_a[hashed]], iid[pairs.image_b[hashed]])
     trimmed = sel[pairs.trimmed_distance[sel] != NO_DISTANCE]
-    add(trimmed, "trimmed_phash", pairs.trimmed_distance[trimmed].astype(int).tolist(), [None] * len(trimmed),
-        iid[pairs.trimmed_a[trimmed]], iid[pairs.trimmed_b[trimmed]])
+    add(trimmed, "trimmed_phash", pairs.trimmed_distance[trimmed], None, iid[pairs.trimmed_a[trimmed]],
+        iid[pairs.trimmed_b[trimmed]])
     colored = sel[~np.isnan(pairs.color_distance[sel])]
-    add(colored, "color", np.rint(pairs.color_distance[colored]).astype(int).tolist(), [None] * len(colored),
-        [None] * len(colored), [None] * len(colored))
+    add(colored, "color", np.rint(pairs.color_distance[colored]), None, None, None)
     for attr in ("color", "brand"):
         declared = sel[getattr(pairs, f"declared_{attr}_differs")[sel]]
-        add(declared, f"declared_{attr}_differs", [None] * len(declared), [None] * len(declared),
-            [None] * len(declared), [None] * len(declared))
+        add(declared, f"declared_{attr}_differs", None, None, None, None)
     embedded = sel[~np.isnan(pairs.embedding_similarity[sel])]
-    add(embedded, "embedding", [None] * len(embedded), pairs.embedding_similarity[embedded].tolist(),
-        [None] * len(embedded), [None] * len(embedded))
+    add(embedded, "embedding", None, pairs.embedding_similarity[embedded], None, None)
     titled = sel[pairs.same_category[sel]]
-    add(titled, "title", [None] * len(titled), pairs.title_similarity[titled].tolist(), [None] * len(titled),
-        [None] * len(titled))
-    table = pa.table({
-        "product_a": pa.array(cols["product_a"], pa.string()),
-        "product_b": pa.array(cols["product_b"], pa.string()),
-        "signal": pa.array(cols["signal"], pa.string()),
-        "distance": pa.array(cols["distance"], pa.int16()),
-        "similarity": pa.array(cols["similarity"], pa.float32()),
-        "image_a": pa.array(cols["image_a"], pa.string()),
-        "image_b": pa.array(cols["image_b"], pa.string()),
-        "accepted": pa.array(cols["accepted"], pa.bool_()),
-        "run_id": pa.array([run_id] * len(cols["signal"]), pa.string()),
-    })
+    add(titled, "title", None, pairs.title_similarity[titled], None, None)
+    table = pa.concat_tables(blocks)
+    table = table.append_column("run_id", pa.array(np.full(table.num_rows, run_id, dtype=object), pa.string()))
     return table.select(DUPLICATE_EDGES.names).cast(DUPLICATE_EDGES)
 
 
@@ -184,7 +189,7 @@ def compute_dedup(ws: Workspace, run: RunRecord) -> StageOutput:
     cfg = ws.config.dedup
     res = DedupResult(run_id=run.run_id)
     clock = PhaseClock()
-    products = ws.read_table("products", ["product_id", "title", "top_category", "color", "brand"])
+    products = read_columns(ws, "products", ["product_id", "title", "top_category", "color", "brand"])
     product_ids = products.column("product_id").to_pylist()
     index = {p: k for k, p in enumerate(product_ids)}
     imgs = hashed_images(ws)

@@ -119,21 +119,25 @@ def build_positive_sets(group: np.ndarray, product: np.ndarray,
         `PositiveSets` over the N images.
     """
     n = len(group)
-    product_group = {int(p): int(g) for p, g in zip(product.tolist(), group.tolist())}
-    extra: dict[int, set[int]] = {}
-    for a, b in positive_product_pairs:
-        if a in product_group and b in product_group and product_group[a] != product_group[b]:
-            extra.setdefault(product_group[a], set()).add(product_group[b])
-            extra.setdefault(product_group[b], set()).add(product_group[a])
-    # Positives depend on the group only (pairs are lifted to groups): build per group, expand per image.
-    sets: dict[int, np.ndarray] = {}
-    lens = np.empty(n, np.int64)
-    for i, g in enumerate(group.tolist()):
-        s = sets.get(g)
-        if s is None:
-            s = sets[g] = np.array(sorted({g} | extra.get(g, set())), np.int64)
-        lens[i] = len(s)
+    group = np.asarray(group, np.int64)
+    product = np.asarray(product, np.int64)
+    pairs = np.asarray(list(positive_product_pairs), np.int64).reshape(-1, 2)
+    width = int(group.max(initial=-1)) + 1
+    # Built with arrays, not a Python set per group (at 1M products those were hundreds of MiB): each group's set
+    # is its own code plus the groups of its products' positive pairs, sorted and unique.
+    product_group = np.full(int(max(product.max(initial=-1), pairs.max(initial=-1))) + 1, -1, np.int64)
+    product_group[product] = group  # a product's images share its group
+    ga, gb = product_group[pairs[:, 0]], product_group[pairs[:, 1]]
+    ok = (ga >= 0) & (gb >= 0) & (ga != gb)
+    ga, gb = ga[ok], gb[ok]
+    own = np.unique(group)
+    keys = np.unique(np.concatenate([own * width + own, ga * width + gb, gb * width + ga]))
+    set_group, set_member = keys // max(width, 1), keys % max(width, 1)
+    set_len = np.bincount(set_group, minlength=width).astype(np.int64)
+    set_start = np.cumsum(set_len) - set_len
+    lens = set_len[group] if n else np.zeros(0, np.int64)
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(lens, out=indptr[1:])
-    groups = np.concatenate([sets[g] for g in group.tolist()]) if n else np.zeros(0, np.int64)
+    take = np.repeat(set_start[group], lens) + (np.arange(indptr[-1]) - np.repeat(indptr[:-1], lens))
+    groups = set_member[take]
     return PositiveSets(indptr=indptr, groups=groups)

@@ -105,23 +105,41 @@ def compute_pairs(ws: Workspace, run: RunRecord, checker: TitleCategoryChecker |
     res.products = len(set(pid))
     split_of = dict(zip(pid, split))
     title_of = dict(zip(pid, title))
-    rows = []
-    for p, a, b, w in same_product_pairs(pid, iid, src, max_per_product=cfg.max_pairs_per_product,
-                                         weight=cfg.same_product_weight, synthetic_weight=cfg.synthetic_weight):
-        rows.append({"anchor_id": a, "positive_id": b, "kind": "same_product", "weight": w,
-                     "anchor_product_id": p, "positive_product_id": p, "split": split_of[p]})
-    res.same_product = len(rows)
-    res.products_single_image = res.products - len({r["anchor_product_id"] for r in rows})
+    # Column lists, not a dict per pair (three pairs a product: the dicts were most of this stage's memory).
+    same = same_product_pairs(pid, iid, src, max_per_product=cfg.max_pairs_per_product,
+                              weight=cfg.same_product_weight, synthetic_weight=cfg.synthetic_weight)
+    same_pid = [p for p, _, _, _ in same]
+    tables = [pa.table({
+        "anchor_id": pa.array([a for _, a, _, _ in same], pa.string()),
+        "positive_id": pa.array([b for _, _, b, _ in same], pa.string()),
+        "positive_text": pa.nulls(len(same), pa.string()),
+        "kind": pa.array(["same_product"] * len(same), pa.string()),
+        "weight": pa.array([w for _, _, _, w in same], pa.float32()),
+        "anchor_product_id": pa.array(same_pid, pa.string()),
+        "positive_product_id": pa.array(same_pid, pa.string()),
+        "split": pa.array([split_of[p] for p in same_pid], pa.string()),
+    }, schema=PAIRS)]
+    res.same_product = len(same)
+    res.products_single_image = res.products - len(set(same_pid))
+    del same, same_pid
     titles = title_outcome(ws, set(pid), checker=checker)
     res.image_title_refused, res.image_title_downweighted = titles.counts, titles.downweighted
     if cfg.image_title:
-        for p, a in zip(pid, iid):
-            if titles.weight[p] > 0:
-                rows.append({"anchor_id": a, "positive_text": title_of[p], "kind": "image_title",
-                             "weight": titles.weight[p], "anchor_product_id": p, "positive_product_id": p,
-                             "split": split_of[p]})
-                res.image_title += 1
-    pairs, res.label_issue_pairs = apply_label_issues(ws, pa.Table.from_pylist(rows, schema=PAIRS))
+        keep = [k for k, p in enumerate(pid) if titles.weight[p] > 0]
+        kept_pid = [pid[k] for k in keep]
+        tables.append(pa.table({
+            "anchor_id": pa.array([iid[k] for k in keep], pa.string()),
+            "positive_id": pa.nulls(len(keep), pa.string()),
+            "positive_text": pa.array([title_of[p] for p in kept_pid], pa.string()),
+            "kind": pa.array(["image_title"] * len(keep), pa.string()),
+            "weight": pa.array([titles.weight[p] for p in kept_pid], pa.float32()),
+            "anchor_product_id": pa.array(kept_pid, pa.string()),
+            "positive_product_id": pa.array(kept_pid, pa.string()),
+            "split": pa.array([split_of[p] for p in kept_pid], pa.string()),
+        }, schema=PAIRS))
+        res.image_title += len(keep)
+        del keep, kept_pid
+    pairs, res.label_issue_pairs = apply_label_issues(ws, pa.concat_tables(tables))
     return StageOutput(
         tables={"pairs": pairs}, quarantine={"images": below, "titles": titles.refused}, result=res,
         counts={"images_in": res.images, "products_in": res.products, "same_product": res.same_product,
@@ -165,15 +183,16 @@ def title_outcome(ws: Workspace, products: set[str], *, checker: TitleCategoryCh
     cfg = ws.config.pairs
     if checker is None:
         return TitleOutcome(weight=dict.fromkeys(products, 1.0), counts=dict.fromkeys(REFUSAL_REASONS, 0))
-    cat = all_products(ws, ["product_id", "title", "category", "top_category", "source_file",
-                            "source_line"]).to_pylist()
-    v = judge_titles([r["title"] for r in cat], [r["category"] for r in cat], [r["top_category"] for r in cat],
+    table = all_products(ws, ["product_id", "title", "category", "top_category", "source_file", "source_line"])
+    # Columns, not a dict per catalog product; the titles are judged against the whole catalog all the same.
+    cat = {c: table.column(c).to_pylist() for c in ("product_id", "title", "category", "top_category")}
+    v = judge_titles(cat["title"], cat["category"], cat["top_category"],
                      min_words=cfg.title_min_words, max_words=cfg.title_max_words,
                      min_word_share=cfg.title_min_word_share, max_top_categories=cfg.title_max_top_categories,
                      mismatch_weight=cfg.title_mismatch_weight, checker=checker)
     out = TitleOutcome(weight={}, counts=dict.fromkeys(REFUSAL_REASONS, 0))
-    for r, refusal, ok, w in zip(cat, v.refusal, v.consistent.tolist(), v.weight.tolist()):
-        p = r["product_id"]
+    for k, (p, refusal, ok, w) in enumerate(zip(cat["product_id"], v.refusal, v.consistent.tolist(),
+                                                v.weight.tolist())):
         if p not in products:
             continue
         out.weight[p] = w
@@ -182,7 +201,8 @@ def title_outcome(ws: Workspace, products: set[str], *, checker: TitleCategoryCh
             out.refused.append(QuarantineRecord(
                 reason=refusal.reason, detail=f"product {p}: {refusal.detail}; its image-title pairs are dropped "
                                               "(its images are kept)",
-                source=r["source_file"], line=r["source_line"], record_id=p, field="title", value=r["title"]))
+                source=table.column("source_file")[k].as_py(), line=table.column("source_line")[k].as_py(),
+                record_id=p, field="title", value=cat["title"][k]))
         elif not ok:
             out.downweighted += 1
     return out

@@ -55,21 +55,27 @@ def _union(a: pa.Table, b: pa.Table, keys: list[str]) -> pa.Table:
     return both.sort_by([(k, "ascending") for k in keys]) if keys else both
 
 
+def _read(ws: Workspace, name: str, columns: list[str] | None) -> pa.Table:
+    """Table `name`, only `columns` read from its parts when given (all of it otherwise)."""
+    from visprep.views.scan import read_columns
+
+    return read_columns(ws, name, columns) if columns else ws.read_table(name)
+
+
 def all_products(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
     """`products` and synth's colour variants (`synthetic_products`), by product_id."""
-    return _union(ws.read_table("products", columns), ws.read_table("synthetic_products", columns), ["product_id"])
+    return _union(_read(ws, "products", columns), _read(ws, "synthetic_products", columns), ["product_id"])
 
 
 def all_product_images(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
     """`product_images` and synth's views and variant images (`synthetic_product_images`), by product, position."""
     keys = [k for k in ("product_id", "position") if columns is None or k in columns]
-    return _union(ws.read_table("product_images", columns), ws.read_table("synthetic_product_images", columns),
-                  keys)
+    return _union(_read(ws, "product_images", columns), _read(ws, "synthetic_product_images", columns), keys)
 
 
 def all_images(ws: Workspace, columns: list[str] | None = None) -> pa.Table:
     """`images` (what inspect decoded) and the facts of synth's views (`synthetic_images`)."""
-    return _union(ws.read_table("images", columns), ws.read_table("synthetic_images", columns), [])
+    return _union(_read(ws, "images", columns), _read(ws, "synthetic_images", columns), [])
 
 
 def synthetic_urls(ws: Workspace) -> pa.Table:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from visprep.views.catalog import all_images, all_latest_urls, all_product_images, all_products, all_splits
+from visprep.views.catalog import all_splits, synthetic_urls
 from visprep.workspace import Workspace
 
 
@@ -16,6 +16,9 @@ def judged_images(ws: Workspace) -> pa.Table:
     image whose figures count: itself, or the source photo of a synth-stage view), its `judged_width`,
     `judged_height` (px) and `judged_blur`, and `floor_reason` (too_small / too_blurry; null when it passes or has
     no figures)."""
+    from visprep.views.db import connect
+    from visprep.views.scan import query_arrow, scan_view, union_view
+
     cfg = ws.config.pairs
     has_views = ws.has_table("synthetic_views")
     # A view the synth stage rendered is judged by the photo it was made from: its own blur measures our rendering
@@ -23,14 +26,28 @@ def judged_images(ws: Workspace) -> pa.Table:
     lineage = "SELECT image_id, min(source_image_id) AS source_image_id FROM sv GROUP BY image_id" if has_views else \
         "SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS source_image_id WHERE false"
     min_side, min_blur = int(cfg.min_side), float(cfg.min_blur)
-    tables = {"pi": all_product_images(ws), "u": all_latest_urls(ws),
-              "i": all_images(ws, ["image_id", "status", "width", "height", "blur"]),
-              "p": all_products(ws, ["product_id", "title", "top_category"]), "s": all_splits(ws)}
-    if has_views:
-        tables["sv"] = ws.read_table("synthetic_views", ["image_id", "source_image_id"])
-    return ws.sql(
-        f"""
-        WITH base AS (
+    # DuckDB reads the tables' Parquet parts itself, only the columns named here: the whole tables (urls with every
+    # fetch attempt, products with their descriptions) never sit in memory as Arrow. The ORDER BY fixes the order.
+    con = connect(preserve_insertion_order=False)
+    try:
+        union_view(con, ws, ("product_images", "synthetic_product_images"), ["product_id", "position", "source", "url"],
+                   name="pi")
+        union_view(con, ws, ("images", "synthetic_images"), ["image_id", "status", "width", "height", "blur"],
+                   name="i")
+        union_view(con, ws, ("products", "synthetic_products"), ["product_id", "title", "top_category"], name="p")
+        scan_view(con, ws, "urls", ["url", "status", "image_id", "fetched_at"], name="fetched")
+        latest = "SELECT url, status, image_id FROM fetched " \
+                 "QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1"
+        synth_urls = synthetic_urls(ws).select(["url", "status", "image_id"])
+        if synth_urls.num_rows:
+            con.register("synth_urls", synth_urls)
+            latest += " UNION ALL SELECT url, status, image_id FROM synth_urls"
+        con.register("s", all_splits(ws))
+        if has_views:
+            scan_view(con, ws, "synthetic_views", ["image_id", "source_image_id"], name="sv")
+        return query_arrow(con, f"""
+        WITH u AS ({latest}),
+        base AS (
             SELECT pi.product_id, u.image_id, min(pi.position) AS position, min(pi.source) AS source,
                    min(s.split) AS split, min(s.group_id) AS group_id, min(p.title) AS title,
                    min(p.top_category) AS top_category, min(u.url) AS url
@@ -52,7 +69,9 @@ def judged_images(ws: Workspace) -> pa.Table:
                     WHEN {min_blur} > 0 AND f.blur < {min_blur} THEN 'too_blurry' END AS floor_reason
         FROM judged j LEFT JOIN fig f ON f.image_id = j.judged_by
         ORDER BY j.product_id, j.position, j.image_id
-        """, **tables)
+        """)
+    finally:
+        con.close()
 
 
 USABLE_COLUMNS = ("product_id", "image_id", "position", "source", "split", "group_id", "title", "top_category")

@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from visprep.schema import TABLES
 from visprep.views.catalog import all_products, all_splits
+from visprep.views.scan import read_columns
 from visprep.workspace import Workspace
 
 
@@ -30,9 +33,17 @@ class MiningItems:
     product: np.ndarray  # int64 codes
     group_id: np.ndarray  # object: the group id string
     positive_pairs: list[tuple[int, int]] = field(default_factory=list)
+    _arrow: dict[str, pa.Array] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.image_id)
+
+    def arrow_column(self, name: str) -> pa.Array:
+        """String column `name` (image_id, product_id, split, ...) as an Arrow array, made once per pool: the
+        dictionary that miners' compact rows index into."""
+        if name not in self._arrow:
+            self._arrow[name] = pa.array(getattr(self, name), pa.string())
+        return self._arrow[name]
 
 
 def product_group_map(ws: Workspace) -> dict[str, str]:
@@ -47,6 +58,13 @@ def product_group_map(ws: Workspace) -> dict[str, str]:
     return {p: g for p, g in zip(t.column("product_id").to_pylist(), t.column("group_id").to_pylist()) if g}
 
 
+def _coded_pairs(names: pa.Array, a: pa.ChunkedArray, b: pa.ChunkedArray) -> list[tuple[int, int]]:
+    """(code of a, code of b) of the rows whose two products are both among `names` (sorted product ids)."""
+    ca, cb = pc.index_in(a, value_set=names), pc.index_in(b, value_set=names)
+    both = pc.and_(pc.is_valid(ca), pc.is_valid(cb))
+    return list(zip(pc.filter(ca, both).to_pylist(), pc.filter(cb, both).to_pylist()))
+
+
 def load_items(ws: Workspace) -> MiningItems:
     """Build the item pool of the workspace (see module docstring)."""
     from visprep.mining.positives import merge_shared_images
@@ -55,30 +73,36 @@ def load_items(ws: Workspace) -> MiningItems:
 
     imgs = usable_images(ws)
     prod = all_products(ws, ["product_id", "category", "brand"])
-    cat_of = dict(zip(prod.column("product_id").to_pylist(), prod.column("category").to_pylist()))
-    brand_of = dict(zip(prod.column("product_id").to_pylist(), prod.column("brand").to_pylist()))
+    # Each image's product row by Arrow lookup, not dicts of every product (the last row of a product id wins, as
+    # a dict built from the rows would have it).
+    last = prod.take(pa.array(np.arange(prod.num_rows - 1, -1, -1, dtype=np.int64))) if prod.num_rows else prod
+    at = pc.index_in(imgs.column("product_id"), value_set=last.column("product_id").combine_chunks())
     pid = imgs.column("product_id").to_pylist()
     iid = imgs.column("image_id").to_pylist()
     groups = merge_shared_images(pid, iid, product_group_map(ws))
     gid = np.array([groups[p] for p in pid], dtype=object)
     _, gcode = np.unique(gid.astype(str), return_inverse=True) if len(gid) else (None, np.zeros(0, np.int64))
     pnames, pcode = np.unique(np.array(pid, dtype=str), return_inverse=True) if pid else ([], np.zeros(0, np.int64))
-    code_of = {p: i for i, p in enumerate(list(pnames))}
+    pnames = pa.array(list(pnames), pa.string())
     pairs: set[tuple[int, int]] = set()
-    pt = ws.read_table("pairs", ["anchor_product_id", "positive_product_id"])
-    for a, b in zip(pt.column("anchor_product_id").to_pylist(), pt.column("positive_product_id").to_pylist()):
-        if a != b and a in code_of and b in code_of:
-            pairs.add((code_of[a], code_of[b]))
+    pt = read_columns(ws, "pairs", ["anchor_product_id", "positive_product_id"])
+    # Only rows linking two different products make a positive across products (same-product rows are most).
+    pt = pt.filter(pc.fill_null(pc.not_equal(pt.column("anchor_product_id"), pt.column("positive_product_id")),
+                                False))
+    pairs.update(_coded_pairs(pnames, pt.column("anchor_product_id"), pt.column("positive_product_id")))
     if ws.has_table("interaction_pairs"):
-        it = ws.read_table("interaction_pairs", ["anchor_id", "anchor_type", "product_id", "kind"])
-        for a, t, b, k in zip(*(it.column(c).to_pylist() for c in ("anchor_id", "anchor_type", "product_id", "kind"))):
-            if t == "product" and k in POSITIVE_KINDS and a != b and a in code_of and b in code_of:
-                pairs.add((code_of[a], code_of[b]))
+        it = read_columns(ws, "interaction_pairs", ["anchor_id", "anchor_type", "product_id", "kind"])
+        keep = pc.and_(pc.and_(pc.fill_null(pc.equal(it.column("anchor_type"), "product"), False),
+                               pc.fill_null(pc.is_in(it.column("kind"), value_set=pa.array(sorted(POSITIVE_KINDS),
+                                                                                            pa.string())), False)),
+                       pc.fill_null(pc.not_equal(it.column("anchor_id"), it.column("product_id")), False))
+        it = it.filter(keep)
+        pairs.update(_coded_pairs(pnames, it.column("anchor_id"), it.column("product_id")))
     return MiningItems(
         image_id=np.array(iid, dtype=object), product_id=np.array(pid, dtype=object),
         split=np.array(imgs.column("split").to_pylist(), dtype=object),
-        category=np.array([cat_of.get(p) for p in pid], dtype=object),
+        category=np.array(last.column("category").take(at).to_pylist(), dtype=object),
         top_category=np.array(imgs.column("top_category").to_pylist(), dtype=object),
-        brand=np.array([brand_of.get(p) for p in pid], dtype=object),
+        brand=np.array(last.column("brand").take(at).to_pylist(), dtype=object),
         group=gcode.astype(np.int64), product=np.asarray(pcode, np.int64), group_id=gid,
         positive_pairs=sorted(pairs))

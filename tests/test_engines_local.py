@@ -142,3 +142,16 @@ def test_workers_are_armed_and_the_pool_still_runs():
     out = [guard for _, guards in map_batches(_worker_guards, range(8), batch_size=2, workers=2) for guard in guards]
     assert len(out) == 8
     assert all(pid != os.getpid() and death == signal.SIGKILL and watching for pid, death, watching in out), out
+
+
+def _env_of(batch: list[str]) -> list[str | None]:
+    return [os.environ.get(name) for name in batch]
+
+
+def test_workers_see_the_callers_environment_as_it_is_now(monkeypatch):
+    # The forkserver keeps the environment of the pool's first use; credentials set after it (the AWS variables of
+    # a workspace on object storage, set by a notebook or a test) must still reach the workers.
+    list(map_batches(_env_of, ["VISPREP_TEST_LATE"], batch_size=1, workers=2))
+    monkeypatch.setenv("VISPREP_TEST_LATE", "set-after-the-first-pool")
+    got = [v for _, out in map_batches(_env_of, ["VISPREP_TEST_LATE"] * 4, batch_size=1, workers=2) for v in out]
+    assert got == ["set-after-the-first-pool"] * 4

@@ -136,9 +136,14 @@ def _wait_then_exit(pid: int, pidfd: int | None) -> None:
     os._exit(1)  # os._exit: no cleanup may block on the dead main process's queues
 
 
-def _init_worker(main_pid: int | None = None) -> None:
+def _init_worker(main_pid: int | None = None, environ: dict[str, str] | None = None) -> None:
     if main_pid is not None:
         _exit_with(main_pid)
+    if environ is not None:
+        # The forkserver started with the environment of the pool's first use; a worker must see the caller's now
+        # (credentials and endpoints set since, e.g. the AWS variables of a workspace on object storage).
+        os.environ.clear()
+        os.environ.update(environ)
     # One process per core: stop OpenCV/BLAS from also spawning a thread per core in every worker.
     try:
         import cv2
@@ -168,7 +173,7 @@ def map_batches(fn: Callable[[Sequence[T]], R], items: Iterable[T], *, batch_siz
     limit = max_in_flight or 2 * n
     # forkserver, not fork: the caller has threads (fetch pool, DuckDB, OpenCV) and fork would copy held locks.
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=n, initializer=_init_worker, initargs=(os.getpid(),),
+    with ProcessPoolExecutor(max_workers=n, initializer=_init_worker, initargs=(os.getpid(), dict(os.environ)),
                              mp_context=ctx) as pool:
         pending: deque[tuple[list[T], Future[R]]] = deque()
         for batch in batches:

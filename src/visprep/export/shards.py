@@ -148,6 +148,15 @@ def encode_sample_layout(sample: ShardSample) -> tuple[bytes, list[tuple[int, in
     return b"".join(parts), layout
 
 
+def _check_split_and_bounds(split: str, max_count: int, max_bytes: int) -> None:
+    """Raise ValueError naming a split name or a shard bound that no shard set may have."""
+    if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
+        raise ValueError(f"invalid split name {split!r}: use 1-64 characters from [A-Za-z0-9_]")
+    for name, bound in (("max_count", max_count), ("max_bytes", max_bytes)):
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+            raise ValueError(f"{name} must be a positive int, got {bound!r}")
+
+
 def write_shards(
     samples: Iterable[ShardSample],
     out_dir: Path,
@@ -181,11 +190,7 @@ def write_shards(
         TypeError: If an item of `samples` is not a `ShardSample`.
         visprep.workspace.WorkspaceLocked (a BlockingIOError): If another process is writing the same split into `out_dir`.
     """
-    if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
-        raise ValueError(f"invalid split name {split!r}: use 1-64 characters from [A-Za-z0-9_]")
-    for name, bound in (("max_count", max_count), ("max_bytes", max_bytes)):
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
-            raise ValueError(f"{name} must be a positive int, got {bound!r}")
+    _check_split_and_bounds(split, max_count, max_bytes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -574,11 +579,7 @@ def write_staged_shards(staged: Iterable[StagedSample], out_dir: Path, *, split:
         ValueError: as `write_shards`.
         visprep.workspace.WorkspaceLocked: another process is writing the split.
     """
-    if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
-        raise ValueError(f"invalid split name {split!r}: use 1-64 characters from [A-Za-z0-9_]")
-    for name, bound in (("max_count", max_count), ("max_bytes", max_bytes)):
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
-            raise ValueError(f"{name} must be a positive int, got {bound!r}")
+    _check_split_and_bounds(split, max_count, max_bytes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(out_dir / f".{split}.lock", busy=f"split {split!r} in {out_dir}", writer="shard writer"):

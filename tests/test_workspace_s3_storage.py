@@ -244,3 +244,19 @@ def test_a_lock_put_whose_answer_was_lost_is_recognised_as_ours(s3: S3Server, mo
     lock.check()
     lock.release()
     assert lock.holder() is None
+
+
+def test_a_store_made_after_the_endpoint_changed_uses_the_new_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fsspec caches filesystems by their arguments; with the endpoint read from the environment only by botocore, a
+    # store made for a second server reused the first one's filesystem and could not connect once it had gone.
+    from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    for n in range(2):
+        with S3Server() as server:
+            monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint_url)
+            store = ObjectStore(server.url(f"ws-{n}"))
+            store.put("k", f"server {n}".encode())
+            assert store.get("k") == f"server {n}".encode()

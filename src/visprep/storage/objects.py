@@ -46,6 +46,11 @@ def is_url(root: str | os.PathLike[str]) -> bool:
     return bool(sep) and scheme.isidentifier() and scheme.lower() not in ("file", "local")
 
 
+# s3fs's argument -> the environment variables botocore reads for it, first found wins.
+_S3_ENV = {"endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "key": ("AWS_ACCESS_KEY_ID",),
+           "secret": ("AWS_SECRET_ACCESS_KEY",), "token": ("AWS_SESSION_TOKEN",)}
+
+
 def env_storage_options() -> dict[str, Any]:
     """fsspec options from `VISPREP_STORAGE_OPTIONS` (a JSON object), for what the AWS variables cannot say."""
     text = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
@@ -84,6 +89,13 @@ class ObjectStore:
                 raise ImportError(f"{url}: s3:// needs s3fs: pip install 'visprep[s3]'") from exc
             # Another process's writes must be seen: no cached listings.
             opts.setdefault("use_listings_cache", False)
+            # fsspec keeps one filesystem per set of arguments for the process's life: what botocore would read
+            # from the environment is passed explicitly, so a changed endpoint or key gets a filesystem of its own
+            # rather than the one made for the previous (a test's earlier server, a notebook's earlier store).
+            for option, names in _S3_ENV.items():
+                found = next((os.environ[n] for n in names if os.environ.get(n)), None)
+                if found is not None:
+                    opts.setdefault(option, found)
         self.fs = fsspec.filesystem(self.protocol, **opts)
         self.base = self.fs._strip_protocol(self.url).rstrip("/")
 

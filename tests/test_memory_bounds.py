@@ -324,7 +324,7 @@ def test_inspect_workers_stay_within_the_memory_budget(tmp_path):
     asked for: the budget allows 2, their summed peak (with forkserver and resource tracker) stays under it, and the
     image over max_decoded_bytes is quarantined with its figure."""
     limit = 64 * MIB
-    budget_mb = 500
+    budget_mb = 700
     assert 2 * decode_worker_bytes(limit) <= budget_mb * MIB < 3 * decode_worker_bytes(limit)
     accepted = [zeros_png(5000, 5000, bit_depth=16) for _ in range(3)] + [zeros_png(5000, 5000, colour_type=3)]
     accepted = [data + bytes([k]) for k, data in enumerate(accepted)]  # distinct files (bytes after IEND)

@@ -112,7 +112,7 @@ class InspectConfig(_Section):
                                      "applies to export.")
     memory_budget_mb: int = Field(
         1536, ge=1, description="Memory the decoding worker processes of inspect and export may take together, MiB: "
-                                "fewer workers are started when workers x (160 MiB + 1.25 x max_decoded_bytes) "
+                                "fewer workers are started when workers x (224 MiB + 1.25 x max_decoded_bytes) "
                                 "would not fit.")
     workers: int = Field(0, ge=0, description="Worker processes; 0 means one per CPU core.")
     batch_size: int = Field(256, ge=1, description="Images per worker task and per checkpoint.")

@@ -27,7 +27,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 _MIB = 1 << 20
 DEFAULT_MAX_DECODED_BYTES = 192 * _MIB
 """Default `max_decoded_bytes` (see `DecodeSize`): a decoding worker then stays under 400 MiB
-(`decode_worker_bytes`: 160 MiB + 1.25 x 192 MiB). The limit is on memory, so what it refuses depends on the format.
+(`decode_worker_bytes`: 224 MiB + 1.25 x 192 MiB). The limit is on memory, so what it refuses depends on the format.
 An 8-bit RGB image at the pixel limit is 268 MB of pixels (256 MiB), and Pillow even holds it in 4 bytes a pixel
 (341 MiB): as a PNG, TIFF or WebP that is refused. A JPEG, the catalog format, is decoded by inspect and export at a
 DCT scale (1/8 for a large one), so a baseline JPEG at the pixel limit passes there with a few MiB; only full-size
@@ -41,9 +41,11 @@ PNG (grey 1/8/16-bit, grey+alpha, RGB, RGBA, palette), TIFF (one strip), WebP, G
 `inspect_image` and `preprocess_uint8` (AVIF 0.8 to 1.0), plus up to ~10 MiB whatever the size (`WORKER_BASE_BYTES` has room for it).
 Conversions run in bands of rows, so nothing but the decoder's buffers and the result is full-size."""
 
-WORKER_BASE_BYTES = 160 * _MIB
-"""Resident memory of a decoding worker besides its decodes: 116 MiB measured once numpy, OpenCV, Pillow and pyarrow
-are imported, with room for the encoded bytes of the image in hand and the fixed cost of a decode."""
+WORKER_BASE_BYTES = 224 * _MIB
+"""Resident memory of a decoding worker besides its decodes: 146 to 198 MiB measured (two installs of the same
+versions) once numpy, OpenCV, Pillow and pyarrow are imported and the worker has written its Parquet part (building
+an Arrow table imports pandas), with room for the encoded bytes of the image in hand and the fixed cost of a
+decode."""
 
 _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP",
                    "avif": "AVIF"}

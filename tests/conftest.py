@@ -20,3 +20,21 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(urllib3.util.connection, "create_connection", recording)
     return seen
+
+
+@pytest.fixture(scope="module")
+def ray_alone():
+    """Hold a machine-wide lock while one test module uses Ray: with pytest-xdist each module runs in one worker,
+    and two Ray instances started at once by both workers (clusters, drivers killed on purpose) hung a fresh-clone
+    run once, in a child forked before its exec, and failed another's process accounting. Waiting here counts
+    against the first test's timeout, so Ray modules allow 600 s."""
+    import fcntl
+    import tempfile
+    from pathlib import Path
+
+    with open(Path(tempfile.gettempdir()) / "visprep-tests-ray.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -32,7 +32,7 @@ from visprep.pipeline import run_pipeline
 from visprep.views.features import features_root
 from visprep.workspace import Workspace
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_alone")]
 
 # The per-record stages the Ray engine runs today: fetch, inspect, synth, embed, embed_views and export; all but
 # synth with the workers writing their own parts and shards.

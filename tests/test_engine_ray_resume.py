@@ -24,7 +24,8 @@ from test_golden_pipeline import snapshot  # the golden test's canonical form of
 from visprep.demo.sources import write_demo_sources
 from visprep.workspace import Workspace
 
-pytestmark = pytest.mark.timeout(90)  # each test with its setup: three runs at most, two Ray starts
+# Each test with its setup runs three runs at most, two Ray starts; 600 s leaves room to wait for `ray_alone`.
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_alone")]
 
 # Fetch and inspect in batches of 2 on one Ray worker: 50-odd tasks each, so the run can be caught between two of
 # a stage's parts (each written by the worker that ran the batch).

@@ -13,7 +13,7 @@ from test_events_incremental import _build, _same_pairs_approx, _sim_records, _t
 from visprep.events.stage import build_interaction_pairs, ingest_event_files
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_alone")]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from visprep.pipeline import run_pipeline
 from visprep.workspace import Workspace
 
 ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_alone")]
 
 STAGES = '["fetch", "inspect", "embed", "dedup", "split", "pairs", "export"]'
 CONFIG = (f"[pipeline]\nstages = {STAGES}\n[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 16\n"

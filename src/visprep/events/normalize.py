@@ -83,7 +83,8 @@ def _parts(kinds: dict[str, str], *, product_check: str) -> dict[str, str]:
     if ts_kind == "timestamp":
         ts_expr = "CAST(ts AS TIMESTAMPTZ)"
     elif ts_kind in ("int", "float"):
-        ts_expr = "CASE WHEN abs(ts) < 1e14 THEN to_timestamp(ts / 1000.0) END"
+        # As a double: abs() of the smallest BIGINT overflows, where the range check must refuse it.
+        ts_expr = "CASE WHEN abs(CAST(ts AS DOUBLE)) < 1e14 THEN to_timestamp(ts / 1000.0) END"
     else:  # text: epoch milliseconds, else ISO-8601
         ts_expr = ("CASE WHEN TRY_CAST(ts_s AS DOUBLE) IS NOT NULL "
                    "THEN CASE WHEN abs(TRY_CAST(ts_s AS DOUBLE)) < 1e14 "

@@ -264,7 +264,6 @@ class Workspace:
                 raw = tomllib.loads(self.config_path.read_text(encoding="utf-8")).get("storage") or {}
             except (OSError, tomllib.TOMLDecodeError):
                 raw = {}
-            self._config = None
             return StorageConfig.model_validate(raw)
 
     # --- config -----------------------------------------------------------------------------------------

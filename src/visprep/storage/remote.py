@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from visprep.config import CONFIG_FILE, VisprepConfig, load_config
+from visprep.config import CONFIG_FILE
 from visprep.storage.lock import ObjectLock
 from visprep.storage.objects import ObjectStore
 from visprep.storage.trees import Tree, collect_garbage
@@ -191,13 +191,6 @@ class ObjectWorkspace(Workspace):
                 path.unlink(missing_ok=True)
             self._config_synced = True
         return path
-
-    @property
-    def config(self) -> VisprepConfig:
-        """The validated configuration from the store's `visprep.toml` (defaults when it has none)."""
-        if self._config is None:
-            self._config = load_config(self.config_path)
-        return self._config
 
     def write_config_text(self, text: str) -> None:
         """Write `visprep.toml` locally and to the store."""

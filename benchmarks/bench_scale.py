@@ -156,10 +156,12 @@ def write_catalog(path: Path, n_products: int, port: int) -> None:
 # ------------------------------------------------------------------------------------------------ one phase
 
 
-def _tree_rss_kib(root_pid: int) -> tuple[int, int]:
-    """(largest single process, sum) RSS in KiB of `root_pid` and all its descendants, from /proc."""
+def _tree_sample(root_pid: int) -> tuple[int, int, dict[tuple[int, int], int]]:
+    """(largest single process RSS, summed RSS) in KiB of `root_pid` and all its descendants, from /proc, and each
+    of those processes' CPU time so far in clock ticks (user + system), keyed by (pid, start time)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -168,6 +170,7 @@ def _tree_rss_kib(root_pid: int) -> tuple[int, int]:
             fields = stat[stat.rindex(")") + 2 :].split()
             children.setdefault(int(fields[1]), []).append(int(entry))
             rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            cpu[int(entry)] = (int(fields[19]), int(fields[11]) + int(fields[12]))  # starttime, utime + stime
         except (OSError, ValueError, IndexError):
             continue
     todo, seen = [root_pid], []
@@ -176,7 +179,8 @@ def _tree_rss_kib(root_pid: int) -> tuple[int, int]:
         seen.append(pid)
         todo.extend(children.get(pid, []))
     sizes = [rss.get(p, 0) for p in seen]
-    return max(sizes), sum(sizes)
+    ticks = {(p, cpu[p][0]): cpu[p][1] for p in seen if p in cpu}
+    return max(sizes), sum(sizes), ticks
 
 
 def _own_peak_kib() -> int:
@@ -199,12 +203,19 @@ def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
     from visprep.workspace import Workspace
 
     peak = {"single": 0, "tree": 0}
+    # CPU ticks per descendant at its last sample: the descendants' CPU seconds (the pool's workers, Ray's
+    # processes), which a loaded machine does not inflate the way it inflates wall time. A process that ends
+    # between two samples loses at most its last 0.2 s.
+    ticks: dict[tuple[int, int], int] = {}
+    sampler_cpu = [0.0]  # the sampler's own CPU (walking /proc), taken out of the stage's
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            single, tree = _tree_rss_kib(os.getpid())
+            single, tree, seen = _tree_sample(os.getpid())
             peak["single"], peak["tree"] = max(peak["single"], single), max(peak["tree"], tree)
+            ticks.update(seen)
+            sampler_cpu[0] = time.thread_time()
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -222,6 +233,8 @@ def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
         images = ws.table_path("images")
         shutil.rmtree(images) if images.is_dir() else images.unlink()
     t = time.perf_counter()
+    own_cpu0 = time.process_time() - sampler_cpu[0]
+    base_ticks = dict(ticks) if ticks else _tree_sample(os.getpid())[2]
     if stage == "catalog":
         with ws.writer("catalog"), ws.acting_as("catalog"):
             stages.get("catalog").run(ws, None, files=[str(catalog)], allow_removals=False)
@@ -234,10 +247,16 @@ def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
     seconds = time.perf_counter() - t
     stop.set()
     sampler.join()
-    single, tree = _tree_rss_kib(os.getpid())
+    own_cpu = time.process_time() - sampler_cpu[0] - own_cpu0
+    single, tree, last = _tree_sample(os.getpid())
+    ticks.update(last)
+    me = [k for k in ticks if k[0] == os.getpid()]
+    kids_ticks = sum(v - base_ticks.get(k, 0) for k, v in ticks.items() if k not in me)
+    cpu_s = own_cpu + kids_ticks / os.sysconf("SC_CLK_TCK")
     own = _own_peak_kib()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"stage": stage, "engine": engine, "seconds": round(seconds, 2), "connect_s": round(connect_s, 2),
+    return {"stage": stage, "engine": engine, "seconds": round(seconds, 2), "cpu_s": round(cpu_s, 2),
+            "connect_s": round(connect_s, 2),
             "driver_maxrss_mib": round(own / 1024, 1), "child_maxrss_mib": round(kids / 1024, 1),
             "peak_single_mib": round(max(peak["single"], single, own) / 1024, 1),
             "peak_tree_mib": round(max(peak["tree"], tree) / 1024, 1), **extra}
@@ -279,7 +298,8 @@ def run_phase(stage: str, ws_root: Path, catalog: Path, engine: str, timeout_s: 
         raise RuntimeError(f"stage {stage} ({engine}) failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["load"] = load_average()
-    print(f"  {stage:8s} {engine:5s} {result['seconds']:8.2f} s  driver {result['driver_maxrss_mib']:7.1f} MiB  "
+    print(f"  {stage:8s} {engine:5s} {result['seconds']:8.2f} s  cpu {result['cpu_s']:8.2f} s  "
+          f"driver {result['driver_maxrss_mib']:7.1f} MiB  "
           f"tree {result['peak_tree_mib']:7.1f} MiB  load {result['load']}", flush=True)
     return result
 
@@ -399,11 +419,22 @@ def growth(result: dict) -> list[dict]:
     for stage in (s for s in STAGES if s in small["local"] and s in large["local"]):
         a, b = small["local"][stage], large["local"][stage]
         t_ratio = (b["seconds"] / max(a["seconds"], 1e-3)) / factor
+        # Runs from before CPU time was recorded have none: their CPU ratio is left out, not guessed.
+        cpu_ratio = (b["cpu_s"] / max(a["cpu_s"], 1e-3)) / factor if "cpu_s" in a and "cpu_s" in b else None
         rss_ratio = b["peak_single_mib"] / max(a["peak_single_mib"], 1e-3)
         out.append({"stage": stage, "time_per_product_ratio": round(t_ratio, 2), "rss_ratio": round(rss_ratio, 2),
+                    "cpu_per_product_ratio": None if cpu_ratio is None else round(cpu_ratio, 2),
                     "time_met": t_ratio <= TIME_GROWTH, "rss_met": rss_ratio <= RSS_GROWTH,
+                    "cpu_met": None if cpu_ratio is None else cpu_ratio <= TIME_GROWTH,
                     "cap_met": b["peak_single_mib"] < RSS_CAP_MIB})
     return out
+
+
+def _cpu_ratio(ray: dict, local: dict) -> str:
+    """", CPU <ratio>x" of Ray's stage CPU seconds to the local engine's, when both were recorded."""
+    if "cpu_s" not in ray or "cpu_s" not in local:
+        return ""
+    return f" (CPU {ray['cpu_s'] / max(local['cpu_s'], 1e-3):.2f}x)"
 
 
 def section(result: dict) -> list[str]:
@@ -411,12 +442,14 @@ def section(result: dict) -> list[str]:
     runs = result["runs"]
     lines = [(f"`python benchmarks/bench_scale.py`: {result['images_per_product']} JPEGs (112 px, ~3 KB) per "
              f"product from a loopback server with {result['latency_ms']:.0f} ms latency per request; every stage in "
-             "its own process. RSS: `peak single` is the largest process (driver or a worker; sampled every 0.2 s "
+             "its own process. CPU s: user + system seconds of the stage's process and every descendant (the pool's "
+             "workers, Ray's processes; sampled from /proc every 0.2 s, the sampler's own excluded), which other "
+             "jobs on the machine inflate far less than wall time. RSS: `peak single` is the largest process (driver or a worker; sampled every 0.2 s "
              "and `ru_maxrss`), `tree` the sampled sum over the stage process and its descendants. `vectors` is "
              "the setup that writes the feature store mine reads (the embed stage's output, no model). Load "
              "average after each stage is in docs/bench-results/bench_scale.json."), ""]
-    header = "| stage | engine | " + " | ".join(f"{r['n_products']:,} products: s (µs/product), peak single / tree MiB"
-                                                for r in runs) + " |"
+    header = "| stage | engine | " + " | ".join(
+        f"{r['n_products']:,} products: s (µs/product), CPU s, peak single / tree MiB" for r in runs) + " |"
     if not result.get("server_nodelay"):
         lines += [("The fetch rows of this run include the benchmark server's own stall (Nagle's algorithm on: 40 "
                    "ms per request on top of the 20 ms; the Fetch section's window part measures it): rerun for the "
@@ -427,13 +460,15 @@ def section(result: dict) -> list[str]:
             cells = []
             for r in runs:
                 s = r[engine][stage]
-                cells.append(f"{s['seconds']:.1f} ({s['seconds'] / r['n_products'] * 1e6:.0f}), "
+                cpu = f"{s['cpu_s']:.1f}" if "cpu_s" in s else "-"
+                cells.append(f"{s['seconds']:.1f} ({s['seconds'] / r['n_products'] * 1e6:.0f}), {cpu}, "
                              f"{s['peak_single_mib']:.0f} / {s['peak_tree_mib']:.0f}")
             lines.append(f"| {stage} | {engine} | " + " | ".join(cells) + " |")
     if runs and all(st in r["ray"] for r in runs for st in RAY_STAGES):
         lines += ["", "Ray vs local (stage seconds, Ray's start excluded; its start per process in brackets): " +
                   "; ".join(f"{r['n_products']:,}: " + ", ".join(
-                      f"{st} {r['ray'][st]['seconds'] / max(r['local'][st]['seconds'], 1e-3):.2f}x "
+                      f"{st} {r['ray'][st]['seconds'] / max(r['local'][st]['seconds'], 1e-3):.2f}x"
+                      f"{_cpu_ratio(r['ray'][st], r['local'][st])} "
                       f"({fmt_met(r['ray'][st]['seconds'] <= RAY_OVERHEAD * r['local'][st]['seconds'])}; "
                       f"start {r['ray'][st]['connect_s']:.1f} s)" for st in RAY_STAGES) for r in runs) + "."]
     rows = growth(result)
@@ -441,9 +476,13 @@ def section(result: dict) -> list[str]:
         small, large = runs[0]["n_products"], runs[-1]["n_products"]
         lines += ["", (f"Growth from {small:,} to {large:,} products ({large / small:.0f}x; targets scaled from "
                   f"the issue's 10x: time per product ≤ {TIME_GROWTH}x, peak RSS ≤ {RSS_GROWTH}x, < 4 GiB):"), "",
-                  "| stage | time per product | verdict | peak RSS (single) | verdict | < 4 GiB |", "|---|---|---|---|---|---|"]
-        lines += [f"| {g['stage']} | {g['time_per_product_ratio']:.2f}x | {fmt_met(g['time_met'])} | "
-                  f"{g['rss_ratio']:.2f}x | {fmt_met(g['rss_met'])} | {fmt_met(g['cap_met'])} |" for g in rows]
+                  ("| stage | wall time per product | verdict | CPU time per product | verdict | peak RSS (single) | "
+                   "verdict | < 4 GiB |"), "|---|---|---|---|---|---|---|---|"]
+        for g in rows:
+            cpu = ("- | -" if g.get("cpu_per_product_ratio") is None else
+                   f"{g['cpu_per_product_ratio']:.2f}x | {fmt_met(g['cpu_met'])}")
+            lines.append(f"| {g['stage']} | {g['time_per_product_ratio']:.2f}x | {fmt_met(g['time_met'])} | {cpu} | "
+                         f"{g['rss_ratio']:.2f}x | {fmt_met(g['rss_met'])} | {fmt_met(g['cap_met'])} |")
     for s in result.get("skipped", []):
         lines.append(f"\n{s['n_products']:,} products not run: predicted {s['predicted_s']} s, over the limit.")
     return lines + memory_section()

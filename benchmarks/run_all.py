@@ -3,6 +3,8 @@
     python benchmarks/run_all.py [--quick]               # `make bench`: every benchmark (long: see the durations)
     python benchmarks/run_all.py --only bench_events     # one benchmark; the others' stored results are kept
     python benchmarks/run_all.py --render                # re-render docs/benchmarks.md from stored results only
+    python benchmarks/run_all.py --only bench_scale --args='--sizes 10000 100000 --max-run-s 3000'
+                                                         # one benchmark with its own arguments
 
 Each bench script runs in its own process (PYTHONPATH=src), writes benchmarks/.work/<name>.json, and defines
 `TITLE` and `section(result) -> list[str]`; this script stores each result with the date, machine and load of its
@@ -32,11 +34,12 @@ DOC = ROOT / "docs" / "benchmarks.md"
 STORE = ROOT / "docs" / "bench-results"
 
 
-def run(name: str, quick: bool) -> tuple[dict | None, float, str]:
+def run(name: str, quick: bool, extra: list[str] | None = None) -> tuple[dict | None, float, str]:
     """Run one bench script in its own process; return its result, wall seconds and an error text."""
     result_file = WORK / f"{name}.json"
     result_file.unlink(missing_ok=True)
-    command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py")] + (["--quick"] if quick else [])
+    command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *(["--quick"] if quick else []),
+               *(extra or [])]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
     completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -50,11 +53,11 @@ def run(name: str, quick: bool) -> tuple[dict | None, float, str]:
     return json.loads(result_file.read_text()), elapsed, ""
 
 
-def store(name: str, quick: bool) -> None:
+def store(name: str, quick: bool, extra: list[str] | None = None) -> None:
     """Run `name` and keep its result with the circumstances of the run; a failed run keeps the older result."""
     print(f"\n===== {name} =====", flush=True)
     info, load_start, started = machine(), load_average(), time.strftime("%Y-%m-%d %H:%M")
-    result, elapsed, error = run(name, quick)
+    result, elapsed, error = run(name, quick, extra)
     if error:
         print(f"{name} FAILED: {error}; its stored result (if any) is kept", file=sys.stderr)
         return
@@ -95,11 +98,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
     parser.add_argument("--only", nargs="+", choices=BENCHES, metavar="NAME", help=f"one of {', '.join(BENCHES)}")
     parser.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md")
+    parser.add_argument("--args", dest="bench_args", default="",
+                        help="arguments for the one benchmark --only names, e.g. --args='--sizes 10000 100000'")
     args = parser.parse_args()
+    extra = args.bench_args.split()
+    if extra and len(args.only or ()) != 1:
+        parser.error("--args needs exactly one benchmark in --only")
     sys.path.insert(0, str(ROOT / "src"))
     if not args.render:
         for name in args.only or BENCHES:
-            store(name, args.quick)
+            store(name, args.quick, extra)
     render()
 
 

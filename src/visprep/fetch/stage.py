@@ -43,18 +43,20 @@ class FetchStageResult:
 
 def pending_urls(ws: Workspace, *, retry_failed: bool) -> tuple[list[str], int]:
     """Return the URLs still to fetch, and how many wanted URLs are already done."""
-    wanted = pc.unique(ws.read_table("product_images", ["url"]).column("url")).to_pylist()
-    latest = ws.latest_urls()
-    done: set[str] = set()
-    for url, status, image_id, fmt in zip(*(latest.column(c).to_pylist()
-                                             for c in ("url", "status", "image_id", "format"))):
-        if status == "ok":
-            # "Not yet in the store" is the rule: a deleted file is fetched again.
-            if ws.store.exists(image_id, extension_for(fmt)):
-                done.add(url)
-        elif not retry_failed:
-            done.add(url)
-    todo = [u for u in wanted if u not in done]
+    wanted = pc.unique(ws.read_table("product_images", ["url"]).column("url"))
+    latest = ws.latest_urls().select(["url", "status", "image_id", "format"])
+    # Arrow masks, not a Python set of every URL done: at catalog scale the pending list is what stays small.
+    ok = pc.fill_null(pc.equal(latest.column("status"), "ok"), False)
+    stored = latest.filter(ok)
+    # "Not yet in the store" is the rule: a deleted file is fetched again.
+    present = pa.array([ws.store.exists(i, extension_for(f)) for batch in stored.to_batches(65_536)
+                        for i, f in zip(batch.column("image_id").to_pylist(), batch.column("format").to_pylist())],
+                       pa.bool_())
+    done = [stored.column("url").filter(present)] if len(present) else []
+    if not retry_failed:
+        done.append(latest.column("url").filter(pc.invert(ok)))
+    done_urls = pa.chunked_array([c for d in done for c in d.chunks], pa.string())
+    todo = wanted.filter(pc.invert(pc.is_in(wanted, value_set=done_urls.combine_chunks()))).to_pylist()
     return todo, len(wanted) - len(todo)
 
 
@@ -270,8 +272,9 @@ def refresh_fetch_quarantine(ws: Workspace, run_id: str) -> int:
     """Make the fetch quarantine list exactly the URLs whose newest fetch failed."""
     latest = ws.latest_urls()
     failed = latest.filter(pc.not_equal(latest.column("status"), "ok"))
-    refs = ws.sql("SELECT url, min(product_id) AS product_id FROM pi GROUP BY url",
-                  pi=ws.read_table("product_images", ["url", "product_id"]))
+    # The owners of the failed URLs only: a dict over every URL of the catalog was the stage's largest object.
+    refs = ws.sql("SELECT url, min(product_id) AS product_id FROM pi SEMI JOIN f USING (url) GROUP BY url",
+                  pi=ws.read_table("product_images", ["url", "product_id"]), f=failed.select(["url"]))
     owner = dict(zip(refs.column("url").to_pylist(), refs.column("product_id").to_pylist()))
     records = [
         QuarantineRecord(reason=row["status"], detail=row["reason"] or row["status"], source=row["url"],

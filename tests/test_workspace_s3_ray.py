@@ -1,6 +1,7 @@
 """The Ray engine on a workspace on S3 (moto's server on loopback, a local Ray of 2 CPUs): the workers open the
 workspace by its URL and commit their own parts, so the tables equal a local folder's run; with the workers given a
-cache folder of their own (as on another node), the parts they wrote still reach the driver through the store."""
+cache folder of their own (as on another node), the parts they wrote still reach the driver through the store, and
+they read the images from that cache (fetched from the bucket), never from the driver's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from test_workspace_s3 import _canon
 
 from visprep.demo.sources import write_demo_sources
 from visprep.pipeline import run_pipeline
+from visprep.storage.remote import cache_root
 from visprep.workspace import Workspace
 
 ray = pytest.importorskip("ray")
@@ -62,6 +64,13 @@ def test_ray_workers_commit_their_own_parts_to_a_workspace_on_s3(s3: S3Server, t
     workers_cache = Path(ray.get_runtime_context().runtime_env["env_vars"]["VISPREP_CACHE"])
     assert any(workers_cache.rglob("*.parquet")), "the workers wrote nothing in their own cache"
     assert ws.read_table("urls").num_rows == local.read_table("urls").num_rows
+    # The workers read every image from their own cache, fetched from the bucket: the driver handed them object
+    # URLs (`ImageStore.ref`), never a path in its cache, which holds no image at all (as on another node, where
+    # the driver's files do not exist).
+    driver_images = [p for p in ws.store.root.rglob("*") if p.is_file()]
+    assert not driver_images, driver_images[:3]
+    worker_images = workers_cache / cache_root(ws.url).name / "images"
+    assert len([p for p in worker_images.rglob("*") if p.is_file()]) >= report["inspect"].inspected
     # The shards the workers wrote are in the store, the same files as the local run's.
     tars = sorted(p.relative_to(local.shards_dir).as_posix() for p in local.shards_dir.rglob("*.tar"))
     keys = {o.key for o in ws.objects.list("shards/")}

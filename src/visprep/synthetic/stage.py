@@ -52,7 +52,7 @@ from visprep.synthetic.products import (
 )
 from visprep.synthetic.views import foreground_mask
 from visprep.views.catalog import is_synthetic_product, view_url
-from visprep.workspace import ImageStore, QuarantineRecord, Workspace, conform
+from visprep.workspace import ImageStore, QuarantineRecord, Workspace, conform, image_file
 
 STAGE = "synth"
 RENDER_BATCH = 16
@@ -188,7 +188,7 @@ def render_batch(sources: Sequence[tuple[str, str, str, str | None]], generator_
         # One RNG per source image, seeded from (seed, image): reruns and subsets draw the same views.
         rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}\x00{iid}".encode()).digest()[:8], "big"))
         try:
-            made = generator.generate(decode_rgb(Path(path).read_bytes()), rng=rng)
+            made = generator.generate(decode_rgb(image_file(path).read_bytes()), rng=rng)
         except (OSError, ImageDecodeError, ValueError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
             out.append({"product_id": pid, "image_id": iid, "status": "synth_failed", "reason": detail, "views": [],
@@ -241,7 +241,7 @@ def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, spec
     views: list[dict] = []
     facts: dict[str, dict] = {}
     refused: list[QuarantineRecord] = []
-    sources = [(pid, iid, str(ws.store.path(iid, extension_for(fmt))), split) for pid, iid, fmt, split in zip(
+    sources = [(pid, iid, ws.store.ref(iid, extension_for(fmt)), split) for pid, iid, fmt, split in zip(
         *(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format", "split")))]
     engine = get_engine(ws.config)
     render = partial(render_batch, store_root=str(ws.store.root), seed=cfg.seed, jpeg_quality=cfg.jpeg_quality,

@@ -20,10 +20,11 @@ from visprep.workspace import Workspace
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_alone")]
 
-STAGES = '["fetch", "inspect", "embed", "dedup", "split", "pairs", "export"]'
+STAGES = '["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "export"]'
 CONFIG = (f"[pipeline]\nstages = {STAGES}\n[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 16\n"
           '[embed]\nbatch_size = 16\ncheckpoint_every = 32\noptions = { profile = "imagenet-64" }\n'
-          "[fetch]\ncheckpoint_every = 64\n")
+          "[fetch]\ncheckpoint_every = 64\n"
+          '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_ray_workers_commit_their_own_parts_to_a_workspace_on_s3(s3: S3Server, t
     ws = Workspace(s3.url("ws-ray"))
     ws.write_config_text(CONFIG + '[engine]\nkind = "ray"\n')
     report = run_pipeline(ws, sources.catalog_files)
-    assert {ws.last_run(s)["metrics"]["engine"] for s in ("fetch", "inspect", "embed")} == {"ray"}
+    assert {ws.last_run(s)["metrics"]["engine"] for s in ("fetch", "inspect", "synth", "embed")} == {"ray"}
     assert report["inspect"].inspected > 0
     for name in local.table_names():
         assert _canon(ws.read_table(name), local.store.root_uri, ws.store.root_uri).equals(

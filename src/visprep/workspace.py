@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -176,6 +177,17 @@ def image_file(ref: str) -> Path:
     from visprep.storage.remote import cached_image
 
     return cached_image(ref)
+
+
+def store_at(location: str) -> ImageStore:
+    """The image store of the workspace at `location` (`Workspace.location`), opened once per process: a worker
+    storing images itself (an object store lists what it holds once, then remembers what it stored)."""
+    return _store_at(location, os.environ.get("VISPREP_CACHE"))
+
+
+@functools.lru_cache(maxsize=8)
+def _store_at(location: str, cache_env: str | None) -> ImageStore:
+    return Workspace(location).store
 
 
 @dataclass

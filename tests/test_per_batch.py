@@ -167,7 +167,7 @@ def test_synth_batch_matches_the_stage(ws: Workspace, tmp_path: Path) -> None:
     taken = set(ws.read_table("products", ["product_id"])["product_id"].to_pylist())
     spec = generator_spec(ws)
     assert isinstance(spec, GeneratorSpec)
-    rows = _call(render_batch, batch, spec, store_root=str(tmp_path / "store"), seed=cfg.seed,
+    rows = _call(render_batch, batch, spec, store=ImageStore(tmp_path / "store"), seed=cfg.seed,
                  jpeg_quality=cfg.jpeg_quality, max_pixels=inspect.max_pixels,
                  max_decoded_bytes=inspect.max_decoded_bytes, taken=taken)
     assert [(r["product_id"], r["image_id"]) for r in rows] == [(b[0], b[1]) for b in batch]

@@ -185,7 +185,7 @@ def test_second_writer_is_refused_naming_the_holder_and_a_taken_over_writer_cann
     with pytest.raises(LockLost), ws.writer("paused"):
         from visprep.storage import remote
 
-        remote._HELD[url][0]._stop.set()  # the writer pauses: no heartbeat renews its lease
+        remote._HELD.get(url)._stop.set()  # the writer pauses: no heartbeat renews its lease
         time.sleep(1.7)
         taker = ObjectLock(ws.objects, lease_s=30)
         taker.acquire("taker", busy="w")

@@ -1,6 +1,7 @@
 """The Ray engine on a workspace on S3 (moto's server on loopback, a local Ray of 2 CPUs): the workers open the
 workspace by its URL and commit their own parts, so the tables equal a local folder's run; with the workers given a
-cache folder of their own (as on another node), the parts they wrote still reach the driver through the store."""
+cache folder of their own (as on another node), the parts they wrote still reach the driver through the store, and
+they read the images from that cache (fetched from the bucket), never from the driver's."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from test_workspace_s3 import _canon
 
 from visprep.demo.sources import write_demo_sources
 from visprep.pipeline import run_pipeline
+from visprep.storage.remote import cache_root
 from visprep.workspace import Workspace
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_alone")]
 
-STAGES = '["fetch", "inspect", "embed", "dedup", "split", "pairs", "export"]'
+STAGES = '["fetch", "inspect", "synth", "embed", "dedup", "split", "pairs", "export"]'
 CONFIG = (f"[pipeline]\nstages = {STAGES}\n[export]\nmax_count = 40\n[inspect]\nworkers = 2\nbatch_size = 16\n"
           '[embed]\nbatch_size = 16\ncheckpoint_every = 32\noptions = { profile = "imagenet-64" }\n'
-          "[fetch]\ncheckpoint_every = 64\n")
+          "[fetch]\ncheckpoint_every = 64\n"
+          '[synthetic]\nbackgrounds = ["texture"]\nreframe_scales = [0.8]\nhue_shifts_deg = [180.0]\n')
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def test_ray_workers_commit_their_own_parts_to_a_workspace_on_s3(s3: S3Server, t
     ws = Workspace(s3.url("ws-ray"))
     ws.write_config_text(CONFIG + '[engine]\nkind = "ray"\n')
     report = run_pipeline(ws, sources.catalog_files)
-    assert {ws.last_run(s)["metrics"]["engine"] for s in ("fetch", "inspect", "embed")} == {"ray"}
+    assert {ws.last_run(s)["metrics"]["engine"] for s in ("fetch", "inspect", "synth", "embed")} == {"ray"}
     assert report["inspect"].inspected > 0
     for name in local.table_names():
         assert _canon(ws.read_table(name), local.store.root_uri, ws.store.root_uri).equals(
@@ -62,6 +65,13 @@ def test_ray_workers_commit_their_own_parts_to_a_workspace_on_s3(s3: S3Server, t
     workers_cache = Path(ray.get_runtime_context().runtime_env["env_vars"]["VISPREP_CACHE"])
     assert any(workers_cache.rglob("*.parquet")), "the workers wrote nothing in their own cache"
     assert ws.read_table("urls").num_rows == local.read_table("urls").num_rows
+    # The workers read every image from their own cache, fetched from the bucket: the driver handed them object
+    # URLs (`ImageStore.ref`), never a path in its cache, which holds no image at all (as on another node, where
+    # the driver's files do not exist).
+    driver_images = [p for p in ws.store.root.rglob("*") if p.is_file()]
+    assert not driver_images, driver_images[:3]
+    worker_images = workers_cache / cache_root(ws.url).name / "images"
+    assert len([p for p in worker_images.rglob("*") if p.is_file()]) >= report["inspect"].inspected
     # The shards the workers wrote are in the store, the same files as the local run's.
     tars = sorted(p.relative_to(local.shards_dir).as_posix() for p in local.shards_dir.rglob("*.tar"))
     keys = {o.key for o in ws.objects.list("shards/")}

@@ -260,3 +260,25 @@ def test_a_store_made_after_the_endpoint_changed_uses_the_new_endpoint(monkeypat
             store = ObjectStore(server.url(f"ws-{n}"))
             store.put("k", f"server {n}".encode())
             assert store.get("k") == f"server {n}".encode()
+
+
+def test_an_image_reference_is_read_from_the_readers_own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a stage hands a worker for an image (`ImageStore.ref`): on object storage the object's URL, which the
+    worker resolves to a copy in its own cache fetched from the store; on a folder, the path as before."""
+    from visprep.workspace import Workspace, image_file
+
+    monkeypatch.setenv("VISPREP_CACHE", str(tmp_path / "driver"))
+    ws = Workspace(f"memory://refs-{uuid.uuid4().hex[:8]}/ws")
+    image_id = ws.store.put(b"not really a jpeg", "jpg")
+    ref = ws.store.ref(image_id, "jpg")
+    assert ref == ws.store.uri(image_id, "jpg")
+    monkeypatch.setenv("VISPREP_CACHE", str(tmp_path / "worker"))  # another node: its own cache
+    got = image_file(ref)
+    assert got.read_bytes() == b"not really a jpeg" and tmp_path / "worker" in got.parents
+    missing = ref.rsplit("/", 3)[0] + "/ab/ab/" + "ab" * 32 + ".jpg"
+    assert not image_file(missing).exists()  # not stored: unreadable, as a missing path is
+    with pytest.raises(ValueError, match="images/cat.jpg"):
+        image_file("memory://refs/ws/images/cat.jpg")
+    folder = Workspace(tmp_path / "folder")
+    assert folder.store.ref(image_id, "jpg") == str(folder.store.path(image_id, "jpg"))
+    assert image_file(folder.store.ref(image_id, "jpg")) == folder.store.path(image_id, "jpg")

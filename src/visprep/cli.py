@@ -127,7 +127,7 @@ def init(workspace: WorkspaceOpt = Path("."), force: Annotated[bool, typer.Optio
     """Write `visprep.toml` with every default, commented."""
     ws = Workspace(workspace)
     # Where the file is: the folder's, or the object in a workspace on object storage (not its local copy).
-    shown = ws.config_path if ws.location == str(ws.root) else f"{ws.location}/{ws.config_path.name}"
+    shown = ws.config_path if ws.is_folder else f"{ws.location}/{ws.config_path.name}"
     if ws.config_path.exists() and not force:
         console.print(f"{shown} exists; use --force to overwrite")
         raise typer.Exit(1)

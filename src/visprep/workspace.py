@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -141,6 +142,11 @@ class ImageStore:
         """Return the URL of image `image_id` (a file:// URI here; the object's URL in an object store)."""
         return self.path(image_id, ext).as_uri()
 
+    def ref(self, image_id: str, ext: str) -> str:
+        """What a worker reads image `image_id` by, in any process or on any node (`image_file`): its path here,
+        where every node mounts the workspace's folder."""
+        return str(self.path(image_id, ext))
+
     @property
     def root_uri(self) -> str:
         """The URL every image's `uri` starts with."""
@@ -162,6 +168,27 @@ class ImageStore:
                 tmp.unlink(missing_ok=True)
                 n += 1
         return n
+
+
+def image_file(ref: str) -> Path:
+    """The local file of an image handed over as `ImageStore.ref`: the path itself, or, for an image in an object
+    store, this process's cached copy (fetched from the store on a miss; missing when the store lacks it)."""
+    if "://" not in ref:
+        return Path(ref)
+    from visprep.storage.remote import cached_image
+
+    return cached_image(ref)
+
+
+def store_at(location: str) -> ImageStore:
+    """The image store of the workspace at `location` (`Workspace.location`), opened once per process: a worker
+    storing images itself (an object store lists what it holds once, then remembers what it stored)."""
+    return _store_at(location, os.environ.get("VISPREP_CACHE"))
+
+
+@functools.lru_cache(maxsize=8)
+def _store_at(location: str, cache_env: str | None) -> ImageStore:
+    return Workspace(location).store
 
 
 @dataclass
@@ -235,6 +262,12 @@ class Workspace:
     def location(self) -> str:
         """What reopens this workspace in another process or on another machine: its folder, or its URL."""
         return str(self.root)
+
+    @property
+    def is_folder(self) -> bool:
+        """Whether the workspace is its folder (`root`), the one every worker mounts and writes into: False on
+        object storage, where `root` is a cache of this process's own and another node's workers have theirs."""
+        return True
 
     @property
     def store(self) -> ImageStore:
@@ -622,10 +655,51 @@ class Workspace:
         return lock_holder(self.lock_path)
 
 
-# Locks this process holds: path -> [fd, depth, pid]. A process re-entering a lock it holds (the CLI command, then
-# the pipeline, then each stage run) must not deadlock on its own flock, which is per open file, not per process.
-_HELD: dict[str, list[int]] = {}
-_HELD_GUARD = threading.Lock()
+class ReentrantHolds:
+    """The locks this process holds, by key, each with how many times it was entered: a process re-entering a lock
+    it holds (the CLI command, then the pipeline, then each stage run) must not wait on itself. A forked child
+    inherits the table but not the lock, so an entry counts only in the process that took it."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[Any]] = {}  # key -> [what holds it (fd, lock object), depth, pid]
+        self._guard = threading.Lock()
+
+    def get(self, key: str) -> Any | None:
+        """What holds lock `key` in this process (as `take` was given it), or None when this process does not."""
+        with self._guard:
+            held = self._held.get(key)
+            return held[0] if held is not None and held[2] == os.getpid() else None
+
+    @contextmanager
+    def reentered(self, key: str) -> Iterator[bool]:
+        """Enter lock `key` again if this process holds it (True for the block, its depth counted), else False:
+        the caller then takes the lock and registers it with `take`."""
+        with self._guard:
+            held = self._held.get(key)
+            mine = held is not None and held[2] == os.getpid()
+            if mine:
+                held[1] += 1  # type: ignore[index]
+        try:
+            yield mine
+        finally:
+            if mine:
+                with self._guard:
+                    self._held[key][1] -= 1
+
+    @contextmanager
+    def take(self, key: str, holder: Any) -> Iterator[None]:
+        """Record for the block that this process holds lock `key` through `holder`."""
+        with self._guard:
+            self._held[key] = [holder, 1, os.getpid()]
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._held.pop(key, None)
+
+
+# The flocks this process holds, by path (`file_lock`).
+_HELD = ReentrantHolds()
 
 
 @contextmanager
@@ -646,18 +720,10 @@ def file_lock(path: Path, *, busy: str, writer: str, command: str | None = None,
     import socket
     import sys
 
-    key = str(path)
-    with _HELD_GUARD:
-        reentered = _held_here(path, guarded=True)
+    with _HELD.reentered(str(path)) as reentered:
         if reentered:
-            _HELD[key][1] += 1
-    if reentered:
-        try:
             yield path
-        finally:
-            with _HELD_GUARD:
-                _HELD[key][1] -= 1
-        return
+            return
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -674,29 +740,22 @@ def file_lock(path: Path, *, busy: str, writer: str, command: str | None = None,
                 raise WorkspaceLocked(f"{busy} is busy: another {writer} holds {path} ({shown}); wait for it to "
                                       "finish, or pass --wait to queue behind it", holder=holder) from None
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-    with _HELD_GUARD:
-        _HELD[key] = [fd, 1, os.getpid()]
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "command": command or " ".join(sys.argv)[:200],
-                                  "since": utcnow().isoformat()}).encode(), 0)
-        yield path
+        with _HELD.take(str(path), fd):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "command": command or " ".join(sys.argv)[:200],
+                                      "since": utcnow().isoformat()}).encode(), 0)
+            yield path
     finally:
-        with _HELD_GUARD:
-            _HELD.pop(key, None)
         os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
-def _held_here(path: Path, *, guarded: bool = False) -> bool:
-    """Whether this process holds the lock on `path` (`guarded`: the caller holds `_HELD_GUARD`)."""
-    if not guarded:
-        with _HELD_GUARD:
-            return _held_here(path, guarded=True)
-    held = _HELD.get(str(path))
-    return held is not None and held[2] == os.getpid()
+def _held_here(path: Path) -> bool:
+    """Whether this process holds the lock on `path`."""
+    return _HELD.get(str(path)) is not None
 
 
 def lock_holder(path: Path) -> dict[str, Any] | None:

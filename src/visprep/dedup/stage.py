@@ -177,7 +177,7 @@ def _signatures_on_workers(ws: Workspace, run: RunRecord, image_ids: list[str], 
     task = partial(signature_batch, tolerance=ws.config.dedup.trim_tolerance)
 
     def rows(image_rows: list[int]) -> list[dict]:
-        items = [(image_ids[r], str(ws.store.path(image_ids[r], image_ext[r]))) for r in image_rows]
+        items = [(image_ids[r], ws.store.ref(image_ids[r], image_ext[r])) for r in image_rows]
         return [row for _, out in engine.map_batches(task, items, batch_size=ws.config.inspect.batch_size)
                 for row in out]
 

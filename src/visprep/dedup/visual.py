@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,6 +26,7 @@ from visprep.images.signature import (
     signature_of_rgb,
     trim_box,
 )
+from visprep.workspace import image_file
 
 __all__ = [
     "CODES",
@@ -90,7 +90,7 @@ def signatures_from_table(table: pa.Table) -> Signatures:
 def signature_batch(items: Sequence[tuple[str, str]], *, tolerance: int = TRIM_TOLERANCE) -> list[dict]:
     """Signature rows of `(image_id, path)` items, one per item (`signature_row`): what dedup computes for the image
     rows of its candidate pairs that have no stored signature. Nothing is written; a bad item never raises."""
-    return [signature_row(image_id, Path(path).read_bytes, tolerance=tolerance) for image_id, path in items]
+    return [signature_row(image_id, image_file(path).read_bytes, tolerance=tolerance) for image_id, path in items]
 
 
 def signature_row(image_id: str, read: Callable[[], bytes], *, tolerance: int = TRIM_TOLERANCE) -> dict:

@@ -35,7 +35,7 @@ from visprep.engines.threads import apply_threads, plan_threads
 from visprep.images.sniff import extension_for
 from visprep.views.catalog import all_images
 from visprep.views.features import features_root
-from visprep.workspace import QuarantineRecord, Workspace
+from visprep.workspace import QuarantineRecord, Workspace, image_file
 
 
 @dataclass
@@ -143,7 +143,7 @@ def read_embed_batch(items: Sequence[tuple[str, str]], embedder: Embedder) -> Re
     data, ids, failures = [], [], []
     for image_id, path in items:
         try:
-            data.append(Path(path).read_bytes())
+            data.append(image_file(path).read_bytes())
             ids.append(image_id)
         except (OSError, ValueError) as exc:
             failures.append({"image_id": image_id, "reason": "missing_bytes",
@@ -213,7 +213,7 @@ def _embed_table(ws: Workspace, stage: str, table: str, *, embedder: Embedder | 
         on_ray = engine.name != "local" and embedder is None
         run.metrics["engine"] = engine.name if on_ray else "local"
         if todo:
-            items = [(i, str(ws.store.path(i, extension_for(f)))) for i, f in todo]
+            items = [(i, ws.store.ref(i, extension_for(f))) for i, f in todo]
             if on_ray:
                 # One model per actor, each actor one CPU: the model runs single-threaded there. Each actor call
                 # embeds one checkpoint's worth of images and appends them as its own store part: the vectors

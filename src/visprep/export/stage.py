@@ -42,7 +42,7 @@ from visprep.images.stage import decode_workers
 from visprep.quality.mix import KIND, export_user_pairs
 from visprep.views.catalog import all_latest_urls, all_products
 from visprep.views.images import usable_images
-from visprep.workspace import QuarantineRecord, Workspace
+from visprep.workspace import QuarantineRecord, Workspace, image_file
 
 _META = ("title", "category", "top_category", "brand", "color", "material", "size", "price", "seller")
 
@@ -73,7 +73,7 @@ def preprocess_batch(items: Sequence[tuple[str, PreprocessProfile, int]], *, max
     out: list[bytes | PreprocessFailure] = []
     for path, profile, quality in items:
         try:
-            with open(path, "rb") as fh:
+            with open(image_file(path), "rb") as fh:
                 data = fh.read()
         except OSError as exc:
             out.append(PreprocessFailure("missing_bytes", f"{path}: {type(exc).__name__}: {exc.strerror or exc}"))
@@ -237,12 +237,12 @@ def export_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None =
 
         for split in splits:
             chosen = [r for r in rows if r["split"] == split] + user_rows.get(split, [])
-            paths = [str(ws.store.path(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]])))
+            paths = [ws.store.ref(r["image_id"], r.get("ext") or extension_for(fmt[r["image_id"]]))
                      for r in chosen]
             # The JPEGs stay on the workers, which stage them and write the shards, where the workers share the
             # workspace's folder. On object storage each node has a cache of its own: the segments one task stages
             # are not another's to read, so there the bytes come back and this process writes the shards.
-            if engine.remote and ws.location == str(ws.root):
+            if engine.remote and ws.is_folder:
                 manifest = _export_split_on_workers(ws, engine, split, chosen, paths, described, failed, cfg,
                                                     profile, plan.used, progress, len(rows) + n_user)
             else:

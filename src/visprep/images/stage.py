@@ -24,7 +24,7 @@ from visprep.images.facts import facts_row, inspect_image
 from visprep.images.signature import CODE_COLUMNS, COLOR_COLUMNS
 from visprep.images.sniff import extension_for
 from visprep.schema import IMAGES
-from visprep.workspace import QuarantineRecord, Workspace, atomic_write_parquet
+from visprep.workspace import QuarantineRecord, Workspace, atomic_write_parquet, image_file
 
 SIGNATURE_COLUMNS = CODE_COLUMNS + COLOR_COLUMNS
 SIGNATURE_SCHEMA = pa.schema([IMAGES.field("image_id"), *(IMAGES.field(c) for c in SIGNATURE_COLUMNS)])
@@ -69,7 +69,7 @@ def inspect_batch(items: Sequence[tuple[str, str, str, int, int]]) -> list[dict]
     rows = []
     for image_id, path, fmt, max_pixels, max_decoded_bytes in items:
         try:
-            with open(path, "rb") as fh:
+            with open(image_file(path), "rb") as fh:
                 data = fh.read()
         except OSError as exc:
             rows.append({"image_id": image_id, "format": fmt, "status": "unreadable",
@@ -103,7 +103,7 @@ def signature_batch(items: Sequence[tuple[str, str, int, int]]) -> list[dict]:
     rows = []
     for image_id, path, max_pixels, max_decoded_bytes in items:
         try:
-            with open(path, "rb") as fh:
+            with open(image_file(path), "rb") as fh:
                 info = inspect_image(fh.read(), max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
         except (ImageDecodeError, OSError):
             continue
@@ -140,7 +140,7 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
         run.metrics["workers"] = plan.to_dict()
         if plan.limited:
             run.notes.append(f"inspect.workers: {plan.note()}")
-        items = [(i, str(ws.store.path(i, extension_for(stored[i]))), stored[i], cfg.max_pixels,
+        items = [(i, ws.store.ref(i, extension_for(stored[i])), stored[i], cfg.max_pixels,
                   cfg.max_decoded_bytes) for i in todo]
         if progress:
             progress(0, len(items) + len(backfill))
@@ -162,7 +162,7 @@ def inspect_stage(ws: Workspace, *, progress: Callable[[int, int], None] | None 
                 progress(len(batch), len(items) + len(backfill))
         # Back-fill: each batch's signatures go to a staging part first (a killed run keeps them and the next one
         # skips them), and are merged into `images` in one rewrite below, so no reader ever sees an image twice.
-        fill = [(i, str(ws.store.path(i, extension_for(stored[i]))), cfg.max_pixels, cfg.max_decoded_bytes)
+        fill = [(i, ws.store.ref(i, extension_for(stored[i])), cfg.max_pixels, cfg.max_decoded_bytes)
                 for i in backfill]
         for seq, (batch, rows) in enumerate(engine.map_batches(signature_batch, fill, batch_size=cfg.batch_size,
                                                                workers=plan.used)):

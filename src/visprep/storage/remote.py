@@ -20,6 +20,7 @@ written, and the runner pulls a stage's declared reads and writes before it runs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,14 @@ from visprep.storage.lock import ObjectLock
 from visprep.storage.objects import ObjectStore
 from visprep.storage.trees import Tree, collect_garbage
 from visprep.views.features import FEATURES_DIR
-from visprep.workspace import ImageStore, RunRecord, Workspace, atomic_write_bytes, clean_dead_temporaries
+from visprep.workspace import (
+    ImageStore,
+    ReentrantHolds,
+    RunRecord,
+    Workspace,
+    atomic_write_bytes,
+    clean_dead_temporaries,
+)
 
 if TYPE_CHECKING:
     from visprep.workspace import QuarantineRecord
@@ -51,9 +59,8 @@ RESOURCE_FOLDERS = {"features": FEATURES_DIR, "view_features": FEATURES_DIR, "us
                     "model_features": FEATURES_DIR, "shards": "shards"}
 NATURAL_KEYS = {"shards"}  # folders whose objects keep their names (what trainers read)
 
-# Object locks this process holds: url -> [lock, depth, pid] (a stage run re-enters the lock its command took).
-_HELD: dict[str, list[Any]] = {}
-_HELD_GUARD = threading.Lock()
+# The object locks this process holds, by workspace URL (a stage run re-enters the lock its command took).
+_HELD = ReentrantHolds()
 
 
 def cache_root(url: str) -> Path:
@@ -61,6 +68,26 @@ def cache_root(url: str) -> Path:
     base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "visprep").expanduser()
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", url.split("://", 1)[-1]).strip("-")[-60:]
     return base / f"{readable}-{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:12]}"
+
+
+def cached_image(uri: str) -> Path:
+    """This process's local copy of the image at object URL `uri` (`ObjectImageStore.ref`), fetched on a miss into
+    the cache of the workspace whose store it is (`$VISPREP_CACHE`, so a worker on another node uses its own)."""
+    parts = uri.rsplit("/", 3)
+    image_id, _, ext = parts[-1].partition(".")
+    if len(parts) != 4 or not ext or len(image_id) != 64 or parts[1:3] != [image_id[:2], image_id[2:4]]:
+        raise ValueError(f"image reference {uri!r}: not an image's object URL (<store>/<aa>/<bb>/<sha256>.<ext>)")
+    store_url = parts[0]
+    return _image_store(store_url, os.environ.get(CACHE_ENV)).path(image_id, ext)
+
+
+@functools.lru_cache(maxsize=16)
+def _image_store(store_url: str, cache_env: str | None) -> ObjectImageStore:
+    # A workspace's images are `<url>/images`, kept in that workspace's cache (where its fetch workers put them);
+    # an image store configured on its own (`storage.images`) gets a cache of its own.
+    ws_url = store_url[: -len("/images")] if store_url.endswith("/images") else None
+    local = cache_root(ws_url) / "images" if ws_url else cache_root(store_url)
+    return ObjectImageStore(local, ObjectStore(store_url))
 
 
 class ObjectImageStore(ImageStore):
@@ -97,6 +124,11 @@ class ObjectImageStore(ImageStore):
     def uri(self, image_id: str, ext: str) -> str:
         """Return the object URL of image `image_id`."""
         return self.objects.uri(self._key(super().path(image_id, ext)))
+
+    def ref(self, image_id: str, ext: str) -> str:
+        """The image's object URL, never a path in this process's cache: a worker on another node reads it from a
+        cache of its own (`visprep.workspace.image_file`), so this process fetches nothing for it."""
+        return self.uri(image_id, ext)
 
     @property
     def root_uri(self) -> str:
@@ -172,6 +204,11 @@ class ObjectWorkspace(Workspace):
         return self.url
 
     @property
+    def is_folder(self) -> bool:
+        """False: the workspace is its URL, `root` only this process's cache (`Workspace.is_folder`)."""
+        return False
+
+    @property
     def store(self) -> ImageStore:
         """The image store: objects under `<url>/images`, with the cache's images/ folder their local copy."""
         if self._store is None:
@@ -199,9 +236,9 @@ class ObjectWorkspace(Workspace):
 
     # --- trees ---
     def _fence(self) -> None:
-        held = _HELD.get(self.url)
-        if held is not None and held[2] == os.getpid():
-            held[0].check()
+        lock = _HELD.get(self.url)
+        if lock is not None:
+            lock.check()
 
     def _table_tree(self, name: str) -> Tree:
         return Tree(self.objects, f"tables/{name}", self.tables_dir / f"{name}.parquet", self.sync_dir,
@@ -314,38 +351,25 @@ class ObjectWorkspace(Workspace):
         """Hold the workspace's writer lock object for the block (re-entrant within a process); a second writer
         anywhere is refused with `WorkspaceLocked` naming the holder. Taking it collects what killed writers
         uploaded and never committed."""
-        with _HELD_GUARD:
-            held = _HELD.get(self.url)
-            if held is not None and held[2] == os.getpid():
-                held[1] += 1
-                reentered = True
-            else:
-                reentered = False
-        if reentered:
-            try:
+        with _HELD.reentered(self.url) as reentered:
+            if reentered:
                 yield self.lock_path
-            finally:
-                with _HELD_GUARD:
-                    _HELD[self.url][1] -= 1
-            return
+                return
         lock = ObjectLock(self.objects)
         lock.acquire(command, busy=f"workspace {self.url}", wait_s=wait_s)
-        with _HELD_GUARD:
-            _HELD[self.url] = [lock, 1, os.getpid()]
         try:
-            # Blobs stored before this writer took the lock and named by no manifest were uploaded by writers
-            # killed before their commit (a live writer cannot be uploading: it would hold the lock).
-            # The lease's margin spares a lock-free writer's upload in flight (evaluate's parts beside a writer).
-            collect_garbage(self.objects, ["tables/", f"{FEATURES_DIR}/"], before=lock.acquired_at - lock.lease_s)
-            for folder in (self.runs_dir, self.tables_dir, self.root / FEATURES_DIR):
-                clean_dead_temporaries(folder)
-            # What a killed writer wrote into this cache and never published is superseded by the store's last
-            # commit (recent files are spared: a lock-free process sharing the cache may be about to publish).
-            self._discard_unpublished(older_than=time.time() - lock.lease_s)
-            yield self.lock_path
+            with _HELD.take(self.url, lock):
+                # Blobs stored before this writer took the lock and named by no manifest were uploaded by writers
+                # killed before their commit (a live writer cannot be uploading: it would hold the lock).
+                # The lease's margin spares a lock-free writer's upload in flight (evaluate's parts beside a writer).
+                collect_garbage(self.objects, ["tables/", f"{FEATURES_DIR}/"], before=lock.acquired_at - lock.lease_s)
+                for folder in (self.runs_dir, self.tables_dir, self.root / FEATURES_DIR):
+                    clean_dead_temporaries(folder)
+                # What a killed writer wrote into this cache and never published is superseded by the store's last
+                # commit (recent files are spared: a lock-free process sharing the cache may be about to publish).
+                self._discard_unpublished(older_than=time.time() - lock.lease_s)
+                yield self.lock_path
         finally:
-            with _HELD_GUARD:
-                _HELD.pop(self.url, None)
             lock.release()
 
     def _discard_unpublished(self, *, older_than: float) -> list[str]:

@@ -28,7 +28,6 @@ import json
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from visprep.config import section_params
-from visprep.engines import get_engine
+from visprep.engines import get_engine, workspace_location
 from visprep.engines.local import batched
 from visprep.images.decode import ImageDecodeError, decode_rgb
 from visprep.images.facts import facts_row
@@ -52,7 +51,7 @@ from visprep.synthetic.products import (
 )
 from visprep.synthetic.views import foreground_mask
 from visprep.views.catalog import is_synthetic_product, view_url
-from visprep.workspace import ImageStore, QuarantineRecord, Workspace, conform
+from visprep.workspace import ImageStore, QuarantineRecord, Workspace, conform, image_file, store_at
 
 STAGE = "synth"
 RENDER_BATCH = 16
@@ -164,13 +163,14 @@ def _generator_from_config(ws: Workspace) -> ViewGenerator:
 
 
 def render_batch(sources: Sequence[tuple[str, str, str, str | None]], generator_spec: GeneratorSpec | ViewGenerator,
-                 *, store_root: str | Path, seed: int, jpeg_quality: int, max_pixels: int, max_decoded_bytes: int,
+                 *, store: ImageStore | str, seed: int, jpeg_quality: int, max_pixels: int, max_decoded_bytes: int,
                  taken: Container[str] = frozenset()) -> list[dict]:
     """Render the views of `(product_id, image_id, path, split)` source images: one row per source, {product_id,
     image_id, status ("ok" or "synth_failed"), reason, views, refused}. `views` are its `synthetic_views` rows
     (without `run_id`), each with `facts`, the view's `synthetic_images` row (without `run_id`) computed from the
     bytes just encoded as inspect computes them (with `max_pixels`, `max_decoded_bytes`); `refused` its quarantine
-    records as dicts. The view images go into the image store at `store_root` under their content address
+    records as dicts. The view images go into `store` (or the image store of the workspace at location `store`, opened where
+    this runs: a Ray worker on another node stores them in the bucket itself) under their content address
     (idempotent); no table is written, and a bad source never raises.
 
     Args:
@@ -182,13 +182,14 @@ def render_batch(sources: Sequence[tuple[str, str, str, str | None]], generator_
     """
     generator = generator_for(generator_spec) if isinstance(generator_spec, GeneratorSpec) else generator_spec
     key = params_key(generator, seed=seed, jpeg_quality=jpeg_quality)
-    store = ImageStore(Path(store_root))
+    if isinstance(store, str):
+        store = store_at(store)
     out = []
     for pid, iid, path, split in sources:
         # One RNG per source image, seeded from (seed, image): reruns and subsets draw the same views.
         rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}\x00{iid}".encode()).digest()[:8], "big"))
         try:
-            made = generator.generate(decode_rgb(Path(path).read_bytes()), rng=rng)
+            made = generator.generate(decode_rgb(image_file(path).read_bytes()), rng=rng)
         except (OSError, ImageDecodeError, ValueError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
             out.append({"product_id": pid, "image_id": iid, "status": "synth_failed", "reason": detail, "views": [],
@@ -241,10 +242,12 @@ def _make_views(ws: Workspace, todo: pa.Table, generator: ViewGenerator, *, spec
     views: list[dict] = []
     facts: dict[str, dict] = {}
     refused: list[QuarantineRecord] = []
-    sources = [(pid, iid, str(ws.store.path(iid, extension_for(fmt))), split) for pid, iid, fmt, split in zip(
+    sources = [(pid, iid, ws.store.ref(iid, extension_for(fmt)), split) for pid, iid, fmt, split in zip(
         *(todo.column(c).to_pylist() for c in ("product_id", "image_id", "format", "split")))]
     engine = get_engine(ws.config)
-    render = partial(render_batch, store_root=str(ws.store.root), seed=cfg.seed, jpeg_quality=cfg.jpeg_quality,
+    # Locally the driver's own store (one listing of an object store's images); a worker opens its workspace's.
+    store = ws.store if engine.name == "local" else workspace_location(ws)
+    render = partial(render_batch, store=store, seed=cfg.seed, jpeg_quality=cfg.jpeg_quality,
                      max_pixels=ws.config.inspect.max_pixels, max_decoded_bytes=ws.config.inspect.max_decoded_bytes,
                      taken=taken)
     if engine.name == "local":  # synth has no workers setting: it renders in this process, as it always has

@@ -95,3 +95,39 @@ def test_lazy_scan_casts_an_older_parts_column_to_the_tables_type(tmp_path) -> N
     assert got.schema.field("position").type == pa.int32()
     assert got.to_pylist() == [{"product_id": "a", "position": 1}, {"product_id": "b", "position": 0}]
     assert read_columns(ws, "product_images", ["position"]).schema.field("position").type == pa.int32()
+
+
+def test_judged_images_queries_with_the_workspace_memory_limit_and_spill_folder(tmp_path, monkeypatch) -> None:
+    """The view's DuckDB connection runs under `events.duckdb_memory_limit` and spills under the workspace (it ran
+    with DuckDB's default, 80 % of the machine's memory, and nowhere to spill), and still answers."""
+    from visprep.config import EventsConfig, load_config, render_config
+    from visprep.schema import IMAGES, PRODUCT_IMAGES, PRODUCTS, SPLITS, URLS
+    from visprep.views import db
+    from visprep.views.images import judged_images
+
+    ws = Workspace(tmp_path)
+    cfg = load_config(ws.config_path)
+    cfg = cfg.model_copy(update={"events": EventsConfig(**{**cfg.events.model_dump(), "duckdb_memory_limit": "77MB"})})
+    ws.config_path.write_text(render_config(cfg), encoding="utf-8")
+    ws.set_config(load_config(ws.config_path))
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    for name, row, schema in (
+            ("products", {"product_id": "A", "title": "Boots", "category": "Shoes", "top_category": "Shoes"}, PRODUCTS),
+            ("product_images", {"product_id": "A", "position": 0, "url": "u", "source": "catalog"}, PRODUCT_IMAGES),
+            ("urls", {"url": "u", "status": "ok", "image_id": "i", "fetched_at": now}, URLS),
+            ("images", {"image_id": "i", "status": "ok", "width": 300, "height": 300, "blur": 100.0}, IMAGES),
+            ("splits", {"product_id": "A", "group_id": "A", "split": "train"}, SPLITS)):
+        ws.write_table(name, pa.Table.from_pylist([row], schema=schema))
+    seen = {}
+    plain = db.connect
+
+    def spy(**kwargs):
+        con = plain(**kwargs)
+        seen.update(memory_limit=_setting(con, "memory_limit"), temp_directory=_setting(con, "temp_directory"))
+        return con
+
+    monkeypatch.setattr(db, "connect", spy)
+    got = judged_images(ws)
+    assert got.column("image_id").to_pylist() == ["i"] and got.column("floor_reason").to_pylist() == [None]
+    assert seen["memory_limit"].startswith("73.")  # DuckDB reports 77 MB in MiB
+    assert seen["temp_directory"] == str(ws.root / "tmp" / "duckdb")

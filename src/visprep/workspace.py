@@ -49,6 +49,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
         raise
 
 
+# Rows of a stored table compared at a time by `write_table_if_changed`: the old table is read a batch at a time.
+_COMPARE_BATCH = 65_536
+
+
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     """Write `table` to `path` as zstd Parquet, atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,12 +417,29 @@ class Workspace:
         an unchanged output keeps its fingerprint, so the stages reading it stay up to date. Returns whether it
         wrote."""
         table = conform(table, schema_for(name))
-        if self.has_table(name):
-            old = self.read_table(name)
-            same = [c for c in table.column_names if c != "run_id"]
-            if old.num_rows == table.num_rows and old.select(same).equals(table.select(same)):
-                return False
+        if self.has_table(name) and self._stored_equals(name, table):
+            return False
         self.write_table(name, table)
+        return True
+
+    def _stored_equals(self, name: str, table: pa.Table) -> bool:
+        """Whether stored table `name` holds `table`'s rows in order (`run_id` aside), read a batch at a time: the
+        stored table is never whole in memory, and the first differing batch ends the read."""
+        schema = schema_for(name)
+        same = [c for c in table.column_names if c != "run_id"]
+        files = self._part_files(name)
+        if sum(pq.ParquetFile(p).metadata.num_rows for p in files) != table.num_rows:
+            return False
+        at = 0
+        for p in files:
+            stored = pq.ParquetFile(p)
+            # Older parts may lack a column the schema gained since: conform fills it, as read_table does.
+            columns = [c for c in same if c in stored.schema_arrow.names]
+            for batch in stored.iter_batches(batch_size=_COMPARE_BATCH, columns=columns):
+                old = conform(pa.Table.from_batches([batch]), schema).select(same)
+                if not old.equals(table.slice(at, batch.num_rows).select(same)):
+                    return False
+                at += batch.num_rows
         return True
 
     def write_part(self, name: str, table: pa.Table, part: str) -> Path:

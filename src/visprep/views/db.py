@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from visprep.workspace import Workspace
 
 
 def connect(*, memory_limit: str | None = None, temp_dir: Path | None = None, threads: int | None = None,
@@ -34,3 +37,11 @@ def connect(*, memory_limit: str | None = None, temp_dir: Path | None = None, th
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+def connect_for(ws: Workspace, *, preserve_insertion_order: bool = True) -> Any:
+    """A `connect()` for queries over workspace `ws`'s tables: DuckDB's memory limit is `events.duckdb_memory_limit`
+    and it spills under the workspace (`tmp/duckdb`), as the events stages' queries do, not DuckDB's default of
+    80 % of the machine's memory with nowhere to spill (a view's joins grow with the catalog)."""
+    return connect(memory_limit=ws.config.events.duckdb_memory_limit, temp_dir=ws.root / "tmp" / "duckdb",
+                   preserve_insertion_order=preserve_insertion_order)

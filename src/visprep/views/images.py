@@ -16,7 +16,7 @@ def judged_images(ws: Workspace) -> pa.Table:
     image whose figures count: itself, or the source photo of a synth-stage view), its `judged_width`,
     `judged_height` (px) and `judged_blur`, and `floor_reason` (too_small / too_blurry; null when it passes or has
     no figures)."""
-    from visprep.views.db import connect
+    from visprep.views.db import connect_for
     from visprep.views.scan import query_arrow, scan_view, union_view
 
     cfg = ws.config.pairs
@@ -28,7 +28,7 @@ def judged_images(ws: Workspace) -> pa.Table:
     min_side, min_blur = int(cfg.min_side), float(cfg.min_blur)
     # DuckDB reads the tables' Parquet parts itself, only the columns named here: the whole tables (urls with every
     # fetch attempt, products with their descriptions) never sit in memory as Arrow. The ORDER BY fixes the order.
-    con = connect(preserve_insertion_order=False)
+    con = connect_for(ws, preserve_insertion_order=False)
     try:
         union_view(con, ws, ("product_images", "synthetic_product_images"), ["product_id", "position", "source", "url"],
                    name="pi")

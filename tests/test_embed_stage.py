@@ -110,6 +110,29 @@ def test_store_roundtrip_bulk_get_and_index(tmp_path: Path) -> None:
         FeatureStore(tmp_path, "m@1", 16)
 
 
+def test_store_lookup_newest_row_wins_and_reads_only_wanted_vectors(tmp_path: Path, monkeypatch) -> None:
+    """`get` finds an id embedded twice at its newest row (a later part), in the caller's order, without reading
+    the whole store's vectors at once (`vectors`), and `vectors_at` checks its positions."""
+    rng = np.random.default_rng(1)
+    vecs = l2_normalize(rng.normal(size=(7, 8)))
+    store = FeatureStore(tmp_path, "m@1", 8)
+    store.append(["a", "b", "c"], vecs[:3])
+    store.append(["d", "b"], vecs[3:5], update_index=False)
+    store.append(["e", "a"], vecs[5:7], update_index=False)
+    again = FeatureStore.open_existing(tmp_path, "m@1")
+    monkeypatch.setattr(FeatureStore, "vectors", lambda self, start=0: pytest.fail("read every vector"))
+    assert again.positions(["a", "b", "zz", "c", "e"]).tolist() == [6, 4, -1, 2, 5]
+    got, found = again.get(["b", "zz", "a", "c", "a"])
+    assert found.tolist() == [True, False, True, True, True]
+    np.testing.assert_array_equal(got[[0, 2, 3, 4]], vecs[[4, 6, 2, 6]])
+    assert not got[1].any()
+    assert len(again) == 7
+    store.append(["f"], vecs[:1], update_index=False)  # a store object's lookups see its own appends
+    assert store.positions(["f", "a"]).tolist() == [7, 6]
+    with pytest.raises(ValueError, match="positions"):
+        again.vectors_at(np.array([0, 7]))
+
+
 def test_embed_is_incremental_and_counts_failures(tmp_path: Path, hash_embedder) -> None:
     ws = Workspace(tmp_path)
     ids = _add_images(ws, [f"photo {i}".encode() for i in range(5)] + [b"BAD bytes"])

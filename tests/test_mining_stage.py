@@ -150,3 +150,18 @@ def test_mining_from_a_trainers_checkpoint_embeddings(tmp_path) -> None:
         bad = tmp_path / "bad.parquet"
         pq.write_table(pa.table({"id": ids[:2], "vector": [[0.0] * 8, [1.0] * 8]}), bad)
         import_embeddings(ws, bad, model_id="head@epoch")
+
+
+def test_item_pool_string_columns_share_one_object_per_value() -> None:
+    """The pool's split/category/brand columns hold one Python string per distinct value (a pointer per row), with
+    None for nulls, in row order across Arrow chunks."""
+    import pyarrow as pa
+
+    from visprep.views.items import shared_strings
+
+    col = pa.chunked_array([["train", None, "val"], ["train", "val", "train"]])
+    out = shared_strings(col)
+    assert out.dtype == object and out.tolist() == ["train", None, "val", "train", "val", "train"]
+    assert out[0] is out[3] is out[5] and out[2] is out[4]
+    assert shared_strings(pa.chunked_array([], pa.string())).tolist() == []
+    assert shared_strings(pa.array([None], pa.string())).tolist() == [None]

@@ -118,6 +118,7 @@ class FeatureStore:
         self.schema = feature_schema(dim)
         self._ids: list[str] | None = None
         self._hashes: list[str] | None = None
+        self._id_array: pa.Array | None = None
         self._index: Any = None
 
     @classmethod
@@ -154,7 +155,19 @@ class FeatureStore:
         return self._ids
 
     def __len__(self) -> int:
-        return len(self.ids())
+        return len(self._ids) if self._ids is not None else len(self.id_array())
+
+    def id_array(self) -> pa.Array:
+        """Image ids in store order as one Arrow string array (what bulk lookups search: no Python string per
+        row), read once per store object."""
+        if self._id_array is None:
+            if self._ids is not None:
+                self._id_array = pa.array(self._ids, pa.string())
+            else:
+                cols = [pq.read_table(p, columns=["image_id"]).column("image_id") for p in self._parts()]
+                self._id_array = (pa.chunked_array([c for col in cols for c in col.chunks], pa.string())
+                                  .combine_chunks() if cols else pa.array([], pa.string()))
+        return self._id_array
 
     def current(self, image_ids: Sequence[str], content_hashes: Sequence[str] | None = None) -> np.ndarray:
         """(N,) bool: which images have a vector made from these exact bytes (hash = image id when omitted)."""
@@ -195,13 +208,47 @@ class FeatureStore:
         found = pos >= 0
         out = np.zeros((len(image_ids), self.dim), np.float32)
         if found.any():
-            out[found] = self.vectors()[pos[found]]
+            out[found] = self.vectors_at(pos[found])
         return out, found
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """(len(positions), dim) float32: the vectors at store `positions`, read part by part (only one part's
+        vectors besides the result are in memory, never the whole store's)."""
+        positions = np.asarray(positions, np.int64)
+        out = np.zeros((len(positions), self.dim), np.float32)
+        if len(positions) == 0:
+            return out
+        if positions.min() < 0 or positions.max() >= len(self):
+            raise ValueError(f"feature store {self.path}: positions must be in 0..{len(self) - 1}, got "
+                             f"{positions.min()}..{positions.max()}")
+        order = np.argsort(positions, kind="stable")
+        sorted_pos = positions[order]
+        seen = 0
+        for p in self._parts():
+            rows = pq.ParquetFile(p).metadata.num_rows
+            lo, hi = np.searchsorted(sorted_pos, [seen, seen + rows])
+            if hi > lo:
+                col = pq.read_table(p, columns=["vector"]).column("vector")
+                flat = pa.concat_arrays([c.flatten() for c in col.chunks]) if col.num_chunks > 1 else \
+                    col.chunk(0).flatten()
+                part = flat.to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+                out[order[lo:hi]] = part[sorted_pos[lo:hi] - seen]
+            seen += rows
+        return out
 
     def positions(self, image_ids: Sequence[str]) -> np.ndarray:
         """(N,) int64 store positions (index ids) of `image_ids`, -1 when absent; the newest row wins."""
-        where = {iid: i for i, iid in enumerate(self.ids())}
-        return np.fromiter((where.get(i, -1) for i in image_ids), np.int64, len(image_ids))
+        import pyarrow.compute as pc
+
+        ids = self.id_array()
+        n = len(ids)
+        if n == 0 or len(image_ids) == 0:
+            return np.full(len(image_ids), -1, np.int64)
+        # index_in finds an id's first occurrence: searched in reverse store order, that is its newest row.
+        newest_first = ids.take(pa.array(np.arange(n - 1, -1, -1, dtype=np.int64)))
+        at = pc.index_in(pa.array(image_ids, pa.string()), value_set=newest_first)
+        at = pc.fill_null(at, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.where(at >= 0, n - 1 - at, -1)
 
     # --- index --------------------------------------------------------------------------------------------
     def index(self) -> Any:
@@ -280,4 +327,6 @@ class FeatureStore:
         if self._ids is not None and self._hashes is not None:
             self._ids.extend(image_ids)
             self._hashes.extend(hashes)
+        if self._id_array is not None:
+            self._id_array = pa.concat_arrays([self._id_array, pa.array(list(image_ids), pa.string())])
         return len(image_ids)

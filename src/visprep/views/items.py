@@ -65,6 +65,17 @@ def _coded_pairs(names: pa.Array, a: pa.ChunkedArray, b: pa.ChunkedArray) -> lis
     return list(zip(pc.filter(ca, both).to_pylist(), pc.filter(cb, both).to_pylist()))
 
 
+def shared_strings(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """`column` as an object array whose equal values are one Python string (nulls None): a column of few distinct
+    values (split, category, brand) costs a pointer per row, not a string object per row as `to_pylist` makes."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    encoded = pc.dictionary_encode(column)
+    values = np.empty(len(encoded.dictionary) + 1, dtype=object)  # the extra slot, left None, is the nulls'
+    values[:-1] = encoded.dictionary.to_pylist()
+    return values[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(zero_copy_only=False)]
+
+
 def load_items(ws: Workspace) -> MiningItems:
     """Build the item pool of the workspace (see module docstring)."""
     from visprep.mining.positives import merge_shared_images
@@ -100,9 +111,9 @@ def load_items(ws: Workspace) -> MiningItems:
         pairs.update(_coded_pairs(pnames, it.column("anchor_id"), it.column("product_id")))
     return MiningItems(
         image_id=np.array(iid, dtype=object), product_id=np.array(pid, dtype=object),
-        split=np.array(imgs.column("split").to_pylist(), dtype=object),
-        category=np.array(last.column("category").take(at).to_pylist(), dtype=object),
-        top_category=np.array(imgs.column("top_category").to_pylist(), dtype=object),
-        brand=np.array(last.column("brand").take(at).to_pylist(), dtype=object),
+        split=shared_strings(imgs.column("split")),
+        category=shared_strings(last.column("category").take(at)),
+        top_category=shared_strings(imgs.column("top_category")),
+        brand=shared_strings(last.column("brand").take(at)),
         group=gcode.astype(np.int64), product=np.asarray(pcode, np.int64), group_id=gid,
         positive_pairs=sorted(pairs))

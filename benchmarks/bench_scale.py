@@ -363,22 +363,36 @@ def phase(stage: str, ws_root: Path, catalog: Path, engine: str) -> dict:
 
 
 def write_vectors(ws: Workspace) -> int:
-    """Write a DIM-d vector per usable image into the feature store, clustered by product (no model)."""
+    """Write a DIM-d vector per usable image into the feature store, clustered by product (no model): each
+    product draws a centre, its images lie near it, so mine's index has the structure a model's embeddings give
+    (independent draws per image made every search exact and left the guard nothing to keep)."""
     import pyarrow.compute as pc
 
     from visprep.embed.registry import l2_normalize
     from visprep.embed.store import FeatureStore
-    from visprep.views.features import features_root
+    from visprep.views.features import features_root, store_dir_name
 
     images = ws.read_table("images")
-    ids = images.filter(pc.equal(images.column("status"), "ok")).column("image_id").to_pylist()
+    ok = images.filter(pc.equal(images.column("status"), "ok")).select(["image_id"])
+    owners = ws.sql("SELECT u.image_id, min(pi.product_id) AS product_id FROM pi JOIN u USING (url) "
+                    "WHERE u.image_id IS NOT NULL GROUP BY 1",
+                    pi=ws.read_table("product_images", ["url", "product_id"]),
+                    u=ws.latest_urls().select(["url", "image_id"]))
+    table = ok.join(owners, "image_id", join_type="left outer").sort_by("image_id")
+    ids = table.column("image_id").to_pylist()
+    product = pc.fill_null(table.column("product_id"), "").combine_chunks()
+    codes = pc.dictionary_encode(product).indices.to_numpy(zero_copy_only=False)
     root = features_root(ws)
-    shutil.rmtree(root / MODEL.replace("@", "_"), ignore_errors=True)
+    # The whole store folder, ANN state included: a leftover store would be appended to and mine would rerun
+    # incrementally instead of from scratch (the folder is named by store_dir_name, not the model id).
+    shutil.rmtree(root / store_dir_name(MODEL), ignore_errors=True)
     store = FeatureStore(root, MODEL, DIM)
     rng = np.random.default_rng(1)
+    centres = rng.normal(size=(int(codes.max()) + 1 if len(codes) else 0, DIM)).astype(np.float32)
     for start in range(0, len(ids), 50_000):
         chunk = ids[start : start + 50_000]
-        store.append(chunk, l2_normalize(rng.normal(size=(len(chunk), DIM)).astype(np.float32)))
+        near = centres[codes[start : start + 50_000]] + 0.35 * rng.normal(size=(len(chunk), DIM)).astype(np.float32)
+        store.append(chunk, l2_normalize(near.astype(np.float32)))
     return len(ids)
 
 

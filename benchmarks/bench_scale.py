@@ -1,10 +1,18 @@
 """Scale benchmark (issue 17): catalog -> fetch -> inspect -> dedup -> split -> pairs -> mine -> export on N
 synthetic products, each stage's wall time and peak RSS, local engine and (inspect, export) the Ray engine.
 
-Each product has two small JPEGs (112 px Fashion-MNIST garments from the bundled demo subset, each tinted, shifted
-and flipped by its own seeded draw; about 3 KB each), served by a loopback HTTP server with a fixed latency per
-request. One product in 100 repeats its predecessor's first photo (an exact duplicate for dedup). The vectors mine
-reads are written into the feature store by a setup phase (clustered by product, no model).
+Each product has two small JPEGs (112 px, about 3 KB each; `render_images`), served by a loopback HTTP server
+with a fixed latency per request. The catalog is built to look like a real one to dedup, where near-duplicate
+clusters have a bounded size: a product draws a Fashion-MNIST garment shape from the bundled demo subset (2,600),
+a striped print of its own period, angle and contrast, a colour and a smooth random backdrop, and each of its photos
+a scale, placement and flip of its own, so pHashes differ between products (the first version tinted and shifted
+the 2,600 shapes only: at 1M products 770 products shared each shape, pHash is colour-blind, and dedup's candidate
+pairs grew as N^2). Titles are drawn from a vocabulary ("<brand> <adjective> <material> <garment> <colour> size
+<size>", 2,000 declared brands), so they are mostly distinct (they were "<top> item <i> colour <i%37>"). Planted
+duplicates at known rates (`planted_duplicates`): one product in 100 repeats its predecessor's first photo and
+brand (an exact duplicate), one in 100 is its predecessor in another size (the same title but the size, its first
+photo a copy of the predecessor's downscaled to 96 px and re-encoded at quality 70). The vectors mine reads are
+written into the feature store by a setup phase (clustered by product, no model).
 
 Every stage runs in its own process (`--phase`), so its peak RSS is its own: a sampler thread reads the RSS of
 the process and all its descendants (the local engine's pool, Ray's raylet and workers) from /proc every 0.2 s
@@ -68,33 +76,106 @@ RAY_OVERHEAD = 1.3
 GARMENT_PX = 112
 
 
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "to", "sa", "ne", "dor", "li", "ba", "qu", "el", "fi", "mar", "zo",
+              "ti", "ro", "an", "ex")
+BRANDS = [f"{a}{b}{c}".capitalize() for a in _SYLLABLES for b in _SYLLABLES for c in ("", "x", "n", "ia", "o")]
+"""2,000 synthetic brand names."""
+GARMENTS = {"tops": ["shirt", "blouse", "tee", "tank", "polo", "henley", "sweater", "hoodie"],
+            "trousers": ["jeans", "chinos", "joggers", "slacks", "cargos", "leggings", "culottes", "shorts"],
+            "dresses": ["dress", "gown", "sundress", "shirtdress", "slipdress", "kaftan", "pinafore", "tunic"],
+            "coats": ["coat", "parka", "trench", "blazer", "jacket", "anorak", "overcoat", "gilet"],
+            "shoes": ["sneakers", "boots", "loafers", "sandals", "pumps", "mules", "brogues", "espadrilles"],
+            "bags": ["tote", "backpack", "clutch", "satchel", "crossbody", "duffel", "hobo", "bucket"]}
+ADJECTIVES = ("slim", "relaxed", "classic", "vintage", "cropped", "oversized", "fitted", "lightweight", "quilted",
+              "ribbed", "pleated", "tailored", "washed", "essential", "premium", "everyday", "structured", "soft",
+              "striped", "printed", "textured", "wrap", "belted", "padded", "stretch", "organic", "recycled",
+              "heritage", "urban", "summer", "winter", "travel", "studio", "weekend", "signature", "utility",
+              "sporty", "boxy", "flared", "tapered")
+MATERIALS = ("cotton", "linen", "wool", "cashmere", "silk", "denim", "leather", "suede", "jersey", "fleece",
+             "nylon", "polyester", "viscose", "corduroy", "tweed", "canvas", "satin", "velvet", "knit", "hemp")
+COLOURS = ("black", "white", "navy", "grey", "beige", "olive", "khaki", "burgundy", "red", "blue", "green", "pink",
+           "brown", "camel", "cream", "charcoal", "teal", "mustard", "lilac", "coral")
+SIZES = ("xs", "s", "m", "l", "xl", "xxl")
+
+
 # ------------------------------------------------------------------------------------------------ images
+
+EXACT_EVERY = 100
+"""Product i with i % EXACT_EVERY == EXACT_EVERY - 1 lists its predecessor's first photo (the same file)."""
+NEAR_EVERY = 100
+"""Product i with i % NEAR_EVERY == NEAR_EVERY // 2 is a near-duplicate of its predecessor: its first photo a
+resized, re-encoded copy of the predecessor's, its title the same with another size, same brand."""
+
+
+def planted_duplicates(n_products: int) -> dict[str, list[tuple[int, int]]]:
+    """The (predecessor, product) index pairs `write_catalog` plants, by kind ("exact", "near")."""
+    return {"exact": [(i - 1, i) for i in range(1, n_products) if i % EXACT_EVERY == EXACT_EVERY - 1],
+            "near": [(i - 1, i) for i in range(1, n_products) if i % NEAR_EVERY == NEAR_EVERY // 2]}
+
+
+def _copy_source(image: int) -> int | None:
+    """The image that image `image` is a resized, re-encoded copy of (a near-duplicate's first photo), or None."""
+    product, first = divmod(image, IMAGES_PER_PRODUCT)
+    return (product - 1) * IMAGES_PER_PRODUCT if first == 0 and product and product % NEAR_EVERY == NEAR_EVERY // 2 \
+        else None
+
+
+def _render_one(image: int, seed: int, shapes: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Image `image` as a (GARMENT_PX, GARMENT_PX, 3) uint8 BGR array: every draw from its own seeded generator.
+
+    The product (image // IMAGES_PER_PRODUCT) draws its garment shape, print (stripes of its own period, angle and
+    contrast), colour and backdrop; each of its photos then draws its own scale, placement and flip (another shot of
+    the same article). pHash sees the print, the scale and the placement, so products' hashes differ although
+    only a few thousand shapes exist."""
+    import cv2
+
+    product, shot = divmod(image, IMAGES_PER_PRODUCT)
+    prod = np.random.default_rng((seed, product))
+    rng = np.random.default_rng((seed, product, shot))
+    gray = shapes[int(prod.integers(len(shapes)))]
+    yy, xx = grid
+    angle, period = prod.uniform(0, np.pi), prod.uniform(10, 40)
+    stripes = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * (2 * np.pi / period) + prod.uniform(0, 2 * np.pi))
+    rgb = prod.integers(20, 236, 3).astype(np.float32)
+    # A backdrop of its own (a smooth random field: the studio's light and props), which sets pHash bits where
+    # the garment is small.
+    backdrop = cv2.resize(prod.uniform(120, 250, (4, 4)).astype(np.float32), (GARMENT_PX, GARMENT_PX),
+                          interpolation=cv2.INTER_CUBIC)
+    contrast = prod.uniform(0.15, 0.45)
+    size = max(8, int(GARMENT_PX * rng.uniform(0.55, 1.0)))
+    shape = np.zeros((GARMENT_PX, GARMENT_PX), np.float32)
+    y0, x0 = (int(v) for v in rng.integers(0, GARMENT_PX - size + 1, 2))
+    shape[y0 : y0 + size, x0 : x0 + size] = cv2.resize(gray, (size, size), interpolation=cv2.INTER_CUBIC)
+    alpha = np.clip(shape * (1.4 / 255.0), 0, 1)
+    # Single-channel fields first, the colour once: (garment shading x print) x rgb + backdrop and sensor noise.
+    garment = alpha * (0.5 + shape * (1 / 510.0)) * (1.0 + contrast * stripes)
+    rest = (1 - alpha) * backdrop + 4 * rng.standard_normal((GARMENT_PX, GARMENT_PX), dtype=np.float32)
+    picture = garment[..., None] * rgb + rest[..., None]
+    if rng.random() < 0.5:
+        picture = picture[:, ::-1]
+    return np.clip(picture, 0, 255).astype(np.uint8)
 
 
 def render_images(n_images: int, path: Path, seed: int = 0) -> None:
-    """Write `n_images` distinct JPEGs into one blob file `path` and their end offsets into `path`.npy."""
+    """Write `n_images` JPEGs (`_render_one`; near-duplicates' first photos as `_copy_source` says) into one blob
+    file `path` and their end offsets into `path`.npy."""
     import cv2
 
     from visprep.demo import load_fashion_mnist_subset
 
-    subset = load_fashion_mnist_subset()
-    rng = np.random.default_rng(seed)
-    grads = np.linspace(235, 205, GARMENT_PX, dtype=np.float32)[:, None, None]
-    backdrop = np.repeat(np.repeat(grads, GARMENT_PX, axis=1), 3, axis=2)
+    shapes = load_fashion_mnist_subset().images
+    grid = np.mgrid[0:GARMENT_PX, 0:GARMENT_PX].astype(np.float32)
+    grid_yx = (grid[0], grid[1])
     offsets = np.empty(n_images, np.int64)
     end = 0
     with path.open("wb") as out:
         for i in range(n_images):
-            gray = subset.images[(i * 7919) % len(subset.images)]
-            shape = cv2.resize(gray, (GARMENT_PX, GARMENT_PX), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-            alpha = np.clip(shape / 255.0 * 1.4, 0, 1)[..., None]
-            rgb = rng.integers(20, 236, 3).astype(np.float32)
-            noise = rng.normal(0, 4, (GARMENT_PX, GARMENT_PX, 1)).astype(np.float32)
-            image = alpha * (rgb * (0.5 + shape[..., None] / 510.0)) + (1 - alpha) * backdrop + noise
-            image = np.roll(image, tuple(rng.integers(-6, 7, 2)), axis=(0, 1))
-            if rng.random() < 0.5:
-                image = image[:, ::-1]
-            ok, buf = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            source = _copy_source(i)
+            if source is None:
+                ok, buf = cv2.imencode(".jpg", _render_one(i, seed, shapes, grid_yx), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            else:  # the seller's copy: downscaled to 96 px and saved at a lower quality
+                small = cv2.resize(_render_one(source, seed, shapes, grid_yx), (96, 96), interpolation=cv2.INTER_AREA)
+                ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])
             if not ok:
                 raise RuntimeError(f"image {i}: OpenCV failed to encode")
             out.write(buf.tobytes())
@@ -139,18 +220,37 @@ def start_server(blob: Path, latency_s: float) -> tuple[_Server, int]:
     return server, server.server_address[1]
 
 
-def write_catalog(path: Path, n_products: int, port: int) -> None:
-    """A JSON-lines catalog of `n_products`; product i lists images 2i and 2i+1 (every 100th reuses 2i-2)."""
-    tops = ["tops", "trousers", "dresses", "coats", "shoes", "bags"]
+def write_catalog(path: Path, n_products: int, port: int, seed: int = 0) -> None:
+    """A JSON-lines catalog of `n_products`; product i lists images 2i and 2i+1 (`render_images`).
+
+    Titles are drawn per product from a vocabulary: "<brand> <adjective> <material> <garment> <colour> size
+    <size>" (2,000 brands x 40 x 20 x 8 garments of its top-level category x 20 colours x 6 sizes), so they are
+    mostly distinct, and the brand is declared. The planted duplicates (`planted_duplicates`): one product in 100
+    lists its predecessor's first photo and brand (a reseller; its own title), and one in 100 is its predecessor
+    in another size (same title but the size, a resized re-encoded copy of its first photo)."""
+    tops = list(GARMENTS)
+    rng = np.random.default_rng((seed, 1))
+    url = f"http://127.0.0.1:{port}/img/{{}}.jpg"
+    prev: dict = {}
     with path.open("w") as out:
         for i in range(n_products):
-            first = 2 * i - 2 if i % 100 == 99 else 2 * i
-            top = tops[i % len(tops)]
-            row = {"product_id": f"P{i:08d}", "title": f"{top} item {i} colour {i % 37}",
-                   "category": f"{top}/sub{i % 5}", "brand": f"brand{i % 211}", "price": f"{10 + i % 90}.99",
-                   "image_urls": [f"http://127.0.0.1:{port}/img/{first}.jpg",
-                                  f"http://127.0.0.1:{port}/img/{2 * i + 1}.jpg"]}
+            top = tops[int(rng.integers(len(tops)))]
+            words = [BRANDS[int(rng.integers(len(BRANDS)))], ADJECTIVES[int(rng.integers(len(ADJECTIVES)))],
+                     MATERIALS[int(rng.integers(len(MATERIALS)))], GARMENTS[top][int(rng.integers(8))],
+                     COLOURS[int(rng.integers(len(COLOURS)))]]
+            size = SIZES[int(rng.integers(len(SIZES)))]
+            first = 2 * i
+            if i and i % EXACT_EVERY == EXACT_EVERY - 1:  # a reseller: the same photo and brand
+                first, top, words[0] = 2 * i - 2, prev["top"], prev["words"][0]
+            elif i and i % NEAR_EVERY == NEAR_EVERY // 2:  # the same article in another size
+                top, words = prev["top"], prev["words"]
+                size = SIZES[(SIZES.index(prev["size"]) + 1) % len(SIZES)]
+            garment = words[3]
+            row = {"product_id": f"P{i:08d}", "title": f"{' '.join(words)} size {size}",
+                   "category": f"{top}/{garment}", "brand": words[0], "price": f"{10 + i % 90}.99",
+                   "image_urls": [url.format(first), url.format(2 * i + 1)]}
             out.write(json.dumps(row) + "\n")
+            prev = {"top": top, "words": words, "size": size}
 
 
 # ------------------------------------------------------------------------------------------------ one phase

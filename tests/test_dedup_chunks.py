@@ -132,3 +132,31 @@ def test_closest_images_matches_brute_force(data):
                 continue
             best = min(c[0] for c in cand)
             assert dist[k] == best and (best, ia[k], ib[k]) in cand
+
+
+@pytest.mark.parametrize("near_chunk", [1, 5])
+def test_near_code_pairs_expanded_in_chunks(case, monkeypatch, near_chunk):
+    """The near pHash code pairs expanded to product pairs a few image pairs at a time (`NEAR_CHUNK`), each
+    chunk merged into the running key set, give the pairs, signals and counts of one expansion."""
+    import visprep.dedup.candidates as candidates
+
+    def run():
+        return find_duplicates(*case["args"], signatures=case["sigs"](), colors=case["colors"],
+                               brands=case["brands"])
+
+    whole = run()
+    assert whole.counts["phash_code_pairs"] > 5 and whole.counts["signature_near_pairs"] > 0
+    monkeypatch.setattr(candidates, "NEAR_CHUNK", near_chunk)
+    _equal(whole, run())
+
+
+def test_union_sorted_keys_either_side_larger():
+    """The running key set: sorted unique union whichever argument is larger, the inputs left as they were."""
+    from visprep.dedup.candidates import union_sorted_keys
+
+    acc = np.array([1, 4, 9], np.int64)
+    new = np.array([9, 2, 2, 30, 0, 4, 7], np.int64)
+    for x, y in ((acc, new), (np.unique(new), acc[::-1].copy())):
+        before = y.copy()
+        assert np.array_equal(union_sorted_keys(x, y), np.union1d(acc, new))
+        assert np.array_equal(y, before)

@@ -164,17 +164,28 @@ def _near_code_pairs(codes: np.ndarray, image_product: np.ndarray, n: int, *, ra
     # Images sharing a code are at distance 0 from each other.
     sa, sb = _group_pairs(np.where(crowded[code_of], -1 - np.arange(len(code_of)), code_of).astype(np.int64),
                           image_product, max_clique=max_code_images)
-    near = [_pair_keys(sa, sb, n)]
-    if len(ci):
-        reps = code_images[ci] * code_images[cj]
-        pair_of = np.repeat(np.arange(len(ci)), reps)
-        k = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-        ra = rows_by_code[code_start[ci][pair_of] + k // code_images[cj][pair_of]]
-        rb = rows_by_code[code_start[cj][pair_of] + k % code_images[cj][pair_of]]
-        near.append(_pair_keys(image_product[ra], image_product[rb], n))
-    return np.unique(np.concatenate(near)), {"crowded_codes": int(crowded.sum()),
-                                             "crowded_code_images": int(code_images[crowded].sum()),
-                                             "code_pairs": len(ci)}
+    near = np.unique(_pair_keys(sa, sb, n))
+    del sa, sb
+    # The code pairs are expanded to image pairs a bounded chunk at a time and merged into the sorted product pair
+    # keys: expanded at once, five int64 arrays per image pair were the stage's peak (at 100k products of the
+    # benchmark's first catalog, 7M signature pairs per code column, about 1 GiB).
+    reps = code_images[ci] * code_images[cj]
+    cum = np.cumsum(reps)
+    lo = 0
+    while lo < len(ci):
+        base = int(cum[lo - 1]) if lo else 0
+        hi = max(int(np.searchsorted(cum, base + NEAR_CHUNK, side="right")), lo + 1)
+        qi, qj, r = ci[lo:hi], cj[lo:hi], reps[lo:hi]
+        pair_of = np.repeat(np.arange(len(qi)), r)
+        k = np.arange(int(r.sum())) - np.repeat(np.cumsum(r) - r, r)
+        ra = rows_by_code[code_start[qi][pair_of] + k // code_images[qj][pair_of]]
+        rb = rows_by_code[code_start[qj][pair_of] + k % code_images[qj][pair_of]]
+        del pair_of, k
+        near = union_sorted_keys(near, _pair_keys(image_product[ra], image_product[rb], n))
+        del ra, rb
+        lo = hi
+    return near, {"crowded_codes": int(crowded.sum()), "crowded_code_images": int(code_images[crowded].sum()),
+                  "code_pairs": len(ci)}
 
 
 def _closest_images(pa_: np.ndarray, pb: np.ndarray, img_start: np.ndarray, img_count: np.ndarray,
@@ -276,6 +287,15 @@ def _sorted_contains(sorted_keys: np.ndarray, x: np.ndarray) -> np.ndarray:
     return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == x
 
 
+def union_sorted_keys(acc: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Sorted union of `acc` (sorted, unique) and `new` (any): `merge_sorted_keys` with whichever is larger kept
+    in place, so a running set of pair keys grows by inserting each chunk's keys."""
+    new = np.unique(new)
+    if len(new) > len(acc):
+        acc, new = new, acc
+    return merge_sorted_keys(acc, new)
+
+
 def merge_sorted_keys(big: np.ndarray, small: np.ndarray) -> np.ndarray:
     """Sorted union of `big` (sorted, unique) and `small` (any): the few missing keys are inserted into `big`, so
     the peak is two copies of `big`, not the concatenate-and-sort's three."""
@@ -283,6 +303,9 @@ def merge_sorted_keys(big: np.ndarray, small: np.ndarray) -> np.ndarray:
     new = small[~_sorted_contains(big, small)]
     return np.insert(big, np.searchsorted(big, new), new)
 
+
+NEAR_CHUNK = 1_000_000
+"""Image pairs of near pHash codes expanded to product pair keys at a time (`_near_code_pairs`)."""
 
 PAIR_CHUNK = 2_000_000
 """Candidate pairs scored at a time by `find_duplicates`: every signal and the rule are per pair, so memory is
@@ -359,13 +382,14 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     img_count = np.bincount(image_product, minlength=n).astype(np.int64)
     img_start = np.cumsum(img_count) - img_count
 
-    keys: list[np.ndarray] = []
+    # Every source's pair keys are merged into one running sorted set as it is found, never all of them held as
+    # well: at 100k products of the benchmark's first catalog the pHash sources gave 12M keys, the titles 0.3M.
     # 1. Identical images: products listing the same content hash (integer codes: no (M,) array of 64-char strings).
     image_key = _string_codes(list(image_ids))[order]
     ga, gb = _group_pairs(image_key, image_product, max_clique=params.max_code_images)
     identical_keys = np.unique(_pair_keys(ga, gb, n))
     del image_key, ga, gb
-    keys.append(identical_keys)
+    cand = identical_keys
     counts["identical_image_pairs"] = len(identical_keys)
     lap("identical_images")
 
@@ -373,7 +397,7 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     near_keys, near_counts = _near_code_pairs(image_codes, image_product, n, radius=params.image_radius,
                                               max_code_images=params.max_code_images,
                                               backend=params.hamming_backend)
-    keys.append(near_keys)
+    cand = union_sorted_keys(cand, near_keys)
     counts.update({"crowded_codes": near_counts["crowded_codes"],
                    "crowded_code_images": near_counts["crowded_code_images"],
                    "phash_code_pairs": near_counts["code_pairs"], "image_near_pairs": len(near_keys)})
@@ -387,12 +411,14 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
         signatures = None
     if signatures is not None and params.signature_candidates and "image_match" in rule.names:
         ok_rows = np.flatnonzero(signatures.ok[order])
-        sig_keys = [_near_code_pairs(np.ascontiguousarray(signatures.codes[order[ok_rows], col]),
-                                     image_product[ok_rows], n, radius=params.match_radius,
-                                     max_code_images=params.max_code_images, backend=params.hamming_backend)[0]
-                    for col in range(signatures.codes.shape[1])]
-        sig_keys = np.unique(np.concatenate(sig_keys)) if sig_keys else np.empty(0, np.int64)
-        keys.append(sig_keys)
+        # Each code column's keys are merged into one running set (not all columns' kept, then concatenated).
+        sig_keys = np.empty(0, np.int64)
+        for col in range(signatures.codes.shape[1]):
+            sig_keys = union_sorted_keys(sig_keys, _near_code_pairs(
+                np.ascontiguousarray(signatures.codes[order[ok_rows], col]), image_product[ok_rows], n,
+                radius=params.match_radius, max_code_images=params.max_code_images,
+                backend=params.hamming_backend)[0])
+        cand = union_sorted_keys(cand, sig_keys)
         counts["signature_near_pairs"] = len(sig_keys)
         del sig_keys, ok_rows
         lap("signature_index")
@@ -405,10 +431,8 @@ def find_duplicates(product_ids: list[str], titles: list[str], top_categories: l
     counts["title_candidate_pairs"] = len(title_keys)
     lap("title_lsh")
 
-    # The title candidates dominate (tens of millions at 1M products when brands are missing): the few others are
-    # inserted into them rather than everything concatenated and sorted.
-    all_keys = merge_sorted_keys(title_keys, np.concatenate(keys))
-    del title_keys, keys
+    all_keys = union_sorted_keys(cand, title_keys)
+    del title_keys, cand
     p_all = len(all_keys)
     counts["candidate_pairs"] = p_all
 

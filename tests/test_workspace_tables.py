@@ -55,3 +55,30 @@ def test_an_older_part_without_a_column_compares_as_nulls(tmp_path, monkeypatch,
                     if group_ids else pa.nulls(5, pa.string()), "split": ["train"] * 5})
     monkeypatch.setattr(Workspace, "read_table", _never_whole)
     assert ws.write_table_if_changed("splits", new) is (group_ids is not None)
+
+
+def test_a_part_is_conformed_a_row_group_at_a_time_and_laid_out_as_whole(tmp_path, monkeypatch) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from visprep.schema import schema_for
+
+    monkeypatch.setattr(workspace, "ROW_GROUP_ROWS", 3)
+    casts: list[int] = []
+    real = workspace.conform
+
+    def counting(table: pa.Table, schema: pa.Schema) -> pa.Table:
+        casts.append(table.num_rows)
+        return real(table, schema)
+
+    monkeypatch.setattr(workspace, "conform", counting)
+    rows = _splits(10)
+    # The split column dictionary-encoded, as mine hands its rows over: the writer decodes it slice by slice.
+    encoded = rows.set_column(2, "split", pc.dictionary_encode(rows.column("split")))
+    path = Workspace(tmp_path).write_part("splits", encoded, "0")
+    assert casts == [3, 3, 3, 1]
+    whole = real(rows, schema_for("splits"))
+    assert pq.read_table(path).equals(whole)
+    reference = tmp_path / "reference.parquet"
+    pq.write_table(whole, reference, compression="zstd", row_group_size=3)
+    assert path.read_bytes() == reference.read_bytes()

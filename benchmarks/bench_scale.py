@@ -552,7 +552,26 @@ def _cpu_ratio(ray: dict, local: dict) -> str:
 
 
 def section(result: dict) -> list[str]:
-    """The tables for docs/benchmarks.md."""
+    """The tables for docs/benchmarks.md: the stored full run, then the large sizes' and memory's own runs."""
+    return run_tables(result) + large_section() + memory_section()
+
+
+LARGE_RESULT = ROOT / "docs" / "bench-results" / "bench_scale_large.json"
+"""100k and 1M runs of the first stages (`--keep --no-ray --stages ...`, one size per run, same code): a 1M run of
+every stage does not fit a session on this 2-core machine."""
+
+
+def large_section() -> list[str]:
+    """The 100k and 1M runs kept in `LARGE_RESULT`, in the full run's tables, with their growth."""
+    if not LARGE_RESULT.exists():
+        return []
+    large = json.loads(LARGE_RESULT.read_text())
+    return ["", f"### 100,000 and 1,000,000 products ({large['date']})", "", large["how"], "",
+            *run_tables(large)]
+
+
+def run_tables(result: dict) -> list[str]:
+    """The per-stage table, Ray vs local and the growth table of one result."""
     runs = result["runs"]
     lines = [(f"`python benchmarks/bench_scale.py`: {result['images_per_product']} JPEGs (112 px, ~3 KB) per "
              f"product from a loopback server with {result['latency_ms']:.0f} ms latency per request; every stage in "
@@ -599,7 +618,7 @@ def section(result: dict) -> list[str]:
                          f"{g['rss_ratio']:.2f}x | {fmt_met(g['rss_met'])} | {fmt_met(g['cap_met'])} |")
     for s in result.get("skipped", []):
         lines.append(f"\n{s['n_products']:,} products not run: predicted {s['predicted_s']} s, over the limit.")
-    return lines + memory_section()
+    return lines
 
 
 MEMORY_RESULT = ROOT / "docs" / "bench-results" / "bench_scale_memory.json"

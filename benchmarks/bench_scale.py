@@ -589,21 +589,25 @@ def run_tables(result: dict) -> list[str]:
                    "fetcher's time."), ""]
     lines += [header, "|---|---|" + "---|" * len(runs)]
     for engine, names in (("local", STAGES), ("ray", RAY_STAGES)):
-        for stage in (s for s in names if all(s in r[engine] for r in runs)):
+        for stage in (s for s in names if any(s in r[engine] for r in runs)):
             cells = []
             for r in runs:
+                if stage not in r[engine]:
+                    cells.append("not run")
+                    continue
                 s = r[engine][stage]
                 cpu = f"{s['cpu_s']:.1f}" if "cpu_s" in s else "-"
                 cells.append(f"{s['seconds']:.1f} ({s['seconds'] / r['n_products'] * 1e6:.0f}), {cpu}, "
                              f"{s['peak_single_mib']:.0f} / {s['peak_tree_mib']:.0f}")
             lines.append(f"| {stage} | {engine} | " + " | ".join(cells) + " |")
-    if runs and all(st in r["ray"] for r in runs for st in RAY_STAGES):
+    paired = [r for r in runs if all(st in r["ray"] and st in r["local"] for st in RAY_STAGES)]
+    if paired:
         lines += ["", "Ray vs local (stage seconds, Ray's start excluded; its start per process in brackets): " +
                   "; ".join(f"{r['n_products']:,}: " + ", ".join(
                       f"{st} {r['ray'][st]['seconds'] / max(r['local'][st]['seconds'], 1e-3):.2f}x"
                       f"{_cpu_ratio(r['ray'][st], r['local'][st])} "
                       f"({fmt_met(r['ray'][st]['seconds'] <= RAY_OVERHEAD * r['local'][st]['seconds'])}; "
-                      f"start {r['ray'][st]['connect_s']:.1f} s)" for st in RAY_STAGES) for r in runs) + "."]
+                      f"start {r['ray'][st]['connect_s']:.1f} s)" for st in RAY_STAGES) for r in paired) + "."]
     rows = growth(result)
     if rows:
         small, large = runs[0]["n_products"], runs[-1]["n_products"]
